@@ -1,0 +1,182 @@
+//! Typed HTTP client for the public API.
+//!
+//! It is given every server's address and tries them in turn: a server that
+//! does not answer, or answers that there is no leader yet (an election is
+//! under way), is skipped, and the whole list is retried for a short while
+//! before the client gives up with an error that names every address tried.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{
+    AddMemberRequest, ApiErrorBody, DeployResult, Member, ScaleRequest, ServerStatus, Workload,
+};
+use crate::spec::WorkloadSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no flotilla server answered (tried {tried}): {last}; check that a server runs there and FLOTILLA_ADDR or --addr is right")]
+    Unreachable { tried: String, last: String },
+    #[error("{}", .body.message)]
+    Api { status: u16, body: ApiErrorBody },
+    #[error("unexpected answer from {address}: {reason}")]
+    Protocol { address: String, reason: String },
+}
+
+impl ClientError {
+    /// The API's error code (`not_found`, `invalid_spec`, ...), if the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Every server's `host:port`, tried in order, starting from the last that answered.
+    addresses: Vec<String>,
+    http: reqwest::Client,
+    /// How long to keep trying while no server can serve the request
+    /// (unreachable, or no leader during an election).
+    retry_for: Duration,
+}
+
+impl Client {
+    pub fn new(addresses: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let addresses: Vec<String> = addresses
+            .into_iter()
+            .map(|a| a.into().trim().trim_start_matches("http://").trim_end_matches('/').to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Client { addresses, http, retry_for: Duration::from_secs(5) }
+    }
+
+    /// Sets how long requests keep retrying while no server can serve them.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    /// A client that talks to one server only, with no failover.
+    pub fn for_server(&self, address: &str) -> Client {
+        Client { addresses: vec![address.to_owned()], http: self.http.clone(), retry_for: Duration::ZERO }
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        loop {
+            let mut last_error = String::from("no address given");
+            for address in &self.addresses {
+                let url = format!("http://{address}{path}");
+                let mut request = self.http.request(method.clone(), &url);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let response = match request.send().await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        last_error = format!("{address}: {}", describe_send_error(&error));
+                        continue;
+                    }
+                };
+                let status = response.status();
+                let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
+                    address: address.clone(),
+                    reason: e.to_string(),
+                })?;
+                if status.is_success() {
+                    return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                        address: address.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                let body: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiErrorBody {
+                    code: "http".into(),
+                    message: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+                    spec: None,
+                });
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    last_error = format!("{address}: {}", body.message);
+                    continue;
+                }
+                return Err(ClientError::Api { status: status.as_u16(), body });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Unreachable { tried: self.addresses.join(", "), last: last_error });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn deploy(&self, spec: &WorkloadSpec, expected_version: Option<u64>) -> Result<DeployResult, ClientError> {
+        let path = match expected_version {
+            Some(v) => format!("/v1/workloads?version={v}"),
+            None => "/v1/workloads".to_owned(),
+        };
+        self.request(Method::POST, &path, Some(spec)).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Workload, ClientError> {
+        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}"), None).await
+    }
+
+    /// Lists workloads; `stale` reads the answering server's state without
+    /// confirming with the leader that it is current.
+    pub async fn list(&self, stale: bool) -> Result<Vec<Workload>, ClientError> {
+        let path = if stale { "/v1/workloads?stale=true" } else { "/v1/workloads" };
+        self.request::<(), _>(Method::GET, path, None).await
+    }
+
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<Workload, ClientError> {
+        self.request(Method::POST, &format!("/v1/workloads/{name}/scale"), Some(&ScaleRequest { replicas }))
+            .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<Workload, ClientError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
+    }
+
+    /// The answering server's own view of the cluster.
+    pub async fn server_status(&self) -> Result<ServerStatus, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/cluster/status", None).await
+    }
+
+    pub async fn add_member(&self, id: u64, address: &str) -> Result<Member, ClientError> {
+        let body = AddMemberRequest { id, address: address.to_owned() };
+        self.request(Method::POST, "/v1/cluster/members", Some(&body)).await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
+    }
+}
+
+fn describe_send_error(error: &reqwest::Error) -> String {
+    if error.is_connect() {
+        "connection refused or unreachable".to_owned()
+    } else if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        error.to_string()
+    }
+}

@@ -1,0 +1,16 @@
+//! flotilla's contract: the workload spec users write, the models the API
+//! returns, and the typed client the CLI, agents and tests use.
+
+pub mod client;
+pub mod constraint;
+pub mod model;
+pub mod quantity;
+pub mod spec;
+pub mod spec_error;
+
+pub use client::{Client, ClientError};
+pub use constraint::Constraint;
+pub use model::*;
+pub use quantity::{CpuMillis, MemoryBytes};
+pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
+pub use spec_error::SpecError;

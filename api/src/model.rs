@@ -1,0 +1,98 @@
+//! What the API returns: workloads as stored, and the state of the Raft cluster.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::WorkloadSpec;
+use crate::spec_error::SpecError;
+
+/// A workload as the cluster stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    /// Bumped on every change of the spec (not on scale), so a deploy can
+    /// say `?version=N` to refuse to overwrite a change it has not seen.
+    pub version: u64,
+    /// Raft index of the command that created it.
+    pub created_index: u64,
+    /// Raft index of the last command that changed it.
+    pub modified_index: u64,
+}
+
+/// What a deploy did, so that `flotilla deploy` can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployChange {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployResult {
+    pub change: DeployChange,
+    pub workload: Workload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    /// `host:port` the new server listens on.
+    pub address: String,
+}
+
+/// A server's role in Raft, as that server sees itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RaftRole {
+    Leader,
+    Follower,
+    Candidate,
+    PreCandidate,
+    /// Receives the log but does not vote: a server being added.
+    Learner,
+    /// No longer part of the configuration.
+    Removed,
+}
+
+/// A member of the configuration, as the replicated state records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub address: String,
+    pub voter: bool,
+    /// Highest log index known to be on this member (the leader's view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+}
+
+/// One server's own view of the Raft cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: u64,
+    pub address: String,
+    pub role: RaftRole,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<Member>,
+}
+
+/// The JSON body of every error the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// Stable machine-readable kind: `invalid_spec`, `not_found`, `conflict`, `no_leader`, ...
+    pub code: String,
+    pub message: String,
+    /// Where a spec was wrong, for `invalid_spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecError>,
+}
