@@ -49,6 +49,14 @@ impl WorkloadName {
     }
 }
 
+/// Lets maps keyed by name be searched with a plain `&str`; sound because
+/// the derived `Ord` and `Hash` are those of the inner string.
+impl std::borrow::Borrow<str> for WorkloadName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for WorkloadName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

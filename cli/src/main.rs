@@ -1,1 +1,69 @@
-fn main() {}
+//! `flotilla`: one binary for the server and every client verb.
+
+mod cluster;
+mod output;
+mod server;
+mod workloads;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "A Raft-replicated container orchestrator")]
+struct Cli {
+    /// Servers to talk to (comma-separated host:port); the next is tried when one is down.
+    #[arg(long, global = true, env = "FLOTILLA_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    addr: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scheduler server.
+    Server(server::ServerArgs),
+    /// Create or update workloads from spec files.
+    Deploy(workloads::DeployArgs),
+    /// Show one workload.
+    Get(workloads::GetArgs),
+    /// List workloads.
+    List(workloads::ListArgs),
+    /// Set a workload's replica count.
+    Scale(workloads::ScaleArgs),
+    /// Delete a workload.
+    Delete(workloads::DeleteArgs),
+    /// Inspect and change the server cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = flotilla_api::Client::new(cli.addr.iter().cloned());
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Deploy(args) => workloads::deploy(&client, args).await,
+            Command::Get(args) => workloads::get(&client, args).await,
+            Command::List(args) => workloads::list(&client, args).await,
+            Command::Scale(args) => workloads::scale(&client, args).await,
+            Command::Delete(args) => workloads::delete(&client, args).await,
+            Command::Cluster(command) => cluster::run(&client, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

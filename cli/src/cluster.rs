@@ -1,0 +1,151 @@
+//! `flotilla cluster`: the servers' Raft status and membership.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use flotilla_api::{Client, RaftRole, ServerStatus};
+use serde::Serialize;
+
+use crate::output::{Format, print_json, table};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, and each member's role, commit and applied index.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Add a server as id=host:port: a learner first, a voter once caught up.
+    Add {
+        member: String,
+        /// Return once it is a learner instead of waiting for it to become a voter.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the promotion to voter, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Remove a server from the cluster.
+    Remove { id: u64 },
+}
+
+/// One member as seen by itself (or why it could not be asked).
+#[derive(Debug, Serialize)]
+struct MemberView {
+    id: u64,
+    address: String,
+    voter: bool,
+    matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<ServerStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterView {
+    leader: Option<u64>,
+    term: u64,
+    members: Vec<MemberView>,
+}
+
+fn role_name(role: RaftRole) -> &'static str {
+    match role {
+        RaftRole::Leader => "leader",
+        RaftRole::Follower => "follower",
+        RaftRole::Candidate => "candidate",
+        RaftRole::PreCandidate => "pre-candidate",
+        RaftRole::Learner => "learner",
+        RaftRole::Removed => "removed",
+    }
+}
+
+async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
+    let first = client.server_status().await?;
+    let leader_view = match first.leader {
+        Some(leader) if leader != first.id => {
+            let address = first.members.iter().find(|m| m.id == leader).map(|m| m.address.clone());
+            match address {
+                Some(address) => client.for_server(&address).server_status().await.unwrap_or(first),
+                None => first,
+            }
+        }
+        _ => first,
+    };
+    let mut members = Vec::new();
+    for member in &leader_view.members {
+        let own = client.for_server(&member.address).server_status().await;
+        let (status, error) = match own {
+            Ok(status) => (Some(status), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        members.push(MemberView {
+            id: member.id,
+            address: member.address.clone(),
+            voter: member.voter,
+            matched: member.matched,
+            status,
+            error,
+        });
+    }
+    Ok(ClusterView { leader: leader_view.leader, term: leader_view.term, members })
+}
+
+pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { output } => {
+            let view = cluster_view(client).await?;
+            if output == Format::Json {
+                return print_json(&view);
+            }
+            match view.leader {
+                Some(leader) => println!("leader: {leader}   term: {}", view.term),
+                None => println!("leader: none (election in progress)   term: {}", view.term),
+            }
+            let mut t = table(&["ID", "ADDRESS", "ROLE", "VOTER", "TERM", "COMMIT", "APPLIED", "MATCHED"]);
+            for m in &view.members {
+                let dash = || "-".to_owned();
+                let s = m.status.as_ref();
+                t.add_row(vec![
+                    m.id.to_string(),
+                    m.address.clone(),
+                    s.map_or_else(|| "unreachable".to_owned(), |s| role_name(s.role).to_owned()),
+                    if m.voter { "yes" } else { "no" }.to_owned(),
+                    s.map_or_else(dash, |s| s.term.to_string()),
+                    s.map_or_else(dash, |s| s.commit.to_string()),
+                    s.map_or_else(dash, |s| s.applied.to_string()),
+                    m.matched.map_or_else(dash, |v| v.to_string()),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        ClusterCommand::Add { member, no_wait, timeout } => {
+            let (id, address) = member.split_once('=').context("expected id=host:port, as 4=127.0.0.1:7004")?;
+            let id: u64 = id.parse().with_context(|| format!("`{id}` is not a server id"))?;
+            client.add_member(id, address).await?;
+            println!("server {id} added as a learner");
+            if no_wait {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                let status = client.server_status().await?;
+                if status.members.iter().any(|m| m.id == id && m.voter) {
+                    println!("server {id} is a voter");
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("server {id} did not catch up within {timeout}s; is it running at {address}?");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        ClusterCommand::Remove { id } => {
+            client.remove_member(id).await?;
+            println!("server {id} removed");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `flotilla server`: runs one scheduler server in the foreground.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flotilla_scheduler::ServerConfig;
+use flotilla_scheduler::raft::NodeConfig;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// This server's Raft id (unique, more than 0).
+    #[arg(long)]
+    id: u64,
+    /// host:port to listen on; peers and clients reach this server there.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: String,
+    /// Where the Raft log and snapshots live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Founding voters as id=host:port, comma-separated, this server included.
+    #[arg(long, value_delimiter = ',', conflicts_with = "join")]
+    peers: Vec<String>,
+    /// Address of a member of an existing cluster, to join it instead of founding one.
+    #[arg(long)]
+    join: Option<String>,
+    /// Take a snapshot and compact the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Milliseconds per Raft tick (heartbeat every tick, election after 10).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+    /// Allow tests to cut this server off from peers through /debug/v1/faults.
+    #[arg(long, hide = true)]
+    fault_injection: bool,
+}
+
+fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for peer in peers {
+        let (id, address) = peer
+            .split_once('=')
+            .with_context(|| format!("--peers: `{peer}` is not id=host:port"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("--peers: `{id}` is not a server id"))?;
+        if id == 0 {
+            bail!("--peers: server ids start at 1");
+        }
+        if out.insert(id, address.trim().to_owned()).is_some() {
+            bail!("--peers: server id {id} is listed twice");
+        }
+    }
+    Ok(out)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.id == 0 {
+        bail!("--id: server ids start at 1");
+    }
+    if args.snapshot_every < 10 {
+        bail!("--snapshot-every: must be at least 10");
+    }
+    let mut node = NodeConfig::new(args.id);
+    node.snapshot_every = args.snapshot_every;
+    node.tick = Duration::from_millis(args.tick_ms.max(1));
+    let config = ServerConfig {
+        id: args.id,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        peers: parse_peers(&args.peers)?,
+        join: args.join,
+        node,
+        fault_injection: args.fault_injection,
+    };
+    flotilla_scheduler::run(config, shutdown_signal()).await?;
+    Ok(())
+}

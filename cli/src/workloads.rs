@@ -1,0 +1,156 @@
+//! Workload verbs: deploy, get, list, scale, delete.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flotilla_api::{Client, ClientError, DeployChange, Workload, WorkloadSpec};
+
+use crate::output::{Format, print_json, table};
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Spec files (YAML); each is one workload.
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// Only deploy if the stored workload is at this version (0: must be new).
+    #[arg(long)]
+    version: Option<u64>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    name: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+    /// Read the answering server's state without confirming it is current.
+    #[arg(long)]
+    stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Format,
+    #[arg(long)]
+    stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    name: String,
+    replicas: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    name: String,
+}
+
+/// Reads and validates a spec file, with errors as `file:line:column`.
+fn read_spec(path: &PathBuf) -> anyhow::Result<WorkloadSpec> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+    if bytes.len() > flotilla_api::spec::MAX_SPEC_BYTES {
+        bail!("{shown}: is larger than {} bytes", flotilla_api::spec::MAX_SPEC_BYTES);
+    }
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown}: is not UTF-8 text"))?;
+    flotilla_api::parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}", e.render(&shown)))
+}
+
+fn api_error(error: ClientError, file: Option<&str>) -> anyhow::Error {
+    match (&error, file) {
+        (ClientError::Api { body, .. }, Some(file)) if body.spec.is_some() => {
+            let spec = body.spec.as_ref().map(|s| s.render(file)).unwrap_or_default();
+            anyhow::anyhow!("{spec}")
+        }
+        _ => anyhow::anyhow!(error),
+    }
+}
+
+pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
+    let specs = args.files.iter().map(|f| read_spec(f).map(|s| (f, s))).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for (file, spec) in specs {
+        let result = client
+            .deploy(&spec, args.version)
+            .await
+            .map_err(|e| api_error(e, Some(&file.display().to_string())))?;
+        if args.output == Format::Table {
+            let verb = match result.change {
+                DeployChange::Created => "created",
+                DeployChange::Updated => "updated",
+                DeployChange::Unchanged => "unchanged",
+            };
+            println!("workload/{} {verb} (version {})", result.workload.spec.name, result.workload.version);
+        }
+        results.push(result);
+    }
+    if args.output == Format::Json {
+        print_json(&results)?;
+    }
+    Ok(())
+}
+
+fn workload_row(w: &Workload) -> Vec<String> {
+    let spec = &w.spec;
+    vec![
+        spec.name.to_string(),
+        spec.driver.to_string(),
+        spec.image.clone().unwrap_or_else(|| spec.command.join(" ")),
+        spec.replicas.to_string(),
+        spec.resources.cpu.to_string(),
+        spec.resources.memory.to_string(),
+        w.version.to_string(),
+    ]
+}
+
+const WORKLOAD_HEADER: [&str; 7] = ["NAME", "DRIVER", "IMAGE/COMMAND", "REPLICAS", "CPU", "MEMORY", "VERSION"];
+
+pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
+    let workload = if args.stale {
+        client.list(true).await?.into_iter().find(|w| w.spec.name.as_str() == args.name).ok_or_else(|| {
+            anyhow::anyhow!("workload `{}` does not exist", args.name)
+        })?
+    } else {
+        client.get(&args.name).await?
+    };
+    match args.output {
+        Format::Json => print_json(&workload),
+        Format::Table => {
+            let mut t = table(&WORKLOAD_HEADER);
+            t.add_row(workload_row(&workload));
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<()> {
+    let workloads = client.list(args.stale).await?;
+    match args.output {
+        Format::Json => print_json(&workloads),
+        Format::Table => {
+            let mut t = table(&WORKLOAD_HEADER);
+            for w in &workloads {
+                t.add_row(workload_row(w));
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
+    let workload = client.scale(&args.name, args.replicas).await?;
+    println!("workload/{} scaled to {} replicas", workload.spec.name, workload.spec.replicas);
+    Ok(())
+}
+
+pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
+    let workload = client.delete(&args.name).await?;
+    println!("workload/{} deleted", workload.spec.name);
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Reading request bodies with the checks every write shares: a size limit
+//! (413), a content type we understand (415), and a decode error that names
+//! the field (400).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use flotilla_api::WorkloadSpec;
+use flotilla_api::spec::MAX_SPEC_BYTES;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest JSON body other than a spec (scale, membership): these are tiny.
+const MAX_SMALL_BODY: usize = 64 * 1024;
+
+enum Format {
+    Json,
+    Yaml,
+}
+
+fn format_of(headers: &HeaderMap, allow_yaml: bool) -> Result<Format, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match content_type.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" if allow_yaml => Ok(Format::Yaml),
+        other => {
+            let accepted = if allow_yaml { "application/json or application/yaml" } else { "application/json" };
+            let got = if other.is_empty() { "no content type".to_owned() } else { format!("`{other}`") };
+            Err(ApiError::UnsupportedMediaType(format!("expected {accepted}, got {got}")))
+        }
+    }
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+}
+
+/// A workload spec sent as JSON (the CLI's form) or YAML (as a user wrote it).
+pub async fn read_spec(headers: &HeaderMap, body: Body) -> Result<WorkloadSpec, ApiError> {
+    let format = format_of(headers, true)?;
+    let bytes = read_limited(body, MAX_SPEC_BYTES).await?;
+    match format {
+        Format::Json => flotilla_api::parse_json(&bytes).map_err(ApiError::InvalidSpec),
+        Format::Yaml => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::InvalidSpec(flotilla_api::SpecError {
+                    field: None,
+                    line: None,
+                    column: None,
+                    reason: "is not UTF-8 text".into(),
+                }))?;
+            flotilla_api::parse_yaml(text).map_err(ApiError::InvalidSpec)
+        }
+    }
+}
+
+/// A small JSON body, decoded with the failing field's path in the error.
+pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    format_of(headers, false)?;
+    let bytes = read_limited(body, MAX_SMALL_BODY).await?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| ApiError::BadRequest(format!("field `{}`: {}", e.path(), e.inner())))?;
+    Ok(value)
+}

@@ -1,0 +1,60 @@
+//! How failures become HTTP answers: a status that says whose fault it is
+//! (4xx for the client's, 503 for "retry elsewhere or later") and a JSON
+//! body with a stable code. A client's mistake is never a 500.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use flotilla_api::{ApiErrorBody, SpecError};
+
+use crate::raft::RaftError;
+use crate::state::Rejection;
+
+#[derive(Debug)]
+pub enum ApiError {
+    InvalidSpec(SpecError),
+    BadRequest(String),
+    NotFound(String),
+    Conflict(String),
+    PayloadTooLarge(usize),
+    UnsupportedMediaType(String),
+    /// The request could not be served now; a retry (here or on another server) may succeed.
+    Unavailable { code: &'static str, message: String },
+}
+
+impl From<RaftError> for ApiError {
+    fn from(error: RaftError) -> Self {
+        let message = error.to_string();
+        match error {
+            RaftError::Rejected(Rejection::WorkloadNotFound(_)) => ApiError::NotFound(message),
+            RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
+            RaftError::NoLeader => ApiError::Unavailable { code: "no_leader", message },
+            RaftError::LeaderChanged => ApiError::Unavailable { code: "leader_changed", message },
+            RaftError::LeaderMoving => ApiError::Unavailable { code: "leader_moving", message },
+            RaftError::Timeout(_) => ApiError::Unavailable { code: "timeout", message },
+            RaftError::Stopped => ApiError::Unavailable { code: "stopping", message },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, spec) = match self {
+            ApiError::InvalidSpec(spec) => {
+                (StatusCode::BAD_REQUEST, "invalid_spec", format!("invalid spec: {spec}"), Some(spec))
+            }
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {limit} bytes"),
+                None,
+            ),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m, None),
+            ApiError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
+        };
+        (status, Json(ApiErrorBody { code: code.to_owned(), message, spec })).into_response()
+    }
+}

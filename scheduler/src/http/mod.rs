@@ -1,0 +1,41 @@
+//! The server's HTTP surface: the public API under `/v1/`, the Raft peer
+//! endpoint, and (only when enabled) fault injection for tests.
+
+mod body;
+mod cluster;
+mod error;
+mod peer;
+mod workloads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post, put};
+
+pub use error::ApiError;
+
+use crate::raft::{PEER_PATH, PeerTransport, RaftHandle};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub raft: RaftHandle,
+    pub transport: Arc<PeerTransport>,
+    /// Whether `/debug/v1/faults` may cut this server off from peers; only
+    /// test clusters turn it on.
+    pub fault_injection: bool,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(cluster::health))
+        .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
+        .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
+        .route("/v1/workloads/{name}/scale", post(workloads::scale))
+        .route("/v1/cluster/status", get(cluster::status))
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/debug/v1/faults", put(cluster::set_faults))
+        .route(PEER_PATH, post(peer::messages))
+        .fallback(|| async { ApiError::NotFound("no such API path".into()) })
+        .with_state(state)
+}

@@ -1,0 +1,101 @@
+//! Workload routes: deploy (create or update), read, scale, delete.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use flotilla_api::{DeployResult, ScaleRequest, Workload, WorkloadName};
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::{read_json, read_spec};
+use super::error::ApiError;
+use crate::state::{Command, CommandOutput};
+
+#[derive(Debug, Deserialize)]
+pub struct ReadQuery {
+    /// Serve this server's state without confirming it is current.
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeployQuery {
+    /// Refuse the deploy unless the stored version is this (0: must not exist).
+    version: Option<u64>,
+}
+
+fn workload_name(name: &str) -> Result<WorkloadName, ApiError> {
+    WorkloadName::parse(name).map_err(|reason| ApiError::BadRequest(format!("workload name {reason}")))
+}
+
+async fn read_barrier(app: &AppState, stale: bool) -> Result<(), ApiError> {
+    if !stale {
+        app.raft.read_barrier().await?;
+    }
+    Ok(())
+}
+
+fn expect_workload(output: CommandOutput) -> Workload {
+    match output {
+        CommandOutput::Workload(workload) => workload,
+        CommandOutput::Deployed(result) => result.workload,
+    }
+}
+
+pub async fn deploy(
+    State(app): State<AppState>,
+    Query(query): Query<DeployQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<DeployResult>, ApiError> {
+    let spec = read_spec(&headers, body).await?;
+    let output = app.raft.propose(Command::PutWorkload { spec, expected_version: query.version }).await?;
+    match output {
+        CommandOutput::Deployed(result) => Ok(Json(result)),
+        CommandOutput::Workload(workload) => {
+            Ok(Json(DeployResult { change: flotilla_api::DeployChange::Updated, workload }))
+        }
+    }
+}
+
+pub async fn list(State(app): State<AppState>, Query(query): Query<ReadQuery>) -> Result<Json<Vec<Workload>>, ApiError> {
+    read_barrier(&app, query.stale).await?;
+    Ok(Json(app.raft.state().workloads().cloned().collect()))
+}
+
+pub async fn get_one(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Workload>, ApiError> {
+    let name = workload_name(&name)?;
+    read_barrier(&app, query.stale).await?;
+    let workload = app.raft.state().workload(name.as_str()).cloned();
+    workload.map(Json).ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
+}
+
+pub async fn scale(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Workload>, ApiError> {
+    let name = workload_name(&name)?;
+    let request: ScaleRequest = read_json(&headers, body).await?;
+    if request.replicas > flotilla_api::spec::MAX_REPLICAS {
+        return Err(ApiError::BadRequest(format!(
+            "field `replicas`: {} is more than the maximum of {}",
+            request.replicas,
+            flotilla_api::spec::MAX_REPLICAS
+        )));
+    }
+    let output = app.raft.propose(Command::ScaleWorkload { name, replicas: request.replicas }).await?;
+    Ok(Json(expect_workload(output)))
+}
+
+pub async fn delete(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Workload>, ApiError> {
+    let name = workload_name(&name)?;
+    let output = app.raft.propose(Command::DeleteWorkload { name }).await?;
+    Ok(Json(expect_workload(output)))
+}

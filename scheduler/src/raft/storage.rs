@@ -1,0 +1,425 @@
+//! Raft's durable storage in one redb file: log entries, hard state and the
+//! latest snapshot (whose metadata carries the conf state).
+//!
+//! Every stored value is framed with a CRC-32 of its bytes and checked when
+//! the file is opened, so a corrupted file stops the server with an error
+//! that names it instead of feeding damaged entries to Raft. The whole log
+//! since the last compaction is also kept in memory: Raft reads it on every
+//! append to a follower, and compaction bounds its size.
+
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const HARD_STATE_KEY: &str = "hard_state";
+const SNAPSHOT_KEY: &str = "snapshot";
+/// Index and term of the last entry removed from the log by compaction.
+const TRUNCATED_KEY: &str = "truncated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open Raft data file {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("Raft data file {path} is corrupted: {what}; replace this member (remove it, then add it back with an empty data dir)")]
+    Corrupted { path: PathBuf, what: String },
+    #[error("cannot write Raft data file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// CRC-32 (IEEE), the checksum framing every stored value.
+fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    !bytes.iter().fold(!0u32, |c, b| TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8))
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn unframe(bytes: &[u8]) -> Option<&[u8]> {
+    let (sum, payload) = bytes.split_at_checked(4)?;
+    (u32::from_le_bytes(sum.try_into().ok()?) == crc32(payload)).then_some(payload)
+}
+
+pub struct RaftStorage {
+    db: Database,
+    path: PathBuf,
+    hard_state: HardState,
+    /// Latest snapshot, with its data; sent to followers that fell behind compaction.
+    snapshot: Snapshot,
+    /// Index and term of the entry just before `entries[0]`.
+    truncated: (u64, u64),
+    entries: Vec<Entry>,
+}
+
+impl RaftStorage {
+    /// Opens (or creates) `dir/raft.redb` and checks every value in it.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let path = dir.join("raft.redb");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Open { path: path.clone(), reason: e.to_string() })?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+                StorageError::Corrupted { path: path.clone(), what }
+            }
+            other => StorageError::Open { path: path.clone(), reason: other.to_string() },
+        })?;
+        let mut storage = RaftStorage {
+            db,
+            path,
+            hard_state: HardState::default(),
+            snapshot: Snapshot::default(),
+            truncated: (0, 0),
+            entries: Vec::new(),
+        };
+        storage.load()?;
+        Ok(storage)
+    }
+
+    fn corrupted(&self, what: impl Into<String>) -> StorageError {
+        StorageError::Corrupted { path: self.path.clone(), what: what.into() }
+    }
+
+    fn read_error(&self, error: impl std::fmt::Display) -> StorageError {
+        self.corrupted(format!("read failed: {error}"))
+    }
+
+    fn write_error(&self, error: impl std::fmt::Display) -> StorageError {
+        StorageError::Write { path: self.path.clone(), reason: error.to_string() }
+    }
+
+    fn load(&mut self) -> Result<(), StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let meta = match txn.open_table(META) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.read_error(e)),
+        };
+        let (mut hard_state, mut snapshot, mut truncated) = (None, None, None);
+        if let Some(meta) = &meta {
+            let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
+                let Some(value) = meta.get(key).map_err(|e| self.read_error(e))? else {
+                    return Ok(None);
+                };
+                let payload = unframe(value.value())
+                    .ok_or_else(|| self.corrupted(format!("`{key}` fails its checksum")))?;
+                Ok(Some(payload.to_vec()))
+            };
+            hard_state = get(HARD_STATE_KEY)?;
+            snapshot = get(SNAPSHOT_KEY)?;
+            truncated = get(TRUNCATED_KEY)?;
+        }
+        if let Some(bytes) = hard_state {
+            self.hard_state = HardState::parse_from_bytes(&bytes)
+                .map_err(|e| self.corrupted(format!("hard state does not decode: {e}")))?;
+        }
+        if let Some(bytes) = snapshot {
+            self.snapshot = Snapshot::parse_from_bytes(&bytes)
+                .map_err(|e| self.corrupted(format!("snapshot does not decode: {e}")))?;
+        }
+        if let Some(bytes) = truncated {
+            let (index, term) = bytes.split_at_checked(8).ok_or_else(|| self.corrupted("truncation mark is short"))?;
+            let as_u64 = |b: &[u8]| b.try_into().map(u64::from_le_bytes).ok();
+            self.truncated = as_u64(index)
+                .zip(as_u64(term))
+                .ok_or_else(|| self.corrupted("truncation mark is malformed"))?;
+        }
+        let log = match txn.open_table(LOG) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.read_error(e)),
+        };
+        if let Some(log) = log {
+            for item in log.iter().map_err(|e| self.read_error(e))? {
+                let (key, value) = item.map_err(|e| self.read_error(e))?;
+                let index = key.value();
+                let payload = unframe(value.value())
+                    .ok_or_else(|| self.corrupted(format!("log entry {index} fails its checksum")))?;
+                let entry = Entry::parse_from_bytes(payload)
+                    .map_err(|e| self.corrupted(format!("log entry {index} does not decode: {e}")))?;
+                let expected = self.truncated.0 + 1 + self.entries.len() as u64;
+                if entry.index != index || index != expected {
+                    return Err(self.corrupted(format!("log entry {index} is out of place (expected {expected})")));
+                }
+                self.entries.push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this server has ever been part of a configuration. A server
+    /// that has not waits for a leader to send it a snapshot.
+    pub fn is_initialized(&self) -> bool {
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        !cs.voters.is_empty() || !cs.learners.is_empty()
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Appends entries (replacing any conflicting suffix) and records the hard
+    /// state, in one fsynced transaction.
+    pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError> {
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        let first_new = entries.first().map(|e| e.index);
+        let txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
+            if let Some(first_new) = first_new {
+                let last = self.last_index_inner();
+                for stale in first_new..=last {
+                    log.remove(stale).map_err(|e| self.write_error(e))?;
+                }
+                for entry in entries {
+                    let bytes = entry.write_to_bytes().map_err(|e| self.write_error(e))?;
+                    log.insert(entry.index, frame(&bytes).as_slice()).map_err(|e| self.write_error(e))?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
+            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
+            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
+        }
+        txn.commit().map_err(|e| self.write_error(e))?;
+        if let Some(first_new) = first_new {
+            let keep = first_new.saturating_sub(self.truncated.0 + 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+        Ok(())
+    }
+
+    /// Records a newer commit index in memory; it reaches disk with the next
+    /// write. Losing it in a crash is safe: the leader sends it again.
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = self.hard_state.commit.max(commit);
+    }
+
+    /// Installs a snapshot received from the leader, replacing the whole log,
+    /// in one transaction.
+    pub fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        self.hard_state.term = self.hard_state.term.max(term);
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.write_snapshot(&snapshot, (index, term), true)?;
+        self.snapshot = snapshot;
+        self.truncated = (index, term);
+        self.entries.clear();
+        Ok(())
+    }
+
+    /// Stores a snapshot taken of the local state at its metadata's index and
+    /// drops the log up to `keep_from - 1`, in one transaction.
+    pub fn compact(&mut self, snapshot: Snapshot, keep_from: u64) -> Result<(), StorageError> {
+        let index = snapshot.get_metadata().index;
+        let keep_from = keep_from.clamp(self.truncated.0 + 1, index + 1);
+        let truncate_to = keep_from - 1;
+        let term = if truncate_to == index { snapshot.get_metadata().term } else { self.term_inner(truncate_to)? };
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.write_snapshot(&snapshot, (truncate_to, term), false)?;
+        let drop = (truncate_to - self.truncated.0) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.snapshot = snapshot;
+        self.truncated = (truncate_to, term);
+        Ok(())
+    }
+
+    fn write_snapshot(&self, snapshot: &Snapshot, truncated: (u64, u64), clear_log: bool) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
+            let upto = if clear_log { u64::MAX } else { truncated.0 };
+            log.retain_in(..=upto, |_, _| false).map_err(|e| self.write_error(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
+            let snap = snapshot.write_to_bytes().map_err(|e| self.write_error(e))?;
+            meta.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
+            let mut mark = truncated.0.to_le_bytes().to_vec();
+            mark.extend_from_slice(&truncated.1.to_le_bytes());
+            meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| self.write_error(e))?;
+            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
+            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
+        }
+        txn.commit().map_err(|e| self.write_error(e))
+    }
+
+    fn last_index_inner(&self) -> u64 {
+        self.entries.last().map_or(self.truncated.0, |e| e.index)
+    }
+
+    fn term_inner(&self, index: u64) -> Result<u64, StorageError> {
+        if index == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        index
+            .checked_sub(self.truncated.0 + 1)
+            .and_then(|offset| self.entries.get(offset as usize))
+            .map(|e| e.term)
+            .ok_or_else(|| self.corrupted(format!("no entry at index {index}")))
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let conf_state: ConfState = self.snapshot.get_metadata().get_conf_state().clone();
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index_inner() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let offset = self.truncated.0 + 1;
+        let mut entries = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index < self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        self.term_inner(index).map_err(|_| raft::Error::Store(RaftStorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index_inner())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index {
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("command {index}").into_bytes().into();
+        e
+    }
+
+    fn snapshot_at(index: u64, term: u64) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snap.data = b"state".to_vec().into();
+        snap
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut storage = RaftStorage::open(dir.path()).expect("open");
+            storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+            let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 2)).collect();
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.commit = 7;
+            storage.persist(&entries, Some(&hs)).expect("persist");
+            // A new leader overwrites the uncommitted tail.
+            storage.persist(&[entry(9, 3)], None).expect("overwrite");
+        }
+        let storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.last_index().expect("last"), 9);
+        assert_eq!(storage.term(9).expect("term"), 3);
+        assert_eq!(storage.term(1).expect("term of the snapshot"), 1);
+        assert_eq!(storage.initial_state().expect("state").hard_state.commit, 7);
+        assert_eq!(storage.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
+        let got = storage.entries(2, 10, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(got.len(), 8);
+    }
+
+    #[test]
+    fn compaction_keeps_a_tail_and_the_term_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        let entries: Vec<Entry> = (2..=100).map(|i| entry(i, 2)).collect();
+        storage.persist(&entries, None).expect("persist");
+        storage.compact(snapshot_at(90, 2), 81).expect("compact");
+        assert_eq!(storage.first_index().expect("first"), 81);
+        assert_eq!(storage.term(80).expect("term"), 2);
+        assert!(storage.entries(50, 60, None, GetEntriesContext::empty(false)).is_err());
+        drop(storage);
+        let storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.first_index().expect("first"), 81);
+        assert_eq!(storage.last_index().expect("last"), 100);
+        assert_eq!(storage.snapshot_index(), 90);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_reported_with_the_file_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut storage = RaftStorage::open(dir.path()).expect("open");
+            storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+            let mut e = entry(2, 2);
+            e.data = b"MARKER-PAYLOAD-TO-CORRUPT".to_vec().into();
+            storage.persist(&[e], None).expect("persist");
+        }
+        let path = dir.path().join("raft.redb");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let at = bytes.windows(6).position(|w| w == b"MARKER").expect("marker on disk");
+        bytes[at + 3] ^= 0xFF;
+        std::fs::write(&path, bytes).expect("write");
+        let error = RaftStorage::open(dir.path()).err().expect("must refuse");
+        let message = error.to_string();
+        assert!(message.contains("raft.redb") && message.contains("corrupted"), "{message}");
+    }
+}

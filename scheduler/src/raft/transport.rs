@@ -1,0 +1,222 @@
+//! Raft messages between servers over HTTP.
+//!
+//! Each peer has a queue and one sender task, which takes everything queued
+//! and posts it as one batch on a kept-alive connection: one request carries
+//! many messages under load, and a slow or dead peer delays nobody else. A
+//! failed send is reported to Raft (`report_unreachable`, and
+//! `report_snapshot` for a snapshot), which then probes the peer gently.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use flotilla_api::Member;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+
+use super::node::Input;
+
+/// Path of the peer endpoint on every server.
+pub const PEER_PATH: &str = "/raft/v1/messages";
+/// Header naming the sender as `id=host:port`, so a server can answer a
+/// peer it has not yet learned about from the replicated state (a server
+/// that is joining, before its first snapshot).
+pub const SENDER_HEADER: &str = "x-flotilla-raft-sender";
+/// Messages queued for one peer beyond which new ones are dropped; Raft
+/// retransmits, and an unbounded queue to a dead peer would only grow.
+const QUEUE_LIMIT: usize = 4096;
+const BATCH_LIMIT: usize = 512;
+
+/// Drop rules for fault-injection tests: messages to and from these peers
+/// vanish, as in a network partition.
+#[derive(Debug, Default)]
+pub struct FaultRules {
+    blocked: RwLock<HashSet<u64>>,
+}
+
+impl FaultRules {
+    pub fn set_blocked(&self, peers: impl IntoIterator<Item = u64>) {
+        *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = peers.into_iter().collect();
+    }
+
+    pub fn blocks(&self, peer: u64) -> bool {
+        self.blocked.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+    }
+}
+
+pub struct PeerTransport {
+    own_id: u64,
+    own_address: String,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    addresses: RwLock<HashMap<u64, String>>,
+    queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    /// Back into the Raft thread, for unreachable and snapshot reports.
+    inputs: Sender<Input>,
+    faults: Arc<FaultRules>,
+}
+
+pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for message in messages {
+        if let Ok(bytes) = message.write_to_bytes() {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+    }
+    out
+}
+
+pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_at_checked(4).ok_or("truncated length")?;
+        let len = u32::from_le_bytes(len.try_into().map_err(|_| "bad length")?) as usize;
+        let (body, rest) = rest.split_at_checked(len).ok_or("truncated message")?;
+        messages.push(Message::parse_from_bytes(body).map_err(|e| e.to_string())?);
+        bytes = rest;
+    }
+    Ok(messages)
+}
+
+impl PeerTransport {
+    pub(crate) fn new(
+        own_id: u64,
+        own_address: String,
+        runtime: tokio::runtime::Handle,
+        inputs: Sender<Input>,
+        faults: Arc<FaultRules>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(2)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        PeerTransport {
+            own_id,
+            own_address,
+            http,
+            runtime,
+            addresses: RwLock::default(),
+            queues: Mutex::default(),
+            inputs,
+            faults,
+        }
+    }
+
+    pub fn own_address(&self) -> &str {
+        &self.own_address
+    }
+
+    pub fn sender_header(&self) -> String {
+        format!("{}={}", self.own_id, self.own_address)
+    }
+
+    /// Takes the members' addresses from the replicated state.
+    pub fn learn_members<'a>(&self, members: impl Iterator<Item = &'a Member>) {
+        let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        for member in members {
+            addresses.insert(member.id, member.address.clone());
+        }
+    }
+
+    /// Remembers a sender's address if the replicated state has not told us yet.
+    pub fn learn_sender(&self, id: u64, address: &str) {
+        let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        addresses.entry(id).or_insert_with(|| address.to_owned());
+    }
+
+    pub fn faults(&self) -> &FaultRules {
+        &self.faults
+    }
+
+    /// Queues messages for their peers; never blocks the Raft thread.
+    pub fn send(self: &Arc<Self>, messages: Vec<Message>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for message in messages {
+            let to = message.to;
+            if self.faults.blocks(to) {
+                continue;
+            }
+            let queue = queues.entry(to).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE_LIMIT);
+                self.runtime.spawn(Arc::clone(self).deliver(to, rx));
+                tx
+            });
+            if queue.try_send(message).is_err() {
+                tracing::debug!(peer = to, "peer queue full; dropping a message");
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, peer: u64, mut queue: mpsc::Receiver<Message>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < BATCH_LIMIT {
+                match queue.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            let has_snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            let address = self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned();
+            let delivered = match address {
+                Some(address) => self.post(&address, &batch).await,
+                None => false,
+            };
+            if !delivered {
+                let _ = self.inputs.send(Input::Unreachable(peer));
+            }
+            if has_snapshot {
+                let _ = self.inputs.send(Input::SnapshotReported { to: peer, ok: delivered });
+            }
+        }
+    }
+
+    async fn post(&self, address: &str, batch: &[Message]) -> bool {
+        let result = self
+            .http
+            .post(format!("http://{address}{PEER_PATH}"))
+            .header(SENDER_HEADER, self.sender_header())
+            .header("content-type", "application/octet-stream")
+            .body(encode_batch(batch))
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status().is_success() => true,
+            Ok(response) => {
+                tracing::debug!(address, status = %response.status(), "peer refused messages");
+                false
+            }
+            Err(error) => {
+                tracing::debug!(address, %error, "peer unreachable");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_truncation_is_an_error() {
+        let messages: Vec<Message> = (1..=3)
+            .map(|i| {
+                let mut m = Message::default();
+                m.to = i;
+                m.term = 7;
+                m.set_msg_type(MessageType::MsgHeartbeat);
+                m
+            })
+            .collect();
+        let bytes = encode_batch(&messages);
+        assert_eq!(decode_batch(&bytes).expect("decode"), messages);
+        assert!(decode_batch(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

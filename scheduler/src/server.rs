@@ -1,0 +1,138 @@
+//! One scheduler server: opens its data dir, bootstraps or joins the Raft
+//! cluster, runs the Raft thread and serves HTTP until told to stop.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use raft::eraftpb::Snapshot;
+
+use crate::http::{AppState, router};
+use crate::raft::{FaultRules, NodeConfig, PeerTransport, RaftStorage, StorageError};
+use crate::state::ClusterState;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub id: u64,
+    /// `host:port` to listen on, which is also the address peers and clients use.
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// The voters of a new cluster, this server among them. Ignored once the
+    /// data dir holds a cluster.
+    pub peers: BTreeMap<u64, String>,
+    /// A member of an existing cluster to ask to add this server.
+    pub join: Option<String>,
+    pub node: NodeConfig,
+    pub fault_injection: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: String, reason: String },
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("the snapshot in the data dir does not decode: {0}")]
+    Snapshot(String),
+}
+
+/// The snapshot every founding member writes first: index 1, the initial
+/// voters, and their addresses. Identical on every member, so their logs
+/// agree from the start; a server that joins later receives it from the leader.
+fn bootstrap_snapshot(peers: &BTreeMap<u64, String>) -> Result<Snapshot, ServerError> {
+    let state = ClusterState::bootstrap(peers);
+    let mut snapshot = Snapshot::default();
+    snapshot.data = serde_json::to_vec(&state).map_err(|e| ServerError::Snapshot(e.to_string()))?.into();
+    let meta = snapshot.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = peers.keys().copied().collect();
+    Ok(snapshot)
+}
+
+/// Runs a server until `shutdown` resolves or its storage fails.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let mut storage = RaftStorage::open(&config.data_dir)?;
+    if !storage.is_initialized() {
+        if !config.peers.is_empty() {
+            if !config.peers.contains_key(&config.id) {
+                return Err(ServerError::Config(format!("--peers does not list this server's id {}", config.id)));
+            }
+            storage.install_snapshot(bootstrap_snapshot(&config.peers)?)?;
+            tracing::info!(peers = ?config.peers, "bootstrapped a new cluster");
+        } else if config.join.is_none() {
+            return Err(ServerError::Config("a new server needs --peers (to found a cluster) or --join".into()));
+        }
+    }
+    let state: ClusterState = if storage.is_initialized() {
+        serde_json::from_slice(&storage.latest_snapshot().data).map_err(|e| ServerError::Snapshot(e.to_string()))?
+    } else {
+        ClusterState::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
+    let faults = Arc::new(FaultRules::default());
+    let runtime = tokio::runtime::Handle::current();
+    let mut transport_slot = None;
+    let members: Vec<_> = state.members().cloned().collect();
+    let state = Arc::new(RwLock::new(state));
+    let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, |inputs| {
+        let transport = Arc::new(PeerTransport::new(config.id, config.listen.clone(), runtime, inputs, faults));
+        transport.learn_members(members.iter());
+        for (id, address) in &config.peers {
+            transport.learn_sender(*id, address);
+        }
+        transport_slot = Some(Arc::clone(&transport));
+        transport
+    })?;
+    let transport = transport_slot.ok_or_else(|| ServerError::Config("transport was not created".into()))?;
+    tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "server started");
+
+    if let Some(seed) = config.join.clone() {
+        tokio::spawn(ask_to_join(seed, config.id, config.listen.clone()));
+    }
+
+    let app = router(AppState { raft: raft.clone(), transport, fault_injection: config.fault_injection });
+    let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
+    let raft_thread = std::thread::spawn(move || {
+        let result = thread.join().unwrap_or_else(|_| Ok(()));
+        let _ = raft_stopped_tx.send(());
+        result
+    });
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = raft_stopped_rx => {}
+        }
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    raft.shutdown();
+    let raft_result = tokio::task::spawn_blocking(move || raft_thread.join())
+        .await
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .unwrap_or(Ok(()));
+    raft_result?;
+    served.map_err(|e| ServerError::Listen { address: config.listen, reason: e.to_string() })
+}
+
+/// Asks a member of the existing cluster to add this server, until it does.
+async fn ask_to_join(seed: String, id: u64, address: String) {
+    let client = flotilla_api::Client::new([seed.clone()]).with_retry_for(Duration::from_secs(2));
+    loop {
+        match client.add_member(id, &address).await {
+            Ok(_) => {
+                tracing::info!(%seed, "joined the cluster as a learner");
+                return;
+            }
+            Err(error) => tracing::warn!(%seed, %error, "cannot join yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,41 @@
+//! Commands: the only way the replicated state changes.
+
+use flotilla_api::{DeployResult, Workload, WorkloadName, WorkloadSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a workload's spec (apply semantics). With
+    /// `expected_version` it is refused unless the stored version matches.
+    PutWorkload { spec: WorkloadSpec, expected_version: Option<u64> },
+    ScaleWorkload { name: WorkloadName, replicas: u32 },
+    DeleteWorkload { name: WorkloadName },
+}
+
+/// A command as it travels in a log entry. The proposing server keeps a
+/// reply channel under `(origin, request_id)` and answers it when it applies
+/// the entry, whichever server was leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub origin: u64,
+    pub request_id: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutput {
+    Deployed(DeployResult),
+    Workload(Workload),
+}
+
+/// Why a committed command changed nothing. Deterministic, so every server
+/// rejects the same commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("workload `{0}` does not exist")]
+    WorkloadNotFound(WorkloadName),
+    #[error("workload `{name}` is at version {actual}, not the expected {expected}")]
+    VersionMismatch { name: WorkloadName, expected: u64, actual: u64 },
+    #[error("workload `{name}` autoscales between {min} and {max}; {replicas} replicas is outside that range")]
+    OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
+}
