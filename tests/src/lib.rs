@@ -1,1 +1,15 @@
+//! The cluster harness for flotilla's end-to-end suites and benchmarks:
+//! real `flotilla` server processes on 127.0.0.1 ports with their own data
+//! dirs, which a test can kill -9, restart, partition and corrupt. Everything
+//! a harness starts is killed and deleted when it is dropped, also when the
+//! test fails.
 
+pub mod binary;
+pub mod cluster;
+pub mod server_process;
+pub mod wait;
+
+pub use binary::{flotilla_binary, free_port};
+pub use cluster::{ClusterOptions, TestCluster};
+pub use server_process::ServerProcess;
+pub use wait::wait_until;

@@ -254,7 +254,7 @@ impl Node {
                 self.on_tick(now);
                 next_tick = (next_tick + self.config.tick).max(now);
             }
-            if let Err(error) = self.on_ready() {
+            if let Err(error) = self.on_ready().and_then(|()| self.maybe_compact()) {
                 break Err(error);
             }
         };
@@ -487,7 +487,7 @@ impl Node {
         self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.answer_reads();
-        self.maybe_compact()
+        Ok(())
     }
 
     fn on_leader_seen(&mut self, leader: u64) {
@@ -583,7 +583,8 @@ impl Node {
 
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let every = self.config.snapshot_every;
-        if self.applied < self.raw.store().snapshot_index() + every {
+        let wanted = self.raw.store().take_snapshot_request();
+        if self.applied < self.raw.store().snapshot_index() + every && !(wanted && self.applied > self.raw.store().snapshot_index()) {
             return Ok(());
         }
         let index = self.applied;

@@ -7,6 +7,7 @@
 //! since the last compaction is also kept in memory: Raft reads it on every
 //! append to a follower, and compaction bounds its size.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -72,6 +73,9 @@ pub struct RaftStorage {
     /// Index and term of the entry just before `entries[0]`.
     truncated: (u64, u64),
     entries: Vec<Entry>,
+    /// Set when Raft asked for a snapshot that does not suit the follower (it
+    /// predates that follower's membership); the node takes a fresh one.
+    snapshot_wanted: Cell<bool>,
 }
 
 impl RaftStorage {
@@ -93,6 +97,7 @@ impl RaftStorage {
             snapshot: Snapshot::default(),
             truncated: (0, 0),
             entries: Vec::new(),
+            snapshot_wanted: Cell::new(false),
         };
         storage.load()?;
         Ok(storage)
@@ -182,6 +187,11 @@ impl RaftStorage {
 
     pub fn latest_snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// Whether Raft needs a newer snapshot than the stored one; clears the request.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -331,8 +341,11 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index_inner())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index < request_index {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let conf = self.snapshot.get_metadata().get_conf_state();
+        let includes_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if self.snapshot.get_metadata().index < request_index || !includes_peer {
+            self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())

@@ -1,0 +1,150 @@
+//! A cluster of real server processes on 127.0.0.1.
+
+use std::time::Duration;
+
+use flotilla_api::{Client, RaftRole, ServerStatus};
+use tempfile::TempDir;
+
+use crate::binary::free_port;
+use crate::server_process::ServerProcess;
+use crate::wait::wait_until;
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub servers: u64,
+    /// Passed as `--snapshot-every`; small values exercise snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { servers: 3, snapshot_every: 10_000 }
+    }
+}
+
+pub struct TestCluster {
+    /// Data dirs and logs; deleted on drop, after the processes are killed.
+    pub dir: TempDir,
+    pub servers: Vec<ServerProcess>,
+    options: ClusterOptions,
+}
+
+impl TestCluster {
+    /// Starts the servers and waits until they agree on a leader.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
+        let addresses: Vec<(u64, String)> =
+            (1..=options.servers).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let peers = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        let servers = addresses
+            .into_iter()
+            .map(|(id, address)| {
+                let args = vec![
+                    "--peers".to_owned(),
+                    peers.clone(),
+                    "--snapshot-every".to_owned(),
+                    options.snapshot_every.to_string(),
+                ];
+                ServerProcess::new(id, address, dir.path(), args)
+            })
+            .collect();
+        let mut cluster = TestCluster { dir, servers, options };
+        for server in &mut cluster.servers {
+            server.start();
+        }
+        cluster.wait_for_leader(Duration::from_secs(20)).await;
+        cluster
+    }
+
+    pub fn server(&mut self, id: u64) -> &mut ServerProcess {
+        self.servers.iter_mut().find(|s| s.id == id).expect("no server with that id")
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.servers.iter().find(|s| s.id == id).map(|s| s.address.clone()).expect("no server with that id")
+    }
+
+    /// A client that knows every server, as a user's FLOTILLA_ADDR would.
+    pub fn client(&self) -> Client {
+        Client::new(self.servers.iter().map(|s| s.address.clone())).with_retry_for(Duration::from_secs(10))
+    }
+
+    /// A client bound to one server, with no failover and no retries.
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new([self.address(id)]).with_retry_for(Duration::ZERO)
+    }
+
+    pub async fn status_of(&self, id: u64) -> Option<ServerStatus> {
+        self.client_of(id).server_status().await.ok()
+    }
+
+    /// Waits until every running server names the same leader, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let running: Vec<u64> = self.servers.iter().filter(|s| s.is_running()).map(|s| s.id).collect();
+        wait_until(timeout, "one leader that every running server agrees on", || async {
+            let mut leader = None;
+            for id in &running {
+                let status = self.status_of(*id).await?;
+                if status.role == RaftRole::Removed {
+                    continue;
+                }
+                match (leader, status.leader) {
+                    (_, None) => return None,
+                    (None, Some(l)) => leader = Some(l),
+                    (Some(a), Some(b)) if a != b => return None,
+                    _ => {}
+                }
+            }
+            let leader = leader?;
+            let status = self.status_of(leader).await?;
+            (status.role == RaftRole::Leader).then_some(leader)
+        })
+        .await
+    }
+
+    /// Cuts server `id` off from `peers` (its side only; call it for both
+    /// sides to partition in both directions).
+    pub async fn block(&self, id: u64, peers: &[u64]) {
+        let body = serde_json::json!({ "blocked_peers": peers });
+        let response = reqwest::Client::new()
+            .put(format!("http://{}/debug/v1/faults", self.address(id)))
+            .json(&body)
+            .send()
+            .await
+            .expect("fault endpoint answers");
+        assert!(response.status().is_success(), "fault endpoint: {}", response.status());
+    }
+
+    /// Starts a new server that joins through the current members; it is
+    /// added as a learner and promoted once it has caught up.
+    pub fn add_joining_server(&mut self, id: u64) -> &mut ServerProcess {
+        let seed = self.servers.iter().filter(|s| s.is_running()).map(|s| s.address.clone()).collect::<Vec<_>>();
+        let address = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--join".to_owned(),
+            seed.first().cloned().expect("a running server to join through"),
+            "--snapshot-every".to_owned(),
+            self.options.snapshot_every.to_string(),
+        ];
+        self.servers.push(ServerProcess::new(id, address, self.dir.path(), args));
+        let server = self.servers.last_mut().expect("just pushed");
+        server.start();
+        server
+    }
+
+    /// Every server's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.servers.iter().map(|s| format!("==== server {} ====\n{}", s.id, s.log_text())).collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            server.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}

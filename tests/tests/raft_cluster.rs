@@ -1,0 +1,284 @@
+//! The control plane under faults: elections, replication, kill -9,
+//! restarts, snapshots, membership, partitions and a corrupted data file,
+//! all against real server processes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_api::{Client, RaftRole, WorkloadSpec, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster, wait_until};
+
+fn spec(name: &str) -> WorkloadSpec {
+    parse_yaml(&format!("name: {name}\nimage: busybox\nreplicas: 2\n")).expect("valid spec")
+}
+
+async fn names_on(client: &Client, stale: bool) -> Option<BTreeSet<String>> {
+    let workloads = client.list(stale).await.ok()?;
+    Some(workloads.into_iter().map(|w| w.spec.name.to_string()).collect())
+}
+
+/// Waits until server `id` has applied exactly `expected` (read locally, no barrier).
+async fn wait_for_names(cluster: &TestCluster, id: u64, expected: &BTreeSet<String>, timeout: Duration) {
+    let client = cluster.client_of(id);
+    wait_until(timeout, &format!("server {id} to hold {} workloads", expected.len()), || async {
+        (names_on(&client, true).await.as_ref() == Some(expected)).then_some(())
+    })
+    .await;
+}
+
+async fn write_many(client: &Client, prefix: &str, count: usize, concurrency: usize) -> BTreeSet<String> {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let chunks: Vec<Vec<String>> = names.chunks(count.div_ceil(concurrency)).map(|c| c.to_vec()).collect();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for name in chunk {
+                client.deploy(&spec(&name), None).await.expect("write acknowledged");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    names.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_elect_one_leader() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut leaders = 0;
+    for id in 1..=3 {
+        let status = cluster.status_of(id).await.expect("server answers");
+        assert_eq!(status.leader, Some(leader), "server {id} names another leader");
+        if status.role == RaftRole::Leader {
+            leaders += 1;
+        }
+        assert_eq!(status.members.len(), 3);
+    }
+    assert_eq!(leaders, 1, "exactly one server is leader");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_sent_to_a_follower_is_applied_on_all_three() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let result = cluster.client_of(follower).deploy(&spec("via-follower"), None).await.expect("write through follower");
+    assert_eq!(result.workload.version, 1);
+    let expected: BTreeSet<String> = ["via-follower".to_owned()].into();
+    for id in 1..=3 {
+        wait_for_names(&cluster, id, &expected, Duration::from_secs(5)).await;
+    }
+    // A linearizable read on the follower sees it at once.
+    let got = cluster.client_of(follower).get("via-follower").await.expect("read on follower");
+    assert_eq!(got.spec.replicas, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let written = write_many(&client, "before", 50, 4).await;
+    let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.server(old_leader).kill();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, old_leader);
+    let after = write_many(&client, "after", 10, 2).await;
+    let expected: BTreeSet<String> = written.union(&after).cloned().collect();
+    assert_eq!(names_on(&client, false).await.expect("linearizable list"), expected);
+    cluster.server(old_leader).start();
+    wait_for_names(&cluster, old_leader, &expected, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_three_restarted_from_their_data_dirs_hold_identical_state() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let written = write_many(&client, "durable", 40, 4).await;
+    client.scale("durable-7", 9).await.expect("scale");
+    client.delete("durable-3").await.expect("delete");
+    for id in 1..=3 {
+        cluster.server(id).kill();
+    }
+    for id in 1..=3 {
+        cluster.server(id).start();
+    }
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut expected = written.clone();
+    expected.remove("durable-3");
+    let mut states = Vec::new();
+    for id in 1..=3 {
+        wait_for_names(&cluster, id, &expected, Duration::from_secs(10)).await;
+        states.push(cluster.client_of(id).list(true).await.expect("list"));
+    }
+    assert_eq!(states[0], states[1]);
+    assert_eq!(states[1], states[2]);
+    let scaled = states[0].iter().find(|w| w.spec.name.as_str() == "durable-7").expect("durable-7");
+    assert_eq!(scaled.spec.replicas, 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_stopped_during_2000_writes_catches_up_through_a_snapshot() {
+    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200 }).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.server(follower).stop();
+    let client = cluster.client();
+    let written = write_many(&client, "lag", 2000, 32).await;
+    let leader_status = cluster.status_of(leader).await.expect("leader status");
+    assert!(leader_status.first_index > 1000, "the leader compacted its log: {leader_status:?}");
+    cluster.server(follower).start();
+    wait_for_names(&cluster, follower, &written, Duration::from_secs(30)).await;
+    assert!(
+        cluster.server(follower).log_text().contains("installed snapshot from leader"),
+        "the follower caught up through a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fourth_server_joins_and_a_member_is_removed() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let written = write_many(&client, "member", 20, 2).await;
+    cluster.add_joining_server(4);
+    wait_until(Duration::from_secs(20), "server 4 to become a voter", || async {
+        let status = client.server_status().await.ok()?;
+        status.members.iter().any(|m| m.id == 4 && m.voter).then_some(())
+    })
+    .await;
+    wait_for_names(&cluster, 4, &written, Duration::from_secs(10)).await;
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    // Remove the leader itself: it hands leadership over first.
+    client.remove_member(leader).await.expect("remove the leader");
+    let status = wait_until(Duration::from_secs(10), "the removal to apply", || async {
+        let status = client.server_status().await.ok()?;
+        (status.members.len() == 3 && !status.members.iter().any(|m| m.id == leader)).then_some(status)
+    })
+    .await;
+    assert!(status.members.iter().all(|m| m.voter));
+    cluster.server(leader).kill();
+    let more = write_many(&client, "after-removal", 5, 1).await;
+    let expected: BTreeSet<String> = written.union(&more).cloned().collect();
+    assert_eq!(names_on(&client, false).await.expect("list"), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_leader_stops_acknowledging_writes() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+    cluster.block(old_leader, &others).await;
+    for id in &others {
+        cluster.block(*id, &[old_leader]).await;
+    }
+    let minority = cluster.client_of(old_leader);
+    let refused = minority.deploy(&spec("minority-write"), None).await;
+    assert!(refused.is_err(), "a leader cut off from the majority must not acknowledge: {refused:?}");
+
+    let majority = Client::new(others.iter().map(|id| cluster.address(*id))).with_retry_for(Duration::from_secs(10));
+    majority.deploy(&spec("majority-write"), None).await.expect("the majority elects a leader and commits");
+
+    cluster.block(old_leader, &[]).await;
+    for id in &others {
+        cluster.block(*id, &[]).await;
+    }
+    let expected: BTreeSet<String> = ["majority-write".to_owned()].into();
+    for id in 1..=3 {
+        wait_for_names(&cluster, id, &expected, Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 300 }).await;
+    let client = cluster.client();
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let (client, acknowledged, stop) = (client.clone(), Arc::clone(&acknowledged), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("heavy-{writer}-{i}");
+                if client.deploy(&spec(&name), None).await.is_ok() {
+                    acknowledged.lock().expect("lock").insert(name);
+                }
+                i += 1;
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(30), "writes to pile up", || async {
+        (acknowledged.lock().expect("lock").len() >= 300).then_some(())
+    })
+    .await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.server(leader).kill();
+    wait_until(Duration::from_secs(30), "writes to continue under a new leader", || async {
+        (acknowledged.lock().expect("lock").len() >= 600).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    cluster.server(leader).start();
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let stored = names_on(&client, false).await.expect("list");
+    assert!(acknowledged.is_subset(&stored), "lost: {:?}", acknowledged.difference(&stored).take(5).collect::<Vec<_>>());
+    wait_for_names(&cluster, leader, &stored, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    client.deploy(&spec("corruption-marker"), None).await.expect("write");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    let expected: BTreeSet<String> = ["corruption-marker".to_owned()].into();
+    wait_for_names(&cluster, victim, &expected, Duration::from_secs(5)).await;
+    cluster.server(victim).stop();
+
+    let file = cluster.server(victim).data_dir.join("raft.redb");
+    let mut bytes = std::fs::read(&file).expect("data file");
+    let marker = b"corruption-marker";
+    let mut flipped = 0;
+    for at in 0..bytes.len().saturating_sub(marker.len()) {
+        if &bytes[at..at + marker.len()] == marker {
+            bytes[at + 4] ^= 0x5A;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the marker is on disk");
+    std::fs::write(&file, bytes).expect("write corrupted file");
+
+    cluster.server(victim).start();
+    let status = cluster.server(victim).wait_for_exit(Duration::from_secs(10)).expect("the server refuses to start");
+    assert!(!status.success());
+    let log = cluster.server(victim).log_text();
+    assert!(log.contains("raft.redb") && log.contains("corrupted"), "clear error naming the file:\n{log}");
+    assert!(!log.contains("panicked"), "no panic:\n{log}");
+
+    // The others keep serving.
+    client.deploy(&spec("while-broken"), None).await.expect("majority still serves");
+
+    // Replace the member: remove it, wipe its data dir, add it back.
+    client.remove_member(victim).await.expect("remove broken member");
+    std::fs::remove_dir_all(&cluster.server(victim).data_dir).expect("wipe");
+    let seed = cluster.address(leader);
+    let server = cluster.server(victim);
+    server.set_args(vec!["--join".to_owned(), seed]);
+    server.start();
+    wait_until(Duration::from_secs(20), "the replaced member to become a voter", || async {
+        let status = client.server_status().await.ok()?;
+        status.members.iter().any(|m| m.id == victim && m.voter).then_some(())
+    })
+    .await;
+    let expected: BTreeSet<String> = ["corruption-marker".to_owned(), "while-broken".to_owned()].into();
+    wait_for_names(&cluster, victim, &expected, Duration::from_secs(10)).await;
+}
