@@ -18,7 +18,9 @@ use crate::spec::WorkloadSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no flotilla server answered (tried {tried}): {last}; check that a server runs there and FLOTILLA_ADDR or --addr is right")]
+    #[error(
+        "no flotilla server answered (tried {tried}): {last}; check that a server runs there and FLOTILLA_ADDR or --addr is right"
+    )]
     Unreachable { tried: String, last: String },
     #[error("{}", .body.message)]
     Api { status: u16, body: ApiErrorBody },
@@ -50,7 +52,13 @@ impl Client {
     pub fn new(addresses: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let addresses: Vec<String> = addresses
             .into_iter()
-            .map(|a| a.into().trim().trim_start_matches("http://").trim_end_matches('/').to_owned())
+            .map(|a| {
+                a.into()
+                    .trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
             .filter(|a| !a.is_empty())
             .collect();
         let http = reqwest::Client::builder()
@@ -59,7 +67,11 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        Client { addresses, http, retry_for: Duration::from_secs(5) }
+        Client {
+            addresses,
+            http,
+            retry_for: Duration::from_secs(5),
+        }
     }
 
     /// Sets how long requests keep retrying while no server can serve them.
@@ -74,7 +86,11 @@ impl Client {
 
     /// A client that talks to one server only, with no failover.
     pub fn for_server(&self, address: &str) -> Client {
-        Client { addresses: vec![address.to_owned()], http: self.http.clone(), retry_for: Duration::ZERO }
+        Client {
+            addresses: vec![address.to_owned()],
+            http: self.http.clone(),
+            retry_for: Duration::ZERO,
+        }
     }
 
     async fn request<B: Serialize, T: DeserializeOwned>(
@@ -119,16 +135,26 @@ impl Client {
                     last_error = format!("{address}: {}", body.message);
                     continue;
                 }
-                return Err(ClientError::Api { status: status.as_u16(), body });
+                return Err(ClientError::Api {
+                    status: status.as_u16(),
+                    body,
+                });
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Unreachable { tried: self.addresses.join(", "), last: last_error });
+                return Err(ClientError::Unreachable {
+                    tried: self.addresses.join(", "),
+                    last: last_error,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    pub async fn deploy(&self, spec: &WorkloadSpec, expected_version: Option<u64>) -> Result<DeployResult, ClientError> {
+    pub async fn deploy(
+        &self,
+        spec: &WorkloadSpec,
+        expected_version: Option<u64>,
+    ) -> Result<DeployResult, ClientError> {
         let path = match expected_version {
             Some(v) => format!("/v1/workloads?version={v}"),
             None => "/v1/workloads".to_owned(),
@@ -137,37 +163,53 @@ impl Client {
     }
 
     pub async fn get(&self, name: &str) -> Result<Workload, ClientError> {
-        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}"), None).await
+        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}"), None)
+            .await
     }
 
     /// Lists workloads; `stale` reads the answering server's state without
     /// confirming with the leader that it is current.
     pub async fn list(&self, stale: bool) -> Result<Vec<Workload>, ClientError> {
-        let path = if stale { "/v1/workloads?stale=true" } else { "/v1/workloads" };
+        let path = if stale {
+            "/v1/workloads?stale=true"
+        } else {
+            "/v1/workloads"
+        };
         self.request::<(), _>(Method::GET, path, None).await
     }
 
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<Workload, ClientError> {
-        self.request(Method::POST, &format!("/v1/workloads/{name}/scale"), Some(&ScaleRequest { replicas }))
-            .await
+        self.request(
+            Method::POST,
+            &format!("/v1/workloads/{name}/scale"),
+            Some(&ScaleRequest { replicas }),
+        )
+        .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Workload, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
+        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None)
+            .await
     }
 
     /// The answering server's own view of the cluster.
     pub async fn server_status(&self) -> Result<ServerStatus, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/cluster/status", None).await
+        self.request::<(), _>(Method::GET, "/v1/cluster/status", None)
+            .await
     }
 
     pub async fn add_member(&self, id: u64, address: &str) -> Result<Member, ClientError> {
-        let body = AddMemberRequest { id, address: address.to_owned() };
-        self.request(Method::POST, "/v1/cluster/members", Some(&body)).await
+        let body = AddMemberRequest {
+            id,
+            address: address.to_owned(),
+        };
+        self.request(Method::POST, "/v1/cluster/members", Some(&body))
+            .await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
+        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+            .await
     }
 }
 

@@ -19,7 +19,9 @@ pub enum Constraint {
 fn valid_label_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 253
-        && token.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 fn token(text: &str, what: &str, expression: &str) -> Result<String, String> {
@@ -38,7 +40,9 @@ fn value_list(text: &str, expression: &str) -> Result<Vec<String>, String> {
         .trim()
         .strip_prefix('(')
         .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| format!("`{expression}`: the values of `in` go in parentheses, as `zone in (a, b)`"))?;
+        .ok_or_else(|| {
+            format!("`{expression}`: the values of `in` go in parentheses, as `zone in (a, b)`")
+        })?;
     let values = inner
         .split(',')
         .map(|v| token(v, "value", expression))
@@ -119,8 +123,11 @@ mod tests {
 
     #[test]
     fn parse_and_match() {
-        let labels: BTreeMap<String, String> =
-            [("zone".to_owned(), "a".to_owned()), ("disk".to_owned(), "ssd".to_owned())].into();
+        let labels: BTreeMap<String, String> = [
+            ("zone".to_owned(), "a".to_owned()),
+            ("disk".to_owned(), "ssd".to_owned()),
+        ]
+        .into();
         let table = [
             ("zone == a", true),
             ("zone == b", false),
@@ -135,7 +142,10 @@ mod tests {
         for (expression, want) in table {
             let constraint = Constraint::parse(expression).expect(expression);
             assert_eq!(constraint.matches(&labels), want, "{expression}");
-            assert_eq!(Constraint::parse(&constraint.to_string()).as_ref(), Ok(&constraint));
+            assert_eq!(
+                Constraint::parse(&constraint.to_string()).as_ref(),
+                Ok(&constraint)
+            );
         }
     }
 

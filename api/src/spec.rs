@@ -142,7 +142,10 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpu: default_cpu(), memory: default_memory() }
+        Resources {
+            cpu: default_cpu(),
+            memory: default_memory(),
+        }
     }
 }
 
@@ -257,7 +260,10 @@ pub struct FieldError {
 }
 
 fn field_error(path: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError { path: path.into(), reason: reason.into() }
+    FieldError {
+        path: path.into(),
+        reason: reason.into(),
+    }
 }
 
 fn valid_env_key(key: &str) -> bool {
@@ -272,15 +278,23 @@ impl WorkloadSpec {
         match (self.driver, &self.image) {
             (Driver::Docker, None) => return Err(field_error("image", "the docker driver needs an image")),
             (Driver::Process, Some(_)) => {
-                return Err(field_error("image", "the process driver runs `command` and takes no image"));
+                return Err(field_error(
+                    "image",
+                    "the process driver runs `command` and takes no image",
+                ));
             }
             (Driver::Process, None) if self.command.is_empty() => {
-                return Err(field_error("command", "the process driver needs a command to run"));
+                return Err(field_error(
+                    "command",
+                    "the process driver needs a command to run",
+                ));
             }
             _ => {}
         }
         if let Some(image) = &self.image
-            && (image.is_empty() || image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+            && (image.is_empty()
+                || image.len() > 255
+                || image.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err(field_error("image", "must be 1 to 255 characters with no spaces"));
         }
@@ -305,7 +319,10 @@ impl WorkloadSpec {
             }
         }
         if self.replicas > MAX_REPLICAS {
-            return Err(field_error("replicas", format!("{} is more than the maximum of {MAX_REPLICAS}", self.replicas)));
+            return Err(field_error(
+                "replicas",
+                format!("{} is more than the maximum of {MAX_REPLICAS}", self.replicas),
+            ));
         }
         self.validate_ports()?;
         if self.constraints.len() > 64 {
@@ -316,10 +333,16 @@ impl WorkloadSpec {
                 return Err(field_error("autoscale.min", "must be at least 1"));
             }
             if auto.max < auto.min {
-                return Err(field_error("autoscale.max", format!("{} is less than min {}", auto.max, auto.min)));
+                return Err(field_error(
+                    "autoscale.max",
+                    format!("{} is less than min {}", auto.max, auto.min),
+                ));
             }
             if auto.max > MAX_REPLICAS {
-                return Err(field_error("autoscale.max", format!("is more than the maximum of {MAX_REPLICAS}")));
+                return Err(field_error(
+                    "autoscale.max",
+                    format!("is more than the maximum of {MAX_REPLICAS}"),
+                ));
             }
             if auto.cpu.is_none() && auto.memory.is_none() {
                 return Err(field_error("autoscale", "needs a cpu or memory target"));
@@ -336,15 +359,24 @@ impl WorkloadSpec {
         let mut host_ports = BTreeSet::new();
         for (i, port) in self.ports.iter().enumerate() {
             if port.container == 0 {
-                return Err(field_error(format!("ports[{i}].container"), "must be between 1 and 65535"));
+                return Err(field_error(
+                    format!("ports[{i}].container"),
+                    "must be between 1 and 65535",
+                ));
             }
             if !container_ports.insert((port.container, port.protocol)) {
-                return Err(field_error(format!("ports[{i}].container"), format!("port {} is listed twice", port.container)));
+                return Err(field_error(
+                    format!("ports[{i}].container"),
+                    format!("port {} is listed twice", port.container),
+                ));
             }
             if let Some(host) = port.host.filter(|h| *h != 0)
                 && !host_ports.insert((host, port.protocol))
             {
-                return Err(field_error(format!("ports[{i}].host"), format!("host port {host} is listed twice")));
+                return Err(field_error(
+                    format!("ports[{i}].host"),
+                    format!("host port {host} is listed twice"),
+                ));
             }
         }
         Ok(())
@@ -352,7 +384,9 @@ impl WorkloadSpec {
 
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.
     pub fn fixed_host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
-        self.ports.iter().filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))
+        self.ports
+            .iter()
+            .filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))
     }
 }
 
@@ -372,15 +406,25 @@ pub fn parse_yaml(text: &str) -> Result<WorkloadSpec, SpecError> {
     if text.len() > MAX_SPEC_BYTES {
         return Err(SpecError::whole(format!("is larger than {MAX_SPEC_BYTES} bytes")));
     }
-    if text.trim().is_empty() {
-        return Err(SpecError::whole("is empty; a spec needs at least `name` and `image`"));
+    let only_comments = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if only_comments {
+        return Err(SpecError::whole(
+            "is empty; a spec needs at least `name` and `image`",
+        ));
     }
     let spec = match serde_saphyr::from_str_with_options::<WorkloadSpec>(text, yaml_options()) {
         Ok(spec) => spec,
         Err(error) => return Err(SpecError::from_yaml(text, &error, yaml_error_path(text))),
     };
     spec.validate().map_err(|e| {
-        let location = locate_path(text, &e.path);
+        // A missing field has no line of its own: point at the block it belongs in.
+        let location = std::iter::successors(Some(e.path.as_str()), |p| {
+            p.rsplit_once('.').map(|(parent, _)| parent)
+        })
+        .find_map(|p| locate_path(text, p))
+        .or(Some((1, 1)));
         SpecError::at(e.path, location, e.reason)
     })?;
     Ok(spec)
@@ -409,7 +453,9 @@ pub fn parse_json(bytes: &[u8]) -> Result<WorkloadSpec, SpecError> {
         let location = (inner.line() > 0).then(|| (inner.line(), inner.column()));
         SpecError::from_json(path, location, &inner)
     })?;
-    de.end().map_err(|e| SpecError::from_json(None, Some((e.line(), e.column())), &e))?;
-    spec.validate().map_err(|e| SpecError::at(e.path, None, e.reason))?;
+    de.end()
+        .map_err(|e| SpecError::from_json(None, Some((e.line(), e.column())), &e))?;
+    spec.validate()
+        .map_err(|e| SpecError::at(e.path, None, e.reason))?;
     Ok(spec)
 }

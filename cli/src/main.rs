@@ -1,6 +1,7 @@
 //! `flotilla`: one binary for the server and every client verb.
 
 mod cluster;
+mod dev;
 mod output;
 mod server;
 mod workloads;
@@ -10,10 +11,20 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "A Raft-replicated container orchestrator")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A Raft-replicated container orchestrator"
+)]
 struct Cli {
     /// Servers to talk to (comma-separated host:port); the next is tried when one is down.
-    #[arg(long, global = true, env = "FLOTILLA_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
     addr: Vec<String>,
     #[command(subcommand)]
     command: Command,
@@ -21,6 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a one-process cluster and deploy the given specs into it.
+    Dev(dev::DevArgs),
     /// Run a scheduler server.
     Server(server::ServerArgs),
     /// Create or update workloads from spec files.
@@ -50,6 +63,7 @@ fn main() -> ExitCode {
     let client = flotilla_api::Client::new(cli.addr.iter().cloned());
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Deploy(args) => workloads::deploy(&client, args).await,
             Command::Get(args) => workloads::get(&client, args).await,

@@ -29,8 +29,8 @@ pub struct ServerArgs {
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
-    /// Milliseconds per Raft tick (heartbeat every tick, election after 10).
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds per Raft tick (heartbeat every 2 ticks, election after 20).
+    #[arg(long, default_value_t = 50)]
     tick_ms: u64,
     /// Allow tests to cut this server off from peers through /debug/v1/faults.
     #[arg(long, hide = true)]
@@ -43,7 +43,10 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
         let (id, address) = peer
             .split_once('=')
             .with_context(|| format!("--peers: `{peer}` is not id=host:port"))?;
-        let id: u64 = id.trim().parse().with_context(|| format!("--peers: `{id}` is not a server id"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--peers: `{id}` is not a server id"))?;
         if id == 0 {
             bail!("--peers: server ids start at 1");
         }
@@ -54,7 +57,7 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -74,14 +77,23 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by `FLOTILLA_LOG` (else `default`), coloured
+/// only on a terminal and never with `NO_COLOR`.
+pub fn init_logging(default: &str) {
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging("info,raft=warn");
     if args.id == 0 {
         bail!("--id: server ids start at 1");
     }

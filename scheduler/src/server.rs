@@ -47,8 +47,8 @@ pub enum ServerError {
 /// agree from the start; a server that joins later receives it from the leader.
 fn bootstrap_snapshot(peers: &BTreeMap<u64, String>) -> Result<Snapshot, ServerError> {
     let state = ClusterState::bootstrap(peers);
-    let mut snapshot = Snapshot::default();
-    snapshot.data = serde_json::to_vec(&state).map_err(|e| ServerError::Snapshot(e.to_string()))?.into();
+    let data = serde_json::to_vec(&state).map_err(|e| ServerError::Snapshot(e.to_string()))?;
+    let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
     let meta = snapshot.mut_metadata();
     meta.index = 1;
     meta.term = 1;
@@ -57,34 +57,52 @@ fn bootstrap_snapshot(peers: &BTreeMap<u64, String>) -> Result<Snapshot, ServerE
 }
 
 /// Runs a server until `shutdown` resolves or its storage fails.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let mut storage = RaftStorage::open(&config.data_dir)?;
     if !storage.is_initialized() {
         if !config.peers.is_empty() {
             if !config.peers.contains_key(&config.id) {
-                return Err(ServerError::Config(format!("--peers does not list this server's id {}", config.id)));
+                return Err(ServerError::Config(format!(
+                    "--peers does not list this server's id {}",
+                    config.id
+                )));
             }
             storage.install_snapshot(bootstrap_snapshot(&config.peers)?)?;
             tracing::info!(peers = ?config.peers, "bootstrapped a new cluster");
         } else if config.join.is_none() {
-            return Err(ServerError::Config("a new server needs --peers (to found a cluster) or --join".into()));
+            return Err(ServerError::Config(
+                "a new server needs --peers (to found a cluster) or --join".into(),
+            ));
         }
     }
     let state: ClusterState = if storage.is_initialized() {
-        serde_json::from_slice(&storage.latest_snapshot().data).map_err(|e| ServerError::Snapshot(e.to_string()))?
+        serde_json::from_slice(&storage.latest_snapshot().data)
+            .map_err(|e| ServerError::Snapshot(e.to_string()))?
     } else {
         ClusterState::default()
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
+        .map_err(|e| ServerError::Listen {
+            address: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
     let faults = Arc::new(FaultRules::default());
     let runtime = tokio::runtime::Handle::current();
     let mut transport_slot = None;
     let members: Vec<_> = state.members().cloned().collect();
     let state = Arc::new(RwLock::new(state));
     let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, |inputs| {
-        let transport = Arc::new(PeerTransport::new(config.id, config.listen.clone(), runtime, inputs, faults));
+        let transport = Arc::new(PeerTransport::new(
+            config.id,
+            config.listen.clone(),
+            runtime,
+            inputs,
+            faults,
+        ));
         transport.learn_members(members.iter());
         for (id, address) in &config.peers {
             transport.learn_sender(*id, address);
@@ -99,10 +117,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         tokio::spawn(ask_to_join(seed, config.id, config.listen.clone()));
     }
 
-    let app = router(AppState { raft: raft.clone(), transport, fault_injection: config.fault_injection });
+    let app = router(AppState {
+        raft: raft.clone(),
+        transport,
+        fault_injection: config.fault_injection,
+    });
     let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
     let raft_thread = std::thread::spawn(move || {
-        let result = thread.join().unwrap_or_else(|_| Ok(()));
+        let result = thread.join().map_err(|_| ServerError::Config("the Raft thread panicked".into()));
         let _ = raft_stopped_tx.send(());
         result
     });
@@ -117,9 +139,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let raft_result = tokio::task::spawn_blocking(move || raft_thread.join())
         .await
         .map_err(|e| ServerError::Config(e.to_string()))?
-        .unwrap_or(Ok(()));
-    raft_result?;
-    served.map_err(|e| ServerError::Listen { address: config.listen, reason: e.to_string() })
+        .map_err(|_| ServerError::Config("the Raft thread panicked".into()))?;
+    raft_result??;
+    served.map_err(|e| ServerError::Listen {
+        address: config.listen,
+        reason: e.to_string(),
+    })
 }
 
 /// Asks a member of the existing cluster to add this server, until it does.

@@ -28,15 +28,27 @@ fn format_of(headers: &HeaderMap, allow_yaml: bool) -> Result<Format, ApiError> 
         "application/json" => Ok(Format::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" if allow_yaml => Ok(Format::Yaml),
         other => {
-            let accepted = if allow_yaml { "application/json or application/yaml" } else { "application/json" };
-            let got = if other.is_empty() { "no content type".to_owned() } else { format!("`{other}`") };
-            Err(ApiError::UnsupportedMediaType(format!("expected {accepted}, got {got}")))
+            let accepted = if allow_yaml {
+                "application/json or application/yaml"
+            } else {
+                "application/json"
+            };
+            let got = if other.is_empty() {
+                "no content type".to_owned()
+            } else {
+                format!("`{other}`")
+            };
+            Err(ApiError::UnsupportedMediaType(format!(
+                "expected {accepted}, got {got}"
+            )))
         }
     }
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))
 }
 
 /// A workload spec sent as JSON (the CLI's form) or YAML (as a user wrote it).
@@ -46,13 +58,14 @@ pub async fn read_spec(headers: &HeaderMap, body: Body) -> Result<WorkloadSpec, 
     match format {
         Format::Json => flotilla_api::parse_json(&bytes).map_err(ApiError::InvalidSpec),
         Format::Yaml => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::InvalidSpec(flotilla_api::SpecError {
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                ApiError::InvalidSpec(flotilla_api::SpecError {
                     field: None,
                     line: None,
                     column: None,
                     reason: "is not UTF-8 text".into(),
-                }))?;
+                })
+            })?;
             flotilla_api::parse_yaml(text).map_err(ApiError::InvalidSpec)
         }
     }

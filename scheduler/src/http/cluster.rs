@@ -27,25 +27,47 @@ fn valid_address(address: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
 }
 
-pub async fn add_member(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Member>, ApiError> {
+pub async fn add_member(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Member>, ApiError> {
     let request: AddMemberRequest = read_json(&headers, body).await?;
     if request.id == 0 {
         return Err(ApiError::BadRequest("field `id`: must be more than 0".into()));
     }
     if !valid_address(&request.address) {
-        return Err(ApiError::BadRequest(format!("field `address`: `{}` is not host:port", request.address)));
+        return Err(ApiError::BadRequest(format!(
+            "field `address`: `{}` is not host:port",
+            request.address
+        )));
     }
     app.raft
-        .change_membership(MembershipChange::AddLearner { id: request.id, address: request.address.clone() })
+        .change_membership(MembershipChange::AddLearner {
+            id: request.id,
+            address: request.address.clone(),
+        })
         .await?;
     let member = app.raft.state().member(request.id).cloned();
-    Ok(Json(member.unwrap_or(Member { id: request.id, address: request.address, voter: false, matched: None })))
+    Ok(Json(member.unwrap_or(Member {
+        id: request.id,
+        address: request.address,
+        voter: false,
+        matched: None,
+    })))
 }
 
-pub async fn remove_member(State(app): State<AppState>, Path(id): Path<u64>) -> Result<Json<Member>, ApiError> {
+pub async fn remove_member(
+    State(app): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Json<Member>, ApiError> {
     let member = app.raft.state().member(id).cloned();
-    app.raft.change_membership(MembershipChange::Remove { id }).await?;
-    member.map(Json).ok_or_else(|| ApiError::NotFound(format!("server {id} is not a member")))
+    app.raft
+        .change_membership(MembershipChange::Remove { id })
+        .await?;
+    member
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("server {id} is not a member")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,9 +76,15 @@ pub struct FaultRequest {
     blocked_peers: Vec<u64>,
 }
 
-pub async fn set_faults(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<()>, ApiError> {
+pub async fn set_faults(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<()>, ApiError> {
     if !app.fault_injection {
-        return Err(ApiError::NotFound("fault injection is not enabled on this server".into()));
+        return Err(ApiError::NotFound(
+            "fault injection is not enabled on this server".into(),
+        ));
     }
     let request: FaultRequest = read_json(&headers, body).await?;
     tracing::warn!(blocked = ?request.blocked_peers, "fault injection: dropping Raft messages");

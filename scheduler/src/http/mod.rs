@@ -29,7 +29,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
-        .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
+        .route(
+            "/v1/workloads/{name}",
+            get(workloads::get_one).delete(workloads::delete),
+        )
         .route("/v1/workloads/{name}/scale", post(workloads::scale))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", post(cluster::add_member))

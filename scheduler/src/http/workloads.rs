@@ -50,16 +50,26 @@ pub async fn deploy(
     body: Body,
 ) -> Result<Json<DeployResult>, ApiError> {
     let spec = read_spec(&headers, body).await?;
-    let output = app.raft.propose(Command::PutWorkload { spec, expected_version: query.version }).await?;
+    let output = app
+        .raft
+        .propose(Command::PutWorkload {
+            spec,
+            expected_version: query.version,
+        })
+        .await?;
     match output {
         CommandOutput::Deployed(result) => Ok(Json(result)),
-        CommandOutput::Workload(workload) => {
-            Ok(Json(DeployResult { change: flotilla_api::DeployChange::Updated, workload }))
-        }
+        CommandOutput::Workload(workload) => Ok(Json(DeployResult {
+            change: flotilla_api::DeployChange::Updated,
+            workload,
+        })),
     }
 }
 
-pub async fn list(State(app): State<AppState>, Query(query): Query<ReadQuery>) -> Result<Json<Vec<Workload>>, ApiError> {
+pub async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Vec<Workload>>, ApiError> {
     read_barrier(&app, query.stale).await?;
     Ok(Json(app.raft.state().workloads().cloned().collect()))
 }
@@ -72,7 +82,9 @@ pub async fn get_one(
     let name = workload_name(&name)?;
     read_barrier(&app, query.stale).await?;
     let workload = app.raft.state().workload(name.as_str()).cloned();
-    workload.map(Json).ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
+    workload
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
 }
 
 pub async fn scale(
@@ -90,11 +102,20 @@ pub async fn scale(
             flotilla_api::spec::MAX_REPLICAS
         )));
     }
-    let output = app.raft.propose(Command::ScaleWorkload { name, replicas: request.replicas }).await?;
+    let output = app
+        .raft
+        .propose(Command::ScaleWorkload {
+            name,
+            replicas: request.replicas,
+        })
+        .await?;
     Ok(Json(expect_workload(output)))
 }
 
-pub async fn delete(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Workload>, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Workload>, ApiError> {
     let name = workload_name(&name)?;
     let output = app.raft.propose(Command::DeleteWorkload { name }).await?;
     Ok(Json(expect_workload(output)))

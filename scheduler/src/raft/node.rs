@@ -29,6 +29,7 @@ pub struct NodeConfig {
     pub id: u64,
     pub tick: Duration,
     pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_every: u64,
     /// How long a proposal or read may wait to commit before it fails.
@@ -39,8 +40,12 @@ impl NodeConfig {
     pub fn new(id: u64) -> Self {
         NodeConfig {
             id,
-            tick: Duration::from_millis(100),
-            election_ticks: 10,
+            // 50 ms ticks, 100 ms heartbeats, 1 s election timeout: DESIGN.md's
+            // timings, with finer ticks so that followers' randomized timeouts
+            // rarely land on the same instant (fewer split votes on failover).
+            tick: Duration::from_millis(50),
+            election_ticks: 20,
+            heartbeat_ticks: 2,
             snapshot_every: 10_000,
             request_timeout: Duration::from_secs(5),
         }
@@ -69,8 +74,13 @@ pub enum RaftError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
     /// Adds a non-voting learner; the leader promotes it once it has caught up.
-    AddLearner { id: u64, address: String },
-    Remove { id: u64 },
+    AddLearner {
+        id: u64,
+        address: String,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// Carried in a conf change entry's context: who to answer, and the address
@@ -85,13 +95,26 @@ struct ConfChangeContext {
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 pub(crate) enum Input {
-    Propose { command: Command, reply: Reply<CommandOutput> },
-    ChangeMembership { change: MembershipChange, reply: Reply<()> },
-    ReadIndex { reply: Reply<()> },
+    Propose {
+        command: Command,
+        reply: Reply<CommandOutput>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<()>,
+    },
+    ReadIndex {
+        reply: Reply<()>,
+    },
     Messages(Vec<Message>),
     Unreachable(u64),
-    SnapshotReported { to: u64, ok: bool },
-    Status { reply: oneshot::Sender<ServerStatus> },
+    SnapshotReported {
+        to: u64,
+        ok: bool,
+    },
+    Status {
+        reply: oneshot::Sender<ServerStatus>,
+    },
     Shutdown,
 }
 
@@ -133,7 +156,9 @@ impl RaftHandle {
 
     pub async fn status(&self) -> Result<ServerStatus, RaftError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Status { reply }).map_err(|_| RaftError::Stopped)?;
+        self.inputs
+            .send(Input::Status { reply })
+            .map_err(|_| RaftError::Stopped)?;
         answer.await.map_err(|_| RaftError::Stopped)
     }
 
@@ -143,7 +168,9 @@ impl RaftHandle {
     }
 
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {
-        self.inputs.send(Input::Messages(messages)).map_err(|_| RaftError::Stopped)
+        self.inputs
+            .send(Input::Messages(messages))
+            .map_err(|_| RaftError::Stopped)
     }
 
     pub fn shutdown(&self) {
@@ -182,7 +209,10 @@ fn fail_all<T>(waiting: impl IntoIterator<Item = Waiting<T>>, error: &RaftError)
 }
 
 fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
+    StorageError::Corrupted {
+        path: "raft log".into(),
+        what: format!("entry {index}: {reason}"),
+    }
 }
 
 impl Node {
@@ -196,7 +226,12 @@ impl Node {
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
-            heartbeat_tick: 1,
+            // Followers time out between 1 and 1.3 elections (raft-rs's default
+            // is up to 2): failover stays near one election timeout, and a
+            // 30 % spread still keeps split votes rare on a LAN.
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks + config.election_ticks.div_ceil(3),
+            heartbeat_tick: config.heartbeat_ticks,
             applied,
             check_quorum: true,
             pre_vote: true,
@@ -283,7 +318,11 @@ impl Node {
                     return;
                 }
                 let request_id = self.new_request_id();
-                let envelope = Envelope { origin: self.config.id, request_id, command };
+                let envelope = Envelope {
+                    origin: self.config.id,
+                    request_id,
+                    command,
+                };
                 let data = match serde_json::to_vec(&envelope) {
                     Ok(data) => data,
                     Err(e) => {
@@ -321,7 +360,11 @@ impl Node {
             }
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
             Input::SnapshotReported { to, ok } => {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(to, status);
             }
             Input::Status { reply } => {
@@ -384,14 +427,20 @@ impl Node {
             return;
         }
         let request_id = self.new_request_id();
-        let context = ConfChangeContext { origin: self.config.id, request_id, address };
+        let context = ConfChangeContext {
+            origin: self.config.id,
+            request_id,
+            address,
+        };
         match self.propose_conf_change(change_type, id, &context) {
             Ok(()) => {
                 let deadline = self.deadline();
                 self.membership.insert(request_id, Waiting { reply, deadline });
             }
             Err(error) => {
-                let _ = reply.send(Err(RaftError::Membership(format!("cannot change membership now: {error}"))));
+                let _ = reply.send(Err(RaftError::Membership(format!(
+                    "cannot change membership now: {error}"
+                ))));
             }
         }
     }
@@ -417,13 +466,34 @@ impl Node {
 
     fn on_tick(&mut self, now: Instant) {
         let timeout = RaftError::Timeout(self.config.request_timeout);
-        let late: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
+        let late: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         fail_all(late.iter().filter_map(|id| self.proposals.remove(id)), &timeout);
-        let late: Vec<u64> = self.membership.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
+        let late: Vec<u64> = self
+            .membership
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         fail_all(late.iter().filter_map(|id| self.membership.remove(id)), &timeout);
-        let late: Vec<u64> = self.reads_unconfirmed.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
-        fail_all(late.iter().filter_map(|id| self.reads_unconfirmed.remove(id)), &timeout);
-        let (late, keep): (Vec<_>, Vec<_>) = self.reads_confirmed.drain(..).partition(|(_, w)| w.deadline <= now);
+        let late: Vec<u64> = self
+            .reads_unconfirmed
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        fail_all(
+            late.iter().filter_map(|id| self.reads_unconfirmed.remove(id)),
+            &timeout,
+        );
+        let (late, keep): (Vec<_>, Vec<_>) = self
+            .reads_confirmed
+            .drain(..)
+            .partition(|(_, w)| w.deadline <= now);
         self.reads_confirmed = keep;
         fail_all(late.into_iter().map(|(_, w)| w), &timeout);
         self.promote_caught_up_learner();
@@ -443,7 +513,11 @@ impl Node {
             .find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
         if let Some(id) = ready {
             tracing::info!(member = id, "promoting caught-up learner to voter");
-            let context = ConfChangeContext { origin: 0, request_id: 0, address: None };
+            let context = ConfChangeContext {
+                origin: 0,
+                request_id: 0,
+                address: None,
+            };
             if let Err(error) = self.propose_conf_change(ConfChangeType::AddNode, id, &context) {
                 tracing::warn!(member = id, %error, "cannot promote learner yet");
             }
@@ -465,7 +539,12 @@ impl Node {
             self.install_snapshot(ready.snapshot().clone())?;
         }
         for read in ready.take_read_states() {
-            let id = read.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
+            let id = read
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
             if let Some(waiting) = self.reads_unconfirmed.remove(&id) {
                 self.reads_confirmed.push((read.index, waiting));
             }
@@ -494,7 +573,12 @@ impl Node {
         if leader == self.leader {
             return;
         }
-        tracing::info!(previous = self.leader, leader, term = self.raw.raft.term, "leader changed");
+        tracing::info!(
+            previous = self.leader,
+            leader,
+            term = self.raw.raft.term,
+            "leader changed"
+        );
         if self.leader != raft::INVALID_ID {
             let error = RaftError::LeaderChanged;
             fail_all(self.proposals.drain().map(|(_, w)| w), &error);
@@ -506,7 +590,8 @@ impl Node {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        let (done, waiting): (Vec<_>, Vec<_>) = self.reads_confirmed.drain(..).partition(|(i, _)| *i <= applied);
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            self.reads_confirmed.drain(..).partition(|(i, _)| *i <= applied);
         self.reads_confirmed = waiting;
         for (_, w) in done {
             let _ = w.reply.send(Ok(()));
@@ -515,8 +600,8 @@ impl Node {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
-        let restored: ClusterState =
-            serde_json::from_slice(&snapshot.data).map_err(|e| corrupt_entry(index, format!("snapshot: {e}")))?;
+        let restored: ClusterState = serde_json::from_slice(&snapshot.data)
+            .map_err(|e| corrupt_entry(index, format!("snapshot: {e}")))?;
         self.raw.mut_store().install_snapshot(snapshot)?;
         tracing::info!(index, "installed snapshot from leader");
         self.transport.learn_members(restored.members());
@@ -546,14 +631,15 @@ impl Node {
                     }
                 }
                 EntryType::EntryConfChange => {
-                    let change = ConfChange::parse_from_bytes(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
+                    let change = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| corrupt_entry(entry.index, e))?;
                     if let Err(error) = self.raw.apply_conf_change(&change) {
                         tracing::warn!(%error, index = entry.index, "conf change refused");
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let change =
-                        ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| corrupt_entry(entry.index, e))?;
                     let context: Option<ConfChangeContext> = serde_json::from_slice(&entry.context).ok();
                     let result = self.raw.apply_conf_change(&change);
                     if result.is_ok() {
@@ -561,7 +647,9 @@ impl Node {
                             let address = context.as_ref().and_then(|c| c.address.clone());
                             match single.get_change_type() {
                                 ConfChangeType::AddNode => state.add_member(single.node_id, address, true),
-                                ConfChangeType::AddLearnerNode => state.add_member(single.node_id, address, false),
+                                ConfChangeType::AddLearnerNode => {
+                                    state.add_member(single.node_id, address, false)
+                                }
                                 ConfChangeType::RemoveNode => state.remove_member(single.node_id),
                             }
                         }
@@ -584,14 +672,19 @@ impl Node {
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let every = self.config.snapshot_every;
         let wanted = self.raw.store().take_snapshot_request();
-        if self.applied < self.raw.store().snapshot_index() + every && !(wanted && self.applied > self.raw.store().snapshot_index()) {
+        if self.applied < self.raw.store().snapshot_index() + every
+            && !(wanted && self.applied > self.raw.store().snapshot_index())
+        {
             return Ok(());
         }
         let index = self.applied;
-        let term = self.raw.store().term(index).map_err(|e| corrupt_entry(index, e))?;
+        let term = self
+            .raw
+            .store()
+            .term(index)
+            .map_err(|e| corrupt_entry(index, e))?;
         let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
-        let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -623,7 +716,11 @@ impl Node {
             .state()
             .members()
             .map(|m| Member {
-                matched: if is_leader { raft.prs().get(m.id).map(|p| p.matched) } else { None },
+                matched: if is_leader {
+                    raft.prs().get(m.id).map(|p| p.matched)
+                } else {
+                    None
+                },
                 ..m.clone()
             })
             .collect();
@@ -658,6 +755,13 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))
-        .map_err(|e| raft::Error::Io(e))?;
-    Ok((RaftHandle { inputs, state, wait_limit }, thread))
+        .map_err(raft::Error::Io)?;
+    Ok((
+        RaftHandle {
+            inputs,
+            state,
+            wait_limit,
+        },
+        thread,
+    ))
 }

@@ -26,7 +26,9 @@ impl Drain for TracingDrain {
         let _ = values.serialize(record, &mut kv);
         let message = record.msg();
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{message}{}", kv.0),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{message}{}", kv.0)
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{message}{}", kv.0),
             slog::Level::Info => tracing::info!(target: "raft", "{message}{}", kv.0),
             slog::Level::Debug | slog::Level::Trace => tracing::debug!(target: "raft", "{message}{}", kv.0),

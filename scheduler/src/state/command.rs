@@ -7,9 +7,17 @@ use serde::{Deserialize, Serialize};
 pub enum Command {
     /// Create or replace a workload's spec (apply semantics). With
     /// `expected_version` it is refused unless the stored version matches.
-    PutWorkload { spec: WorkloadSpec, expected_version: Option<u64> },
-    ScaleWorkload { name: WorkloadName, replicas: u32 },
-    DeleteWorkload { name: WorkloadName },
+    PutWorkload {
+        spec: WorkloadSpec,
+        expected_version: Option<u64>,
+    },
+    ScaleWorkload {
+        name: WorkloadName,
+        replicas: u32,
+    },
+    DeleteWorkload {
+        name: WorkloadName,
+    },
 }
 
 /// A command as it travels in a log entry. The proposing server keeps a
@@ -35,7 +43,18 @@ pub enum Rejection {
     #[error("workload `{0}` does not exist")]
     WorkloadNotFound(WorkloadName),
     #[error("workload `{name}` is at version {actual}, not the expected {expected}")]
-    VersionMismatch { name: WorkloadName, expected: u64, actual: u64 },
-    #[error("workload `{name}` autoscales between {min} and {max}; {replicas} replicas is outside that range")]
-    OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
+    VersionMismatch {
+        name: WorkloadName,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "workload `{name}` autoscales between {min} and {max}; {replicas} replicas is outside that range"
+    )]
+    OutsideAutoscaleRange {
+        name: WorkloadName,
+        replicas: u32,
+        min: u32,
+        max: u32,
+    },
 }

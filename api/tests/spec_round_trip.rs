@@ -1,0 +1,150 @@
+//! Every valid spec survives YAML and JSON unchanged: what `flotilla get -o
+//! json` prints, or a spec written back out, deploys as the same workload.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::spec::{
+    Autoscale, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources, RestartPolicy,
+};
+use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
+use proptest::prelude::*;
+use proptest::sample::select;
+
+fn label_token() -> impl Strategy<Value = String> {
+    proptest::collection::vec(select(&['a', 'b', 'z', '0', '9', '.', '_', '-'][..]), 1..8)
+        .prop_map(|chars| format!("k{}", chars.into_iter().collect::<String>()))
+}
+
+fn name() -> impl Strategy<Value = WorkloadName> {
+    proptest::collection::vec(select(&['a', 'q', 'z', '0', '7', '-'][..]), 0..20).prop_map(|middle| {
+        let text = format!("w{}x", middle.into_iter().collect::<String>());
+        WorkloadName::parse(&text).expect("generated names are valid")
+    })
+}
+
+fn constraint() -> impl Strategy<Value = Constraint> {
+    (
+        label_token(),
+        proptest::collection::vec(label_token(), 1..4),
+        0..4u8,
+    )
+        .prop_map(|(key, values, kind)| match kind {
+            0 => Constraint::Equals {
+                key,
+                value: values[0].clone(),
+            },
+            1 => Constraint::NotEquals {
+                key,
+                value: values[0].clone(),
+            },
+            2 => Constraint::In { key, values },
+            _ => Constraint::NotIn { key, values },
+        })
+}
+
+fn ports() -> impl Strategy<Value = Vec<PortSpec>> {
+    proptest::collection::btree_map(
+        1..=65535u16,
+        (proptest::option::of(0..=65535u16), any::<bool>()),
+        0..4,
+    )
+    .prop_map(|ports| {
+        let mut used_hosts = std::collections::BTreeSet::new();
+        ports
+            .into_iter()
+            .map(|(container, (host, udp))| {
+                let host = host.filter(|h| *h == 0 || used_hosts.insert(*h));
+                let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+                PortSpec {
+                    container,
+                    host,
+                    protocol,
+                }
+            })
+            .collect()
+    })
+}
+
+fn autoscale() -> impl Strategy<Value = Option<Autoscale>> {
+    proptest::option::of((1..10u32, 0..20u32, proptest::option::of(1..=1000u32), 1..=1000u32)).prop_map(|a| {
+        a.map(|(min, extra, cpu, memory)| Autoscale {
+            min,
+            max: min + extra,
+            cpu: cpu.map(Percent),
+            memory: if cpu.is_none() {
+                Some(Percent(memory))
+            } else {
+                None
+            },
+        })
+    })
+}
+
+fn spec() -> impl Strategy<Value = WorkloadSpec> {
+    (
+        name(),
+        any::<bool>(),
+        proptest::collection::vec("[ -~]{0,12}", 1..4),
+        proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,6}", "[ -~]{0,12}", 0..4),
+        0..1000u32,
+        (1..64_000u64, (6u64 << 20)..(64u64 << 30)),
+        (0..3u8, any::<bool>()),
+        ports(),
+        proptest::collection::vec(constraint(), 0..3),
+        autoscale(),
+    )
+        .prop_map(
+            |(
+                name,
+                docker,
+                command,
+                env,
+                replicas,
+                (cpu, memory),
+                (restart, spread),
+                ports,
+                constraints,
+                autoscale,
+            )| {
+                let env: BTreeMap<String, String> = env;
+                WorkloadSpec {
+                    name,
+                    driver: if docker { Driver::Docker } else { Driver::Process },
+                    image: docker.then(|| "registry.local/app:1.0".to_owned()),
+                    command,
+                    env,
+                    replicas,
+                    resources: Resources {
+                        cpu: CpuMillis(cpu),
+                        memory: MemoryBytes(memory),
+                    },
+                    restart: [
+                        RestartPolicy::Always,
+                        RestartPolicy::OnFailure,
+                        RestartPolicy::Never,
+                    ][restart as usize],
+                    ports,
+                    constraints,
+                    placement: if spread {
+                        PlacementStrategy::Spread
+                    } else {
+                        PlacementStrategy::Binpack
+                    },
+                    autoscale,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn valid_specs_round_trip_through_yaml_and_json(spec in spec()) {
+        prop_assert_eq!(spec.validate(), Ok(()));
+        let yaml = serde_saphyr::to_string(&spec).expect("serializes to YAML");
+        prop_assert_eq!(parse_yaml(&yaml).map_err(|e| e.to_string()), Ok(spec.clone()), "YAML:\n{}", yaml);
+        let json = serde_json::to_vec(&spec).expect("serializes to JSON");
+        prop_assert_eq!(parse_json(&json).map_err(|e| e.to_string()), Ok(spec));
+    }
+}

@@ -1,0 +1,157 @@
+//! Control-plane benchmark on a three-server cluster on loopback:
+//! committed writes per second with 1 and 64 clients, write latency, and
+//! leader failover time (kill -9 of the leader until the next write is
+//! acknowledged). Run with `cargo bench -p flotilla-tests --bench raft`.
+
+use std::time::{Duration, Instant};
+
+use flotilla_api::{Client, WorkloadSpec, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster};
+
+fn spec(name: &str) -> WorkloadSpec {
+    parse_yaml(&format!("name: {name}\nimage: busybox\nreplicas: 2\n")).expect("valid spec")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn single_client(client: &Client, writes: usize) -> (f64, Vec<Duration>) {
+    let mut latencies = Vec::with_capacity(writes);
+    let start = Instant::now();
+    for i in 0..writes {
+        let t = Instant::now();
+        client
+            .deploy(&spec(&format!("one-{i}")), None)
+            .await
+            .expect("write");
+        latencies.push(t.elapsed());
+    }
+    let rate = writes as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies)
+}
+
+async fn many_clients(client: &Client, clients: usize, writes_each: usize) -> (f64, Vec<Duration>) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(writes_each);
+            for i in 0..writes_each {
+                let t = Instant::now();
+                client
+                    .deploy(&spec(&format!("many-{c}-{i}")), None)
+                    .await
+                    .expect("write");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
+    let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies)
+}
+
+/// Tries every server in a tight loop until one acknowledges the write.
+async fn write_until_acknowledged(cluster: &TestCluster, name: &str) {
+    let clients: Vec<Client> = cluster.servers.iter().map(|s| cluster.client_of(s.id)).collect();
+    loop {
+        for client in &clients {
+            if client.deploy(&spec(name), None).await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        // Let every follower hear a fresh heartbeat, as in steady state.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed_at = Instant::now();
+        cluster.server(leader).kill();
+        write_until_acknowledged(cluster, &format!("failover-{trial}")).await;
+        times.push(killed_at.elapsed());
+        cluster.server(leader).start();
+        let everyone = cluster.client();
+        let expected = everyone.list(false).await.expect("list").len();
+        let back = cluster.client_of(leader);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while back.list(true).await.map(|l| l.len()).unwrap_or(0) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    times.sort();
+    times
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let to_leader = Client::new([cluster.address(leader)]);
+    // Warm up connections and the allocator.
+    single_client(&to_leader, 200).await;
+
+    let (rate1, lat1) = single_client(&to_leader, 2000).await;
+    let (rate64, lat64) = many_clients(&to_leader, 64, 300).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (rate64f, _) = many_clients(&Client::new([cluster.address(follower)]), 64, 100).await;
+    let failover = failover_trials(&mut cluster, 20).await;
+
+    println!("flotilla control plane, 3 servers on loopback (fsync on every Raft write)");
+    println!("{:<44} {:>12}", "metric", "value");
+    println!("{:<44} {:>12.0}", "writes/s, 1 client", rate1);
+    println!(
+        "{:<44} {:>12.2}",
+        "write latency p50 ms, 1 client",
+        ms(percentile(&lat1, 0.50))
+    );
+    println!(
+        "{:<44} {:>12.2}",
+        "write latency p99 ms, 1 client",
+        ms(percentile(&lat1, 0.99))
+    );
+    println!("{:<44} {:>12.0}", "writes/s, 64 clients (to the leader)", rate64);
+    println!("{:<44} {:>12.0}", "writes/s, 64 clients (to a follower)", rate64f);
+    println!(
+        "{:<44} {:>12.2}",
+        "write latency p50 ms, 64 clients",
+        ms(percentile(&lat64, 0.50))
+    );
+    println!(
+        "{:<44} {:>12.2}",
+        "write latency p99 ms, 64 clients",
+        ms(percentile(&lat64, 0.99))
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        format!("failover p50 ms ({} trials)", failover.len()),
+        ms(percentile(&failover, 0.50))
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        format!("failover p99 ms ({} trials)", failover.len()),
+        ms(percentile(&failover, 0.99))
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "failover max ms",
+        ms(failover[failover.len() - 1])
+    );
+}
