@@ -24,9 +24,20 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_logging("warn");
-    let specs = args.specs.iter().map(read_spec).collect::<anyhow::Result<Vec<_>>>()?;
-    let data = tempfile::Builder::new().prefix("flotilla-dev-").tempdir().context("cannot create a data dir")?;
-    eprintln!("flotilla dev: server on {} with data in {}", args.listen, data.path().display());
+    let specs = args
+        .specs
+        .iter()
+        .map(read_spec)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let data = tempfile::Builder::new()
+        .prefix("flotilla-dev-")
+        .tempdir()
+        .context("cannot create a data dir")?;
+    eprintln!(
+        "flotilla dev: server on {} with data in {}",
+        args.listen,
+        data.path().display()
+    );
     let config = ServerConfig {
         id: 1,
         listen: args.listen.clone(),
@@ -43,14 +54,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let client = Client::new([args.listen.clone()]).with_retry_for(Duration::from_secs(10));
     for spec in &specs {
         let result = client.deploy(spec, None).await?;
-        eprintln!("workload/{} deployed (version {})", result.workload.spec.name, result.workload.version);
+        eprintln!(
+            "workload/{} deployed (version {})",
+            result.workload.spec.name, result.workload.version
+        );
     }
     for workload in client.list(false).await? {
         eprintln!(
             "  {}: {} replicas of {}",
             workload.spec.name,
             workload.spec.replicas,
-            workload.spec.image.clone().unwrap_or_else(|| workload.spec.command.join(" "))
+            workload
+                .spec
+                .image
+                .clone()
+                .unwrap_or_else(|| workload.spec.command.join(" "))
         );
     }
     eprintln!("ready; in another shell: flotilla list   (Ctrl-C stops the server and deletes its data)");

@@ -48,7 +48,10 @@ pub enum ServerError {
 fn bootstrap_snapshot(peers: &BTreeMap<u64, String>) -> Result<Snapshot, ServerError> {
     let state = ClusterState::bootstrap(peers);
     let data = serde_json::to_vec(&state).map_err(|e| ServerError::Snapshot(e.to_string()))?;
-    let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
+    let mut snapshot = Snapshot {
+        data: data.into(),
+        ..Snapshot::default()
+    };
     let meta = snapshot.mut_metadata();
     meta.index = 1;
     meta.term = 1;
@@ -124,7 +127,9 @@ pub async fn run(
     });
     let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
     let raft_thread = std::thread::spawn(move || {
-        let result = thread.join().map_err(|_| ServerError::Config("the Raft thread panicked".into()));
+        let result = thread
+            .join()
+            .map_err(|_| ServerError::Config("the Raft thread panicked".into()));
         let _ = raft_stopped_tx.send(());
         result
     });

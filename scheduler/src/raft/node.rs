@@ -684,7 +684,10 @@ impl Node {
             .term(index)
             .map_err(|e| corrupt_entry(index, e))?;
         let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
-        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Snapshot::default()
+        };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;

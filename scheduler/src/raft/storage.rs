@@ -409,7 +409,12 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, data: format!("command {index}").into_bytes().into(), ..Entry::default() }
+        Entry {
+            index,
+            term,
+            data: format!("command {index}").into_bytes().into(),
+            ..Entry::default()
+        }
     }
 
     fn snapshot_at(index: u64, term: u64) -> Snapshot {
@@ -428,7 +433,11 @@ mod tests {
             let mut storage = RaftStorage::open(dir.path()).expect("open");
             storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
             let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 2)).collect();
-            let hs = HardState { term: 2, commit: 7, ..HardState::default() };
+            let hs = HardState {
+                term: 2,
+                commit: 7,
+                ..HardState::default()
+            };
             storage.persist(&entries, Some(&hs)).expect("persist");
             // A new leader overwrites the uncommitted tail.
             storage.persist(&[entry(9, 3)], None).expect("overwrite");

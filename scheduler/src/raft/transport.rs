@@ -219,7 +219,11 @@ mod tests {
     fn batches_round_trip_and_truncation_is_an_error() {
         let messages: Vec<Message> = (1..=3)
             .map(|i| {
-                let mut m = Message { to: i, term: 7, ..Message::default() };
+                let mut m = Message {
+                    to: i,
+                    term: 7,
+                    ..Message::default()
+                };
                 m.set_msg_type(MessageType::MsgHeartbeat);
                 m
             })
