@@ -11,9 +11,11 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::allocation::{Allocation, AllocationUpdate, NodeAllocations};
 use crate::model::{
     AddMemberRequest, ApiErrorBody, DeployResult, Member, ScaleRequest, ServerStatus, Workload,
 };
+use crate::node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 use crate::spec::WorkloadSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,72 @@ impl Client {
     pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
         self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
             .await
+    }
+}
+
+impl Client {
+    pub async fn register_node(&self, registration: &NodeRegistration) -> Result<Node, ClientError> {
+        self.request(Method::POST, "/v1/nodes", Some(registration)).await
+    }
+
+    pub async fn nodes(&self, stale: bool) -> Result<Vec<Node>, ClientError> {
+        let path = if stale {
+            "/v1/nodes?stale=true"
+        } else {
+            "/v1/nodes"
+        };
+        self.request::<(), _>(Method::GET, path, None).await
+    }
+
+    /// Drains (`Draining`) or returns to service (`Ready`) a node.
+    pub async fn set_node_status(&self, node: &str, status: NodeStatus) -> Result<Node, ClientError> {
+        let body = NodeStatusRequest { status };
+        self.request(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body))
+            .await
+    }
+
+    /// Reports state changes of a node's allocations, as its agent does.
+    pub async fn report_allocations(
+        &self,
+        node: &str,
+        updates: &[AllocationUpdate],
+    ) -> Result<u32, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/nodes/{node}/allocations"),
+            Some(&updates),
+        )
+        .await
+    }
+
+    /// A node's allocations once the state index passes `index`, waiting up to `wait`.
+    pub async fn node_allocations(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<NodeAllocations, ClientError> {
+        let path = format!(
+            "/v1/nodes/{node}/allocations?index={index}&wait_ms={}",
+            wait.as_millis()
+        );
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Allocations, optionally only those of one workload or on one node.
+    pub async fn allocations(
+        &self,
+        workload: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<Allocation>, ClientError> {
+        let mut path = String::from("/v1/allocations?stale=false");
+        if let Some(workload) = workload {
+            path.push_str(&format!("&workload={workload}"));
+        }
+        if let Some(node) = node {
+            path.push_str(&format!("&node={node}"));
+        }
+        self.request::<(), _>(Method::GET, &path, None).await
     }
 }
 

@@ -1,16 +1,20 @@
 //! flotilla's contract: the workload spec users write, the models the API
 //! returns, and the typed client the CLI, agents and tests use.
 
+pub mod allocation;
 pub mod client;
 pub mod constraint;
 pub mod model;
+pub mod node;
 pub mod quantity;
 pub mod spec;
 pub mod spec_error;
 
+pub use allocation::{Allocation, AllocationState, AllocationUpdate, NodeAllocations, PortBinding};
 pub use client::{Client, ClientError};
 pub use constraint::Constraint;
 pub use model::*;
+pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};
 pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 pub use spec_error::SpecError;

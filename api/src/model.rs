@@ -16,6 +16,24 @@ pub struct Workload {
     pub created_index: u64,
     /// Raft index of the last command that changed it.
     pub modified_index: u64,
+    /// How its replicas stand now; filled in when read, not stored.
+    #[serde(default)]
+    pub status: WorkloadStatus,
+}
+
+/// How a workload's replicas stand, for `flotilla get` and `deploy --wait`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    /// Live allocations (pending or running), of any version.
+    pub placed: u32,
+    pub running: u32,
+    /// Replicas that no node can take right now.
+    pub unplaced: u32,
+    /// Why they cannot be placed, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced_reason: Option<String>,
+    /// Live allocations still on an older version (a rollout in progress).
+    pub outdated: u32,
 }
 
 /// What a deploy did, so that `flotilla deploy` can say so.

@@ -120,6 +120,10 @@ pub async fn run(
         tokio::spawn(ask_to_join(seed, config.id, config.listen.clone()));
     }
 
+    tokio::spawn(crate::controllers::run_reconciler(
+        raft.clone(),
+        Default::default(),
+    ));
     let app = router(AppState {
         raft: raft.clone(),
         transport,

@@ -18,6 +18,8 @@ pub enum ApiError {
     Conflict(String),
     PayloadTooLarge(usize),
     UnsupportedMediaType(String),
+    /// A server bug, never a client's mistake.
+    Internal(String),
     /// The request could not be served now; a retry (here or on another server) may succeed.
     Unavailable {
         code: &'static str,
@@ -29,7 +31,9 @@ impl From<RaftError> for ApiError {
     fn from(error: RaftError) -> Self {
         let message = error.to_string();
         match error {
-            RaftError::Rejected(Rejection::WorkloadNotFound(_)) => ApiError::NotFound(message),
+            RaftError::Rejected(Rejection::WorkloadNotFound(_) | Rejection::NodeNotFound(_)) => {
+                ApiError::NotFound(message)
+            }
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
             RaftError::NoLeader => ApiError::Unavailable {
                 code: "no_leader",
@@ -79,6 +83,7 @@ impl IntoResponse for ApiError {
                 m,
                 None,
             ),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m, None),
             ApiError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
         };
         (

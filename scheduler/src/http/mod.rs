@@ -4,6 +4,7 @@
 mod body;
 mod cluster;
 mod error;
+mod nodes;
 mod peer;
 mod workloads;
 
@@ -34,6 +35,13 @@ pub fn router(state: AppState) -> Router {
             get(workloads::get_one).delete(workloads::delete),
         )
         .route("/v1/workloads/{name}/scale", post(workloads::scale))
+        .route("/v1/nodes", get(nodes::list).post(nodes::register))
+        .route("/v1/nodes/{name}/status", put(nodes::set_status))
+        .route(
+            "/v1/nodes/{name}/allocations",
+            get(nodes::node_allocations).post(nodes::report),
+        )
+        .route("/v1/allocations", get(nodes::allocations))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))

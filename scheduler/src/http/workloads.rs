@@ -36,10 +36,11 @@ async fn read_barrier(app: &AppState, stale: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn expect_workload(output: CommandOutput) -> Workload {
+fn expect_workload(output: CommandOutput) -> Result<Workload, ApiError> {
     match output {
-        CommandOutput::Workload(workload) => workload,
-        CommandOutput::Deployed(result) => result.workload,
+        CommandOutput::Workload(workload) => Ok(workload),
+        CommandOutput::Deployed(result) => Ok(result.workload),
+        other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
     }
 }
 
@@ -59,10 +60,7 @@ pub async fn deploy(
         .await?;
     match output {
         CommandOutput::Deployed(result) => Ok(Json(result)),
-        CommandOutput::Workload(workload) => Ok(Json(DeployResult {
-            change: flotilla_api::DeployChange::Updated,
-            workload,
-        })),
+        other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
     }
 }
 
@@ -71,7 +69,10 @@ pub async fn list(
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<Vec<Workload>>, ApiError> {
     read_barrier(&app, query.stale).await?;
-    Ok(Json(app.raft.state().workloads().cloned().collect()))
+    let state = app.raft.state();
+    Ok(Json(
+        state.workloads().map(|w| state.with_status(w.clone())).collect(),
+    ))
 }
 
 pub async fn get_one(
@@ -81,7 +82,7 @@ pub async fn get_one(
 ) -> Result<Json<Workload>, ApiError> {
     let name = workload_name(&name)?;
     read_barrier(&app, query.stale).await?;
-    let workload = app.raft.state().workload(name.as_str()).cloned();
+    let workload = app.raft.state().workload(name.as_str());
     workload
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
@@ -109,7 +110,7 @@ pub async fn scale(
             replicas: request.replicas,
         })
         .await?;
-    Ok(Json(expect_workload(output)))
+    Ok(Json(expect_workload(output)?))
 }
 
 pub async fn delete(
@@ -118,5 +119,5 @@ pub async fn delete(
 ) -> Result<Json<Workload>, ApiError> {
     let name = workload_name(&name)?;
     let output = app.raft.propose(Command::DeleteWorkload { name }).await?;
-    Ok(Json(expect_workload(output)))
+    Ok(Json(expect_workload(output)?))
 }

@@ -6,6 +6,7 @@
 //! proposals share one fsync.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
@@ -126,6 +127,11 @@ pub struct RaftHandle {
     /// Upper bound on waiting for a reply, a little above the node's own
     /// timeout so the node's clearer error normally wins.
     wait_limit: Duration,
+    id: u64,
+    /// The leader this server last heard of (0: none), for leader-only loops.
+    leader: Arc<AtomicU64>,
+    /// The applied index, for loops and blocking queries that wait for change.
+    applied: watch::Receiver<u64>,
 }
 
 impl RaftHandle {
@@ -176,6 +182,20 @@ impl RaftHandle {
     pub fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown);
     }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed) == self.id
+    }
+
+    /// The leader this server last heard of.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.leader.load(Ordering::Relaxed)).filter(|l| *l != raft::INVALID_ID)
+    }
+
+    /// Changes whenever this server applies entries.
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
 }
 
 /// A request waiting for its entry to apply, and when it gives up.
@@ -200,6 +220,8 @@ pub struct Node {
     reads_confirmed: Vec<(u64, Waiting<()>)>,
     leader: u64,
     applied: u64,
+    leader_shared: Arc<AtomicU64>,
+    applied_shared: watch::Sender<u64>,
 }
 
 fn fail_all<T>(waiting: impl IntoIterator<Item = Waiting<T>>, error: &RaftError) {
@@ -221,6 +243,8 @@ impl Node {
         storage: RaftStorage,
         state: Arc<RwLock<ClusterState>>,
         transport: Arc<PeerTransport>,
+        leader_shared: Arc<AtomicU64>,
+        applied_shared: watch::Sender<u64>,
     ) -> Result<Self, raft::Error> {
         let applied = storage.snapshot_index();
         let raft_config = raft::Config {
@@ -256,6 +280,8 @@ impl Node {
             reads_confirmed: Vec::new(),
             leader: 0,
             applied,
+            leader_shared,
+            applied_shared,
         })
     }
 
@@ -565,6 +591,9 @@ impl Node {
         }
         self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
+        if *self.applied_shared.borrow() != self.applied {
+            self.applied_shared.send_replace(self.applied);
+        }
         self.answer_reads();
         Ok(())
     }
@@ -586,6 +615,7 @@ impl Node {
             fail_all(self.reads_unconfirmed.drain().map(|(_, w)| w), &error);
         }
         self.leader = leader;
+        self.leader_shared.store(leader, Ordering::Relaxed);
     }
 
     fn answer_reads(&mut self) {
@@ -754,7 +784,17 @@ pub(crate) fn spawn(
     let (inputs, receiver) = std::sync::mpsc::channel();
     let transport = transport_for(inputs.clone());
     let wait_limit = node_config.request_timeout + Duration::from_secs(1);
-    let node = Node::new(node_config, storage, Arc::clone(&state), transport)?;
+    let id = node_config.id;
+    let leader = Arc::new(AtomicU64::new(0));
+    let (applied_shared, applied) = watch::channel(storage.snapshot_index());
+    let node = Node::new(
+        node_config,
+        storage,
+        Arc::clone(&state),
+        transport,
+        Arc::clone(&leader),
+        applied_shared,
+    )?;
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))
@@ -764,6 +804,9 @@ pub(crate) fn spawn(
             inputs,
             state,
             wait_limit,
+            id,
+            leader,
+            applied,
         },
         thread,
     ))

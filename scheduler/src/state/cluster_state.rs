@@ -1,11 +1,18 @@
-//! The cluster's desired state, and the deterministic `apply` that changes it.
+//! The cluster's desired and observed state, and the deterministic `apply`
+//! that changes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_api::{DeployChange, DeployResult, Member, Workload, WorkloadName};
+use flotilla_api::spec::Protocol;
+use flotilla_api::{
+    Allocation, AllocationState, AllocationUpdate, DeployChange, DeployResult, Member, Node,
+    NodeRegistration, NodeStatus, Workload, WorkloadName, WorkloadStatus,
+};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandOutput, Rejection};
+use super::plan::{Placement, Plan, PlanOutcome, Unplaced};
+use crate::placement::{self, NodeView, Request};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -13,6 +20,35 @@ pub struct ClusterState {
     /// Raft members and their addresses, replicated so that every server,
     /// including one that joins later, knows where its peers listen.
     members: BTreeMap<u64, Member>,
+    nodes: BTreeMap<String, Node>,
+    allocations: BTreeMap<u64, Allocation>,
+    /// Allocation ids by node and by workload, kept in step with `allocations`.
+    by_node: BTreeMap<String, BTreeSet<u64>>,
+    by_workload: BTreeMap<WorkloadName, BTreeSet<u64>>,
+    next_allocation_id: u64,
+    /// Replicas the last plan could not place, and why.
+    unplaced: BTreeMap<WorkloadName, Unplaced>,
+}
+
+/// What one replica of a workload asks of a node, from its spec.
+pub fn request_of(workload: &Workload) -> Request {
+    let spec = &workload.spec;
+    Request {
+        cpu: spec.resources.cpu.0,
+        memory: spec.resources.memory.0,
+        driver: spec.driver,
+        constraints: spec.constraints.clone(),
+        host_ports: spec.fixed_host_ports().collect(),
+    }
+}
+
+fn fixed_ports(allocation: &Allocation) -> Vec<(u16, Protocol)> {
+    allocation
+        .ports
+        .iter()
+        .filter(|p| p.host != 0)
+        .map(|p| (p.host, p.protocol))
+        .collect()
 }
 
 impl ClusterState {
@@ -33,8 +69,9 @@ impl ClusterState {
             })
             .collect();
         ClusterState {
-            workloads: BTreeMap::new(),
             members,
+            next_allocation_id: 1,
+            ..ClusterState::default()
         }
     }
 
@@ -59,6 +96,15 @@ impl ClusterState {
                 }
                 let (change, workload) = match existing {
                     Some(current) if current.spec == spec => (DeployChange::Unchanged, current.clone()),
+                    // A change of replicas alone is a scale, not a new version to roll out.
+                    Some(current) if current.spec == spec_with_replicas(&spec, current.spec.replicas) => (
+                        DeployChange::Updated,
+                        Workload {
+                            spec,
+                            modified_index: index,
+                            ..current.clone()
+                        },
+                    ),
                     Some(current) => (
                         DeployChange::Updated,
                         Workload {
@@ -66,6 +112,7 @@ impl ClusterState {
                             version: current.version + 1,
                             created_index: current.created_index,
                             modified_index: index,
+                            status: WorkloadStatus::default(),
                         },
                     ),
                     None => (
@@ -75,11 +122,13 @@ impl ClusterState {
                             version: 1,
                             created_index: index,
                             modified_index: index,
+                            status: WorkloadStatus::default(),
                         },
                     ),
                 };
                 self.workloads
                     .insert(workload.spec.name.clone(), workload.clone());
+                let workload = self.with_status(workload);
                 Ok(CommandOutput::Deployed(DeployResult { change, workload }))
             }
             Command::ScaleWorkload { name, replicas } => {
@@ -101,24 +150,350 @@ impl ClusterState {
                     workload.spec.replicas = replicas;
                     workload.modified_index = index;
                 }
-                Ok(CommandOutput::Workload(workload.clone()))
+                let workload = workload.clone();
+                Ok(CommandOutput::Workload(self.with_status(workload)))
             }
             Command::DeleteWorkload { name } => {
                 let workload = self
                     .workloads
                     .remove(&name)
-                    .ok_or(Rejection::WorkloadNotFound(name))?;
+                    .ok_or(Rejection::WorkloadNotFound(name.clone()))?;
+                for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
+                    self.remove_allocation(id);
+                }
+                self.by_workload.remove(&name);
+                self.unplaced.remove(&name);
                 Ok(CommandOutput::Workload(workload))
             }
+            Command::RegisterNode { registration } => {
+                Ok(CommandOutput::Node(self.register_node(registration)))
+            }
+            Command::SetNodeStatus { name, status } => self.set_node_status(index, &name, status),
+            Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
+            Command::UpdateAllocations { node, updates } => self.update_allocations(index, &node, updates),
         }
     }
 
-    pub fn workload(&self, name: &str) -> Option<&Workload> {
-        self.workloads.get(name)
+    fn register_node(&mut self, registration: NodeRegistration) -> Node {
+        let node = self
+            .nodes
+            .entry(registration.name.clone())
+            .or_insert_with(|| Node {
+                name: registration.name.clone(),
+                address: String::new(),
+                capacity_cpu: registration.cpu,
+                capacity_memory: registration.memory,
+                labels: BTreeMap::new(),
+                drivers: BTreeSet::new(),
+                status: NodeStatus::Ready,
+                allocated_cpu: 0,
+                allocated_memory: 0,
+                allocations: 0,
+            });
+        node.address = registration.address;
+        node.capacity_cpu = registration.cpu;
+        node.capacity_memory = registration.memory;
+        node.labels = registration.labels;
+        node.drivers = registration.drivers;
+        if node.status == NodeStatus::Down {
+            node.status = NodeStatus::Ready;
+        }
+        node.clone()
+    }
+
+    fn set_node_status(
+        &mut self,
+        index: u64,
+        name: &str,
+        status: NodeStatus,
+    ) -> Result<CommandOutput, Rejection> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
+        if node.status == NodeStatus::Down && status == NodeStatus::Draining {
+            return Err(Rejection::NodeDown(name.to_owned()));
+        }
+        node.status = status;
+        if status == NodeStatus::Down {
+            let live: Vec<u64> = self
+                .by_node
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(|id| self.allocations.get(id).is_some_and(|a| a.state.is_live()))
+                .copied()
+                .collect();
+            for id in live {
+                self.set_allocation_state(index, id, AllocationState::Lost);
+            }
+        }
+        let node = self
+            .nodes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
+        Ok(CommandOutput::Node(node))
+    }
+
+    /// Applies a plan, re-checking every placement against the latest state:
+    /// a placement that no longer fits (another plan got there first, the
+    /// node went down, the spec changed) is refused, never forced.
+    fn apply_plan(&mut self, index: u64, plan: Plan) -> PlanOutcome {
+        let mut outcome = PlanOutcome::default();
+        for id in plan.stops {
+            if self.remove_allocation(id) {
+                outcome.stopped += 1;
+            }
+        }
+        for placement in plan.placements {
+            if self.placement_fits(&placement) {
+                self.add_allocation(index, plan.now_ms, placement);
+                outcome.placed += 1;
+            } else {
+                outcome.refused += 1;
+            }
+        }
+        self.unplaced = plan.unplaced;
+        self.unplaced.retain(|name, _| self.workloads.contains_key(name));
+        outcome
+    }
+
+    fn placement_fits(&self, placement: &Placement) -> bool {
+        let Some(workload) = self.workloads.get(&placement.workload) else {
+            return false;
+        };
+        if workload.version != placement.version {
+            return false;
+        }
+        let live: Vec<&Allocation> = self
+            .workload_allocations(&placement.workload)
+            .filter(|a| a.state.is_live())
+            .collect();
+        let rolling = live
+            .iter()
+            .any(|a| a.version < workload.version || self.on_draining_node(a));
+        let limit = workload.spec.replicas + u32::from(rolling);
+        if live.len() as u32 >= limit {
+            return false;
+        }
+        let Some(view) = self.node_view(&placement.node) else {
+            return false;
+        };
+        placement::feasibility::check(&view, &request_of(workload)).is_ok()
+    }
+
+    fn on_draining_node(&self, allocation: &Allocation) -> bool {
+        self.nodes
+            .get(&allocation.node)
+            .is_some_and(|n| n.status == NodeStatus::Draining)
+    }
+
+    fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
+        let id = self.next_allocation_id.max(1);
+        self.next_allocation_id = id + 1;
+        let allocation = Allocation {
+            id,
+            workload: placement.workload,
+            replica: placement.replica,
+            node: placement.node,
+            version: placement.version,
+            cpu: placement.cpu,
+            memory: placement.memory,
+            ports: placement.ports,
+            state: AllocationState::Pending,
+            created_index: index,
+            modified_index: index,
+            created_at_ms: now_ms,
+            restarts: 0,
+            exit_code: None,
+            oom_killed: false,
+            message: String::new(),
+        };
+        if let Some(node) = self.nodes.get_mut(&allocation.node) {
+            node.allocated_cpu += allocation.cpu;
+            node.allocated_memory += allocation.memory;
+            node.allocations += 1;
+        }
+        self.by_node
+            .entry(allocation.node.clone())
+            .or_default()
+            .insert(id);
+        self.by_workload
+            .entry(allocation.workload.clone())
+            .or_default()
+            .insert(id);
+        self.allocations.insert(id, allocation);
+    }
+
+    /// Removes an allocation, releasing what it held if it was live.
+    fn remove_allocation(&mut self, id: u64) -> bool {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return false;
+        };
+        if allocation.state.is_live() {
+            self.release(&allocation);
+        }
+        if let Some(ids) = self.by_node.get_mut(&allocation.node) {
+            ids.remove(&id);
+        }
+        if let Some(ids) = self.by_workload.get_mut(&allocation.workload) {
+            ids.remove(&id);
+        }
+        true
+    }
+
+    fn release(&mut self, allocation: &Allocation) {
+        if let Some(node) = self.nodes.get_mut(&allocation.node) {
+            node.allocated_cpu = node.allocated_cpu.saturating_sub(allocation.cpu);
+            node.allocated_memory = node.allocated_memory.saturating_sub(allocation.memory);
+            node.allocations = node.allocations.saturating_sub(1);
+        }
+    }
+
+    fn set_allocation_state(&mut self, index: u64, id: u64, state: AllocationState) {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let was_live = allocation.state.is_live();
+        allocation.state = state;
+        allocation.modified_index = index;
+        if was_live && !state.is_live() {
+            let allocation = allocation.clone();
+            self.release(&allocation);
+        }
+    }
+
+    fn update_allocations(
+        &mut self,
+        index: u64,
+        node: &str,
+        updates: Vec<AllocationUpdate>,
+    ) -> Result<CommandOutput, Rejection> {
+        if !self.nodes.contains_key(node) {
+            return Err(Rejection::NodeNotFound(node.to_owned()));
+        }
+        let mut changed = 0;
+        for update in updates {
+            let Some(allocation) = self.allocations.get(&update.id) else {
+                continue;
+            };
+            // Only the node an allocation is on reports on it, and a replaced
+            // (lost, failed) allocation does not come back to life.
+            if allocation.node != node || !allocation.state.is_live() {
+                continue;
+            }
+            self.set_allocation_state(index, update.id, update.state);
+            if let Some(allocation) = self.allocations.get_mut(&update.id) {
+                allocation.restarts = update.restarts;
+                allocation.exit_code = update.exit_code;
+                allocation.oom_killed = update.oom_killed;
+                allocation.message = update.message;
+                for bound in update.ports {
+                    if let Some(port) = allocation
+                        .ports
+                        .iter_mut()
+                        .find(|p| p.container == bound.container && p.protocol == bound.protocol)
+                    {
+                        port.host = bound.host;
+                    }
+                }
+            }
+            changed += 1;
+        }
+        Ok(CommandOutput::AllocationsUpdated(changed))
+    }
+
+    /// The node as placement sees it, from the live allocations on it.
+    pub fn node_view(&self, name: &str) -> Option<NodeView> {
+        let node = self.nodes.get(name)?;
+        let mut view = NodeView {
+            name: node.name.clone(),
+            status: node.status,
+            drivers: node.drivers.clone(),
+            labels: node.labels.clone(),
+            capacity_cpu: node.capacity_cpu.0,
+            capacity_memory: node.capacity_memory.0,
+            used_cpu: node.allocated_cpu,
+            used_memory: node.allocated_memory,
+            ports: Default::default(),
+            workload_counts: Default::default(),
+        };
+        for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
+            view.ports.extend(fixed_ports(allocation));
+            *view
+                .workload_counts
+                .entry(allocation.workload.clone())
+                .or_default() += 1;
+        }
+        Some(view)
+    }
+
+    /// The workload with its replicas' status filled in.
+    pub fn with_status(&self, mut workload: Workload) -> Workload {
+        let mut status = WorkloadStatus::default();
+        for allocation in self
+            .workload_allocations(&workload.spec.name)
+            .filter(|a| a.state.is_live())
+        {
+            status.placed += 1;
+            if allocation.state == AllocationState::Running {
+                status.running += 1;
+            }
+            if allocation.version < workload.version {
+                status.outdated += 1;
+            }
+        }
+        if let Some(unplaced) = self.unplaced.get(&workload.spec.name) {
+            status.unplaced = unplaced.count;
+            status.unplaced_reason = Some(unplaced.reason.clone());
+        }
+        workload.status = status;
+        workload
+    }
+
+    pub fn workload(&self, name: &str) -> Option<Workload> {
+        self.workloads.get(name).map(|w| self.with_status(w.clone()))
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
         self.workloads.values()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    pub fn allocation(&self, id: u64) -> Option<&Allocation> {
+        self.allocations.get(&id)
+    }
+
+    pub fn node_allocations(&self, node: &str) -> impl Iterator<Item = &Allocation> {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocations.get(id))
+    }
+
+    pub fn workload_allocations(&self, workload: &WorkloadName) -> impl Iterator<Item = &Allocation> {
+        self.by_workload
+            .get(workload)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocations.get(id))
+    }
+
+    pub fn unplaced(&self) -> &BTreeMap<WorkloadName, Unplaced> {
+        &self.unplaced
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
@@ -145,6 +520,13 @@ impl ClusterState {
 
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
+    }
+}
+
+fn spec_with_replicas(spec: &flotilla_api::WorkloadSpec, replicas: u32) -> flotilla_api::WorkloadSpec {
+    flotilla_api::WorkloadSpec {
+        replicas,
+        ..spec.clone()
     }
 }
 

@@ -1,7 +1,11 @@
 //! Commands: the only way the replicated state changes.
 
-use flotilla_api::{DeployResult, Workload, WorkloadName, WorkloadSpec};
+use flotilla_api::{
+    AllocationUpdate, DeployResult, Node, NodeRegistration, NodeStatus, Workload, WorkloadName, WorkloadSpec,
+};
 use serde::{Deserialize, Serialize};
+
+use super::plan::{Plan, PlanOutcome};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -17,6 +21,21 @@ pub enum Command {
     },
     DeleteWorkload {
         name: WorkloadName,
+    },
+    /// Add a node, or update one that registers again (an agent restart).
+    RegisterNode {
+        registration: NodeRegistration,
+    },
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
+    ApplyPlan {
+        plan: Plan,
+    },
+    UpdateAllocations {
+        node: String,
+        updates: Vec<AllocationUpdate>,
     },
 }
 
@@ -34,6 +53,9 @@ pub struct Envelope {
 pub enum CommandOutput {
     Deployed(DeployResult),
     Workload(Workload),
+    Node(Node),
+    Planned(PlanOutcome),
+    AllocationsUpdated(u32),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -57,4 +79,8 @@ pub enum Rejection {
         min: u32,
         max: u32,
     },
+    #[error("node `{0}` does not exist")]
+    NodeNotFound(String),
+    #[error("node `{0}` is down; it becomes ready again when its agent registers")]
+    NodeDown(String),
 }

@@ -3,6 +3,8 @@
 
 mod cluster_state;
 mod command;
+mod plan;
 
-pub use cluster_state::ClusterState;
+pub use cluster_state::{ClusterState, request_of};
 pub use command::{Command, CommandOutput, Envelope, Rejection};
+pub use plan::{Placement, Plan, PlanOutcome, Unplaced};

@@ -1,0 +1,95 @@
+//! Nodes: the hosts agents run on, as the scheduler sees them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{CpuMillis, MemoryBytes};
+use crate::spec::Driver;
+
+/// Whether the scheduler may place work on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    #[default]
+    Ready,
+    /// Missed its heartbeats; its allocations are re-placed elsewhere.
+    Down,
+    /// Taken out of service by an operator; its allocations move away.
+    Draining,
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+            NodeStatus::Draining => "draining",
+        })
+    }
+}
+
+/// What an agent tells the servers about its host when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    /// Unique name of the node; agents default to the host name.
+    pub name: String,
+    /// `host:port` of the agent's own API (logs), empty if it has none.
+    #[serde(default)]
+    pub address: String,
+    pub cpu: CpuMillis,
+    pub memory: MemoryBytes,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub drivers: BTreeSet<Driver>,
+}
+
+impl NodeRegistration {
+    /// Checks what the type cannot: a usable name and label syntax.
+    pub fn validate(&self) -> Result<(), String> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        };
+        if !valid(&self.name) {
+            return Err(format!(
+                "field `name`: `{}` must be letters, digits, '.', '_', '-' or '/'",
+                self.name
+            ));
+        }
+        for (key, value) in &self.labels {
+            if !valid(key) || !valid(value) {
+                return Err(format!(
+                    "field `labels.{key}`: keys and values are letters, digits, '.', '_', '-' or '/'"
+                ));
+            }
+        }
+        if self.drivers.is_empty() {
+            return Err("field `drivers`: a node offers at least one driver".into());
+        }
+        Ok(())
+    }
+}
+
+/// A node as stored, with what is allocated on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub capacity_cpu: CpuMillis,
+    pub capacity_memory: MemoryBytes,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: BTreeSet<Driver>,
+    pub status: NodeStatus,
+    /// Sum of the requests of the allocations placed on it.
+    pub allocated_cpu: u64,
+    pub allocated_memory: u64,
+    pub allocations: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusRequest {
+    pub status: NodeStatus,
+}

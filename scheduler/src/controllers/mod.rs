@@ -1,0 +1,55 @@
+//! Leader-only control loops. They read the replicated state, decide, and
+//! change it only by proposing commands, so a new leader simply picks up
+//! where the old one stopped.
+
+pub mod reconcile;
+
+use std::time::Duration;
+
+use crate::raft::RaftHandle;
+use crate::state::Command;
+use reconcile::{ReconcileConfig, reconcile};
+
+/// How often the reconciler looks again when nothing has changed, to pick
+/// up what a state change alone does not announce.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the reconciler whenever this server leads, until the Raft node stops.
+pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
+    let mut applied = raft.applied_watch();
+    loop {
+        if raft.is_leader() {
+            let (plan, unchanged) = {
+                let state = raft.state().clone();
+                let seed = *applied.borrow_and_update();
+                let plan = reconcile(&state, seed, now_ms(), &config);
+                let unchanged = plan.changes_nothing(state.unplaced());
+                (plan, unchanged)
+            };
+            if !unchanged {
+                let placements = plan.placements.len();
+                match raft.propose(Command::ApplyPlan { plan }).await {
+                    Ok(outcome) => {
+                        tracing::debug!(?outcome, placements, "plan applied");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "plan not applied; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        // A closed watch means the Raft node stopped: so does the reconciler.
+        if let Ok(Err(_)) = tokio::time::timeout(IDLE_RECHECK, applied.changed()).await {
+            return;
+        }
+    }
+}

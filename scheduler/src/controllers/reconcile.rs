@@ -1,0 +1,628 @@
+//! The reconciler: for every workload, compare the replicas wanted with the
+//! allocations that stand, and decide a plan that closes the gap. A pure
+//! function of the state (and a seed), as kube-runtime's reconcilers are
+//! idempotent: running it again on the state it produced plans nothing.
+//!
+//! Rollouts replace one replica at a time (max surge 1, max unavailable 0):
+//! a replica of the new version is placed, and an old one is stopped only
+//! once a new one runs. Allocations on draining nodes count as old, so a
+//! drain is a rollout onto other nodes.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload};
+
+use crate::placement::{self, ClusterView, SplitMix64};
+use crate::state::{ClusterState, Placement, Plan, Unplaced, request_of};
+
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Placements in one plan; the rest wait for the next pass, so one Raft
+    /// entry stays a few megabytes at most.
+    pub max_placements: usize,
+    /// Feasible nodes ranked per replica.
+    pub candidates: usize,
+    /// Terminal (failed, lost, complete) allocations kept per workload for `ps`.
+    pub keep_terminal: usize,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            max_placements: 10_000,
+            candidates: placement::DEFAULT_CANDIDATES,
+            keep_terminal: 5,
+        }
+    }
+}
+
+/// The placement view of every node.
+pub fn cluster_view(state: &ClusterState) -> ClusterView {
+    ClusterView::new(state.nodes().filter_map(|n| state.node_view(&n.name)).collect())
+}
+
+pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
+    let mut view = cluster_view(state);
+    let mut rng = SplitMix64::new(seed);
+    let mut plan = Plan {
+        now_ms,
+        ..Plan::default()
+    };
+    let mut budget = config.max_placements;
+    for workload in state.workloads() {
+        reconcile_workload(
+            state,
+            workload,
+            &mut view,
+            &mut rng,
+            &mut budget,
+            config,
+            &mut plan,
+        );
+    }
+    plan
+}
+
+fn reconcile_workload(
+    state: &ClusterState,
+    workload: &Workload,
+    view: &mut ClusterView,
+    rng: &mut SplitMix64,
+    budget: &mut usize,
+    config: &ReconcileConfig,
+    plan: &mut Plan,
+) {
+    let name = &workload.spec.name;
+    let allocations: Vec<&Allocation> = state.workload_allocations(name).collect();
+
+    let mut terminal: Vec<&Allocation> = allocations
+        .iter()
+        .copied()
+        .filter(|a| !a.state.is_live())
+        .collect();
+    terminal.sort_by_key(|a| Reverse(a.modified_index));
+    plan.stops
+        .extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
+
+    let draining = |a: &Allocation| {
+        state
+            .node(&a.node)
+            .is_some_and(|n| n.status == NodeStatus::Draining)
+    };
+    let (mut old, mut new): (Vec<&Allocation>, Vec<&Allocation>) = allocations
+        .iter()
+        .copied()
+        .filter(|a| a.state.is_live())
+        .partition(|a| a.version < workload.version || draining(a));
+    let desired = workload.spec.replicas as usize;
+    let running_new = new.iter().filter(|a| a.state == AllocationState::Running).count();
+
+    // Stop what is more than wanted: old versions first, once enough new ones run.
+    let available = running_new + old.len();
+    let old_to_stop = available.saturating_sub(desired).min(old.len());
+    stop_most_loaded(&mut old, old_to_stop, view, plan);
+    let new_to_stop = new.len().saturating_sub(desired);
+    stop_most_loaded(&mut new, new_to_stop, view, plan);
+
+    // Place what is missing: up to one extra while old versions remain.
+    let new_target = if old.is_empty() {
+        desired
+    } else {
+        (desired + 1).saturating_sub(old.len()).min(desired)
+    };
+    let missing = new_target.saturating_sub(new.len());
+    let count = missing.min(*budget);
+    if missing == 0 {
+        return;
+    }
+    let request = request_of(workload);
+    let placed = placement::place(
+        view,
+        name,
+        &request,
+        workload.spec.placement,
+        count as u32,
+        config.candidates,
+        rng,
+    );
+    *budget -= placed.nodes.len();
+    let mut taken: BTreeSet<u32> = new.iter().map(|a| a.replica).collect();
+    let ports: Vec<PortBinding> = workload
+        .spec
+        .ports
+        .iter()
+        .map(|p| PortBinding {
+            container: p.container,
+            host: p.host.unwrap_or(0),
+            protocol: p.protocol,
+        })
+        .collect();
+    for node in &placed.nodes {
+        let replica = (0..).find(|r| !taken.contains(r)).unwrap_or(0);
+        taken.insert(replica);
+        plan.placements.push(Placement {
+            workload: name.clone(),
+            replica,
+            node: view.nodes[*node].name.clone(),
+            version: workload.version,
+            cpu: request.cpu,
+            memory: request.memory,
+            ports: ports.clone(),
+        });
+    }
+    if let Some(reason) = placed.unplaced_reason {
+        let count = (missing - placed.nodes.len()) as u32;
+        plan.unplaced.insert(name.clone(), Unplaced { count, reason });
+    }
+}
+
+/// Stops `count` of `allocations`, those on the most loaded nodes first
+/// (pending before running on equal load), releasing them in the view.
+fn stop_most_loaded(
+    allocations: &mut Vec<&Allocation>,
+    count: usize,
+    view: &mut ClusterView,
+    plan: &mut Plan,
+) {
+    if count == 0 {
+        return;
+    }
+    let load = |a: &Allocation| {
+        view.position(&a.node)
+            .map_or(f64::MAX, |i| view.nodes[i].utilisation_with(0, 0))
+    };
+    allocations.sort_by(|a, b| {
+        load(b)
+            .total_cmp(&load(a))
+            .then_with(|| (a.state == AllocationState::Running).cmp(&(b.state == AllocationState::Running)))
+            .then_with(|| b.id.cmp(&a.id))
+    });
+    for allocation in allocations.drain(..count) {
+        plan.stops.push(allocation.id);
+        let ports: Vec<_> = allocation
+            .ports
+            .iter()
+            .filter(|p| p.host != 0)
+            .map(|p| (p.host, p.protocol))
+            .collect();
+        if let Some(node) = view.node_mut(&allocation.node) {
+            node.release(&allocation.workload, allocation.cpu, allocation.memory, &ports);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use flotilla_api::spec::Driver;
+    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::Command;
+
+    fn register(
+        state: &mut ClusterState,
+        name: &str,
+        cpu: u64,
+        memory_mi: u64,
+        zone: &str,
+        drivers: &[Driver],
+    ) {
+        let registration = NodeRegistration {
+            name: name.into(),
+            address: String::new(),
+            cpu: CpuMillis(cpu),
+            memory: MemoryBytes(memory_mi << 20),
+            labels: BTreeMap::from([("zone".to_owned(), zone.to_owned())]),
+            drivers: drivers.iter().copied().collect(),
+        };
+        state
+            .apply(1, Command::RegisterNode { registration })
+            .expect("register");
+    }
+
+    fn deploy(state: &mut ClusterState, yaml: &str) {
+        let spec = parse_yaml(yaml).expect("valid spec");
+        state
+            .apply(
+                1,
+                Command::PutWorkload {
+                    spec,
+                    expected_version: None,
+                },
+            )
+            .expect("deploy");
+    }
+
+    /// Reconciles and applies until the reconciler has nothing left to do.
+    fn converge(state: &mut ClusterState, seed: u64) -> usize {
+        let config = ReconcileConfig::default();
+        for round in 0..50 {
+            let plan = reconcile(state, seed + round, 0, &config);
+            if plan.changes_nothing(state.unplaced()) {
+                return round as usize;
+            }
+            state
+                .apply(100 + round, Command::ApplyPlan { plan })
+                .expect("plan applies");
+        }
+        panic!("the reconciler did not converge");
+    }
+
+    fn mark_running(state: &mut ClusterState) {
+        let by_node: BTreeMap<String, Vec<u64>> = state
+            .allocations()
+            .filter(|a| a.state == AllocationState::Pending)
+            .fold(BTreeMap::new(), |mut m, a| {
+                m.entry(a.node.clone()).or_default().push(a.id);
+                m
+            });
+        for (node, ids) in by_node {
+            let updates = ids
+                .into_iter()
+                .map(|id| AllocationUpdate {
+                    id,
+                    state: AllocationState::Running,
+                    restarts: 0,
+                    exit_code: None,
+                    oom_killed: false,
+                    message: String::new(),
+                    ports: vec![],
+                })
+                .collect();
+            state
+                .apply(1, Command::UpdateAllocations { node, updates })
+                .expect("report");
+        }
+    }
+
+    fn live(state: &ClusterState, workload: &str) -> Vec<Allocation> {
+        let name = flotilla_api::WorkloadName::parse(workload).expect("name");
+        state
+            .workload_allocations(&name)
+            .filter(|a| a.state.is_live())
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn places_missing_replicas_and_reports_why_the_rest_wait() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", 1000, 1024, "a", &[Driver::Docker]);
+        register(&mut state, "b", 1000, 1024, "b", &[Driver::Docker]);
+        deploy(
+            &mut state,
+            "name: web\nimage: x\nreplicas: 5\nresources: {cpu: 400m, memory: 128Mi}\n",
+        );
+        converge(&mut state, 1);
+        let workload = state.workload("web").expect("web");
+        assert_eq!(workload.status.placed, 4, "two fit on each node");
+        assert_eq!(workload.status.unplaced, 1);
+        assert_eq!(
+            workload.status.unplaced_reason.as_deref(),
+            Some("needs 400m CPU and 128Mi memory: 2 nodes have too little CPU")
+        );
+    }
+
+    #[test]
+    fn scale_down_stops_replicas_on_the_most_loaded_nodes_first() {
+        let mut state = ClusterState::default();
+        register(&mut state, "big", 4000, 4096, "a", &[Driver::Docker]);
+        register(&mut state, "small", 1000, 1024, "a", &[Driver::Docker]);
+        deploy(
+            &mut state,
+            "name: web\nimage: x\nreplicas: 2\nresources: {cpu: 500m, memory: 64Mi}\n",
+        );
+        converge(&mut state, 1);
+        let nodes: BTreeSet<String> = live(&state, "web").into_iter().map(|a| a.node).collect();
+        assert_eq!(nodes.len(), 2, "anti-affinity spreads the two replicas");
+        state
+            .apply(
+                2,
+                Command::ScaleWorkload {
+                    name: flotilla_api::WorkloadName::parse("web").expect("n"),
+                    replicas: 1,
+                },
+            )
+            .expect("scale");
+        converge(&mut state, 2);
+        let left = live(&state, "web");
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].node, "big",
+            "the replica on the fuller node (small, 50%) went first"
+        );
+    }
+
+    #[test]
+    fn a_spec_change_rolls_out_one_replica_at_a_time() {
+        let mut state = ClusterState::default();
+        for n in ["a", "b", "c", "d"] {
+            register(&mut state, n, 2000, 2048, "a", &[Driver::Docker]);
+        }
+        deploy(&mut state, "name: web\nimage: v1\nreplicas: 3\n");
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        deploy(&mut state, "name: web\nimage: v2\nreplicas: 3\n");
+        let mut rounds = 0;
+        loop {
+            converge(&mut state, rounds);
+            let all = live(&state, "web");
+            let running = all.iter().filter(|a| a.state == AllocationState::Running).count();
+            assert!(running >= 3, "never fewer than 3 running during the rollout");
+            assert!(all.len() <= 4, "never more than one extra replica");
+            if all
+                .iter()
+                .all(|a| a.version == 2 && a.state == AllocationState::Running)
+                && all.len() == 3
+            {
+                break;
+            }
+            mark_running(&mut state);
+            rounds += 1;
+            assert!(rounds < 10, "the rollout finishes");
+        }
+        assert_eq!(rounds, 3, "three replicas, replaced one by one");
+    }
+
+    #[test]
+    fn a_draining_node_is_emptied_onto_others_new_before_old() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", 2000, 2048, "a", &[Driver::Docker]);
+        register(&mut state, "b", 2000, 2048, "a", &[Driver::Docker]);
+        deploy(
+            &mut state,
+            "name: web\nimage: v1\nreplicas: 2\nplacement: spread\n",
+        );
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        state
+            .apply(
+                2,
+                Command::SetNodeStatus {
+                    name: "a".into(),
+                    status: NodeStatus::Draining,
+                },
+            )
+            .expect("drain");
+        for round in 0..5 {
+            converge(&mut state, round);
+            assert!(
+                live(&state, "web")
+                    .iter()
+                    .filter(|a| a.state == AllocationState::Running)
+                    .count()
+                    >= 2
+            );
+            mark_running(&mut state);
+        }
+        converge(&mut state, 9);
+        assert!(live(&state, "web").iter().all(|a| a.node == "b"));
+        assert_eq!(live(&state, "web").len(), 2);
+    }
+
+    #[derive(Debug, Clone)]
+    struct NodeSpec {
+        cpu: u64,
+        memory_mi: u64,
+        zone: &'static str,
+        process: bool,
+        status: NodeStatus,
+    }
+
+    #[derive(Debug, Clone)]
+    struct WorkloadShape {
+        replicas: u32,
+        cpu: u64,
+        memory_mi: u64,
+        zone: Option<&'static str>,
+        host_port: Option<u16>,
+        spread: bool,
+        process: bool,
+    }
+
+    fn node_spec() -> impl Strategy<Value = NodeSpec> {
+        (
+            prop::sample::select(vec![500u64, 1000, 2000, 4000]),
+            prop::sample::select(vec![256u64, 512, 1024, 4096]),
+            prop::sample::select(vec!["a", "b", "c"]),
+            any::<bool>(),
+            prop::sample::select(vec![
+                NodeStatus::Ready,
+                NodeStatus::Ready,
+                NodeStatus::Ready,
+                NodeStatus::Down,
+                NodeStatus::Draining,
+            ]),
+        )
+            .prop_map(|(cpu, memory_mi, zone, process, status)| NodeSpec {
+                cpu,
+                memory_mi,
+                zone,
+                process,
+                status,
+            })
+    }
+
+    fn workload_shape() -> impl Strategy<Value = WorkloadShape> {
+        (
+            0..12u32,
+            prop::sample::select(vec![100u64, 250, 500, 1500]),
+            prop::sample::select(vec![32u64, 128, 300, 1000]),
+            prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+            prop::option::of(prop::sample::select(vec![8080u16, 9090])),
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(
+                |(replicas, cpu, memory_mi, zone, host_port, spread, process)| WorkloadShape {
+                    replicas,
+                    cpu,
+                    memory_mi,
+                    zone,
+                    host_port,
+                    spread,
+                    process,
+                },
+            )
+    }
+
+    fn build(nodes: &[NodeSpec], workloads: &[WorkloadShape]) -> ClusterState {
+        let mut state = ClusterState::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let drivers: &[Driver] = if n.process {
+                &[Driver::Docker, Driver::Process]
+            } else {
+                &[Driver::Docker]
+            };
+            let name = format!("node-{i}");
+            register(&mut state, &name, n.cpu, n.memory_mi, n.zone, drivers);
+            if n.status != NodeStatus::Ready {
+                state
+                    .apply(
+                        1,
+                        Command::SetNodeStatus {
+                            name,
+                            status: n.status,
+                        },
+                    )
+                    .expect("status");
+            }
+        }
+        for (i, w) in workloads.iter().enumerate() {
+            let mut yaml = format!(
+                "name: w{i}\nreplicas: {}\nresources: {{cpu: {}m, memory: {}Mi}}\nplacement: {}\n",
+                w.replicas,
+                w.cpu,
+                w.memory_mi,
+                if w.spread { "spread" } else { "binpack" }
+            );
+            yaml.push_str(if w.process {
+                "driver: process\ncommand: [sleep, \"1\"]\n"
+            } else {
+                "image: x\n"
+            });
+            if let Some(zone) = w.zone {
+                yaml.push_str(&format!("constraints: [\"zone == {zone}\"]\n"));
+            }
+            if let Some(port) = w.host_port {
+                yaml.push_str(&format!("ports: [{{container: 80, host: {port}}}]\n"));
+            }
+            deploy(&mut state, &yaml);
+        }
+        state
+    }
+
+    /// The invariants of a converged state: nothing oversubscribed, every
+    /// placement legal, and every missing replica truly has nowhere to go.
+    fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
+        for node in state.nodes() {
+            prop_assert!(
+                node.allocated_cpu <= node.capacity_cpu.0,
+                "cpu oversubscribed on {}",
+                node.name
+            );
+            prop_assert!(
+                node.allocated_memory <= node.capacity_memory.0,
+                "memory oversubscribed on {}",
+                node.name
+            );
+            let live: Vec<&Allocation> = state
+                .node_allocations(&node.name)
+                .filter(|a| a.state.is_live())
+                .collect();
+            prop_assert_eq!(live.iter().map(|a| a.cpu).sum::<u64>(), node.allocated_cpu);
+            let mut ports = BTreeSet::new();
+            for allocation in &live {
+                let workload = state
+                    .workload(allocation.workload.as_str())
+                    .expect("workload exists");
+                prop_assert!(
+                    workload.spec.constraints.iter().all(|c| c.matches(&node.labels)),
+                    "constraint broken"
+                );
+                prop_assert!(node.drivers.contains(&workload.spec.driver), "driver missing");
+                for p in allocation.ports.iter().filter(|p| p.host != 0) {
+                    prop_assert!(
+                        ports.insert(p.host),
+                        "host port {} bound twice on {}",
+                        p.host,
+                        node.name
+                    );
+                }
+            }
+        }
+        let view = cluster_view(state);
+        for workload in state.workloads() {
+            let status = state.with_status(workload.clone()).status;
+            prop_assert!(status.placed <= workload.spec.replicas);
+            if status.placed < workload.spec.replicas {
+                prop_assert_eq!(status.unplaced, workload.spec.replicas - status.placed);
+                let request = request_of(workload);
+                let fits_somewhere = view
+                    .nodes
+                    .iter()
+                    .any(|n| placement::feasibility::check(n, &request).is_ok());
+                prop_assert!(
+                    !fits_somewhere,
+                    "{} has unplaced replicas that fit",
+                    workload.spec.name
+                );
+            } else {
+                prop_assert_eq!(status.unplaced, 0);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn placement_never_oversubscribes_keeps_constraints_and_places_all_that_fits(
+            nodes in prop::collection::vec(node_spec(), 0..12),
+            workloads in prop::collection::vec(workload_shape(), 1..6),
+            seed in any::<u64>(),
+        ) {
+            let mut state = build(&nodes, &workloads);
+            converge(&mut state, seed);
+            check_invariants(&state)?;
+        }
+
+        #[test]
+        fn scale_down_then_up_converges_to_the_same_guarantees(
+            nodes in prop::collection::vec(node_spec(), 1..10),
+            workloads in prop::collection::vec(workload_shape(), 1..5),
+            seed in any::<u64>(),
+        ) {
+            let mut state = build(&nodes, &workloads);
+            converge(&mut state, seed);
+            let names: Vec<_> = state.workloads().map(|w| (w.spec.name.clone(), w.spec.replicas)).collect();
+            for (name, _) in &names {
+                state.apply(2, Command::ScaleWorkload { name: name.clone(), replicas: 0 }).expect("scale down");
+            }
+            converge(&mut state, seed);
+            prop_assert_eq!(state.allocations().filter(|a| a.state.is_live()).count(), 0);
+            prop_assert!(state.nodes().all(|n| n.allocated_cpu == 0 && n.allocated_memory == 0));
+            for (name, replicas) in &names {
+                state.apply(3, Command::ScaleWorkload { name: name.clone(), replicas: *replicas }).expect("scale up");
+            }
+            converge(&mut state, seed);
+            check_invariants(&state)?;
+        }
+
+        #[test]
+        fn placement_is_deterministic_for_a_seed(
+            nodes in prop::collection::vec(node_spec(), 1..12),
+            workloads in prop::collection::vec(workload_shape(), 1..6),
+            seed in any::<u64>(),
+        ) {
+            let state = build(&nodes, &workloads);
+            let config = ReconcileConfig::default();
+            prop_assert_eq!(reconcile(&state, seed, 7, &config), reconcile(&state, seed, 7, &config));
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Node and allocation routes: registration and status reports from agents,
+//! drain and undrain from operators, and the lists behind `nodes` and `ps`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use flotilla_api::{
+    Allocation, AllocationUpdate, Node, NodeAllocations, NodeRegistration, NodeStatus, NodeStatusRequest,
+};
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::read_json;
+use super::error::ApiError;
+use crate::state::{Command, CommandOutput};
+
+/// The longest a blocking query may wait for a change.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn expect_node(output: CommandOutput) -> Result<Node, ApiError> {
+    match output {
+        CommandOutput::Node(node) => Ok(node),
+        other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
+    }
+}
+
+pub async fn register(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Node>, ApiError> {
+    let registration: NodeRegistration = read_json(&headers, body).await?;
+    registration.validate().map_err(ApiError::BadRequest)?;
+    let output = app.raft.propose(Command::RegisterNode { registration }).await?;
+    Ok(Json(expect_node(output)?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Vec<Node>>, ApiError> {
+    if !query.stale {
+        app.raft.read_barrier().await?;
+    }
+    Ok(Json(app.raft.state().nodes().cloned().collect()))
+}
+
+pub async fn set_status(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Node>, ApiError> {
+    let request: NodeStatusRequest = read_json(&headers, body).await?;
+    if request.status == NodeStatus::Down {
+        return Err(ApiError::BadRequest(
+            "field `status`: a node is marked down by missed heartbeats, not by request; use draining".into(),
+        ));
+    }
+    let output = app
+        .raft
+        .propose(Command::SetNodeStatus {
+            name,
+            status: request.status,
+        })
+        .await?;
+    Ok(Json(expect_node(output)?))
+}
+
+pub async fn report(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<u32>, ApiError> {
+    let updates: Vec<AllocationUpdate> = read_json(&headers, body).await?;
+    match app
+        .raft
+        .propose(Command::UpdateAllocations { node: name, updates })
+        .await?
+    {
+        CommandOutput::AllocationsUpdated(count) => Ok(Json(count)),
+        other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BlockingQuery {
+    /// Answer once the state index is past this one.
+    #[serde(default)]
+    index: u64,
+    /// How long to wait for that, in milliseconds.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// A node's allocations, as a blocking query: with `index`, the answer waits
+/// until the state has moved past it (or `wait_ms` passes), so an agent
+/// learns of new work at once without polling. Any server can answer.
+pub async fn node_allocations(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<BlockingQuery>,
+) -> Result<Json<NodeAllocations>, ApiError> {
+    let mut applied = app.raft.applied_watch();
+    let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    while *applied.borrow_and_update() <= query.index {
+        if tokio::time::timeout_at(deadline, applied.changed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let index = *applied.borrow();
+    let state = app.raft.state();
+    if state.node(&name).is_none() {
+        return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
+    }
+    let allocations = state.node_allocations(&name).cloned().collect();
+    Ok(Json(NodeAllocations { index, allocations }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AllocationQuery {
+    workload: Option<String>,
+    node: Option<String>,
+    #[serde(default)]
+    stale: bool,
+}
+
+pub async fn allocations(
+    State(app): State<AppState>,
+    Query(query): Query<AllocationQuery>,
+) -> Result<Json<Vec<Allocation>>, ApiError> {
+    if !query.stale {
+        app.raft.read_barrier().await?;
+    }
+    let state = app.raft.state();
+    let wanted = |a: &&Allocation| {
+        query.workload.as_deref().is_none_or(|w| a.workload.as_str() == w)
+            && query.node.as_deref().is_none_or(|n| a.node == n)
+    };
+    Ok(Json(state.allocations().filter(wanted).cloned().collect()))
+}

@@ -1,0 +1,87 @@
+//! The placement's working copy of the cluster: each node's free capacity,
+//! ports and replica counts, updated as a plan places replicas so that one
+//! plan never double-books a node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use flotilla_api::spec::{Driver, Protocol};
+use flotilla_api::{NodeStatus, WorkloadName};
+
+use super::feasibility::Request;
+
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub name: String,
+    pub status: NodeStatus,
+    pub drivers: BTreeSet<Driver>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity_cpu: u64,
+    pub capacity_memory: u64,
+    pub used_cpu: u64,
+    pub used_memory: u64,
+    /// Fixed host ports bound by live allocations.
+    pub ports: HashSet<(u16, Protocol)>,
+    /// Live replicas per workload, for anti-affinity.
+    pub workload_counts: HashMap<WorkloadName, u32>,
+}
+
+impl NodeView {
+    /// The fuller of CPU and memory after adding `cpu` and `memory`, in 0..=1.
+    pub fn utilisation_with(&self, cpu: u64, memory: u64) -> f64 {
+        let fraction = |used: u64, capacity: u64| {
+            if capacity == 0 {
+                1.0
+            } else {
+                used as f64 / capacity as f64
+            }
+        };
+        fraction(self.used_cpu + cpu, self.capacity_cpu)
+            .max(fraction(self.used_memory + memory, self.capacity_memory))
+    }
+
+    /// Reserves a replica on this node.
+    pub fn assign(&mut self, workload: &WorkloadName, request: &Request) {
+        self.used_cpu += request.cpu;
+        self.used_memory += request.memory;
+        self.ports.extend(request.host_ports.iter().copied());
+        *self.workload_counts.entry(workload.clone()).or_default() += 1;
+    }
+
+    /// Releases a replica from this node.
+    pub fn release(&mut self, workload: &WorkloadName, cpu: u64, memory: u64, ports: &[(u16, Protocol)]) {
+        self.used_cpu = self.used_cpu.saturating_sub(cpu);
+        self.used_memory = self.used_memory.saturating_sub(memory);
+        for port in ports {
+            self.ports.remove(port);
+        }
+        if let Some(count) = self.workload_counts.get_mut(workload) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+/// All nodes, in a stable order (by name), with an index by name.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+    index: HashMap<String, usize>,
+}
+
+impl ClusterView {
+    pub fn new(nodes: Vec<NodeView>) -> Self {
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        ClusterView { nodes, index }
+    }
+
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeView> {
+        self.position(name).map(|i| &mut self.nodes[i])
+    }
+}
