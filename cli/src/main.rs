@@ -2,6 +2,7 @@
 
 mod cluster;
 mod dev;
+mod nodes;
 mod output;
 mod server;
 mod workloads;
@@ -46,6 +47,13 @@ enum Command {
     Scale(workloads::ScaleArgs),
     /// Delete a workload.
     Delete(workloads::DeleteArgs),
+    /// List allocations: which replica runs where, and how.
+    Ps(nodes::PsArgs),
+    /// List nodes with their capacity and what is allocated.
+    Nodes(nodes::NodesArgs),
+    /// Drain or undrain a node.
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Inspect and change the server cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -70,6 +78,9 @@ fn main() -> ExitCode {
             Command::List(args) => workloads::list(&client, args).await,
             Command::Scale(args) => workloads::scale(&client, args).await,
             Command::Delete(args) => workloads::delete(&client, args).await,
+            Command::Ps(args) => nodes::ps(&client, args).await,
+            Command::Nodes(args) => nodes::nodes(&client, args).await,
+            Command::Node(command) => nodes::node(&client, command).await,
             Command::Cluster(command) => cluster::run(&client, command).await,
         }
     });

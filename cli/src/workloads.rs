@@ -110,7 +110,8 @@ fn workload_row(w: &Workload) -> Vec<String> {
         spec.name.to_string(),
         spec.driver.to_string(),
         spec.image.clone().unwrap_or_else(|| spec.command.join(" ")),
-        spec.replicas.to_string(),
+        format!("{}/{}", w.status.running, spec.replicas),
+        w.status.unplaced.to_string(),
         spec.resources.cpu.to_string(),
         spec.resources.memory.to_string(),
         w.version.to_string(),
@@ -144,6 +145,14 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             let mut t = table(&WORKLOAD_HEADER);
             t.add_row(workload_row(&workload));
             println!("{t}");
+            let status = &workload.status;
+            println!(
+                "\nreplicas: {} wanted, {} placed, {} running, {} on an older version",
+                workload.spec.replicas, status.placed, status.running, status.outdated
+            );
+            if let Some(reason) = &status.unplaced_reason {
+                println!("pending: {} replicas cannot be placed: {reason}", status.unplaced);
+            }
             Ok(())
         }
     }

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod server_process;
+pub mod simulated_nodes;
 pub mod wait;
 
 pub use binary::{flotilla_binary, free_port};
