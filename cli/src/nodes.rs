@@ -33,11 +33,9 @@ pub enum NodeCommand {
 }
 
 fn percent(used: u64, capacity: u64) -> String {
-    if capacity == 0 {
-        "-".to_owned()
-    } else {
-        format!("{}%", used * 100 / capacity)
-    }
+    (used * 100)
+        .checked_div(capacity)
+        .map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
 }
 
 pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
