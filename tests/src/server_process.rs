@@ -53,6 +53,11 @@ impl ServerProcess {
         self.child = Some(child);
     }
 
+    /// The process id while it runs, for reading its memory use.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
