@@ -34,12 +34,12 @@ fn proc_kib(pid: &str, field: &str) -> u64 {
 
 fn workload_spec(i: usize) -> WorkloadSpec {
     let zone = ["a", "b", "c", "d"][i % 4];
-    let constraint = if i % 5 == 0 {
+    let constraint = if i.is_multiple_of(5) {
         format!("constraints: [\"zone == {zone}\"]\n")
     } else {
         String::new()
     };
-    let placement = if i % 2 == 0 { "binpack" } else { "spread" };
+    let placement = if i.is_multiple_of(2) { "binpack" } else { "spread" };
     parse_yaml(&format!(
         "name: w{i}\nimage: app:1\nreplicas: {REPLICAS}\nresources: {{cpu: {}m, memory: {}Mi}}\nplacement: {placement}\n{constraint}",
         50 + (i % 4) * 50,
