@@ -67,6 +67,9 @@ pub struct Allocation {
     /// Wall-clock time of placement (milliseconds since the epoch), taken by
     /// the leader and carried in the plan, so `ps` can show an age.
     pub created_at_ms: u64,
+    /// When it became complete, failed or lost, by the same clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
@@ -100,4 +103,23 @@ pub struct AllocationUpdate {
 pub struct NodeAllocations {
     pub index: u64,
     pub allocations: Vec<Allocation>,
+    /// The workloads those allocations belong to, with their current specs.
+    pub workloads: Vec<crate::model::Workload>,
+}
+
+/// One allocation's resource use, sampled by its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AllocationUsage {
+    pub id: u64,
+    /// CPU in millicores, averaged over the last sample period.
+    pub cpu_millis: f64,
+    pub memory_bytes: u64,
+}
+
+/// What an agent sends every heartbeat: that it lives, and what its
+/// allocations use (kept in the leader's memory, not in the Raft log).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub usage: Vec<AllocationUsage>,
 }

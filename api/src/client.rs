@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::allocation::{Allocation, AllocationUpdate, NodeAllocations};
+use crate::allocation::{Allocation, AllocationUpdate, Heartbeat, NodeAllocations};
 use crate::model::{
     AddMemberRequest, ApiErrorBody, DeployResult, Member, ScaleRequest, ServerStatus, Workload,
 };
@@ -54,13 +54,7 @@ impl Client {
     pub fn new(addresses: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let addresses: Vec<String> = addresses
             .into_iter()
-            .map(|a| {
-                a.into()
-                    .trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_owned()
-            })
+            .map(|a| a.into().trim().trim_start_matches("http://").trim_end_matches('/').to_owned())
             .filter(|a| !a.is_empty())
             .collect();
         let http = reqwest::Client::builder()
@@ -69,11 +63,7 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        Client {
-            addresses,
-            http,
-            retry_for: Duration::from_secs(5),
-        }
+        Client { addresses, http, retry_for: Duration::from_secs(5) }
     }
 
     /// Sets how long requests keep retrying while no server can serve them.
@@ -88,11 +78,7 @@ impl Client {
 
     /// A client that talks to one server only, with no failover.
     pub fn for_server(&self, address: &str) -> Client {
-        Client {
-            addresses: vec![address.to_owned()],
-            http: self.http.clone(),
-            retry_for: Duration::ZERO,
-        }
+        Client { addresses: vec![address.to_owned()], http: self.http.clone(), retry_for: Duration::ZERO }
     }
 
     async fn request<B: Serialize, T: DeserializeOwned>(
@@ -118,10 +104,10 @@ impl Client {
                     }
                 };
                 let status = response.status();
-                let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
-                    address: address.clone(),
-                    reason: e.to_string(),
-                })?;
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| ClientError::Protocol { address: address.clone(), reason: e.to_string() })?;
                 if status.is_success() {
                     return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
                         address: address.clone(),
@@ -137,16 +123,10 @@ impl Client {
                     last_error = format!("{address}: {}", body.message);
                     continue;
                 }
-                return Err(ClientError::Api {
-                    status: status.as_u16(),
-                    body,
-                });
+                return Err(ClientError::Api { status: status.as_u16(), body });
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Unreachable {
-                    tried: self.addresses.join(", "),
-                    last: last_error,
-                });
+                return Err(ClientError::Unreachable { tried: self.addresses.join(", "), last: last_error });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -165,53 +145,37 @@ impl Client {
     }
 
     pub async fn get(&self, name: &str) -> Result<Workload, ClientError> {
-        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}"), None)
-            .await
+        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}"), None).await
     }
 
     /// Lists workloads; `stale` reads the answering server's state without
     /// confirming with the leader that it is current.
     pub async fn list(&self, stale: bool) -> Result<Vec<Workload>, ClientError> {
-        let path = if stale {
-            "/v1/workloads?stale=true"
-        } else {
-            "/v1/workloads"
-        };
+        let path = if stale { "/v1/workloads?stale=true" } else { "/v1/workloads" };
         self.request::<(), _>(Method::GET, path, None).await
     }
 
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<Workload, ClientError> {
-        self.request(
-            Method::POST,
-            &format!("/v1/workloads/{name}/scale"),
-            Some(&ScaleRequest { replicas }),
-        )
-        .await
+        self.request(Method::POST, &format!("/v1/workloads/{name}/scale"), Some(&ScaleRequest { replicas }))
+            .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Workload, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None)
-            .await
+        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
     }
 
     /// The answering server's own view of the cluster.
     pub async fn server_status(&self) -> Result<ServerStatus, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/cluster/status", None)
-            .await
+        self.request::<(), _>(Method::GET, "/v1/cluster/status", None).await
     }
 
     pub async fn add_member(&self, id: u64, address: &str) -> Result<Member, ClientError> {
-        let body = AddMemberRequest {
-            id,
-            address: address.to_owned(),
-        };
-        self.request(Method::POST, "/v1/cluster/members", Some(&body))
-            .await
+        let body = AddMemberRequest { id, address: address.to_owned() };
+        self.request(Method::POST, "/v1/cluster/members", Some(&body)).await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
-            .await
+        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
     }
 }
 
@@ -221,19 +185,14 @@ impl Client {
     }
 
     pub async fn nodes(&self, stale: bool) -> Result<Vec<Node>, ClientError> {
-        let path = if stale {
-            "/v1/nodes?stale=true"
-        } else {
-            "/v1/nodes"
-        };
+        let path = if stale { "/v1/nodes?stale=true" } else { "/v1/nodes" };
         self.request::<(), _>(Method::GET, path, None).await
     }
 
     /// Drains (`Draining`) or returns to service (`Ready`) a node.
     pub async fn set_node_status(&self, node: &str, status: NodeStatus) -> Result<Node, ClientError> {
         let body = NodeStatusRequest { status };
-        self.request(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body))
-            .await
+        self.request(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body)).await
     }
 
     /// Reports state changes of a node's allocations, as its agent does.
@@ -242,12 +201,12 @@ impl Client {
         node: &str,
         updates: &[AllocationUpdate],
     ) -> Result<u32, ClientError> {
-        self.request(
-            Method::POST,
-            &format!("/v1/nodes/{node}/allocations"),
-            Some(&updates),
-        )
-        .await
+        self.request(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&updates)).await
+    }
+
+    /// Tells the leader the node lives; 404 means the servers do not know it (register again).
+    pub async fn heartbeat(&self, node: &str, heartbeat: &Heartbeat) -> Result<(), ClientError> {
+        self.request(Method::POST, &format!("/v1/nodes/{node}/heartbeat"), Some(heartbeat)).await
     }
 
     /// A node's allocations once the state index passes `index`, waiting up to `wait`.
@@ -257,10 +216,7 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<NodeAllocations, ClientError> {
-        let path = format!(
-            "/v1/nodes/{node}/allocations?index={index}&wait_ms={}",
-            wait.as_millis()
-        );
+        let path = format!("/v1/nodes/{node}/allocations?index={index}&wait_ms={}", wait.as_millis());
         self.request::<(), _>(Method::GET, &path, None).await
     }
 

@@ -19,9 +19,7 @@ pub enum Constraint {
 fn valid_label_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 253
-        && token
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        && token.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 fn token(text: &str, what: &str, expression: &str) -> Result<String, String> {
@@ -29,24 +27,15 @@ fn token(text: &str, what: &str, expression: &str) -> Result<String, String> {
     if valid_label_token(text) {
         Ok(text.to_owned())
     } else {
-        Err(format!(
-            "`{expression}`: {what} `{text}` must be letters, digits, '.', '_', '-' or '/'"
-        ))
+        Err(format!("`{expression}`: {what} `{text}` must be letters, digits, '.', '_', '-' or '/'"))
     }
 }
 
 fn value_list(text: &str, expression: &str) -> Result<Vec<String>, String> {
-    let inner = text
-        .trim()
-        .strip_prefix('(')
-        .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| {
-            format!("`{expression}`: the values of `in` go in parentheses, as `zone in (a, b)`")
-        })?;
-    let values = inner
-        .split(',')
-        .map(|v| token(v, "value", expression))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inner = text.trim().strip_prefix('(').and_then(|t| t.strip_suffix(')')).ok_or_else(|| {
+        format!("`{expression}`: the values of `in` go in parentheses, as `zone in (a, b)`")
+    })?;
+    let values = inner.split(',').map(|v| token(v, "value", expression)).collect::<Result<Vec<_>, _>>()?;
     Ok(values)
 }
 
@@ -123,11 +112,8 @@ mod tests {
 
     #[test]
     fn parse_and_match() {
-        let labels: BTreeMap<String, String> = [
-            ("zone".to_owned(), "a".to_owned()),
-            ("disk".to_owned(), "ssd".to_owned()),
-        ]
-        .into();
+        let labels: BTreeMap<String, String> =
+            [("zone".to_owned(), "a".to_owned()), ("disk".to_owned(), "ssd".to_owned())].into();
         let table = [
             ("zone == a", true),
             ("zone == b", false),
@@ -142,10 +128,7 @@ mod tests {
         for (expression, want) in table {
             let constraint = Constraint::parse(expression).expect(expression);
             assert_eq!(constraint.matches(&labels), want, "{expression}");
-            assert_eq!(
-                Constraint::parse(&constraint.to_string()).as_ref(),
-                Ok(&constraint)
-            );
+            assert_eq!(Constraint::parse(&constraint.to_string()).as_ref(), Ok(&constraint));
         }
     }
 

@@ -10,7 +10,9 @@ pub mod quantity;
 pub mod spec;
 pub mod spec_error;
 
-pub use allocation::{Allocation, AllocationState, AllocationUpdate, NodeAllocations, PortBinding};
+pub use allocation::{
+    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Heartbeat, NodeAllocations, PortBinding,
+};
 pub use client::{Client, ClientError};
 pub use constraint::Constraint;
 pub use model::*;

@@ -52,11 +52,7 @@ impl<'a> Decimal<'a> {
         if self.integer.len() > 20 || self.fraction.len() > 18 {
             return None;
         }
-        let integer: u128 = if self.integer.is_empty() {
-            0
-        } else {
-            self.integer.parse().ok()?
-        };
+        let integer: u128 = if self.integer.is_empty() { 0 } else { self.integer.parse().ok()? };
         let mut whole = integer.checked_mul(multiplier)?;
         if !self.fraction.is_empty() {
             let denominator = 10u128.pow(self.fraction.len() as u32);
@@ -85,12 +81,7 @@ impl CpuMillis {
         let millis = decimal
             .scaled(multiplier)
             .filter(|m| *m <= u128::from(MAX_CPU_MILLIS))
-            .ok_or_else(|| {
-                format!(
-                    "`{text}` is more than the maximum of {} cores",
-                    MAX_CPU_MILLIS / 1000
-                )
-            })?;
+            .ok_or_else(|| format!("`{text}` is more than the maximum of {} cores", MAX_CPU_MILLIS / 1000))?;
         if millis == 0 {
             return Err("must be more than zero".into());
         }
@@ -100,11 +91,7 @@ impl CpuMillis {
 
 impl fmt::Display for CpuMillis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_multiple_of(1000) {
-            write!(f, "{}", self.0 / 1000)
-        } else {
-            write!(f, "{}m", self.0)
-        }
+        if self.0.is_multiple_of(1000) { write!(f, "{}", self.0 / 1000) } else { write!(f, "{}m", self.0) }
     }
 }
 
@@ -147,6 +134,9 @@ impl MemoryBytes {
 
 impl fmt::Display for MemoryBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("0");
+        }
         for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
             if self.0.is_multiple_of(1u64 << shift) {
                 return write!(f, "{}{suffix}", self.0 >> shift);

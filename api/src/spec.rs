@@ -34,9 +34,7 @@ impl WorkloadName {
             return Err(format!("`{text}` must be 1 to 63 characters long"));
         }
         if !text.chars().all(valid_char) {
-            return Err(format!(
-                "`{text}` may contain only lowercase letters, digits and '-'"
-            ));
+            return Err(format!("`{text}` may contain only lowercase letters, digits and '-'"));
         }
         if text.starts_with('-') || text.ends_with('-') {
             return Err(format!("`{text}` must start and end with a letter or digit"));
@@ -142,10 +140,7 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources {
-            cpu: default_cpu(),
-            memory: default_memory(),
-        }
+        Resources { cpu: default_cpu(), memory: default_memory() }
     }
 }
 
@@ -260,10 +255,7 @@ pub struct FieldError {
 }
 
 fn field_error(path: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        path: path.into(),
-        reason: reason.into(),
-    }
+    FieldError { path: path.into(), reason: reason.into() }
 }
 
 fn valid_env_key(key: &str) -> bool {
@@ -278,16 +270,10 @@ impl WorkloadSpec {
         match (self.driver, &self.image) {
             (Driver::Docker, None) => return Err(field_error("image", "the docker driver needs an image")),
             (Driver::Process, Some(_)) => {
-                return Err(field_error(
-                    "image",
-                    "the process driver runs `command` and takes no image",
-                ));
+                return Err(field_error("image", "the process driver runs `command` and takes no image"));
             }
             (Driver::Process, None) if self.command.is_empty() => {
-                return Err(field_error(
-                    "command",
-                    "the process driver needs a command to run",
-                ));
+                return Err(field_error("command", "the process driver needs a command to run"));
             }
             _ => {}
         }
@@ -359,10 +345,7 @@ impl WorkloadSpec {
         let mut host_ports = BTreeSet::new();
         for (i, port) in self.ports.iter().enumerate() {
             if port.container == 0 {
-                return Err(field_error(
-                    format!("ports[{i}].container"),
-                    "must be between 1 and 65535",
-                ));
+                return Err(field_error(format!("ports[{i}].container"), "must be between 1 and 65535"));
             }
             if !container_ports.insert((port.container, port.protocol)) {
                 return Err(field_error(
@@ -384,9 +367,7 @@ impl WorkloadSpec {
 
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.
     pub fn fixed_host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
-        self.ports
-            .iter()
-            .filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))
+        self.ports.iter().filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))
     }
 }
 
@@ -406,13 +387,9 @@ pub fn parse_yaml(text: &str) -> Result<WorkloadSpec, SpecError> {
     if text.len() > MAX_SPEC_BYTES {
         return Err(SpecError::whole(format!("is larger than {MAX_SPEC_BYTES} bytes")));
     }
-    let only_comments = text
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    let only_comments = text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
     if only_comments {
-        return Err(SpecError::whole(
-            "is empty; a spec needs at least `name` and `image`",
-        ));
+        return Err(SpecError::whole("is empty; a spec needs at least `name` and `image`"));
     }
     let spec = match serde_saphyr::from_str_with_options::<WorkloadSpec>(text, yaml_options()) {
         Ok(spec) => spec,
@@ -420,11 +397,10 @@ pub fn parse_yaml(text: &str) -> Result<WorkloadSpec, SpecError> {
     };
     spec.validate().map_err(|e| {
         // A missing field has no line of its own: point at the block it belongs in.
-        let location = std::iter::successors(Some(e.path.as_str()), |p| {
-            p.rsplit_once('.').map(|(parent, _)| parent)
-        })
-        .find_map(|p| locate_path(text, p))
-        .or(Some((1, 1)));
+        let location =
+            std::iter::successors(Some(e.path.as_str()), |p| p.rsplit_once('.').map(|(parent, _)| parent))
+                .find_map(|p| locate_path(text, p))
+                .or(Some((1, 1)));
         SpecError::at(e.path, location, e.reason)
     })?;
     Ok(spec)
@@ -453,9 +429,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<WorkloadSpec, SpecError> {
         let location = (inner.line() > 0).then(|| (inner.line(), inner.column()));
         SpecError::from_json(path, location, &inner)
     })?;
-    de.end()
-        .map_err(|e| SpecError::from_json(None, Some((e.line(), e.column())), &e))?;
-    spec.validate()
-        .map_err(|e| SpecError::at(e.path, None, e.reason))?;
+    de.end().map_err(|e| SpecError::from_json(None, Some((e.line(), e.column())), &e))?;
+    spec.validate().map_err(|e| SpecError::at(e.path, None, e.reason))?;
     Ok(spec)
 }

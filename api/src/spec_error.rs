@@ -21,21 +21,11 @@ pub struct SpecError {
 
 impl SpecError {
     pub(crate) fn whole(reason: impl Into<String>) -> Self {
-        SpecError {
-            field: None,
-            line: None,
-            column: None,
-            reason: reason.into(),
-        }
+        SpecError { field: None, line: None, column: None, reason: reason.into() }
     }
 
     pub(crate) fn at(field: String, location: Option<(usize, usize)>, reason: String) -> Self {
-        SpecError {
-            field: Some(field),
-            line: location.map(|l| l.0),
-            column: location.map(|l| l.1),
-            reason,
-        }
+        SpecError { field: Some(field), line: location.map(|l| l.0), column: location.map(|l| l.1), reason }
     }
 
     pub(crate) fn from_yaml(text: &str, error: &serde_saphyr::Error, field: Option<String>) -> Self {
@@ -48,12 +38,7 @@ impl SpecError {
             }
         }
         let location = location.or_else(|| field.as_deref().and_then(|f| locate_path(text, f)));
-        SpecError {
-            field,
-            line: location.map(|l| l.0),
-            column: location.map(|l| l.1),
-            reason,
-        }
+        SpecError { field, line: location.map(|l| l.0), column: location.map(|l| l.1), reason }
     }
 
     pub(crate) fn from_json(
@@ -68,12 +53,7 @@ impl SpecError {
                 reason = stripped.to_owned();
             }
         }
-        SpecError {
-            field,
-            line: location.map(|l| l.0),
-            column: location.map(|l| l.1),
-            reason,
-        }
+        SpecError { field, line: location.map(|l| l.0), column: location.map(|l| l.1), reason }
     }
 
     /// `file:line:column: field: reason`, the form editors and terminals link.
@@ -148,9 +128,7 @@ pub(crate) fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
                         Some(rest) if n == start => (indent + 2, rest),
                         _ => (indent, trimmed),
                     };
-                    let is_key = rest
-                        .strip_prefix(key)
-                        .is_some_and(|r| r.trim_start().starts_with(':'));
+                    let is_key = rest.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'));
                     if is_key && column > parent_indent {
                         hit = Some((n, column, n + 1));
                         break;

@@ -23,46 +23,29 @@ fn name() -> impl Strategy<Value = WorkloadName> {
 }
 
 fn constraint() -> impl Strategy<Value = Constraint> {
-    (
-        label_token(),
-        proptest::collection::vec(label_token(), 1..4),
-        0..4u8,
-    )
-        .prop_map(|(key, values, kind)| match kind {
-            0 => Constraint::Equals {
-                key,
-                value: values[0].clone(),
-            },
-            1 => Constraint::NotEquals {
-                key,
-                value: values[0].clone(),
-            },
+    (label_token(), proptest::collection::vec(label_token(), 1..4), 0..4u8).prop_map(|(key, values, kind)| {
+        match kind {
+            0 => Constraint::Equals { key, value: values[0].clone() },
+            1 => Constraint::NotEquals { key, value: values[0].clone() },
             2 => Constraint::In { key, values },
             _ => Constraint::NotIn { key, values },
-        })
+        }
+    })
 }
 
 fn ports() -> impl Strategy<Value = Vec<PortSpec>> {
-    proptest::collection::btree_map(
-        1..=65535u16,
-        (proptest::option::of(0..=65535u16), any::<bool>()),
-        0..4,
-    )
-    .prop_map(|ports| {
-        let mut used_hosts = std::collections::BTreeSet::new();
-        ports
-            .into_iter()
-            .map(|(container, (host, udp))| {
-                let host = host.filter(|h| *h == 0 || used_hosts.insert(*h));
-                let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-                PortSpec {
-                    container,
-                    host,
-                    protocol,
-                }
-            })
-            .collect()
-    })
+    proptest::collection::btree_map(1..=65535u16, (proptest::option::of(0..=65535u16), any::<bool>()), 0..4)
+        .prop_map(|ports| {
+            let mut used_hosts = std::collections::BTreeSet::new();
+            ports
+                .into_iter()
+                .map(|(container, (host, udp))| {
+                    let host = host.filter(|h| *h == 0 || used_hosts.insert(*h));
+                    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+                    PortSpec { container, host, protocol }
+                })
+                .collect()
+        })
 }
 
 fn autoscale() -> impl Strategy<Value = Option<Autoscale>> {
@@ -71,11 +54,7 @@ fn autoscale() -> impl Strategy<Value = Option<Autoscale>> {
             min,
             max: min + extra,
             cpu: cpu.map(Percent),
-            memory: if cpu.is_none() {
-                Some(Percent(memory))
-            } else {
-                None
-            },
+            memory: if cpu.is_none() { Some(Percent(memory)) } else { None },
         })
     })
 }
@@ -114,22 +93,12 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                     command,
                     env,
                     replicas,
-                    resources: Resources {
-                        cpu: CpuMillis(cpu),
-                        memory: MemoryBytes(memory),
-                    },
-                    restart: [
-                        RestartPolicy::Always,
-                        RestartPolicy::OnFailure,
-                        RestartPolicy::Never,
-                    ][restart as usize],
+                    resources: Resources { cpu: CpuMillis(cpu), memory: MemoryBytes(memory) },
+                    restart: [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never]
+                        [restart as usize],
                     ports,
                     constraints,
-                    placement: if spread {
-                        PlacementStrategy::Spread
-                    } else {
-                        PlacementStrategy::Binpack
-                    },
+                    placement: if spread { PlacementStrategy::Spread } else { PlacementStrategy::Binpack },
                     autoscale,
                 }
             },

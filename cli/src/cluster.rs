@@ -65,11 +65,7 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
     let first = client.server_status().await?;
     let leader_view = match first.leader {
         Some(leader) if leader != first.id => {
-            let address = first
-                .members
-                .iter()
-                .find(|m| m.id == leader)
-                .map(|m| m.address.clone());
+            let address = first.members.iter().find(|m| m.id == leader).map(|m| m.address.clone());
             match address {
                 Some(address) => client.for_server(&address).server_status().await.unwrap_or(first),
                 None => first,
@@ -93,11 +89,7 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
             error,
         });
     }
-    Ok(ClusterView {
-        leader: leader_view.leader,
-        term: leader_view.term,
-        members,
-    })
+    Ok(ClusterView { leader: leader_view.leader, term: leader_view.term, members })
 }
 
 pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()> {
@@ -111,9 +103,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                 Some(leader) => println!("leader: {leader}   term: {}", view.term),
                 None => println!("leader: none (election in progress)   term: {}", view.term),
             }
-            let mut t = table(&[
-                "ID", "ADDRESS", "ROLE", "VOTER", "TERM", "COMMIT", "APPLIED", "MATCHED",
-            ]);
+            let mut t = table(&["ID", "ADDRESS", "ROLE", "VOTER", "TERM", "COMMIT", "APPLIED", "MATCHED"]);
             for m in &view.members {
                 let dash = || "-".to_owned();
                 let s = m.status.as_ref();
@@ -131,14 +121,9 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             println!("{t}");
             Ok(())
         }
-        ClusterCommand::Add {
-            member,
-            no_wait,
-            timeout,
-        } => {
-            let (id, address) = member
-                .split_once('=')
-                .context("expected id=host:port, as 4=127.0.0.1:7004")?;
+        ClusterCommand::Add { member, no_wait, timeout } => {
+            let (id, address) =
+                member.split_once('=').context("expected id=host:port, as 4=127.0.0.1:7004")?;
             let id: u64 = id.parse().with_context(|| format!("`{id}` is not a server id"))?;
             client.add_member(id, address).await?;
             println!("server {id} added as a learner");

@@ -24,20 +24,10 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_logging("warn");
-    let specs = args
-        .specs
-        .iter()
-        .map(read_spec)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let data = tempfile::Builder::new()
-        .prefix("flotilla-dev-")
-        .tempdir()
-        .context("cannot create a data dir")?;
-    eprintln!(
-        "flotilla dev: server on {} with data in {}",
-        args.listen,
-        data.path().display()
-    );
+    let specs = args.specs.iter().map(read_spec).collect::<anyhow::Result<Vec<_>>>()?;
+    let data =
+        tempfile::Builder::new().prefix("flotilla-dev-").tempdir().context("cannot create a data dir")?;
+    eprintln!("flotilla dev: server on {} with data in {}", args.listen, data.path().display());
     let config = ServerConfig {
         id: 1,
         listen: args.listen.clone(),
@@ -45,6 +35,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         peers: [(1, args.listen.clone())].into(),
         join: None,
         node: NodeConfig::new(1),
+        health: Default::default(),
         fault_injection: false,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -54,21 +45,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let client = Client::new([args.listen.clone()]).with_retry_for(Duration::from_secs(10));
     for spec in &specs {
         let result = client.deploy(spec, None).await?;
-        eprintln!(
-            "workload/{} deployed (version {})",
-            result.workload.spec.name, result.workload.version
-        );
+        eprintln!("workload/{} deployed (version {})", result.workload.spec.name, result.workload.version);
     }
     for workload in client.list(false).await? {
         eprintln!(
             "  {}: {} replicas of {}",
             workload.spec.name,
             workload.spec.replicas,
-            workload
-                .spec
-                .image
-                .clone()
-                .unwrap_or_else(|| workload.spec.command.join(" "))
+            workload.spec.image.clone().unwrap_or_else(|| workload.spec.command.join(" "))
         );
     }
     eprintln!("ready; in another shell: flotilla list   (Ctrl-C stops the server and deletes its data)");

@@ -1,7 +1,9 @@
 //! `flotilla`: one binary for the server and every client verb.
 
+mod agent;
 mod cluster;
 mod dev;
+mod logs;
 mod nodes;
 mod output;
 mod server;
@@ -12,11 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "flotilla",
-    version,
-    about = "A Raft-replicated container orchestrator"
-)]
+#[command(name = "flotilla", version, about = "A Raft-replicated container orchestrator")]
 struct Cli {
     /// Servers to talk to (comma-separated host:port); the next is tried when one is down.
     #[arg(
@@ -35,6 +33,10 @@ struct Cli {
 enum Command {
     /// Run a one-process cluster and deploy the given specs into it.
     Dev(dev::DevArgs),
+    /// Run the agent that runs a host's allocations.
+    Agent(agent::AgentArgs),
+    /// Stream an allocation's output.
+    Logs(logs::LogsArgs),
     /// Run a scheduler server.
     Server(server::ServerArgs),
     /// Create or update workloads from spec files.
@@ -73,6 +75,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => server::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Logs(args) => logs::logs(&client, args).await,
             Command::Deploy(args) => workloads::deploy(&client, args).await,
             Command::Get(args) => workloads::get(&client, args).await,
             Command::List(args) => workloads::list(&client, args).await,

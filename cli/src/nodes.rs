@@ -33,9 +33,7 @@ pub enum NodeCommand {
 }
 
 fn percent(used: u64, capacity: u64) -> String {
-    (used * 100)
-        .checked_div(capacity)
-        .map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
+    (used * 100).checked_div(capacity).map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
 }
 
 pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
@@ -60,27 +58,15 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
             n.status.to_string(),
             n.capacity_cpu.to_string(),
             n.capacity_memory.to_string(),
-            format!(
-                "{} ({})",
-                CpuMillis(n.allocated_cpu),
-                percent(n.allocated_cpu, n.capacity_cpu.0)
-            ),
+            format!("{} ({})", CpuMillis(n.allocated_cpu), percent(n.allocated_cpu, n.capacity_cpu.0)),
             format!(
                 "{} ({})",
                 MemoryBytes(n.allocated_memory),
                 percent(n.allocated_memory, n.capacity_memory.0)
             ),
             n.allocations.to_string(),
-            n.drivers
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            n.labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            n.drivers.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+            n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
         ]);
     }
     println!("{t}");
@@ -89,9 +75,7 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
 
 /// "45s", "12m", "3h", "2d": how long ago `ms` was.
 pub fn age(ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let seconds = now.saturating_sub(ms) / 1000;
     match seconds {
         s if s < 120 => format!("{s}s"),
@@ -102,17 +86,14 @@ pub fn age(ms: u64) -> String {
 }
 
 pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
-    let mut allocations = client
-        .allocations(args.workload.as_deref(), args.node.as_deref())
-        .await?;
+    let mut allocations = client.allocations(args.workload.as_deref(), args.node.as_deref()).await?;
     allocations
         .sort_by(|a, b| (a.workload.as_str(), a.replica, a.id).cmp(&(b.workload.as_str(), b.replica, b.id)));
     if args.output == Format::Json {
         return print_json(&allocations);
     }
-    let mut t = table(&[
-        "ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "RESTARTS", "EXIT", "PORTS", "AGE",
-    ]);
+    let mut t =
+        table(&["ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "RESTARTS", "EXIT", "PORTS", "AGE"]);
     for a in &allocations {
         let exit = match (a.exit_code, a.oom_killed) {
             (_, true) => "OOM-killed".to_owned(),
@@ -123,11 +104,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
             .ports
             .iter()
             .map(|p| {
-                if p.host == 0 {
-                    format!("{}", p.container)
-                } else {
-                    format!("{}->{}", p.host, p.container)
-                }
+                if p.host == 0 { format!("{}", p.container) } else { format!("{}->{}", p.host, p.container) }
             })
             .collect::<Vec<_>>()
             .join(",");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use flotilla_scheduler::ServerConfig;
+use flotilla_scheduler::controllers::node_health::HealthConfig;
 use flotilla_scheduler::raft::NodeConfig;
 
 #[derive(Debug, Args)]
@@ -32,6 +33,11 @@ pub struct ServerArgs {
     /// Milliseconds per Raft tick (heartbeat every 2 ticks, election after 20).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// Mark a node down after this many milliseconds without a heartbeat (plus --node-grace-ms).
+    #[arg(long, default_value_t = 3000)]
+    node_ttl_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    node_grace_ms: u64,
     /// Allow tests to cut this server off from peers through /debug/v1/faults.
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -40,13 +46,9 @@ pub struct ServerArgs {
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for peer in peers {
-        let (id, address) = peer
-            .split_once('=')
-            .with_context(|| format!("--peers: `{peer}` is not id=host:port"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .with_context(|| format!("--peers: `{id}` is not a server id"))?;
+        let (id, address) =
+            peer.split_once('=').with_context(|| format!("--peers: `{peer}` is not id=host:port"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("--peers: `{id}` is not a server id"))?;
         if id == 0 {
             bail!("--peers: server ids start at 1");
         }
@@ -110,6 +112,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         peers: parse_peers(&args.peers)?,
         join: args.join,
         node,
+        health: HealthConfig {
+            ttl: Duration::from_millis(args.node_ttl_ms),
+            grace: Duration::from_millis(args.node_grace_ms),
+        },
         fault_injection: args.fault_injection,
     };
     flotilla_scheduler::run(config, shutdown_signal()).await?;

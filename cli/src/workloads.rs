@@ -54,10 +54,7 @@ pub fn read_spec(path: &PathBuf) -> anyhow::Result<WorkloadSpec> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
     if bytes.len() > flotilla_api::spec::MAX_SPEC_BYTES {
-        bail!(
-            "{shown}: is larger than {} bytes",
-            flotilla_api::spec::MAX_SPEC_BYTES
-        );
+        bail!("{shown}: is larger than {} bytes", flotilla_api::spec::MAX_SPEC_BYTES);
     }
     let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown}: is not UTF-8 text"))?;
     flotilla_api::parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}", e.render(&shown)))
@@ -74,11 +71,8 @@ fn api_error(error: ClientError, file: Option<&str>) -> anyhow::Error {
 }
 
 pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
-    let specs = args
-        .files
-        .iter()
-        .map(|f| read_spec(f).map(|s| (f, s)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs =
+        args.files.iter().map(|f| read_spec(f).map(|s| (f, s))).collect::<anyhow::Result<Vec<_>>>()?;
     let mut results = Vec::new();
     for (file, spec) in specs {
         let result = client
@@ -91,10 +85,7 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
                 DeployChange::Updated => "updated",
                 DeployChange::Unchanged => "unchanged",
             };
-            println!(
-                "workload/{} {verb} (version {})",
-                result.workload.spec.name, result.workload.version
-            );
+            println!("workload/{} {verb} (version {})", result.workload.spec.name, result.workload.version);
         }
         results.push(result);
     }
@@ -118,15 +109,8 @@ fn workload_row(w: &Workload) -> Vec<String> {
     ]
 }
 
-const WORKLOAD_HEADER: [&str; 7] = [
-    "NAME",
-    "DRIVER",
-    "IMAGE/COMMAND",
-    "REPLICAS",
-    "CPU",
-    "MEMORY",
-    "VERSION",
-];
+const WORKLOAD_HEADER: [&str; 7] =
+    ["NAME", "DRIVER", "IMAGE/COMMAND", "REPLICAS", "CPU", "MEMORY", "VERSION"];
 
 pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let workload = if args.stale {
@@ -175,10 +159,7 @@ pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
     let workload = client.scale(&args.name, args.replicas).await?;
-    println!(
-        "workload/{} scaled to {} replicas",
-        workload.spec.name, workload.spec.replicas
-    );
+    println!("workload/{} scaled to {} replicas", workload.spec.name, workload.spec.replicas);
     Ok(())
 }
 

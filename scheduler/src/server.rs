@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use raft::eraftpb::Snapshot;
 
+use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
 use crate::http::{AppState, router};
 use crate::raft::{FaultRules, NodeConfig, PeerTransport, RaftStorage, StorageError};
 use crate::state::ClusterState;
@@ -25,6 +26,7 @@ pub struct ServerConfig {
     /// A member of an existing cluster to ask to add this server.
     pub join: Option<String>,
     pub node: NodeConfig,
+    pub health: HealthConfig,
     pub fault_injection: bool,
 }
 
@@ -48,10 +50,7 @@ pub enum ServerError {
 fn bootstrap_snapshot(peers: &BTreeMap<u64, String>) -> Result<Snapshot, ServerError> {
     let state = ClusterState::bootstrap(peers);
     let data = serde_json::to_vec(&state).map_err(|e| ServerError::Snapshot(e.to_string()))?;
-    let mut snapshot = Snapshot {
-        data: data.into(),
-        ..Snapshot::default()
-    };
+    let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
     let meta = snapshot.mut_metadata();
     meta.index = 1;
     meta.term = 1;
@@ -89,23 +88,15 @@ pub async fn run(
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| ServerError::Listen {
-            address: config.listen.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
     let faults = Arc::new(FaultRules::default());
     let runtime = tokio::runtime::Handle::current();
     let mut transport_slot = None;
     let members: Vec<_> = state.members().cloned().collect();
     let state = Arc::new(RwLock::new(state));
     let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, |inputs| {
-        let transport = Arc::new(PeerTransport::new(
-            config.id,
-            config.listen.clone(),
-            runtime,
-            inputs,
-            faults,
-        ));
+        let transport =
+            Arc::new(PeerTransport::new(config.id, config.listen.clone(), runtime, inputs, faults));
         transport.learn_members(members.iter());
         for (id, address) in &config.peers {
             transport.learn_sender(*id, address);
@@ -120,20 +111,19 @@ pub async fn run(
         tokio::spawn(ask_to_join(seed, config.id, config.listen.clone()));
     }
 
-    tokio::spawn(crate::controllers::run_reconciler(
-        raft.clone(),
-        Default::default(),
-    ));
+    tokio::spawn(crate::controllers::run_reconciler(raft.clone(), Default::default()));
+    let liveness = Arc::new(Liveness::default());
+    tokio::spawn(run_node_health(raft.clone(), Arc::clone(&liveness), config.health.clone()));
     let app = router(AppState {
+        liveness,
+        http: reqwest::Client::new(),
         raft: raft.clone(),
         transport,
         fault_injection: config.fault_injection,
     });
     let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
     let raft_thread = std::thread::spawn(move || {
-        let result = thread
-            .join()
-            .map_err(|_| ServerError::Config("the Raft thread panicked".into()));
+        let result = thread.join().map_err(|_| ServerError::Config("the Raft thread panicked".into()));
         let _ = raft_stopped_tx.send(());
         result
     });
@@ -150,10 +140,7 @@ pub async fn run(
         .map_err(|e| ServerError::Config(e.to_string()))?
         .map_err(|_| ServerError::Config("the Raft thread panicked".into()))?;
     raft_result??;
-    served.map_err(|e| ServerError::Listen {
-        address: config.listen,
-        reason: e.to_string(),
-    })
+    served.map_err(|e| ServerError::Listen { address: config.listen, reason: e.to_string() })
 }
 
 /// Asks a member of the existing cluster to add this server, until it does.

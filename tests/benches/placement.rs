@@ -21,24 +21,14 @@ fn proc_kib(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
 fn workload_spec(i: usize) -> WorkloadSpec {
     let zone = ["a", "b", "c", "d"][i % 4];
-    let constraint = if i.is_multiple_of(5) {
-        format!("constraints: [\"zone == {zone}\"]\n")
-    } else {
-        String::new()
-    };
+    let constraint =
+        if i.is_multiple_of(5) { format!("constraints: [\"zone == {zone}\"]\n") } else { String::new() };
     let placement = if i.is_multiple_of(2) { "binpack" } else { "spread" };
     parse_yaml(&format!(
         "name: w{i}\nimage: app:1\nreplicas: {REPLICAS}\nresources: {{cpu: {}m, memory: {}Mi}}\nplacement: {placement}\n{constraint}",
@@ -62,41 +52,20 @@ fn registration(i: usize) -> NodeRegistration {
 fn placement_core() -> (f64, u64, u64) {
     let mut state = ClusterState::default();
     for i in 0..NODES {
-        state
-            .apply(
-                1,
-                Command::RegisterNode {
-                    registration: registration(i),
-                },
-            )
-            .expect("node");
+        state.apply(1, Command::RegisterNode { registration: registration(i) }).expect("node");
     }
     for i in 0..WORKLOADS {
         state
-            .apply(
-                2,
-                Command::PutWorkload {
-                    spec: workload_spec(i),
-                    expected_version: None,
-                },
-            )
+            .apply(2, Command::PutWorkload { spec: workload_spec(i), expected_version: None })
             .expect("workload");
     }
     let before = proc_kib("self", "VmRSS:");
-    let config = ReconcileConfig {
-        max_placements: usize::MAX,
-        ..ReconcileConfig::default()
-    };
+    let config = ReconcileConfig { max_placements: usize::MAX, ..ReconcileConfig::default() };
     let start = Instant::now();
     let plan = reconcile(&state, 42, 0, &config);
     let elapsed = start.elapsed();
     let placed = plan.placements.len();
-    assert_eq!(
-        placed,
-        WORKLOADS * REPLICAS as usize,
-        "everything fits: {:?}",
-        plan.unplaced.values().next()
-    );
+    assert_eq!(placed, WORKLOADS * REPLICAS as usize, "everything fits: {:?}", plan.unplaced.values().next());
     let peak = proc_kib("self", "VmHWM:");
     state.apply(3, Command::ApplyPlan { plan }).expect("plan applies");
     (placed as f64 / elapsed.as_secs_f64(), before, peak)
@@ -132,13 +101,7 @@ async fn end_to_end() -> (f64, Duration, u64) {
     }
     let total = WORKLOADS as u32 * REPLICAS;
     loop {
-        let placed: u32 = client
-            .list(false)
-            .await
-            .expect("list")
-            .iter()
-            .map(|w| w.status.placed)
-            .sum();
+        let placed: u32 = client.list(false).await.expect("list").iter().map(|w| w.status.placed).sum();
         if placed == total {
             break;
         }
@@ -146,12 +109,7 @@ async fn end_to_end() -> (f64, Duration, u64) {
     }
     let elapsed = start.elapsed();
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let pid = cluster
-        .servers
-        .iter()
-        .find(|s| s.id == leader)
-        .and_then(|s| s.pid())
-        .expect("leader pid");
+    let pid = cluster.servers.iter().find(|s| s.id == leader).and_then(|s| s.pid()).expect("leader pid");
     let rss = proc_kib(&pid.to_string(), "VmRSS:");
     (f64::from(total) / elapsed.as_secs_f64(), elapsed, rss)
 }
@@ -166,28 +124,9 @@ async fn main() {
     );
     println!("{:<58} {:>14}", "metric", "value");
     println!("{:<58} {:>14.0}", "placement core: placements/s", core_rate);
-    println!(
-        "{:<58} {:>14}",
-        "placement core: RSS before placing (MiB)",
-        rss_before / 1024
-    );
-    println!(
-        "{:<58} {:>14}",
-        "placement core: peak RSS while placing (MiB)",
-        peak / 1024
-    );
-    println!(
-        "{:<58} {:>14.0}",
-        "end to end (3 servers, Raft, fsync): placements/s", e2e_rate
-    );
-    println!(
-        "{:<58} {:>14.2}",
-        "end to end: seconds until all placed and committed",
-        e2e_time.as_secs_f64()
-    );
-    println!(
-        "{:<58} {:>14}",
-        "leader RSS holding 100,000 allocations (MiB)",
-        leader_rss / 1024
-    );
+    println!("{:<58} {:>14}", "placement core: RSS before placing (MiB)", rss_before / 1024);
+    println!("{:<58} {:>14}", "placement core: peak RSS while placing (MiB)", peak / 1024);
+    println!("{:<58} {:>14.0}", "end to end (3 servers, Raft, fsync): placements/s", e2e_rate);
+    println!("{:<58} {:>14.2}", "end to end: seconds until all placed and committed", e2e_time.as_secs_f64());
+    println!("{:<58} {:>14}", "leader RSS holding 100,000 allocations (MiB)", leader_rss / 1024);
 }

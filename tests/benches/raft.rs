@@ -26,10 +26,7 @@ async fn single_client(client: &Client, writes: usize) -> (f64, Vec<Duration>) {
     let start = Instant::now();
     for i in 0..writes {
         let t = Instant::now();
-        client
-            .deploy(&spec(&format!("one-{i}")), None)
-            .await
-            .expect("write");
+        client.deploy(&spec(&format!("one-{i}")), None).await.expect("write");
         latencies.push(t.elapsed());
     }
     let rate = writes as f64 / start.elapsed().as_secs_f64();
@@ -46,10 +43,7 @@ async fn many_clients(client: &Client, clients: usize, writes_each: usize) -> (f
             let mut latencies = Vec::with_capacity(writes_each);
             for i in 0..writes_each {
                 let t = Instant::now();
-                client
-                    .deploy(&spec(&format!("many-{c}-{i}")), None)
-                    .await
-                    .expect("write");
+                client.deploy(&spec(&format!("many-{c}-{i}")), None).await.expect("write");
                 latencies.push(t.elapsed());
             }
             latencies
@@ -117,28 +111,12 @@ async fn main() {
     println!("flotilla control plane, 3 servers on loopback (fsync on every Raft write)");
     println!("{:<44} {:>12}", "metric", "value");
     println!("{:<44} {:>12.0}", "writes/s, 1 client", rate1);
-    println!(
-        "{:<44} {:>12.2}",
-        "write latency p50 ms, 1 client",
-        ms(percentile(&lat1, 0.50))
-    );
-    println!(
-        "{:<44} {:>12.2}",
-        "write latency p99 ms, 1 client",
-        ms(percentile(&lat1, 0.99))
-    );
+    println!("{:<44} {:>12.2}", "write latency p50 ms, 1 client", ms(percentile(&lat1, 0.50)));
+    println!("{:<44} {:>12.2}", "write latency p99 ms, 1 client", ms(percentile(&lat1, 0.99)));
     println!("{:<44} {:>12.0}", "writes/s, 64 clients (to the leader)", rate64);
     println!("{:<44} {:>12.0}", "writes/s, 64 clients (to a follower)", rate64f);
-    println!(
-        "{:<44} {:>12.2}",
-        "write latency p50 ms, 64 clients",
-        ms(percentile(&lat64, 0.50))
-    );
-    println!(
-        "{:<44} {:>12.2}",
-        "write latency p99 ms, 64 clients",
-        ms(percentile(&lat64, 0.99))
-    );
+    println!("{:<44} {:>12.2}", "write latency p50 ms, 64 clients", ms(percentile(&lat64, 0.50)));
+    println!("{:<44} {:>12.2}", "write latency p99 ms, 64 clients", ms(percentile(&lat64, 0.99)));
     println!(
         "{:<44} {:>12.0}",
         format!("failover p50 ms ({} trials)", failover.len()),
@@ -149,9 +127,5 @@ async fn main() {
         format!("failover p99 ms ({} trials)", failover.len()),
         ms(percentile(&failover, 0.99))
     );
-    println!(
-        "{:<44} {:>12.0}",
-        "failover max ms",
-        ms(failover[failover.len() - 1])
-    );
+    println!("{:<44} {:>12.0}", "failover max ms", ms(failover[failover.len() - 1]));
 }

@@ -18,10 +18,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            servers: 3,
-            snapshot_every: 10_000,
-        }
+        ClusterOptions { servers: 3, snapshot_every: 10_000 }
     }
 }
 
@@ -35,18 +32,10 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts the servers and waits until they agree on a leader.
     pub async fn start(options: ClusterOptions) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("flotilla-cluster-")
-            .tempdir()
-            .expect("temp dir");
-        let addresses: Vec<(u64, String)> = (1..=options.servers)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-            .collect();
-        let peers = addresses
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
+        let addresses: Vec<(u64, String)> =
+            (1..=options.servers).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let peers = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
         let servers = addresses
             .into_iter()
             .map(|(id, address)| {
@@ -59,11 +48,7 @@ impl TestCluster {
                 ServerProcess::new(id, address, dir.path(), args)
             })
             .collect();
-        let mut cluster = TestCluster {
-            dir,
-            servers,
-            options,
-        };
+        let mut cluster = TestCluster { dir, servers, options };
         for server in &mut cluster.servers {
             server.start();
         }
@@ -72,18 +57,11 @@ impl TestCluster {
     }
 
     pub fn server(&mut self, id: u64) -> &mut ServerProcess {
-        self.servers
-            .iter_mut()
-            .find(|s| s.id == id)
-            .expect("no server with that id")
+        self.servers.iter_mut().find(|s| s.id == id).expect("no server with that id")
     }
 
     pub fn address(&self, id: u64) -> String {
-        self.servers
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| s.address.clone())
-            .expect("no server with that id")
+        self.servers.iter().find(|s| s.id == id).map(|s| s.address.clone()).expect("no server with that id")
     }
 
     /// A client that knows every server, as a user's FLOTILLA_ADDR would.
@@ -102,34 +80,25 @@ impl TestCluster {
 
     /// Waits until every running server names the same leader, and returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let running: Vec<u64> = self
-            .servers
-            .iter()
-            .filter(|s| s.is_running())
-            .map(|s| s.id)
-            .collect();
-        wait_until(
-            timeout,
-            "one leader that every running server agrees on",
-            || async {
-                let mut leader = None;
-                for id in &running {
-                    let status = self.status_of(*id).await?;
-                    if status.role == RaftRole::Removed {
-                        continue;
-                    }
-                    match (leader, status.leader) {
-                        (_, None) => return None,
-                        (None, Some(l)) => leader = Some(l),
-                        (Some(a), Some(b)) if a != b => return None,
-                        _ => {}
-                    }
+        let running: Vec<u64> = self.servers.iter().filter(|s| s.is_running()).map(|s| s.id).collect();
+        wait_until(timeout, "one leader that every running server agrees on", || async {
+            let mut leader = None;
+            for id in &running {
+                let status = self.status_of(*id).await?;
+                if status.role == RaftRole::Removed {
+                    continue;
                 }
-                let leader = leader?;
-                let status = self.status_of(leader).await?;
-                (status.role == RaftRole::Leader).then_some(leader)
-            },
-        )
+                match (leader, status.leader) {
+                    (_, None) => return None,
+                    (None, Some(l)) => leader = Some(l),
+                    (Some(a), Some(b)) if a != b => return None,
+                    _ => {}
+                }
+            }
+            let leader = leader?;
+            let status = self.status_of(leader).await?;
+            (status.role == RaftRole::Leader).then_some(leader)
+        })
         .await
     }
 
@@ -143,22 +112,14 @@ impl TestCluster {
             .send()
             .await
             .expect("fault endpoint answers");
-        assert!(
-            response.status().is_success(),
-            "fault endpoint: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "fault endpoint: {}", response.status());
     }
 
     /// Starts a new server that joins through the current members; it is
     /// added as a learner and promoted once it has caught up.
     pub fn add_joining_server(&mut self, id: u64) -> &mut ServerProcess {
-        let seed = self
-            .servers
-            .iter()
-            .filter(|s| s.is_running())
-            .map(|s| s.address.clone())
-            .collect::<Vec<_>>();
+        let seed =
+            self.servers.iter().filter(|s| s.is_running()).map(|s| s.address.clone()).collect::<Vec<_>>();
         let address = format!("127.0.0.1:{}", free_port());
         let args = vec![
             "--join".to_owned(),
@@ -166,8 +127,7 @@ impl TestCluster {
             "--snapshot-every".to_owned(),
             self.options.snapshot_every.to_string(),
         ];
-        self.servers
-            .push(ServerProcess::new(id, address, self.dir.path(), args));
+        self.servers.push(ServerProcess::new(id, address, self.dir.path(), args));
         let server = self.servers.last_mut().expect("just pushed");
         server.start();
         server
@@ -175,10 +135,7 @@ impl TestCluster {
 
     /// Every server's log, for a failing test's message.
     pub fn logs(&self) -> String {
-        self.servers
-            .iter()
-            .map(|s| format!("==== server {} ====\n{}", s.id, s.log_text()))
-            .collect()
+        self.servers.iter().map(|s| format!("==== server {} ====\n{}", s.id, s.log_text())).collect()
     }
 }
 

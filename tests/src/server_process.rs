@@ -32,11 +32,7 @@ impl ServerProcess {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "server {} is already running", self.id);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let log = File::options().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(flotilla_binary())
             .arg("server")
             .args(["--id", &self.id.to_string(), "--listen", &self.address])
@@ -73,9 +69,7 @@ impl ServerProcess {
     /// SIGTERM, then wait for a clean exit (kill -9 after 10 s).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             for _ in 0..200 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;

@@ -17,17 +17,12 @@ async fn wait_for_status(
     what: &str,
     check: impl Fn(&Workload) -> bool,
 ) -> Workload {
-    wait_until(Duration::from_secs(20), what, || async {
-        client.get(name).await.ok().filter(|w| check(w))
-    })
-    .await
+    wait_until(Duration::from_secs(20), what, || async { client.get(name).await.ok().filter(|w| check(w)) })
+        .await
 }
 
 async fn deploy(client: &Client, yaml: &str) {
-    client
-        .deploy(&parse_yaml(yaml).expect("valid spec"), None)
-        .await
-        .expect("deploy");
+    client.deploy(&parse_yaml(yaml).expect("valid spec"), None).await.expect("deploy");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,21 +30,16 @@ async fn deploy_scale_up_scale_down_and_delete() {
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let client = cluster.client();
     register_nodes(&client, "node", 3, 2000, 2 * GI, &[("zone", "a")]).await;
-    deploy(
-        &client,
-        "name: web\nimage: busybox\nreplicas: 6\nresources: {cpu: 250m, memory: 256Mi}\n",
-    )
-    .await;
+    deploy(&client, "name: web\nimage: busybox\nreplicas: 6\nresources: {cpu: 250m, memory: 256Mi}\n").await;
     wait_for_status(&client, "web", "6 placed", |w| w.status.placed == 6).await;
-    let per_node: BTreeMap<String, usize> = client
-        .allocations(Some("web"), None)
-        .await
-        .expect("ps")
-        .into_iter()
-        .fold(BTreeMap::new(), |mut m, a| {
-            *m.entry(a.node).or_default() += 1;
-            m
-        });
+    let per_node: BTreeMap<String, usize> =
+        client.allocations(Some("web"), None).await.expect("ps").into_iter().fold(
+            BTreeMap::new(),
+            |mut m, a| {
+                *m.entry(a.node).or_default() += 1;
+                m
+            },
+        );
     assert_eq!(
         per_node.values().copied().collect::<Vec<_>>(),
         vec![2, 2, 2],
@@ -64,21 +54,8 @@ async fn deploy_scale_up_scale_down_and_delete() {
     assert_eq!(nodes.iter().map(|n| n.allocated_cpu).sum::<u64>(), 500);
 
     client.delete("web").await.expect("delete");
-    assert!(
-        client
-            .allocations(Some("web"), None)
-            .await
-            .expect("ps")
-            .is_empty()
-    );
-    assert!(
-        client
-            .nodes(false)
-            .await
-            .expect("nodes")
-            .iter()
-            .all(|n| n.allocated_cpu == 0)
-    );
+    assert!(client.allocations(Some("web"), None).await.expect("ps").is_empty());
+    assert!(client.nodes(false).await.expect("nodes").iter().all(|n| n.allocated_cpu == 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,15 +73,9 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
     wait_until(Duration::from_secs(30), "the rollout to finish", || async {
         let allocations = client.allocations(Some("web"), None).await.ok()?;
         let live: Vec<_> = allocations.iter().filter(|a| a.state.is_live()).collect();
-        let running = live
-            .iter()
-            .filter(|a| a.state == flotilla_api::AllocationState::Running)
-            .count();
+        let running = live.iter().filter(|a| a.state == flotilla_api::AllocationState::Running).count();
         most_live.fetch_max(live.len(), std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            running >= 3,
-            "a rollout never drops below the wanted replicas running"
-        );
+        assert!(running >= 3, "a rollout never drops below the wanted replicas running");
         if live.len() == 3 && live.iter().all(|a| a.version == 2) && running == 3 {
             return Some(());
         }
@@ -179,29 +150,13 @@ async fn a_new_leader_finishes_a_large_deploy_without_oversubscribing_or_doublin
     })
     .await;
     let allocations = client.allocations(None, None).await.expect("ps");
-    assert_eq!(
-        allocations.len(),
-        workloads * replicas as usize,
-        "no replica lost or doubled"
-    );
+    assert_eq!(allocations.len(), workloads * replicas as usize, "no replica lost or doubled");
     let ids: BTreeSet<u64> = allocations.iter().map(|a| a.id).collect();
     assert_eq!(ids.len(), allocations.len());
     for node in client.nodes(false).await.expect("nodes") {
-        assert!(
-            node.allocated_cpu <= node.capacity_cpu.0,
-            "{} cpu oversubscribed",
-            node.name
-        );
-        assert!(
-            node.allocated_memory <= node.capacity_memory.0,
-            "{} memory oversubscribed",
-            node.name
-        );
-        let on_node: u64 = allocations
-            .iter()
-            .filter(|a| a.node == node.name)
-            .map(|a| a.cpu)
-            .sum();
+        assert!(node.allocated_cpu <= node.capacity_cpu.0, "{} cpu oversubscribed", node.name);
+        assert!(node.allocated_memory <= node.capacity_memory.0, "{} memory oversubscribed", node.name);
+        let on_node: u64 = allocations.iter().filter(|a| a.node == node.name).map(|a| a.cpu).sum();
         assert_eq!(on_node, node.allocated_cpu);
     }
     cluster.server(leader).start();

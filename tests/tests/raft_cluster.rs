@@ -21,29 +21,21 @@ async fn names_on(client: &Client, stale: bool) -> Option<BTreeSet<String>> {
 /// Waits until server `id` has applied exactly `expected` (read locally, no barrier).
 async fn wait_for_names(cluster: &TestCluster, id: u64, expected: &BTreeSet<String>, timeout: Duration) {
     let client = cluster.client_of(id);
-    wait_until(
-        timeout,
-        &format!("server {id} to hold {} workloads", expected.len()),
-        || async { (names_on(&client, true).await.as_ref() == Some(expected)).then_some(()) },
-    )
+    wait_until(timeout, &format!("server {id} to hold {} workloads", expected.len()), || async {
+        (names_on(&client, true).await.as_ref() == Some(expected)).then_some(())
+    })
     .await;
 }
 
 async fn write_many(client: &Client, prefix: &str, count: usize, concurrency: usize) -> BTreeSet<String> {
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    let chunks: Vec<Vec<String>> = names
-        .chunks(count.div_ceil(concurrency))
-        .map(|c| c.to_vec())
-        .collect();
+    let chunks: Vec<Vec<String>> = names.chunks(count.div_ceil(concurrency)).map(|c| c.to_vec()).collect();
     let mut tasks = Vec::new();
     for chunk in chunks {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             for name in chunk {
-                client
-                    .deploy(&spec(&name), None)
-                    .await
-                    .expect("write acknowledged");
+                client.deploy(&spec(&name), None).await.expect("write acknowledged");
             }
         }));
     }
@@ -85,11 +77,7 @@ async fn a_write_sent_to_a_follower_is_applied_on_all_three() {
         wait_for_names(&cluster, id, &expected, Duration::from_secs(5)).await;
     }
     // A linearizable read on the follower sees it at once.
-    let got = cluster
-        .client_of(follower)
-        .get("via-follower")
-        .await
-        .expect("read on follower");
+    let got = cluster.client_of(follower).get("via-follower").await.expect("read on follower");
     assert_eq!(got.spec.replicas, 2);
 }
 
@@ -104,10 +92,7 @@ async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
     assert_ne!(new_leader, old_leader);
     let after = write_many(&client, "after", 10, 2).await;
     let expected: BTreeSet<String> = written.union(&after).cloned().collect();
-    assert_eq!(
-        names_on(&client, false).await.expect("linearizable list"),
-        expected
-    );
+    assert_eq!(names_on(&client, false).await.expect("linearizable list"), expected);
     cluster.server(old_leader).start();
     wait_for_names(&cluster, old_leader, &expected, Duration::from_secs(10)).await;
 }
@@ -135,37 +120,24 @@ async fn all_three_restarted_from_their_data_dirs_hold_identical_state() {
     }
     assert_eq!(states[0], states[1]);
     assert_eq!(states[1], states[2]);
-    let scaled = states[0]
-        .iter()
-        .find(|w| w.spec.name.as_str() == "durable-7")
-        .expect("durable-7");
+    let scaled = states[0].iter().find(|w| w.spec.name.as_str() == "durable-7").expect("durable-7");
     assert_eq!(scaled.spec.replicas, 9);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_stopped_during_2000_writes_catches_up_through_a_snapshot() {
-    let mut cluster = TestCluster::start(ClusterOptions {
-        servers: 3,
-        snapshot_every: 200,
-    })
-    .await;
+    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200 }).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.server(follower).stop();
     let client = cluster.client();
     let written = write_many(&client, "lag", 2000, 32).await;
     let leader_status = cluster.status_of(leader).await.expect("leader status");
-    assert!(
-        leader_status.first_index > 1000,
-        "the leader compacted its log: {leader_status:?}"
-    );
+    assert!(leader_status.first_index > 1000, "the leader compacted its log: {leader_status:?}");
     cluster.server(follower).start();
     wait_for_names(&cluster, follower, &written, Duration::from_secs(30)).await;
     assert!(
-        cluster
-            .server(follower)
-            .log_text()
-            .contains("installed snapshot from leader"),
+        cluster.server(follower).log_text().contains("installed snapshot from leader"),
         "the follower caught up through a snapshot"
     );
 }
@@ -209,17 +181,11 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
     }
     let minority = cluster.client_of(old_leader);
     let refused = minority.deploy(&spec("minority-write"), None).await;
-    assert!(
-        refused.is_err(),
-        "a leader cut off from the majority must not acknowledge: {refused:?}"
-    );
+    assert!(refused.is_err(), "a leader cut off from the majority must not acknowledge: {refused:?}");
 
     let majority =
         Client::new(others.iter().map(|id| cluster.address(*id))).with_retry_for(Duration::from_secs(10));
-    majority
-        .deploy(&spec("majority-write"), None)
-        .await
-        .expect("the majority elects a leader and commits");
+    majority.deploy(&spec("majority-write"), None).await.expect("the majority elects a leader and commits");
 
     cluster.block(old_leader, &[]).await;
     for id in &others {
@@ -233,11 +199,7 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_write() {
-    let mut cluster = TestCluster::start(ClusterOptions {
-        servers: 3,
-        snapshot_every: 300,
-    })
-    .await;
+    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 300 }).await;
     let client = cluster.client();
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -261,11 +223,9 @@ async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_wr
     .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     cluster.server(leader).kill();
-    wait_until(
-        Duration::from_secs(30),
-        "writes to continue under a new leader",
-        || async { (acknowledged.lock().expect("lock").len() >= 600).then_some(()) },
-    )
+    wait_until(Duration::from_secs(30), "writes to continue under a new leader", || async {
+        (acknowledged.lock().expect("lock").len() >= 600).then_some(())
+    })
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for writer in writers {
@@ -286,10 +246,7 @@ async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_wr
 async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
     let client = cluster.client();
-    client
-        .deploy(&spec("corruption-marker"), None)
-        .await
-        .expect("write");
+    client.deploy(&spec("corruption-marker"), None).await.expect("write");
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let victim = (1..=3).find(|id| *id != leader).expect("a follower");
     let expected: BTreeSet<String> = ["corruption-marker".to_owned()].into();
@@ -310,23 +267,15 @@ async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
     std::fs::write(&file, bytes).expect("write corrupted file");
 
     cluster.server(victim).start();
-    let status = cluster
-        .server(victim)
-        .wait_for_exit(Duration::from_secs(10))
-        .expect("the server refuses to start");
+    let status =
+        cluster.server(victim).wait_for_exit(Duration::from_secs(10)).expect("the server refuses to start");
     assert!(!status.success());
     let log = cluster.server(victim).log_text();
-    assert!(
-        log.contains("raft.redb") && log.contains("corrupted"),
-        "clear error naming the file:\n{log}"
-    );
+    assert!(log.contains("raft.redb") && log.contains("corrupted"), "clear error naming the file:\n{log}");
     assert!(!log.contains("panicked"), "no panic:\n{log}");
 
     // The others keep serving.
-    client
-        .deploy(&spec("while-broken"), None)
-        .await
-        .expect("majority still serves");
+    client.deploy(&spec("while-broken"), None).await.expect("majority still serves");
 
     // Replace the member: remove it, wipe its data dir, add it back.
     client.remove_member(victim).await.expect("remove broken member");
@@ -335,18 +284,10 @@ async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
     let server = cluster.server(victim);
     server.set_args(vec!["--join".to_owned(), seed]);
     server.start();
-    wait_until(
-        Duration::from_secs(20),
-        "the replaced member to become a voter",
-        || async {
-            let status = client.server_status().await.ok()?;
-            status
-                .members
-                .iter()
-                .any(|m| m.id == victim && m.voter)
-                .then_some(())
-        },
-    )
+    wait_until(Duration::from_secs(20), "the replaced member to become a voter", || async {
+        let status = client.server_status().await.ok()?;
+        status.members.iter().any(|m| m.id == victim && m.voter).then_some(())
+    })
     .await;
     let expected: BTreeSet<String> = ["corruption-marker".to_owned(), "while-broken".to_owned()].into();
     wait_for_names(&cluster, victim, &expected, Duration::from_secs(10)).await;

@@ -19,23 +19,13 @@ struct Case {
 }
 
 fn case(name: &'static str, yaml: &str, reason: &'static str, field: Option<&'static str>) -> Case {
-    Case {
-        name,
-        body: yaml.as_bytes().to_vec(),
-        status: 400,
-        reason,
-        field,
-    }
+    Case { name, body: yaml.as_bytes().to_vec(), status: 400, reason, field }
 }
 
 fn cases() -> Vec<Case> {
     let base = "name: web\nimage: busybox\n";
     let alias_bomb = "name: &a web\nimage: busybox\nenv: &e {A: x}\nx1: &b [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\nx2: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nx3: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\nx4: &f [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nx5: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
-    let deep = format!(
-        "name: web\nimage: busybox\ncommand: {}x{}\n",
-        "[".repeat(300),
-        "]".repeat(300)
-    );
+    let deep = format!("name: web\nimage: busybox\ncommand: {}x{}\n", "[".repeat(300), "]".repeat(300));
     let mut huge = b"name: web\nimage: busybox\nenv:\n".to_vec();
     while huge.len() <= (1 << 20) + 10 {
         huge.extend_from_slice(format!("  K{}: {}\n", huge.len(), "v".repeat(100)).as_bytes());
@@ -50,72 +40,17 @@ fn cases() -> Vec<Case> {
             reason: "UTF-8",
             field: None,
         },
-        case(
-            "unknown field",
-            &format!("{base}imagee: x\n"),
-            "unknown field `imagee`",
-            None,
-        ),
-        case(
-            "name of the wrong type",
-            "name: [a, b]\nimage: busybox\n",
-            "",
-            Some("name"),
-        ),
-        case(
-            "name in capitals",
-            "name: Web\nimage: busybox\n",
-            "lowercase",
-            Some("name"),
-        ),
-        case(
-            "name too long",
-            &format!("name: {}\nimage: busybox\n", "a".repeat(70)),
-            "63",
-            Some("name"),
-        ),
-        case(
-            "name starting with a dash",
-            "name: -web\nimage: busybox\n",
-            "start and end",
-            Some("name"),
-        ),
-        case(
-            "replicas not a number",
-            &format!("{base}replicas: many\n"),
-            "",
-            Some("replicas"),
-        ),
-        case(
-            "negative replicas",
-            &format!("{base}replicas: -1\n"),
-            "",
-            Some("replicas"),
-        ),
-        case(
-            "absurd replicas",
-            &format!("{base}replicas: 5000000\n"),
-            "maximum",
-            Some("replicas"),
-        ),
-        case(
-            "negative cpu",
-            &format!("{base}resources:\n  cpu: -1\n"),
-            "negative",
-            Some("resources.cpu"),
-        ),
-        case(
-            "absurd cpu",
-            &format!("{base}resources:\n  cpu: 100000\n"),
-            "maximum",
-            Some("resources.cpu"),
-        ),
-        case(
-            "zero cpu",
-            &format!("{base}resources:\n  cpu: 0m\n"),
-            "more than zero",
-            Some("resources.cpu"),
-        ),
+        case("unknown field", &format!("{base}imagee: x\n"), "unknown field `imagee`", None),
+        case("name of the wrong type", "name: [a, b]\nimage: busybox\n", "", Some("name")),
+        case("name in capitals", "name: Web\nimage: busybox\n", "lowercase", Some("name")),
+        case("name too long", &format!("name: {}\nimage: busybox\n", "a".repeat(70)), "63", Some("name")),
+        case("name starting with a dash", "name: -web\nimage: busybox\n", "start and end", Some("name")),
+        case("replicas not a number", &format!("{base}replicas: many\n"), "", Some("replicas")),
+        case("negative replicas", &format!("{base}replicas: -1\n"), "", Some("replicas")),
+        case("absurd replicas", &format!("{base}replicas: 5000000\n"), "maximum", Some("replicas")),
+        case("negative cpu", &format!("{base}resources:\n  cpu: -1\n"), "negative", Some("resources.cpu")),
+        case("absurd cpu", &format!("{base}resources:\n  cpu: 100000\n"), "maximum", Some("resources.cpu")),
+        case("zero cpu", &format!("{base}resources:\n  cpu: 0m\n"), "more than zero", Some("resources.cpu")),
         case(
             "memory with an unknown unit",
             &format!("{base}resources:\n  memory: 64XB\n"),
@@ -134,18 +69,8 @@ fn cases() -> Vec<Case> {
             "maximum",
             Some("resources.memory"),
         ),
-        case(
-            "unknown restart policy",
-            &format!("{base}restart: sometimes\n"),
-            "sometimes",
-            Some("restart"),
-        ),
-        case(
-            "unknown placement",
-            &format!("{base}placement: random\n"),
-            "random",
-            Some("placement"),
-        ),
+        case("unknown restart policy", &format!("{base}restart: sometimes\n"), "sometimes", Some("restart")),
+        case("unknown placement", &format!("{base}placement: random\n"), "random", Some("placement")),
         case(
             "port out of range",
             &format!("{base}ports:\n  - container: 70000\n"),
@@ -188,12 +113,7 @@ fn cases() -> Vec<Case> {
             "between 1% and 1000%",
             Some("autoscale.cpu"),
         ),
-        case(
-            "docker without an image",
-            "name: web\n",
-            "needs an image",
-            Some("image"),
-        ),
+        case("docker without an image", "name: web\n", "needs an image", Some("image")),
         case(
             "process driver with an image",
             "name: web\ndriver: process\nimage: busybox\ncommand: [sleep, \"1\"]\n",
@@ -206,37 +126,17 @@ fn cases() -> Vec<Case> {
             "variable name",
             Some("env.1BAD"),
         ),
-        case(
-            "command that is not a list",
-            &format!("{base}command: {{a: b}}\n"),
-            "",
-            Some("command"),
-        ),
+        case("command that is not a list", &format!("{base}command: {{a: b}}\n"), "", Some("command")),
         case("deep nesting", &deep, "", None),
         case("YAML alias bomb", alias_bomb, "", None),
-        case(
-            "two documents",
-            "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n",
-            "",
-            None,
-        ),
-        Case {
-            name: "larger than 1 MiB",
-            body: huge,
-            status: 413,
-            reason: "larger than",
-            field: None,
-        },
+        case("two documents", "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n", "", None),
+        Case { name: "larger than 1 MiB", body: huge, status: 413, reason: "larger than", field: None },
     ]
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
-    let cluster = TestCluster::start(ClusterOptions {
-        servers: 1,
-        snapshot_every: 10_000,
-    })
-    .await;
+    let cluster = TestCluster::start(ClusterOptions { servers: 1, snapshot_every: 10_000 }).await;
     let client = cluster.client();
     let good = flotilla_api::parse_yaml("name: web\nimage: busybox\nreplicas: 3\n").expect("valid");
     client.deploy(&good, None).await.expect("deploy the valid spec");
@@ -264,23 +164,11 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await.expect("a JSON error body");
         let message = body["message"].as_str().unwrap_or_default().to_owned();
-        check(
-            status == case.status,
-            format!("status {status}, want {}: {body}", case.status),
-        );
-        check(
-            message.contains(case.reason),
-            format!("API message {message:?} lacks {:?}", case.reason),
-        );
+        check(status == case.status, format!("status {status}, want {}: {body}", case.status));
+        check(message.contains(case.reason), format!("API message {message:?} lacks {:?}", case.reason));
         if let Some(field) = case.field {
-            check(
-                body["spec"]["field"].as_str() == Some(field),
-                format!("API names field {field}: {body}"),
-            );
-            check(
-                body["spec"]["line"].as_u64().is_some(),
-                format!("API gives a line: {body}"),
-            );
+            check(body["spec"]["field"].as_str() == Some(field), format!("API names field {field}: {body}"));
+            check(body["spec"]["line"].as_u64().is_some(), format!("API gives a line: {body}"));
         }
 
         // The CLI.
@@ -294,46 +182,26 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
             .expect("CLI runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         check(!output.status.success(), "the CLI must fail".to_owned());
-        check(
-            stderr.contains("bad-spec.yaml"),
-            format!("CLI names the file: {stderr}"),
-        );
-        check(
-            stderr.contains(case.reason),
-            format!("CLI says {:?}: {stderr}", case.reason),
-        );
+        check(stderr.contains("bad-spec.yaml"), format!("CLI names the file: {stderr}"));
+        check(stderr.contains(case.reason), format!("CLI says {:?}: {stderr}", case.reason));
         if let Some(field) = case.field {
-            check(
-                stderr.contains(&format!("`{field}`")),
-                format!("CLI names the field: {stderr}"),
-            );
+            check(stderr.contains(&format!("`{field}`")), format!("CLI names the field: {stderr}"));
         }
         check(!stderr.contains("panicked"), format!("CLI panicked: {stderr}"));
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     let after = client.list(false).await.expect("list");
     assert_eq!(before, after, "rejected specs changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_client_mistakes_get_the_right_status() {
-    let cluster = TestCluster::start(ClusterOptions {
-        servers: 1,
-        snapshot_every: 10_000,
-    })
-    .await;
+    let cluster = TestCluster::start(ClusterOptions { servers: 1, snapshot_every: 10_000 }).await;
     let address = cluster.address(1);
     let http = reqwest::Client::new();
     let spec = "name: web\nimage: busybox\n";
     let send = |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &str| {
-        let mut request = http
-            .request(method, format!("http://{address}{path}"))
-            .body(body.to_owned());
+        let mut request = http.request(method, format!("http://{address}{path}")).body(body.to_owned());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -342,109 +210,36 @@ async fn other_client_mistakes_get_the_right_status() {
     let status = |r: reqwest::Response| r.status().as_u16();
     use reqwest::Method;
     assert_eq!(
-        status(
-            send(Method::POST, "/v1/workloads", Some("text/plain"), spec)
-                .await
-                .expect("answer")
-        ),
+        status(send(Method::POST, "/v1/workloads", Some("text/plain"), spec).await.expect("answer")),
         415
     );
+    assert_eq!(status(send(Method::POST, "/v1/workloads", None, spec).await.expect("answer")), 415);
     assert_eq!(
-        status(
-            send(Method::POST, "/v1/workloads", None, spec)
-                .await
-                .expect("answer")
-        ),
-        415
-    );
-    assert_eq!(
-        status(
-            send(Method::POST, "/v1/workloads", Some("application/json"), "{")
-                .await
-                .expect("answer")
-        ),
+        status(send(Method::POST, "/v1/workloads", Some("application/json"), "{").await.expect("answer")),
         400
     );
+    assert_eq!(status(send(Method::GET, "/v1/workloads/missing", None, "").await.expect("answer")), 404);
+    assert_eq!(status(send(Method::DELETE, "/v1/workloads/missing", None, "").await.expect("answer")), 404);
+    assert_eq!(status(send(Method::GET, "/v1/nothing-here", None, "").await.expect("answer")), 404);
     assert_eq!(
-        status(
-            send(Method::GET, "/v1/workloads/missing", None, "")
-                .await
-                .expect("answer")
-        ),
-        404
-    );
-    assert_eq!(
-        status(
-            send(Method::DELETE, "/v1/workloads/missing", None, "")
-                .await
-                .expect("answer")
-        ),
-        404
-    );
-    assert_eq!(
-        status(
-            send(Method::GET, "/v1/nothing-here", None, "")
-                .await
-                .expect("answer")
-        ),
-        404
-    );
-    assert_eq!(
-        status(
-            send(Method::POST, "/v1/workloads", Some("application/yaml"), spec)
-                .await
-                .expect("answer")
-        ),
+        status(send(Method::POST, "/v1/workloads", Some("application/yaml"), spec).await.expect("answer")),
         200
     );
     // Optimistic concurrency: version 0 means "must be new".
     assert_eq!(
         status(
-            send(
-                Method::POST,
-                "/v1/workloads?version=0",
-                Some("application/yaml"),
-                spec
-            )
-            .await
-            .expect("answer")
+            send(Method::POST, "/v1/workloads?version=0", Some("application/yaml"), spec)
+                .await
+                .expect("answer")
         ),
         409
     );
-    let scale = |body: &str| {
-        send(
-            Method::POST,
-            "/v1/workloads/web/scale",
-            Some("application/json"),
-            body,
-        )
-    };
+    let scale = |body: &str| send(Method::POST, "/v1/workloads/web/scale", Some("application/json"), body);
     assert_eq!(status(scale("{\"replicas\": -2}").await.expect("answer")), 400);
     assert_eq!(status(scale("{\"replicas\": 4}").await.expect("answer")), 200);
-    let members = |body: &str| {
-        send(
-            Method::POST,
-            "/v1/cluster/members",
-            Some("application/json"),
-            body,
-        )
-    };
-    assert_eq!(
-        status(
-            members("{\"id\": 1, \"address\": \"127.0.0.1:1\"}")
-                .await
-                .expect("answer")
-        ),
-        409
-    );
-    assert_eq!(
-        status(
-            members("{\"id\": 5, \"address\": \"nowhere\"}")
-                .await
-                .expect("answer")
-        ),
-        400
-    );
+    let members = |body: &str| send(Method::POST, "/v1/cluster/members", Some("application/json"), body);
+    assert_eq!(status(members("{\"id\": 1, \"address\": \"127.0.0.1:1\"}").await.expect("answer")), 409);
+    assert_eq!(status(members("{\"id\": 5, \"address\": \"nowhere\"}").await.expect("answer")), 400);
     let workload = cluster.client().get("web").await.expect("get");
     assert_eq!((workload.version, workload.spec.replicas), (1, 4));
 }

@@ -2,6 +2,7 @@
 //! change it only by proposing commands, so a new leader simply picks up
 //! where the old one stopped.
 
+pub mod node_health;
 pub mod reconcile;
 
 use std::time::Duration;
@@ -15,9 +16,7 @@ use reconcile::{ReconcileConfig, reconcile};
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs the reconciler whenever this server leads, until the Raft node stops.

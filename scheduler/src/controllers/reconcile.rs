@@ -45,21 +45,10 @@ pub fn cluster_view(state: &ClusterState) -> ClusterView {
 pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
     let mut view = cluster_view(state);
     let mut rng = SplitMix64::new(seed);
-    let mut plan = Plan {
-        now_ms,
-        ..Plan::default()
-    };
+    let mut plan = Plan { now_ms, ..Plan::default() };
     let mut budget = config.max_placements;
     for workload in state.workloads() {
-        reconcile_workload(
-            state,
-            workload,
-            &mut view,
-            &mut rng,
-            &mut budget,
-            config,
-            &mut plan,
-        );
+        reconcile_workload(state, workload, &mut view, &mut rng, &mut budget, config, &mut plan);
     }
     plan
 }
@@ -76,26 +65,22 @@ fn reconcile_workload(
     let name = &workload.spec.name;
     let allocations: Vec<&Allocation> = state.workload_allocations(name).collect();
 
-    let mut terminal: Vec<&Allocation> = allocations
-        .iter()
-        .copied()
-        .filter(|a| !a.state.is_live())
-        .collect();
+    // A replica that completed (and is not restarted by its policy) counts as
+    // done; other terminal allocations are history, of which a few are kept.
+    let done = |a: &Allocation| a.state == AllocationState::Complete && a.version == workload.version;
+    let completed = allocations.iter().filter(|a| done(a)).count();
+    let mut terminal: Vec<&Allocation> =
+        allocations.iter().copied().filter(|a| !a.state.is_live() && !done(a)).collect();
     terminal.sort_by_key(|a| Reverse(a.modified_index));
-    plan.stops
-        .extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
+    plan.stops.extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
 
-    let draining = |a: &Allocation| {
-        state
-            .node(&a.node)
-            .is_some_and(|n| n.status == NodeStatus::Draining)
-    };
+    let draining = |a: &Allocation| state.node(&a.node).is_some_and(|n| n.status == NodeStatus::Draining);
     let (mut old, mut new): (Vec<&Allocation>, Vec<&Allocation>) = allocations
         .iter()
         .copied()
         .filter(|a| a.state.is_live())
         .partition(|a| a.version < workload.version || draining(a));
-    let desired = workload.spec.replicas as usize;
+    let desired = (workload.spec.replicas as usize).saturating_sub(completed);
     let running_new = new.iter().filter(|a| a.state == AllocationState::Running).count();
 
     // Stop what is more than wanted: old versions first, once enough new ones run.
@@ -106,37 +91,38 @@ fn reconcile_workload(
     stop_most_loaded(&mut new, new_to_stop, view, plan);
 
     // Place what is missing: up to one extra while old versions remain.
-    let new_target = if old.is_empty() {
-        desired
-    } else {
-        (desired + 1).saturating_sub(old.len()).min(desired)
-    };
+    let new_target =
+        if old.is_empty() { desired } else { (desired + 1).saturating_sub(old.len()).min(desired) };
     let missing = new_target.saturating_sub(new.len());
     let count = missing.min(*budget);
     if missing == 0 {
         return;
     }
-    let request = request_of(workload);
-    let placed = placement::place(
-        view,
-        name,
-        &request,
-        workload.spec.placement,
-        count as u32,
-        config.candidates,
-        rng,
-    );
+    let mut request = request_of(workload);
+    // Replicas that failed are replaced elsewhere if possible, and after a
+    // backoff that doubles with each recent failure, so a broken image does
+    // not spin through every node.
+    let failed: Vec<&Allocation> =
+        terminal.iter().copied().filter(|a| a.state == AllocationState::Failed).collect();
+    if let Some(last) = failed.iter().filter_map(|a| a.finished_at_ms).max() {
+        let wait_ms = (1000u64 << (failed.len() - 1).min(6)).min(60_000);
+        if plan.now_ms < last + wait_ms {
+            let seconds = (last + wait_ms - plan.now_ms).div_ceil(1000);
+            let reason = format!("{} recent failures; placing a replacement in {seconds}s", failed.len());
+            plan.unplaced.insert(name.clone(), Unplaced { count: missing as u32, reason });
+            return;
+        }
+    }
+    request.avoid_nodes = failed.iter().map(|a| a.node.clone()).collect();
+    let placed =
+        placement::place(view, name, &request, workload.spec.placement, count as u32, config.candidates, rng);
     *budget -= placed.nodes.len();
     let mut taken: BTreeSet<u32> = new.iter().map(|a| a.replica).collect();
     let ports: Vec<PortBinding> = workload
         .spec
         .ports
         .iter()
-        .map(|p| PortBinding {
-            container: p.container,
-            host: p.host.unwrap_or(0),
-            protocol: p.protocol,
-        })
+        .map(|p| PortBinding { container: p.container, host: p.host.unwrap_or(0), protocol: p.protocol })
         .collect();
     for node in &placed.nodes {
         let replica = (0..).find(|r| !taken.contains(r)).unwrap_or(0);
@@ -168,10 +154,8 @@ fn stop_most_loaded(
     if count == 0 {
         return;
     }
-    let load = |a: &Allocation| {
-        view.position(&a.node)
-            .map_or(f64::MAX, |i| view.nodes[i].utilisation_with(0, 0))
-    };
+    let load =
+        |a: &Allocation| view.position(&a.node).map_or(f64::MAX, |i| view.nodes[i].utilisation_with(0, 0));
     allocations.sort_by(|a, b| {
         load(b)
             .total_cmp(&load(a))
@@ -180,12 +164,8 @@ fn stop_most_loaded(
     });
     for allocation in allocations.drain(..count) {
         plan.stops.push(allocation.id);
-        let ports: Vec<_> = allocation
-            .ports
-            .iter()
-            .filter(|p| p.host != 0)
-            .map(|p| (p.host, p.protocol))
-            .collect();
+        let ports: Vec<_> =
+            allocation.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)).collect();
         if let Some(node) = view.node_mut(&allocation.node) {
             node.release(&allocation.workload, allocation.cpu, allocation.memory, &ports);
         }
@@ -219,22 +199,12 @@ mod tests {
             labels: BTreeMap::from([("zone".to_owned(), zone.to_owned())]),
             drivers: drivers.iter().copied().collect(),
         };
-        state
-            .apply(1, Command::RegisterNode { registration })
-            .expect("register");
+        state.apply(1, Command::RegisterNode { registration }).expect("register");
     }
 
     fn deploy(state: &mut ClusterState, yaml: &str) {
         let spec = parse_yaml(yaml).expect("valid spec");
-        state
-            .apply(
-                1,
-                Command::PutWorkload {
-                    spec,
-                    expected_version: None,
-                },
-            )
-            .expect("deploy");
+        state.apply(1, Command::PutWorkload { spec, expected_version: None }).expect("deploy");
     }
 
     /// Reconciles and applies until the reconciler has nothing left to do.
@@ -245,9 +215,7 @@ mod tests {
             if plan.changes_nothing(state.unplaced()) {
                 return round as usize;
             }
-            state
-                .apply(100 + round, Command::ApplyPlan { plan })
-                .expect("plan applies");
+            state.apply(100 + round, Command::ApplyPlan { plan }).expect("plan applies");
         }
         panic!("the reconciler did not converge");
     }
@@ -273,19 +241,13 @@ mod tests {
                     ports: vec![],
                 })
                 .collect();
-            state
-                .apply(1, Command::UpdateAllocations { node, updates })
-                .expect("report");
+            state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
         }
     }
 
     fn live(state: &ClusterState, workload: &str) -> Vec<Allocation> {
         let name = flotilla_api::WorkloadName::parse(workload).expect("name");
-        state
-            .workload_allocations(&name)
-            .filter(|a| a.state.is_live())
-            .cloned()
-            .collect()
+        state.workload_allocations(&name).filter(|a| a.state.is_live()).cloned().collect()
     }
 
     #[test]
@@ -293,10 +255,7 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, "a", 1000, 1024, "a", &[Driver::Docker]);
         register(&mut state, "b", 1000, 1024, "b", &[Driver::Docker]);
-        deploy(
-            &mut state,
-            "name: web\nimage: x\nreplicas: 5\nresources: {cpu: 400m, memory: 128Mi}\n",
-        );
+        deploy(&mut state, "name: web\nimage: x\nreplicas: 5\nresources: {cpu: 400m, memory: 128Mi}\n");
         converge(&mut state, 1);
         let workload = state.workload("web").expect("web");
         assert_eq!(workload.status.placed, 4, "two fit on each node");
@@ -312,10 +271,7 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, "big", 4000, 4096, "a", &[Driver::Docker]);
         register(&mut state, "small", 1000, 1024, "a", &[Driver::Docker]);
-        deploy(
-            &mut state,
-            "name: web\nimage: x\nreplicas: 2\nresources: {cpu: 500m, memory: 64Mi}\n",
-        );
+        deploy(&mut state, "name: web\nimage: x\nreplicas: 2\nresources: {cpu: 500m, memory: 64Mi}\n");
         converge(&mut state, 1);
         let nodes: BTreeSet<String> = live(&state, "web").into_iter().map(|a| a.node).collect();
         assert_eq!(nodes.len(), 2, "anti-affinity spreads the two replicas");
@@ -331,10 +287,7 @@ mod tests {
         converge(&mut state, 2);
         let left = live(&state, "web");
         assert_eq!(left.len(), 1);
-        assert_eq!(
-            left[0].node, "big",
-            "the replica on the fuller node (small, 50%) went first"
-        );
+        assert_eq!(left[0].node, "big", "the replica on the fuller node (small, 50%) went first");
     }
 
     #[test]
@@ -354,11 +307,7 @@ mod tests {
             let running = all.iter().filter(|a| a.state == AllocationState::Running).count();
             assert!(running >= 3, "never fewer than 3 running during the rollout");
             assert!(all.len() <= 4, "never more than one extra replica");
-            if all
-                .iter()
-                .all(|a| a.version == 2 && a.state == AllocationState::Running)
-                && all.len() == 3
-            {
+            if all.iter().all(|a| a.version == 2 && a.state == AllocationState::Running) && all.len() == 3 {
                 break;
             }
             mark_running(&mut state);
@@ -373,30 +322,15 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, "a", 2000, 2048, "a", &[Driver::Docker]);
         register(&mut state, "b", 2000, 2048, "a", &[Driver::Docker]);
-        deploy(
-            &mut state,
-            "name: web\nimage: v1\nreplicas: 2\nplacement: spread\n",
-        );
+        deploy(&mut state, "name: web\nimage: v1\nreplicas: 2\nplacement: spread\n");
         converge(&mut state, 1);
         mark_running(&mut state);
         state
-            .apply(
-                2,
-                Command::SetNodeStatus {
-                    name: "a".into(),
-                    status: NodeStatus::Draining,
-                },
-            )
+            .apply(2, Command::SetNodeStatus { name: "a".into(), status: NodeStatus::Draining })
             .expect("drain");
         for round in 0..5 {
             converge(&mut state, round);
-            assert!(
-                live(&state, "web")
-                    .iter()
-                    .filter(|a| a.state == AllocationState::Running)
-                    .count()
-                    >= 2
-            );
+            assert!(live(&state, "web").iter().filter(|a| a.state == AllocationState::Running).count() >= 2);
             mark_running(&mut state);
         }
         converge(&mut state, 9);
@@ -457,39 +391,26 @@ mod tests {
             any::<bool>(),
             prop::bool::weighted(0.2),
         )
-            .prop_map(
-                |(replicas, cpu, memory_mi, zone, host_port, spread, process)| WorkloadShape {
-                    replicas,
-                    cpu,
-                    memory_mi,
-                    zone,
-                    host_port,
-                    spread,
-                    process,
-                },
-            )
+            .prop_map(|(replicas, cpu, memory_mi, zone, host_port, spread, process)| WorkloadShape {
+                replicas,
+                cpu,
+                memory_mi,
+                zone,
+                host_port,
+                spread,
+                process,
+            })
     }
 
     fn build(nodes: &[NodeSpec], workloads: &[WorkloadShape]) -> ClusterState {
         let mut state = ClusterState::default();
         for (i, n) in nodes.iter().enumerate() {
-            let drivers: &[Driver] = if n.process {
-                &[Driver::Docker, Driver::Process]
-            } else {
-                &[Driver::Docker]
-            };
+            let drivers: &[Driver] =
+                if n.process { &[Driver::Docker, Driver::Process] } else { &[Driver::Docker] };
             let name = format!("node-{i}");
             register(&mut state, &name, n.cpu, n.memory_mi, n.zone, drivers);
             if n.status != NodeStatus::Ready {
-                state
-                    .apply(
-                        1,
-                        Command::SetNodeStatus {
-                            name,
-                            status: n.status,
-                        },
-                    )
-                    .expect("status");
+                state.apply(1, Command::SetNodeStatus { name, status: n.status }).expect("status");
             }
         }
         for (i, w) in workloads.iter().enumerate() {
@@ -520,38 +441,25 @@ mod tests {
     /// placement legal, and every missing replica truly has nowhere to go.
     fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
         for node in state.nodes() {
-            prop_assert!(
-                node.allocated_cpu <= node.capacity_cpu.0,
-                "cpu oversubscribed on {}",
-                node.name
-            );
+            prop_assert!(node.allocated_cpu <= node.capacity_cpu.0, "cpu oversubscribed on {}", node.name);
             prop_assert!(
                 node.allocated_memory <= node.capacity_memory.0,
                 "memory oversubscribed on {}",
                 node.name
             );
-            let live: Vec<&Allocation> = state
-                .node_allocations(&node.name)
-                .filter(|a| a.state.is_live())
-                .collect();
+            let live: Vec<&Allocation> =
+                state.node_allocations(&node.name).filter(|a| a.state.is_live()).collect();
             prop_assert_eq!(live.iter().map(|a| a.cpu).sum::<u64>(), node.allocated_cpu);
             let mut ports = BTreeSet::new();
             for allocation in &live {
-                let workload = state
-                    .workload(allocation.workload.as_str())
-                    .expect("workload exists");
+                let workload = state.workload(allocation.workload.as_str()).expect("workload exists");
                 prop_assert!(
                     workload.spec.constraints.iter().all(|c| c.matches(&node.labels)),
                     "constraint broken"
                 );
                 prop_assert!(node.drivers.contains(&workload.spec.driver), "driver missing");
                 for p in allocation.ports.iter().filter(|p| p.host != 0) {
-                    prop_assert!(
-                        ports.insert(p.host),
-                        "host port {} bound twice on {}",
-                        p.host,
-                        node.name
-                    );
+                    prop_assert!(ports.insert(p.host), "host port {} bound twice on {}", p.host, node.name);
                 }
             }
         }
@@ -562,15 +470,9 @@ mod tests {
             if status.placed < workload.spec.replicas {
                 prop_assert_eq!(status.unplaced, workload.spec.replicas - status.placed);
                 let request = request_of(workload);
-                let fits_somewhere = view
-                    .nodes
-                    .iter()
-                    .any(|n| placement::feasibility::check(n, &request).is_ok());
-                prop_assert!(
-                    !fits_somewhere,
-                    "{} has unplaced replicas that fit",
-                    workload.spec.name
-                );
+                let fits_somewhere =
+                    view.nodes.iter().any(|n| placement::feasibility::check(n, &request).is_ok());
+                prop_assert!(!fits_somewhere, "{} has unplaced replicas that fit", workload.spec.name);
             } else {
                 prop_assert_eq!(status.unplaced, 0);
             }

@@ -28,27 +28,16 @@ fn format_of(headers: &HeaderMap, allow_yaml: bool) -> Result<Format, ApiError> 
         "application/json" => Ok(Format::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" if allow_yaml => Ok(Format::Yaml),
         other => {
-            let accepted = if allow_yaml {
-                "application/json or application/yaml"
-            } else {
-                "application/json"
-            };
-            let got = if other.is_empty() {
-                "no content type".to_owned()
-            } else {
-                format!("`{other}`")
-            };
-            Err(ApiError::UnsupportedMediaType(format!(
-                "expected {accepted}, got {got}"
-            )))
+            let accepted =
+                if allow_yaml { "application/json or application/yaml" } else { "application/json" };
+            let got = if other.is_empty() { "no content type".to_owned() } else { format!("`{other}`") };
+            Err(ApiError::UnsupportedMediaType(format!("expected {accepted}, got {got}")))
         }
     }
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
 }
 
 /// A workload spec sent as JSON (the CLI's form) or YAML (as a user wrote it).

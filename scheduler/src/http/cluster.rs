@@ -37,16 +37,10 @@ pub async fn add_member(
         return Err(ApiError::BadRequest("field `id`: must be more than 0".into()));
     }
     if !valid_address(&request.address) {
-        return Err(ApiError::BadRequest(format!(
-            "field `address`: `{}` is not host:port",
-            request.address
-        )));
+        return Err(ApiError::BadRequest(format!("field `address`: `{}` is not host:port", request.address)));
     }
     app.raft
-        .change_membership(MembershipChange::AddLearner {
-            id: request.id,
-            address: request.address.clone(),
-        })
+        .change_membership(MembershipChange::AddLearner { id: request.id, address: request.address.clone() })
         .await?;
     let member = app.raft.state().member(request.id).cloned();
     Ok(Json(member.unwrap_or(Member {
@@ -62,12 +56,8 @@ pub async fn remove_member(
     Path(id): Path<u64>,
 ) -> Result<Json<Member>, ApiError> {
     let member = app.raft.state().member(id).cloned();
-    app.raft
-        .change_membership(MembershipChange::Remove { id })
-        .await?;
-    member
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("server {id} is not a member")))
+    app.raft.change_membership(MembershipChange::Remove { id }).await?;
+    member.map(Json).ok_or_else(|| ApiError::NotFound(format!("server {id} is not a member")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,9 +72,7 @@ pub async fn set_faults(
     body: Body,
 ) -> Result<Json<()>, ApiError> {
     if !app.fault_injection {
-        return Err(ApiError::NotFound(
-            "fault injection is not enabled on this server".into(),
-        ));
+        return Err(ApiError::NotFound("fault injection is not enabled on this server".into()));
     }
     let request: FaultRequest = read_json(&headers, body).await?;
     tracing::warn!(blocked = ?request.blocked_peers, "fault injection: dropping Raft messages");

@@ -35,26 +35,11 @@ impl From<RaftError> for ApiError {
                 ApiError::NotFound(message)
             }
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
-            RaftError::NoLeader => ApiError::Unavailable {
-                code: "no_leader",
-                message,
-            },
-            RaftError::LeaderChanged => ApiError::Unavailable {
-                code: "leader_changed",
-                message,
-            },
-            RaftError::LeaderMoving => ApiError::Unavailable {
-                code: "leader_moving",
-                message,
-            },
-            RaftError::Timeout(_) => ApiError::Unavailable {
-                code: "timeout",
-                message,
-            },
-            RaftError::Stopped => ApiError::Unavailable {
-                code: "stopping",
-                message,
-            },
+            RaftError::NoLeader => ApiError::Unavailable { code: "no_leader", message },
+            RaftError::LeaderChanged => ApiError::Unavailable { code: "leader_changed", message },
+            RaftError::LeaderMoving => ApiError::Unavailable { code: "leader_moving", message },
+            RaftError::Timeout(_) => ApiError::Unavailable { code: "timeout", message },
+            RaftError::Stopped => ApiError::Unavailable { code: "stopping", message },
         }
     }
 }
@@ -62,12 +47,9 @@ impl From<RaftError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, spec) = match self {
-            ApiError::InvalidSpec(spec) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_spec",
-                format!("invalid spec: {spec}"),
-                Some(spec),
-            ),
+            ApiError::InvalidSpec(spec) => {
+                (StatusCode::BAD_REQUEST, "invalid_spec", format!("invalid spec: {spec}"), Some(spec))
+            }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
@@ -77,23 +59,12 @@ impl IntoResponse for ApiError {
                 format!("the request body is larger than {limit} bytes"),
                 None,
             ),
-            ApiError::UnsupportedMediaType(m) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                m,
-                None,
-            ),
+            ApiError::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m, None)
+            }
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m, None),
             ApiError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
         };
-        (
-            status,
-            Json(ApiErrorBody {
-                code: code.to_owned(),
-                message,
-                spec,
-            }),
-        )
-            .into_response()
+        (status, Json(ApiErrorBody { code: code.to_owned(), message, spec })).into_response()
     }
 }

@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post, put};
 
 pub use error::ApiError;
 
+use crate::controllers::node_health::Liveness;
 use crate::raft::{PEER_PATH, PeerTransport, RaftHandle};
 
 #[derive(Clone)]
@@ -24,23 +25,22 @@ pub struct AppState {
     /// Whether `/debug/v1/faults` may cut this server off from peers; only
     /// test clusters turn it on.
     pub fault_injection: bool,
+    /// Heartbeats heard while leader.
+    pub liveness: Arc<Liveness>,
+    /// For forwarding heartbeats from a follower to the leader.
+    pub http: reqwest::Client,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
-        .route(
-            "/v1/workloads/{name}",
-            get(workloads::get_one).delete(workloads::delete),
-        )
+        .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
         .route("/v1/workloads/{name}/scale", post(workloads::scale))
         .route("/v1/nodes", get(nodes::list).post(nodes::register))
         .route("/v1/nodes/{name}/status", put(nodes::set_status))
-        .route(
-            "/v1/nodes/{name}/allocations",
-            get(nodes::node_allocations).post(nodes::report),
-        )
+        .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{name}/allocations", get(nodes::node_allocations).post(nodes::report))
         .route("/v1/allocations", get(nodes::allocations))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", post(cluster::add_member))

@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use flotilla_api::{
-    Allocation, AllocationUpdate, Node, NodeAllocations, NodeRegistration, NodeStatus, NodeStatusRequest,
+    Allocation, AllocationUpdate, Heartbeat, Node, NodeAllocations, NodeRegistration, NodeStatus,
+    NodeStatusRequest,
 };
 use serde::Deserialize;
 
@@ -34,7 +35,11 @@ pub async fn register(
 ) -> Result<Json<Node>, ApiError> {
     let registration: NodeRegistration = read_json(&headers, body).await?;
     registration.validate().map_err(ApiError::BadRequest)?;
+    let name = registration.name.clone();
     let output = app.raft.propose(Command::RegisterNode { registration }).await?;
+    if app.raft.is_leader() {
+        app.liveness.beat(&name, &[]);
+    }
     Ok(Json(expect_node(output)?))
 }
 
@@ -66,13 +71,7 @@ pub async fn set_status(
             "field `status`: a node is marked down by missed heartbeats, not by request; use draining".into(),
         ));
     }
-    let output = app
-        .raft
-        .propose(Command::SetNodeStatus {
-            name,
-            status: request.status,
-        })
-        .await?;
+    let output = app.raft.propose(Command::SetNodeStatus { name, status: request.status }).await?;
     Ok(Json(expect_node(output)?))
 }
 
@@ -83,13 +82,54 @@ pub async fn report(
     body: Body,
 ) -> Result<Json<u32>, ApiError> {
     let updates: Vec<AllocationUpdate> = read_json(&headers, body).await?;
-    match app
-        .raft
-        .propose(Command::UpdateAllocations { node: name, updates })
-        .await?
-    {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match app.raft.propose(Command::UpdateAllocations { node: name, updates, now_ms }).await? {
         CommandOutput::AllocationsUpdated(count) => Ok(Json(count)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
+    }
+}
+
+/// A node's heartbeat. Liveness is the leader's memory, so a follower
+/// passes the heartbeat on to the leader.
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<()>, ApiError> {
+    let heartbeat: Heartbeat = read_json(&headers, body).await?;
+    if app.raft.state().node(&name).is_none() {
+        return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
+    }
+    if app.raft.is_leader() {
+        app.liveness.beat(&name, &heartbeat.usage);
+        return Ok(Json(()));
+    }
+    let leader = app.raft.leader().and_then(|id| app.raft.state().member(id).map(|m| m.address.clone()));
+    let Some(leader) = leader else {
+        return Err(ApiError::Unavailable {
+            code: "no_leader",
+            message: "no leader is elected right now".into(),
+        });
+    };
+    let forwarded = app
+        .http
+        .post(format!("http://{leader}/v1/nodes/{name}/heartbeat"))
+        .json(&heartbeat)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    match forwarded {
+        Ok(response) if response.status().is_success() => Ok(Json(())),
+        Ok(response) if response.status() == axum::http::StatusCode::NOT_FOUND => {
+            Err(ApiError::NotFound(format!("node `{name}` is not registered")))
+        }
+        _ => Err(ApiError::Unavailable {
+            code: "leader_unreachable",
+            message: format!("cannot reach the leader at {leader}"),
+        }),
     }
 }
 
@@ -115,10 +155,7 @@ pub async fn node_allocations(
     let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     while *applied.borrow_and_update() <= query.index {
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
             break;
         }
     }
@@ -127,8 +164,10 @@ pub async fn node_allocations(
     if state.node(&name).is_none() {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     }
-    let allocations = state.node_allocations(&name).cloned().collect();
-    Ok(Json(NodeAllocations { index, allocations }))
+    let allocations: Vec<Allocation> = state.node_allocations(&name).cloned().collect();
+    let names: std::collections::BTreeSet<&str> = allocations.iter().map(|a| a.workload.as_str()).collect();
+    let workloads = names.into_iter().filter_map(|n| state.workload(n)).collect();
+    Ok(Json(NodeAllocations { index, allocations, workloads }))
 }
 
 #[derive(Debug, Deserialize)]

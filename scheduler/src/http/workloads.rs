@@ -51,13 +51,7 @@ pub async fn deploy(
     body: Body,
 ) -> Result<Json<DeployResult>, ApiError> {
     let spec = read_spec(&headers, body).await?;
-    let output = app
-        .raft
-        .propose(Command::PutWorkload {
-            spec,
-            expected_version: query.version,
-        })
-        .await?;
+    let output = app.raft.propose(Command::PutWorkload { spec, expected_version: query.version }).await?;
     match output {
         CommandOutput::Deployed(result) => Ok(Json(result)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
@@ -70,9 +64,7 @@ pub async fn list(
 ) -> Result<Json<Vec<Workload>>, ApiError> {
     read_barrier(&app, query.stale).await?;
     let state = app.raft.state();
-    Ok(Json(
-        state.workloads().map(|w| state.with_status(w.clone())).collect(),
-    ))
+    Ok(Json(state.workloads().map(|w| state.with_status(w.clone())).collect()))
 }
 
 pub async fn get_one(
@@ -83,9 +75,7 @@ pub async fn get_one(
     let name = workload_name(&name)?;
     read_barrier(&app, query.stale).await?;
     let workload = app.raft.state().workload(name.as_str());
-    workload
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
+    workload.map(Json).ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))
 }
 
 pub async fn scale(
@@ -103,13 +93,7 @@ pub async fn scale(
             flotilla_api::spec::MAX_REPLICAS
         )));
     }
-    let output = app
-        .raft
-        .propose(Command::ScaleWorkload {
-            name,
-            replicas: request.replicas,
-        })
-        .await?;
+    let output = app.raft.propose(Command::ScaleWorkload { name, replicas: request.replicas }).await?;
     Ok(Json(expect_workload(output)?))
 }
 

@@ -16,6 +16,8 @@ pub struct Request {
     pub constraints: Vec<Constraint>,
     /// Fixed host ports; a replica with none may share a node with any other.
     pub host_ports: Vec<(u16, Protocol)>,
+    /// Nodes where this workload's replicas failed lately: ranked last, not excluded.
+    pub avoid_nodes: std::collections::BTreeSet<String>,
 }
 
 /// Why a node cannot take a replica.
@@ -34,11 +36,8 @@ impl Infeasible {
     pub fn describe(&self, count: u32) -> String {
         let one = count == 1;
         let nodes = if one { "node" } else { "nodes" };
-        let (is, has, lacks, fails) = if one {
-            ("is", "has", "lacks", "fails")
-        } else {
-            ("are", "have", "lack", "fail")
-        };
+        let (is, has, lacks, fails) =
+            if one { ("is", "has", "lacks", "fails") } else { ("are", "have", "lack", "fail") };
         match self {
             Infeasible::NotReady(status) => format!("{count} {nodes} {is} {status}"),
             Infeasible::MissingDriver(driver) => format!("{count} {nodes} {lacks} the {driver} driver"),
@@ -95,19 +94,11 @@ pub fn constraints_hold(node: &NodeView, request: &Request) -> Result<(), Infeas
 }
 
 pub fn fits_memory(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
-    if node.used_memory + request.memory <= node.capacity_memory {
-        Ok(())
-    } else {
-        Err(Infeasible::Memory)
-    }
+    if node.used_memory + request.memory <= node.capacity_memory { Ok(()) } else { Err(Infeasible::Memory) }
 }
 
 pub fn fits_cpu(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
-    if node.used_cpu + request.cpu <= node.capacity_cpu {
-        Ok(())
-    } else {
-        Err(Infeasible::Cpu)
-    }
+    if node.used_cpu + request.cpu <= node.capacity_cpu { Ok(()) } else { Err(Infeasible::Cpu) }
 }
 
 pub fn host_ports_free(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
@@ -119,11 +110,7 @@ pub fn host_ports_free(node: &NodeView, request: &Request) -> Result<(), Infeasi
 
 /// "needs 250m CPU and 512Mi memory: 3 nodes have too little memory, 2 fail constraint zone == b"
 pub fn unplaced_reason(request: &Request, tally: &std::collections::BTreeMap<Infeasible, u32>) -> String {
-    let needs = format!(
-        "needs {} CPU and {} memory",
-        CpuMillis(request.cpu),
-        MemoryBytes(request.memory)
-    );
+    let needs = format!("needs {} CPU and {} memory", CpuMillis(request.cpu), MemoryBytes(request.memory));
     if tally.is_empty() {
         return format!("{needs}: no nodes are registered");
     }
@@ -158,17 +145,13 @@ mod tests {
             driver: Driver::Docker,
             constraints: vec![],
             host_ports: vec![],
+            avoid_nodes: Default::default(),
         }
     }
 
     #[test]
     fn each_check_alone() {
-        type Case = (
-            &'static str,
-            Check,
-            fn(&mut NodeView, &mut Request),
-            Result<(), Infeasible>,
-        );
+        type Case = (&'static str, Check, fn(&mut NodeView, &mut Request), Result<(), Infeasible>);
         let table: Vec<Case> = vec![
             ("ready node", node_ready, |_, _| {}, Ok(())),
             (
@@ -202,26 +185,11 @@ mod tests {
                 |_, r| r.constraints = vec![Constraint::parse("zone in (b, c)").expect("c")],
                 Err(Infeasible::Constraint("zone in (b, c)".into())),
             ),
-            (
-                "memory fits exactly",
-                fits_memory,
-                |_, r| r.memory = 512 << 20,
-                Ok(()),
-            ),
-            (
-                "memory one byte over",
-                fits_memory,
-                |_, r| r.memory = (512 << 20) + 1,
-                Err(Infeasible::Memory),
-            ),
+            ("memory fits exactly", fits_memory, |_, r| r.memory = 512 << 20, Ok(())),
+            ("memory one byte over", fits_memory, |_, r| r.memory = (512 << 20) + 1, Err(Infeasible::Memory)),
             ("cpu fits exactly", fits_cpu, |_, r| r.cpu = 500, Ok(())),
             ("cpu over", fits_cpu, |_, r| r.cpu = 501, Err(Infeasible::Cpu)),
-            (
-                "port free",
-                host_ports_free,
-                |_, r| r.host_ports = vec![(81, Protocol::Tcp)],
-                Ok(()),
-            ),
+            ("port free", host_ports_free, |_, r| r.host_ports = vec![(81, Protocol::Tcp)], Ok(())),
             (
                 "same port, other protocol",
                 host_ports_free,
@@ -253,10 +221,8 @@ mod tests {
 
     #[test]
     fn reasons_read_as_a_sentence() {
-        let tally = BTreeMap::from([
-            (Infeasible::Memory, 3),
-            (Infeasible::Constraint("zone == b".into()), 1),
-        ]);
+        let tally =
+            BTreeMap::from([(Infeasible::Memory, 3), (Infeasible::Constraint("zone == b".into()), 1)]);
         assert_eq!(
             unplaced_reason(&request(), &tally),
             "needs 250m CPU and 256Mi memory: 1 node fails constraint zone == b, 3 nodes have too little memory"

@@ -60,10 +60,7 @@ pub fn place(
     candidates: usize,
     rng: &mut SplitMix64,
 ) -> Placed {
-    let mut placed = Placed {
-        nodes: Vec::with_capacity(count as usize),
-        unplaced_reason: None,
-    };
+    let mut placed = Placed { nodes: Vec::with_capacity(count as usize), unplaced_reason: None };
     let total = view.nodes.len();
     for _ in 0..count {
         if total == 0 {

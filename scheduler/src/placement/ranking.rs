@@ -60,48 +60,32 @@ mod tests {
     #[test]
     fn ranking_steps() {
         let web = WorkloadName::parse("web").expect("name");
-        let request = Request {
+        let mut request = Request {
             cpu: 100,
             memory: 1 << 20,
             driver: Driver::Docker,
             constraints: vec![],
             host_ports: vec![],
+            avoid_nodes: Default::default(),
         };
         // (what, fuller node, emptier node, strategy, the fuller node should win)
         let table = [
-            (
-                "binpack prefers the fuller node",
-                node(600, 0),
-                node(100, 0),
-                PlacementStrategy::Binpack,
-                true,
-            ),
-            (
-                "spread prefers the emptier node",
-                node(600, 0),
-                node(100, 0),
-                PlacementStrategy::Spread,
-                false,
-            ),
-            (
-                "anti-affinity beats binpack",
-                node(600, 1),
-                node(100, 0),
-                PlacementStrategy::Binpack,
-                false,
-            ),
-            (
-                "equal crowding: binpack decides",
-                node(600, 1),
-                node(100, 1),
-                PlacementStrategy::Binpack,
-                true,
-            ),
+            ("binpack prefers the fuller node", node(600, 0), node(100, 0), PlacementStrategy::Binpack, true),
+            ("spread prefers the emptier node", node(600, 0), node(100, 0), PlacementStrategy::Spread, false),
+            ("anti-affinity beats binpack", node(600, 1), node(100, 0), PlacementStrategy::Binpack, false),
+            ("equal crowding: binpack decides", node(600, 1), node(100, 1), PlacementStrategy::Binpack, true),
         ];
         for (what, fuller, emptier, strategy, fuller_wins) in table {
             let a = score(&fuller, &web, &request, strategy);
             let b = score(&emptier, &web, &request, strategy);
             assert_eq!(a > b, fuller_wins, "{what}: {a} vs {b}");
         }
+        request.avoid_nodes.insert("n600".into());
+        let (failed_on, other) = (node(600, 0), node(100, 3));
+        assert!(
+            score(&failed_on, &web, &request, PlacementStrategy::Binpack)
+                < score(&other, &web, &request, PlacementStrategy::Binpack),
+            "a node where it failed comes last"
+        );
     }
 }

@@ -29,11 +29,7 @@ impl NodeView {
     /// The fuller of CPU and memory after adding `cpu` and `memory`, in 0..=1.
     pub fn utilisation_with(&self, cpu: u64, memory: u64) -> f64 {
         let fraction = |used: u64, capacity: u64| {
-            if capacity == 0 {
-                1.0
-            } else {
-                used as f64 / capacity as f64
-            }
+            if capacity == 0 { 1.0 } else { used as f64 / capacity as f64 }
         };
         fraction(self.used_cpu + cpu, self.capacity_cpu)
             .max(fraction(self.used_memory + memory, self.capacity_memory))
@@ -69,11 +65,7 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn new(nodes: Vec<NodeView>) -> Self {
-        let index = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
+        let index = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         ClusterView { nodes, index }
     }
 

@@ -96,26 +96,13 @@ struct ConfChangeContext {
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 pub(crate) enum Input {
-    Propose {
-        command: Command,
-        reply: Reply<CommandOutput>,
-    },
-    ChangeMembership {
-        change: MembershipChange,
-        reply: Reply<()>,
-    },
-    ReadIndex {
-        reply: Reply<()>,
-    },
+    Propose { command: Command, reply: Reply<CommandOutput> },
+    ChangeMembership { change: MembershipChange, reply: Reply<()> },
+    ReadIndex { reply: Reply<()> },
     Messages(Vec<Message>),
     Unreachable(u64),
-    SnapshotReported {
-        to: u64,
-        ok: bool,
-    },
-    Status {
-        reply: oneshot::Sender<ServerStatus>,
-    },
+    SnapshotReported { to: u64, ok: bool },
+    Status { reply: oneshot::Sender<ServerStatus> },
     Shutdown,
 }
 
@@ -162,9 +149,7 @@ impl RaftHandle {
 
     pub async fn status(&self) -> Result<ServerStatus, RaftError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs
-            .send(Input::Status { reply })
-            .map_err(|_| RaftError::Stopped)?;
+        self.inputs.send(Input::Status { reply }).map_err(|_| RaftError::Stopped)?;
         answer.await.map_err(|_| RaftError::Stopped)
     }
 
@@ -174,9 +159,7 @@ impl RaftHandle {
     }
 
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {
-        self.inputs
-            .send(Input::Messages(messages))
-            .map_err(|_| RaftError::Stopped)
+        self.inputs.send(Input::Messages(messages)).map_err(|_| RaftError::Stopped)
     }
 
     pub fn shutdown(&self) {
@@ -190,6 +173,11 @@ impl RaftHandle {
     /// The leader this server last heard of.
     pub fn leader(&self) -> Option<u64> {
         Some(self.leader.load(Ordering::Relaxed)).filter(|l| *l != raft::INVALID_ID)
+    }
+
+    /// Whether the Raft thread has stopped (the server is shutting down).
+    pub fn is_stopped(&self) -> bool {
+        self.applied.has_changed().is_err()
     }
 
     /// Changes whenever this server applies entries.
@@ -231,10 +219,7 @@ fn fail_all<T>(waiting: impl IntoIterator<Item = Waiting<T>>, error: &RaftError)
 }
 
 fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupted {
-        path: "raft log".into(),
-        what: format!("entry {index}: {reason}"),
-    }
+    StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
 }
 
 impl Node {
@@ -344,11 +329,7 @@ impl Node {
                     return;
                 }
                 let request_id = self.new_request_id();
-                let envelope = Envelope {
-                    origin: self.config.id,
-                    request_id,
-                    command,
-                };
+                let envelope = Envelope { origin: self.config.id, request_id, command };
                 let data = match serde_json::to_vec(&envelope) {
                     Ok(data) => data,
                     Err(e) => {
@@ -386,11 +367,7 @@ impl Node {
             }
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
             Input::SnapshotReported { to, ok } => {
-                let status = if ok {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                };
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
             Input::Status { reply } => {
@@ -453,20 +430,15 @@ impl Node {
             return;
         }
         let request_id = self.new_request_id();
-        let context = ConfChangeContext {
-            origin: self.config.id,
-            request_id,
-            address,
-        };
+        let context = ConfChangeContext { origin: self.config.id, request_id, address };
         match self.propose_conf_change(change_type, id, &context) {
             Ok(()) => {
                 let deadline = self.deadline();
                 self.membership.insert(request_id, Waiting { reply, deadline });
             }
             Err(error) => {
-                let _ = reply.send(Err(RaftError::Membership(format!(
-                    "cannot change membership now: {error}"
-                ))));
+                let _ =
+                    reply.send(Err(RaftError::Membership(format!("cannot change membership now: {error}"))));
             }
         }
     }
@@ -492,34 +464,17 @@ impl Node {
 
     fn on_tick(&mut self, now: Instant) {
         let timeout = RaftError::Timeout(self.config.request_timeout);
-        let late: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let late: Vec<u64> =
+            self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
         fail_all(late.iter().filter_map(|id| self.proposals.remove(id)), &timeout);
-        let late: Vec<u64> = self
-            .membership
-            .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let late: Vec<u64> =
+            self.membership.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
         fail_all(late.iter().filter_map(|id| self.membership.remove(id)), &timeout);
-        let late: Vec<u64> = self
-            .reads_unconfirmed
-            .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        fail_all(
-            late.iter().filter_map(|id| self.reads_unconfirmed.remove(id)),
-            &timeout,
-        );
-        let (late, keep): (Vec<_>, Vec<_>) = self
-            .reads_confirmed
-            .drain(..)
-            .partition(|(_, w)| w.deadline <= now);
+        let late: Vec<u64> =
+            self.reads_unconfirmed.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
+        fail_all(late.iter().filter_map(|id| self.reads_unconfirmed.remove(id)), &timeout);
+        let (late, keep): (Vec<_>, Vec<_>) =
+            self.reads_confirmed.drain(..).partition(|(_, w)| w.deadline <= now);
         self.reads_confirmed = keep;
         fail_all(late.into_iter().map(|(_, w)| w), &timeout);
         self.promote_caught_up_learner();
@@ -534,16 +489,11 @@ impl Node {
         }
         let committed = raft.raft_log.committed;
         let learners = raft.prs().conf().to_conf_state().learners;
-        let ready = learners
-            .into_iter()
-            .find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
+        let ready =
+            learners.into_iter().find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
         if let Some(id) = ready {
             tracing::info!(member = id, "promoting caught-up learner to voter");
-            let context = ConfChangeContext {
-                origin: 0,
-                request_id: 0,
-                address: None,
-            };
+            let context = ConfChangeContext { origin: 0, request_id: 0, address: None };
             if let Err(error) = self.propose_conf_change(ConfChangeType::AddNode, id, &context) {
                 tracing::warn!(member = id, %error, "cannot promote learner yet");
             }
@@ -565,12 +515,7 @@ impl Node {
             self.install_snapshot(ready.snapshot().clone())?;
         }
         for read in ready.take_read_states() {
-            let id = read
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
+            let id = read.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
             if let Some(waiting) = self.reads_unconfirmed.remove(&id) {
                 self.reads_confirmed.push((read.index, waiting));
             }
@@ -602,12 +547,7 @@ impl Node {
         if leader == self.leader {
             return;
         }
-        tracing::info!(
-            previous = self.leader,
-            leader,
-            term = self.raw.raft.term,
-            "leader changed"
-        );
+        tracing::info!(previous = self.leader, leader, term = self.raw.raft.term, "leader changed");
         if self.leader != raft::INVALID_ID {
             let error = RaftError::LeaderChanged;
             fail_all(self.proposals.drain().map(|(_, w)| w), &error);
@@ -708,16 +648,9 @@ impl Node {
             return Ok(());
         }
         let index = self.applied;
-        let term = self
-            .raw
-            .store()
-            .term(index)
-            .map_err(|e| corrupt_entry(index, e))?;
+        let term = self.raw.store().term(index).map_err(|e| corrupt_entry(index, e))?;
         let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
-        let mut snapshot = Snapshot {
-            data: data.into(),
-            ..Snapshot::default()
-        };
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -749,11 +682,7 @@ impl Node {
             .state()
             .members()
             .map(|m| Member {
-                matched: if is_leader {
-                    raft.prs().get(m.id).map(|p| p.matched)
-                } else {
-                    None
-                },
+                matched: if is_leader { raft.prs().get(m.id).map(|p| p.matched) } else { None },
                 ..m.clone()
             })
             .collect();
@@ -787,27 +716,11 @@ pub(crate) fn spawn(
     let id = node_config.id;
     let leader = Arc::new(AtomicU64::new(0));
     let (applied_shared, applied) = watch::channel(storage.snapshot_index());
-    let node = Node::new(
-        node_config,
-        storage,
-        Arc::clone(&state),
-        transport,
-        Arc::clone(&leader),
-        applied_shared,
-    )?;
+    let node =
+        Node::new(node_config, storage, Arc::clone(&state), transport, Arc::clone(&leader), applied_shared)?;
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))
         .map_err(raft::Error::Io)?;
-    Ok((
-        RaftHandle {
-            inputs,
-            state,
-            wait_limit,
-            id,
-            leader,
-            applied,
-        },
-        thread,
-    ))
+    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied }, thread))
 }

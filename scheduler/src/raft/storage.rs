@@ -43,11 +43,7 @@ fn crc32(bytes: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
                 k += 1;
             }
             table[i] = c;
@@ -55,9 +51,7 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
         table
     };
-    !bytes.iter().fold(!0u32, |c, b| {
-        TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8)
-    })
+    !bytes.iter().fold(!0u32, |c, b| TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8))
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -90,19 +84,13 @@ impl RaftStorage {
     /// Opens (or creates) `dir/raft.redb` and checks every value in it.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let path = dir.join("raft.redb");
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Open { path: path.clone(), reason: e.to_string() })?;
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => StorageError::Corrupted {
-                path: path.clone(),
-                what,
-            },
-            other => StorageError::Open {
-                path: path.clone(),
-                reason: other.to_string(),
-            },
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+                StorageError::Corrupted { path: path.clone(), what }
+            }
+            other => StorageError::Open { path: path.clone(), reason: other.to_string() },
         })?;
         let mut storage = RaftStorage {
             db,
@@ -118,10 +106,7 @@ impl RaftStorage {
     }
 
     fn corrupted(&self, what: impl Into<String>) -> StorageError {
-        StorageError::Corrupted {
-            path: self.path.clone(),
-            what: what.into(),
-        }
+        StorageError::Corrupted { path: self.path.clone(), what: what.into() }
     }
 
     fn read_error(&self, error: impl std::fmt::Display) -> StorageError {
@@ -129,10 +114,7 @@ impl RaftStorage {
     }
 
     fn write_error(&self, error: impl std::fmt::Display) -> StorageError {
-        StorageError::Write {
-            path: self.path.clone(),
-            reason: error.to_string(),
-        }
+        StorageError::Write { path: self.path.clone(), reason: error.to_string() }
     }
 
     fn load(&mut self) -> Result<(), StorageError> {
@@ -165,9 +147,8 @@ impl RaftStorage {
                 .map_err(|e| self.corrupted(format!("snapshot does not decode: {e}")))?;
         }
         if let Some(bytes) = truncated {
-            let (index, term) = bytes
-                .split_at_checked(8)
-                .ok_or_else(|| self.corrupted("truncation mark is short"))?;
+            let (index, term) =
+                bytes.split_at_checked(8).ok_or_else(|| self.corrupted("truncation mark is short"))?;
             let as_u64 = |b: &[u8]| b.try_into().map(u64::from_le_bytes).ok();
             self.truncated = as_u64(index)
                 .zip(as_u64(term))
@@ -239,17 +220,12 @@ impl RaftStorage {
                 }
                 for entry in entries {
                     let bytes = entry.write_to_bytes().map_err(|e| self.write_error(e))?;
-                    log.insert(entry.index, frame(&bytes).as_slice())
-                        .map_err(|e| self.write_error(e))?;
+                    log.insert(entry.index, frame(&bytes).as_slice()).map_err(|e| self.write_error(e))?;
                 }
             }
             let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
-            let hs = self
-                .hard_state
-                .write_to_bytes()
-                .map_err(|e| self.write_error(e))?;
-            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice())
-                .map_err(|e| self.write_error(e))?;
+            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
+            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
         }
         txn.commit().map_err(|e| self.write_error(e))?;
         if let Some(first_new) = first_new {
@@ -286,11 +262,8 @@ impl RaftStorage {
         let index = snapshot.get_metadata().index;
         let keep_from = keep_from.clamp(self.truncated.0 + 1, index + 1);
         let truncate_to = keep_from - 1;
-        let term = if truncate_to == index {
-            snapshot.get_metadata().term
-        } else {
-            self.term_inner(truncate_to)?
-        };
+        let term =
+            if truncate_to == index { snapshot.get_metadata().term } else { self.term_inner(truncate_to)? };
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.write_snapshot(&snapshot, (truncate_to, term), false)?;
         let drop = (truncate_to - self.truncated.0) as usize;
@@ -310,22 +283,15 @@ impl RaftStorage {
         {
             let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
             let upto = if clear_log { u64::MAX } else { truncated.0 };
-            log.retain_in(..=upto, |_, _| false)
-                .map_err(|e| self.write_error(e))?;
+            log.retain_in(..=upto, |_, _| false).map_err(|e| self.write_error(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
             let snap = snapshot.write_to_bytes().map_err(|e| self.write_error(e))?;
-            meta.insert(SNAPSHOT_KEY, frame(&snap).as_slice())
-                .map_err(|e| self.write_error(e))?;
+            meta.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
             let mut mark = truncated.0.to_le_bytes().to_vec();
             mark.extend_from_slice(&truncated.1.to_le_bytes());
-            meta.insert(TRUNCATED_KEY, frame(&mark).as_slice())
-                .map_err(|e| self.write_error(e))?;
-            let hs = self
-                .hard_state
-                .write_to_bytes()
-                .map_err(|e| self.write_error(e))?;
-            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice())
-                .map_err(|e| self.write_error(e))?;
+            meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| self.write_error(e))?;
+            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
+            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
         }
         txn.commit().map_err(|e| self.write_error(e))
     }
@@ -349,10 +315,7 @@ impl RaftStorage {
 impl raft::Storage for RaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let conf_state: ConfState = self.snapshot.get_metadata().get_conf_state().clone();
-        Ok(RaftState {
-            hard_state: self.hard_state.clone(),
-            conf_state,
-        })
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state })
     }
 
     fn entries(
@@ -378,8 +341,7 @@ impl raft::Storage for RaftStorage {
         if index < self.truncated.0 {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        self.term_inner(index)
-            .map_err(|_| raft::Error::Store(RaftStorageError::Unavailable))
+        self.term_inner(index).map_err(|_| raft::Error::Store(RaftStorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -395,9 +357,7 @@ impl raft::Storage for RaftStorage {
         let includes_peer = conf.voters.contains(&to) || conf.learners.contains(&to);
         if self.snapshot.get_metadata().index < request_index || !includes_peer {
             self.snapshot_wanted.set(true);
-            return Err(raft::Error::Store(
-                RaftStorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())
     }
@@ -409,12 +369,7 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: format!("command {index}").into_bytes().into(),
-            ..Entry::default()
-        }
+        Entry { index, term, data: format!("command {index}").into_bytes().into(), ..Entry::default() }
     }
 
     fn snapshot_at(index: u64, term: u64) -> Snapshot {
@@ -433,11 +388,7 @@ mod tests {
             let mut storage = RaftStorage::open(dir.path()).expect("open");
             storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
             let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 2)).collect();
-            let hs = HardState {
-                term: 2,
-                commit: 7,
-                ..HardState::default()
-            };
+            let hs = HardState { term: 2, commit: 7, ..HardState::default() };
             storage.persist(&entries, Some(&hs)).expect("persist");
             // A new leader overwrites the uncommitted tail.
             storage.persist(&[entry(9, 3)], None).expect("overwrite");
@@ -447,13 +398,8 @@ mod tests {
         assert_eq!(storage.term(9).expect("term"), 3);
         assert_eq!(storage.term(1).expect("term of the snapshot"), 1);
         assert_eq!(storage.initial_state().expect("state").hard_state.commit, 7);
-        assert_eq!(
-            storage.initial_state().expect("state").conf_state.voters,
-            vec![1, 2, 3]
-        );
-        let got = storage
-            .entries(2, 10, None, GetEntriesContext::empty(false))
-            .expect("entries");
+        assert_eq!(storage.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
+        let got = storage.entries(2, 10, None, GetEntriesContext::empty(false)).expect("entries");
         assert_eq!(got.len(), 8);
     }
 
@@ -467,11 +413,7 @@ mod tests {
         storage.compact(snapshot_at(90, 2), 81).expect("compact");
         assert_eq!(storage.first_index().expect("first"), 81);
         assert_eq!(storage.term(80).expect("term"), 2);
-        assert!(
-            storage
-                .entries(50, 60, None, GetEntriesContext::empty(false))
-                .is_err()
-        );
+        assert!(storage.entries(50, 60, None, GetEntriesContext::empty(false)).is_err());
         drop(storage);
         let storage = RaftStorage::open(dir.path()).expect("reopen");
         assert_eq!(storage.first_index().expect("first"), 81);
@@ -491,17 +433,11 @@ mod tests {
         }
         let path = dir.path().join("raft.redb");
         let mut bytes = std::fs::read(&path).expect("read");
-        let at = bytes
-            .windows(6)
-            .position(|w| w == b"MARKER")
-            .expect("marker on disk");
+        let at = bytes.windows(6).position(|w| w == b"MARKER").expect("marker on disk");
         bytes[at + 3] ^= 0xFF;
         std::fs::write(&path, bytes).expect("write");
         let error = RaftStorage::open(dir.path()).err().expect("must refuse");
         let message = error.to_string();
-        assert!(
-            message.contains("raft.redb") && message.contains("corrupted"),
-            "{message}"
-        );
+        assert!(message.contains("raft.redb") && message.contains("corrupted"), "{message}");
     }
 }

@@ -42,10 +42,7 @@ impl FaultRules {
     }
 
     pub fn blocks(&self, peer: u64) -> bool {
-        self.blocked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&peer)
+        self.blocked.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
     }
 }
 
@@ -166,12 +163,7 @@ impl PeerTransport {
                 }
             }
             let has_snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
-            let address = self
-                .addresses
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&peer)
-                .cloned();
+            let address = self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned();
             let delivered = match address {
                 Some(address) => self.post(&address, &batch).await,
                 None => false,
@@ -180,10 +172,7 @@ impl PeerTransport {
                 let _ = self.inputs.send(Input::Unreachable(peer));
             }
             if has_snapshot {
-                let _ = self.inputs.send(Input::SnapshotReported {
-                    to: peer,
-                    ok: delivered,
-                });
+                let _ = self.inputs.send(Input::SnapshotReported { to: peer, ok: delivered });
             }
         }
     }
@@ -219,11 +208,7 @@ mod tests {
     fn batches_round_trip_and_truncation_is_an_error() {
         let messages: Vec<Message> = (1..=3)
             .map(|i| {
-                let mut m = Message {
-                    to: i,
-                    term: 7,
-                    ..Message::default()
-                };
+                let mut m = Message { to: i, term: 7, ..Message::default() };
                 m.set_msg_type(MessageType::MsgHeartbeat);
                 m
             })

@@ -39,16 +39,12 @@ pub fn request_of(workload: &Workload) -> Request {
         driver: spec.driver,
         constraints: spec.constraints.clone(),
         host_ports: spec.fixed_host_ports().collect(),
+        avoid_nodes: Default::default(),
     }
 }
 
 fn fixed_ports(allocation: &Allocation) -> Vec<(u16, Protocol)> {
-    allocation
-        .ports
-        .iter()
-        .filter(|p| p.host != 0)
-        .map(|p| (p.host, p.protocol))
-        .collect()
+    allocation.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)).collect()
 }
 
 impl ClusterState {
@@ -57,54 +53,30 @@ impl ClusterState {
         let members = voters
             .iter()
             .map(|(id, address)| {
-                (
-                    *id,
-                    Member {
-                        id: *id,
-                        address: address.clone(),
-                        voter: true,
-                        matched: None,
-                    },
-                )
+                (*id, Member { id: *id, address: address.clone(), voter: true, matched: None })
             })
             .collect();
-        ClusterState {
-            members,
-            next_allocation_id: 1,
-            ..ClusterState::default()
-        }
+        ClusterState { members, next_allocation_id: 1, ..ClusterState::default() }
     }
 
     /// Applies a committed command at log `index`. A rejected command leaves
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
-            Command::PutWorkload {
-                spec,
-                expected_version,
-            } => {
+            Command::PutWorkload { spec, expected_version } => {
                 let existing = self.workloads.get(&spec.name);
                 if let Some(expected) = expected_version {
                     let actual = existing.map_or(0, |w| w.version);
                     if actual != expected {
-                        return Err(Rejection::VersionMismatch {
-                            name: spec.name,
-                            expected,
-                            actual,
-                        });
+                        return Err(Rejection::VersionMismatch { name: spec.name, expected, actual });
                     }
                 }
                 let (change, workload) = match existing {
                     Some(current) if current.spec == spec => (DeployChange::Unchanged, current.clone()),
                     // A change of replicas alone is a scale, not a new version to roll out.
-                    Some(current) if current.spec == spec_with_replicas(&spec, current.spec.replicas) => (
-                        DeployChange::Updated,
-                        Workload {
-                            spec,
-                            modified_index: index,
-                            ..current.clone()
-                        },
-                    ),
+                    Some(current) if current.spec == spec_with_replicas(&spec, current.spec.replicas) => {
+                        (DeployChange::Updated, Workload { spec, modified_index: index, ..current.clone() })
+                    }
                     Some(current) => (
                         DeployChange::Updated,
                         Workload {
@@ -126,16 +98,13 @@ impl ClusterState {
                         },
                     ),
                 };
-                self.workloads
-                    .insert(workload.spec.name.clone(), workload.clone());
+                self.workloads.insert(workload.spec.name.clone(), workload.clone());
                 let workload = self.with_status(workload);
                 Ok(CommandOutput::Deployed(DeployResult { change, workload }))
             }
             Command::ScaleWorkload { name, replicas } => {
-                let workload = self
-                    .workloads
-                    .get_mut(&name)
-                    .ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
+                let workload =
+                    self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
                 if let Some(auto) = &workload.spec.autoscale
                     && !(auto.min..=auto.max).contains(&replicas)
                 {
@@ -154,10 +123,8 @@ impl ClusterState {
                 Ok(CommandOutput::Workload(self.with_status(workload)))
             }
             Command::DeleteWorkload { name } => {
-                let workload = self
-                    .workloads
-                    .remove(&name)
-                    .ok_or(Rejection::WorkloadNotFound(name.clone()))?;
+                let workload =
+                    self.workloads.remove(&name).ok_or(Rejection::WorkloadNotFound(name.clone()))?;
                 for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
                     self.remove_allocation(id);
                 }
@@ -170,26 +137,25 @@ impl ClusterState {
             }
             Command::SetNodeStatus { name, status } => self.set_node_status(index, &name, status),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
-            Command::UpdateAllocations { node, updates } => self.update_allocations(index, &node, updates),
+            Command::UpdateAllocations { node, updates, now_ms } => {
+                self.update_allocations(index, &node, updates, now_ms)
+            }
         }
     }
 
     fn register_node(&mut self, registration: NodeRegistration) -> Node {
-        let node = self
-            .nodes
-            .entry(registration.name.clone())
-            .or_insert_with(|| Node {
-                name: registration.name.clone(),
-                address: String::new(),
-                capacity_cpu: registration.cpu,
-                capacity_memory: registration.memory,
-                labels: BTreeMap::new(),
-                drivers: BTreeSet::new(),
-                status: NodeStatus::Ready,
-                allocated_cpu: 0,
-                allocated_memory: 0,
-                allocations: 0,
-            });
+        let node = self.nodes.entry(registration.name.clone()).or_insert_with(|| Node {
+            name: registration.name.clone(),
+            address: String::new(),
+            capacity_cpu: registration.cpu,
+            capacity_memory: registration.memory,
+            labels: BTreeMap::new(),
+            drivers: BTreeSet::new(),
+            status: NodeStatus::Ready,
+            allocated_cpu: 0,
+            allocated_memory: 0,
+            allocations: 0,
+        });
         node.address = registration.address;
         node.capacity_cpu = registration.cpu;
         node.capacity_memory = registration.memory;
@@ -207,10 +173,7 @@ impl ClusterState {
         name: &str,
         status: NodeStatus,
     ) -> Result<CommandOutput, Rejection> {
-        let node = self
-            .nodes
-            .get_mut(name)
-            .ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
+        let node = self.nodes.get_mut(name).ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
         if node.status == NodeStatus::Down && status == NodeStatus::Draining {
             return Err(Rejection::NodeDown(name.to_owned()));
         }
@@ -228,11 +191,7 @@ impl ClusterState {
                 self.set_allocation_state(index, id, AllocationState::Lost);
             }
         }
-        let node = self
-            .nodes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
+        let node = self.nodes.get(name).cloned().ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
         Ok(CommandOutput::Node(node))
     }
 
@@ -266,13 +225,9 @@ impl ClusterState {
         if workload.version != placement.version {
             return false;
         }
-        let live: Vec<&Allocation> = self
-            .workload_allocations(&placement.workload)
-            .filter(|a| a.state.is_live())
-            .collect();
-        let rolling = live
-            .iter()
-            .any(|a| a.version < workload.version || self.on_draining_node(a));
+        let live: Vec<&Allocation> =
+            self.workload_allocations(&placement.workload).filter(|a| a.state.is_live()).collect();
+        let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
         let limit = workload.spec.replicas + u32::from(rolling);
         if live.len() as u32 >= limit {
             return false;
@@ -284,9 +239,7 @@ impl ClusterState {
     }
 
     fn on_draining_node(&self, allocation: &Allocation) -> bool {
-        self.nodes
-            .get(&allocation.node)
-            .is_some_and(|n| n.status == NodeStatus::Draining)
+        self.nodes.get(&allocation.node).is_some_and(|n| n.status == NodeStatus::Draining)
     }
 
     fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
@@ -305,6 +258,7 @@ impl ClusterState {
             created_index: index,
             modified_index: index,
             created_at_ms: now_ms,
+            finished_at_ms: None,
             restarts: 0,
             exit_code: None,
             oom_killed: false,
@@ -315,14 +269,8 @@ impl ClusterState {
             node.allocated_memory += allocation.memory;
             node.allocations += 1;
         }
-        self.by_node
-            .entry(allocation.node.clone())
-            .or_default()
-            .insert(id);
-        self.by_workload
-            .entry(allocation.workload.clone())
-            .or_default()
-            .insert(id);
+        self.by_node.entry(allocation.node.clone()).or_default().insert(id);
+        self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
         self.allocations.insert(id, allocation);
     }
 
@@ -369,6 +317,7 @@ impl ClusterState {
         index: u64,
         node: &str,
         updates: Vec<AllocationUpdate>,
+        now_ms: u64,
     ) -> Result<CommandOutput, Rejection> {
         if !self.nodes.contains_key(node) {
             return Err(Rejection::NodeNotFound(node.to_owned()));
@@ -385,6 +334,9 @@ impl ClusterState {
             }
             self.set_allocation_state(index, update.id, update.state);
             if let Some(allocation) = self.allocations.get_mut(&update.id) {
+                if !update.state.is_live() {
+                    allocation.finished_at_ms = Some(now_ms);
+                }
                 allocation.restarts = update.restarts;
                 allocation.exit_code = update.exit_code;
                 allocation.oom_killed = update.oom_killed;
@@ -421,10 +373,7 @@ impl ClusterState {
         };
         for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
             view.ports.extend(fixed_ports(allocation));
-            *view
-                .workload_counts
-                .entry(allocation.workload.clone())
-                .or_default() += 1;
+            *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
         }
         Some(view)
     }
@@ -432,10 +381,7 @@ impl ClusterState {
     /// The workload with its replicas' status filled in.
     pub fn with_status(&self, mut workload: Workload) -> Workload {
         let mut status = WorkloadStatus::default();
-        for allocation in self
-            .workload_allocations(&workload.spec.name)
-            .filter(|a| a.state.is_live())
-        {
+        for allocation in self.workload_allocations(&workload.spec.name).filter(|a| a.state.is_live()) {
             status.placed += 1;
             if allocation.state == AllocationState::Running {
                 status.running += 1;
@@ -477,19 +423,11 @@ impl ClusterState {
     }
 
     pub fn node_allocations(&self, node: &str) -> impl Iterator<Item = &Allocation> {
-        self.by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.allocations.get(id))
+        self.by_node.get(node).into_iter().flatten().filter_map(|id| self.allocations.get(id))
     }
 
     pub fn workload_allocations(&self, workload: &WorkloadName) -> impl Iterator<Item = &Allocation> {
-        self.by_workload
-            .get(workload)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.allocations.get(id))
+        self.by_workload.get(workload).into_iter().flatten().filter_map(|id| self.allocations.get(id))
     }
 
     pub fn unplaced(&self) -> &BTreeMap<WorkloadName, Unplaced> {
@@ -524,10 +462,7 @@ impl ClusterState {
 }
 
 fn spec_with_replicas(spec: &flotilla_api::WorkloadSpec, replicas: u32) -> flotilla_api::WorkloadSpec {
-    flotilla_api::WorkloadSpec {
-        replicas,
-        ..spec.clone()
-    }
+    flotilla_api::WorkloadSpec { replicas, ..spec.clone() }
 }
 
 #[cfg(test)]
@@ -544,26 +479,16 @@ mod tests {
         prop_oneof![
             (0..8u8, 0..5u32, proptest::option::of(0..3u64), any::<bool>()).prop_map(
                 |(i, replicas, version, auto)| {
-                    let autoscale = if auto {
-                        "autoscale: {min: 1, max: 3, cpu: 50}\n"
-                    } else {
-                        ""
-                    };
-                    let yaml = format!(
-                        "name: {}\nimage: img:{}\nreplicas: {replicas}\n{autoscale}",
-                        name(i),
-                        i % 2
-                    );
+                    let autoscale = if auto { "autoscale: {min: 1, max: 3, cpu: 50}\n" } else { "" };
+                    let yaml =
+                        format!("name: {}\nimage: img:{}\nreplicas: {replicas}\n{autoscale}", name(i), i % 2);
                     Command::PutWorkload {
                         spec: parse_yaml(&yaml).expect("valid"),
                         expected_version: version,
                     }
                 }
             ),
-            (0..8u8, 0..6u32).prop_map(|(i, replicas)| Command::ScaleWorkload {
-                name: name(i),
-                replicas
-            }),
+            (0..8u8, 0..6u32).prop_map(|(i, replicas)| Command::ScaleWorkload { name: name(i), replicas }),
             (0..8u8).prop_map(|i| Command::DeleteWorkload { name: name(i) }),
         ]
     }
@@ -614,13 +539,7 @@ mod tests {
             (spec, Some(2), Ok((DeployChange::Updated, 3))),
         ];
         for (i, (spec, expected_version, want)) in table.into_iter().enumerate() {
-            let got = state.apply(
-                i as u64 + 1,
-                Command::PutWorkload {
-                    spec,
-                    expected_version,
-                },
-            );
+            let got = state.apply(i as u64 + 1, Command::PutWorkload { spec, expected_version });
             let got = match got {
                 Ok(CommandOutput::Deployed(r)) => Ok((r.change, r.workload.version)),
                 _ => Err(()),

@@ -33,9 +33,12 @@ pub enum Command {
     ApplyPlan {
         plan: Plan,
     },
+    /// State changes an agent reported; `now_ms` is the receiving server's
+    /// clock, recorded as the time an allocation finished.
     UpdateAllocations {
         node: String,
         updates: Vec<AllocationUpdate>,
+        now_ms: u64,
     },
 }
 
@@ -65,20 +68,11 @@ pub enum Rejection {
     #[error("workload `{0}` does not exist")]
     WorkloadNotFound(WorkloadName),
     #[error("workload `{name}` is at version {actual}, not the expected {expected}")]
-    VersionMismatch {
-        name: WorkloadName,
-        expected: u64,
-        actual: u64,
-    },
+    VersionMismatch { name: WorkloadName, expected: u64, actual: u64 },
     #[error(
         "workload `{name}` autoscales between {min} and {max}; {replicas} replicas is outside that range"
     )]
-    OutsideAutoscaleRange {
-        name: WorkloadName,
-        replicas: u32,
-        min: u32,
-        max: u32,
-    },
+    OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
     #[error("node `{0}` does not exist")]
     NodeNotFound(String),
     #[error("node `{0}` is down; it becomes ready again when its agent registers")]

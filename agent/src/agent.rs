@@ -1,0 +1,305 @@
+//! The agent daemon: registers its node, heartbeats, long-polls the servers
+//! for the node's allocations, and runs the supervisor until told to stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::spec::Driver;
+use flotilla_api::{AllocationUsage, Client, CpuMillis, Heartbeat, MemoryBytes, NodeRegistration};
+use tokio::sync::mpsc;
+
+use crate::restart::RestartConfig;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::sim::SimRuntime;
+use crate::runtime::{Runtime, RuntimeEvent};
+use crate::supervisor::{Handles, Message, Supervisor};
+
+/// Which runtimes an agent offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RuntimeKind {
+    Docker,
+    Process,
+    /// Stands in for every driver and runs nothing.
+    Sim,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub servers: Vec<String>,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu: Option<CpuMillis>,
+    pub memory: Option<MemoryBytes>,
+    pub reserve_cpu: CpuMillis,
+    pub reserve_memory: MemoryBytes,
+    /// Runtimes to offer; `None`: docker if the engine answers, and process.
+    pub runtimes: Option<Vec<RuntimeKind>>,
+    /// Where the agent's own API (logs) listens; port 0 picks a free one.
+    pub listen: String,
+    pub heartbeat: Duration,
+    pub restart: RestartConfig,
+    /// Stop everything this agent runs when it shuts down (`flotilla dev`);
+    /// a real agent leaves its containers running, to adopt them on restart.
+    pub stop_on_exit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("{0}")]
+    Capacity(String),
+    #[error("no runtime is available on this host")]
+    NoRuntime,
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: String, reason: String },
+}
+
+async fn build_runtimes(
+    config: &AgentConfig,
+    events: &mpsc::UnboundedSender<RuntimeEvent>,
+) -> Result<HashMap<Driver, Arc<Runtime>>, AgentError> {
+    let mut runtimes = HashMap::new();
+    let wanted = config.runtimes.clone();
+    let explicit = wanted.is_some();
+    let kinds = wanted.unwrap_or_else(|| vec![RuntimeKind::Docker, RuntimeKind::Process]);
+    for kind in kinds {
+        match kind {
+            RuntimeKind::Docker => match DockerRuntime::connect().await {
+                Ok(docker) => {
+                    if let Err(error) = docker.ensure_busybox_image().await {
+                        tracing::warn!(%error, "the examples' base image is not available");
+                    }
+                    docker.watch_events(config.name.clone(), events.clone());
+                    runtimes.insert(Driver::Docker, Arc::new(Runtime::Docker(docker)));
+                }
+                Err(error) if explicit => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "Docker is not available; offering the process runtime only")
+                }
+            },
+            RuntimeKind::Process => {
+                let process = ProcessRuntime::new(&config.data_dir, events.clone())?;
+                runtimes.insert(Driver::Process, Arc::new(Runtime::Process(process)));
+            }
+            RuntimeKind::Sim => {
+                let sim = Arc::new(Runtime::Sim(SimRuntime::default()));
+                runtimes.insert(Driver::Docker, Arc::clone(&sim));
+                runtimes.insert(Driver::Process, sim);
+            }
+        }
+    }
+    if runtimes.is_empty() {
+        return Err(AgentError::NoRuntime);
+    }
+    Ok(runtimes)
+}
+
+async fn register(client: &Client, registration: &NodeRegistration) {
+    loop {
+        match client.register_node(registration).await {
+            Ok(node) => {
+                tracing::info!(node = %node.name, cpu = %node.capacity_cpu, memory = %node.capacity_memory, "registered");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot register yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Listen {
+        address: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let runtimes = build_runtimes(&config, &events_tx).await?;
+    let (cpu, memory) =
+        crate::host::capacity(config.cpu, config.memory, config.reserve_cpu, config.reserve_memory)
+            .map_err(AgentError::Capacity)?;
+    let handles: Handles = Arc::default();
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| AgentError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, logs_app).await;
+    });
+
+    let registration = NodeRegistration {
+        name: config.name.clone(),
+        address,
+        cpu,
+        memory,
+        labels: config.labels.clone(),
+        drivers: runtimes.keys().copied().collect(),
+    };
+    let client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    register(&client, &registration).await;
+
+    let (messages_tx, mut messages_rx) = mpsc::unbounded_channel();
+    let mut supervisor = Supervisor::new(
+        config.name.clone(),
+        runtimes.clone(),
+        config.restart.clone(),
+        Arc::clone(&handles),
+        messages_tx.clone(),
+    );
+    supervisor.discover().await;
+
+    let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
+    let beater = tokio::spawn(heartbeat(
+        client.clone(),
+        registration.clone(),
+        config.heartbeat,
+        Arc::clone(&handles),
+        runtimes.clone(),
+    ));
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
+
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(message) = messages_rx.recv() => supervisor.handle(message).await,
+            Some(event) = events_rx.recv() => supervisor.handle(Message::Runtime(event)).await,
+            _ = tick.tick() => {
+                supervisor.tick();
+                let reports = supervisor.take_reports();
+                if !reports.is_empty() {
+                    let _ = reports_tx.send(reports);
+                }
+            }
+        }
+    }
+    poller.abort();
+    beater.abort();
+    if config.stop_on_exit {
+        supervisor.stop_all().await;
+    }
+    drop(reports_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
+    Ok(())
+}
+
+/// Long-polls the servers for this node's allocations; a blocking query
+/// answers as soon as the state changes, so new work starts at once.
+async fn poll_allocations(
+    client: Client,
+    registration: NodeRegistration,
+    messages: mpsc::UnboundedSender<Message>,
+) {
+    let mut index = 0;
+    loop {
+        match client.node_allocations(&registration.name, index, Duration::from_secs(20)).await {
+            Ok(desired) => {
+                if desired.index != index {
+                    index = desired.index;
+                    if messages.send(Message::Desired(desired)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                if error.code() == Some("not_found") {
+                    register(&client, &registration).await;
+                } else {
+                    tracing::warn!(%error, "cannot fetch this node's allocations; retrying");
+                }
+                index = 0;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Tells the leader this node lives, with what its allocations use.
+async fn heartbeat(
+    client: Client,
+    registration: NodeRegistration,
+    every: Duration,
+    handles: Handles,
+    runtimes: HashMap<Driver, Arc<Runtime>>,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut usage: Vec<AllocationUsage> = Vec::new();
+    loop {
+        interval.tick().await;
+        let beat = Heartbeat { usage: std::mem::take(&mut usage) };
+        match client.heartbeat(&registration.name, &beat).await {
+            Ok(()) => {}
+            Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
+            Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
+        }
+        usage = sample_usage(&handles, &runtimes).await;
+    }
+}
+
+/// One usage sample of every running allocation, taken in parallel.
+async fn sample_usage(handles: &Handles, runtimes: &HashMap<Driver, Arc<Runtime>>) -> Vec<AllocationUsage> {
+    let running: Vec<(u64, Driver, String)> = handles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(id, (driver, handle))| (*id, *driver, handle.clone()))
+        .collect();
+    let mut tasks = Vec::new();
+    for (id, driver, handle) in running {
+        let Some(runtime) = runtimes.get(&driver).cloned() else { continue };
+        tasks.push(tokio::spawn(async move {
+            runtime.usage(&handle).await.map(|u| AllocationUsage {
+                id,
+                cpu_millis: u.cpu_millis,
+                memory_bytes: u.memory_bytes,
+            })
+        }));
+    }
+    let mut samples = Vec::new();
+    for task in tasks {
+        if let Ok(Some(sample)) = task.await {
+            samples.push(sample);
+        }
+    }
+    samples
+}
+
+/// Sends allocation state changes to the servers, batching what piles up
+/// while a report is in flight into the next one.
+async fn report(
+    client: Client,
+    node: String,
+    mut reports: mpsc::UnboundedReceiver<Vec<flotilla_api::AllocationUpdate>>,
+) {
+    let mut pending: BTreeMap<u64, flotilla_api::AllocationUpdate> = BTreeMap::new();
+    loop {
+        if pending.is_empty() {
+            match reports.recv().await {
+                Some(batch) => pending.extend(batch.into_iter().map(|u| (u.id, u))),
+                None => return,
+            }
+        }
+        while let Ok(batch) = reports.try_recv() {
+            pending.extend(batch.into_iter().map(|u| (u.id, u)));
+        }
+        let batch: Vec<_> = pending.values().cloned().collect();
+        match client.report_allocations(&node, &batch).await {
+            Ok(_) => pending.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot report allocation states; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

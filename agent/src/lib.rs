@@ -1,0 +1,12 @@
+//! flotilla's agent: the daemon on each host that runs the allocations the
+//! scheduler places on its node, restarts the ones that fail, and reports
+//! what happens.
+
+pub mod agent;
+pub mod host;
+pub mod logs_api;
+pub mod restart;
+pub mod runtime;
+pub mod supervisor;
+
+pub use agent::{AgentConfig, AgentError, RuntimeKind, run};

@@ -1,0 +1,293 @@
+//! The Docker runtime: one container per allocation, through bollard.
+//!
+//! Containers carry labels (`flotilla.alloc`, `flotilla.workload`,
+//! `flotilla.node`), so a restarted agent finds its own containers among
+//! those of other agents sharing the engine, and adopts them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use flotilla_api::PortBinding;
+use flotilla_api::spec::Protocol;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
+
+pub const LABEL_ALLOC: &str = "flotilla.alloc";
+pub const LABEL_WORKLOAD: &str = "flotilla.workload";
+pub const LABEL_NODE: &str = "flotilla.node";
+
+/// How long a container gets to stop after SIGTERM before SIGKILL.
+const STOP_GRACE_SECONDS: i32 = 5;
+
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn docker_error(error: bollard::errors::Error) -> RuntimeError {
+    RuntimeError::Docker(error.to_string())
+}
+
+fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// A container name Docker accepts: `flotilla-<node>-<alloc>`.
+fn container_name(node: &str, allocation: u64) -> String {
+    let node: String = node
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    format!("flotilla-{node}-{allocation}")
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine at the API version it speaks.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults().map_err(docker_error)?;
+        let docker = tokio::time::timeout(Duration::from_secs(3), docker.negotiate_version())
+            .await
+            .map_err(|_| RuntimeError::Docker("the engine did not answer within 3 s".into()))?
+            .map_err(docker_error)?;
+        docker.ping().await.map_err(docker_error)?;
+        Ok(DockerRuntime { docker })
+    }
+
+    /// Makes sure the examples' base image exists, building it if need be.
+    pub async fn ensure_busybox_image(&self) -> Result<(), RuntimeError> {
+        super::image::ensure_busybox_image(&self.docker, super::image::BUSYBOX_IMAGE).await
+    }
+
+    pub async fn start(&self, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
+        let allocation = launch.allocation;
+        let spec = launch.spec;
+        let image = spec.image.clone().unwrap_or_default();
+        let name = container_name(launch.node, allocation.id);
+        // A container left from an earlier attempt (say, an agent killed
+        // between create and start) is replaced.
+        let _ = self.remove(&name).await;
+        let labels = HashMap::from([
+            (LABEL_ALLOC.to_owned(), allocation.id.to_string()),
+            (LABEL_WORKLOAD.to_owned(), allocation.workload.to_string()),
+            (LABEL_NODE.to_owned(), launch.node.to_owned()),
+        ]);
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &allocation.ports {
+            let key = format!("{}/{}", port.container, protocol_name(port.protocol));
+            let host_port = if port.host == 0 { String::new() } else { port.host.to_string() };
+            port_bindings.insert(
+                key.clone(),
+                Some(vec![DockerPortBinding { host_ip: None, host_port: Some(host_port) }]),
+            );
+            exposed.push(key);
+        }
+        let memory = allocation.memory as i64;
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                nano_cpus: Some(allocation.cpu as i64 * 1_000_000),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| {
+            if is_not_found(&e) { RuntimeError::ImageMissing(image.clone()) } else { docker_error(e) }
+        })?;
+        self.docker.start_container(&created.id, None).await.map_err(docker_error)?;
+        self.inspect(&created.id)
+            .await?
+            .ok_or_else(|| RuntimeError::Docker(format!("container {name} vanished after it started")))
+    }
+
+    pub async fn restart(&self, handle: &str, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
+        match self.docker.start_container(handle, None).await {
+            Ok(()) => self
+                .inspect(handle)
+                .await?
+                .ok_or_else(|| RuntimeError::Docker(format!("container {handle} vanished after it started"))),
+            Err(e) if is_not_found(&e) => self.start(launch).await,
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    pub async fn stop(&self, handle: &str) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
+        match self.docker.stop_container(handle, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
+            Err(e) => return Err(docker_error(e)),
+        }
+        self.remove(handle).await
+    }
+
+    async fn remove(&self, handle: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(handle, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    pub async fn inspect(&self, handle: &str) -> Result<Option<Observed>, RuntimeError> {
+        let details = match self.docker.inspect_container(handle, None).await {
+            Ok(details) => details,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(docker_error(e)),
+        };
+        let labels = details.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let Some(allocation) = labels.get(LABEL_ALLOC).and_then(|v| v.parse().ok()) else {
+            return Ok(None);
+        };
+        let state = details.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let mut ports = Vec::new();
+        if let Some(map) = details.network_settings.and_then(|n| n.ports) {
+            for (key, bindings) in map {
+                let Some((port, protocol)) = key.split_once('/') else { continue };
+                let Ok(container) = port.parse() else { continue };
+                let protocol = if protocol == "udp" { Protocol::Udp } else { Protocol::Tcp };
+                let host = bindings
+                    .unwrap_or_default()
+                    .iter()
+                    .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
+                    .unwrap_or(0);
+                ports.push(PortBinding { container, host, protocol });
+            }
+        }
+        ports.sort_by_key(|p| (p.container, p.protocol));
+        Ok(Some(Observed {
+            allocation,
+            handle: details.id.unwrap_or_else(|| handle.to_owned()),
+            running,
+            exit_code: (!running).then_some(state.exit_code).flatten(),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            ports,
+        }))
+    }
+
+    pub async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={node}")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let summaries = self.docker.list_containers(Some(options)).await.map_err(docker_error)?;
+        let mut observed = Vec::new();
+        for summary in summaries {
+            if let Some(id) = summary.id
+                && let Some(o) = self.inspect(&id).await?
+            {
+                observed.push(o);
+            }
+        }
+        Ok(observed)
+    }
+
+    /// Watches the engine's events for this node's containers; when the stream
+    /// breaks it reconnects and asks the supervisor to resync with a list.
+    pub fn watch_events(&self, node: String, events: mpsc::UnboundedSender<RuntimeEvent>) {
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            loop {
+                let filters = HashMap::from([
+                    ("type", vec!["container".to_owned()]),
+                    ("event", vec!["die".to_owned(), "oom".to_owned()]),
+                    ("label", vec![format!("{LABEL_NODE}={node}")]),
+                ]);
+                let options = EventsOptionsBuilder::default().filters(&filters).build();
+                let mut stream = docker.events(Some(options));
+                while let Some(event) = stream.next().await {
+                    let Ok(event) = event else { break };
+                    let allocation = event
+                        .actor
+                        .and_then(|a| a.attributes)
+                        .and_then(|attrs| attrs.get(LABEL_ALLOC).and_then(|v| v.parse().ok()));
+                    if let Some(allocation) = allocation
+                        && events.send(RuntimeEvent::Exited { allocation }).is_err()
+                    {
+                        return;
+                    }
+                }
+                if events.send(RuntimeEvent::Resync).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// One stats sample: CPU by the docker CLI's formula (the container's
+    /// share of the host's CPU time between two readings, times the host's
+    /// CPUs), memory as usage less inactive file cache.
+    pub async fn usage(&self, handle: &str) -> Option<Usage> {
+        let options = StatsOptionsBuilder::default().stream(false).one_shot(false).build();
+        let stats = self.docker.stats(handle, Some(options)).next().await?.ok()?;
+        let cpu = stats.cpu_stats?;
+        let precpu = stats.precpu_stats?;
+        let total = cpu.cpu_usage.as_ref()?.total_usage? as f64;
+        let pre_total = precpu.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0) as f64;
+        let system = cpu.system_cpu_usage.unwrap_or(0) as f64;
+        let pre_system = precpu.system_cpu_usage.unwrap_or(0) as f64;
+        let cpus = cpu
+            .online_cpus
+            .map(f64::from)
+            .or_else(|| cpu.cpu_usage.as_ref()?.percpu_usage.as_ref().map(|p| p.len() as f64))
+            .unwrap_or(1.0);
+        let cpu_millis = if system > pre_system && total >= pre_total {
+            (total - pre_total) / (system - pre_system) * cpus * 1000.0
+        } else {
+            0.0
+        };
+        let memory = stats.memory_stats?;
+        let usage = memory.usage.unwrap_or(0);
+        let inactive = memory
+            .stats
+            .as_ref()
+            .and_then(|s| s.get("total_inactive_file").or_else(|| s.get("inactive_file")).copied())
+            .unwrap_or(0);
+        Some(Usage { cpu_millis, memory_bytes: usage.saturating_sub(inactive) })
+    }
+
+    pub fn logs(&self, handle: &str, follow: bool) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).build();
+        let docker = self.docker.clone();
+        let handle = handle.to_owned();
+        Box::pin(
+            async_stream_logs(docker, handle, options)
+                .map(|item| item.map(|output| output.into_bytes()).map_err(docker_error)),
+        )
+    }
+}
+
+fn async_stream_logs(
+    docker: Docker,
+    handle: String,
+    options: bollard::query_parameters::LogsOptions,
+) -> impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> {
+    // `logs` borrows the client only to build the request; the stream owns what it needs.
+    docker.logs(&handle, Some(options))
+}

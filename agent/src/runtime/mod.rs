@@ -1,0 +1,137 @@
+//! Runtimes: what actually runs an allocation. One type per driver behind
+//! one interface (an enum, so calls are static and async fns need no boxing):
+//! `docker` (the engine, through bollard), `process` (child processes, for
+//! hosts without Docker) and `sim` (runs nothing, for benchmarks and tests
+//! with thousands of nodes).
+
+pub mod docker;
+pub mod image;
+pub mod process;
+pub mod sim;
+
+use bytes::Bytes;
+use flotilla_api::{Allocation, PortBinding, WorkloadSpec};
+use futures_util::stream::BoxStream;
+
+/// What a runtime needs to start an allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    pub allocation: &'a Allocation,
+    pub spec: &'a WorkloadSpec,
+    /// The node's name, written on what the runtime creates so that a
+    /// restarted agent finds (and only finds) its own.
+    pub node: &'a str,
+}
+
+/// An allocation's runtime object (container or process) as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub allocation: u64,
+    /// Container id or process id.
+    pub handle: String,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// Published ports, with the host ports actually bound.
+    pub ports: Vec<PortBinding>,
+}
+
+/// Resource use of one allocation, for autoscaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU in millicores averaged since the previous sample.
+    pub cpu_millis: f64,
+    pub memory_bytes: u64,
+}
+
+/// Something happened to an allocation's runtime object; the supervisor
+/// inspects it to learn what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    Exited {
+        allocation: u64,
+    },
+    /// The event stream broke: anything may have happened meanwhile, so the
+    /// supervisor compares with a fresh list.
+    Resync,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image `{0}` is not on this host (there is no registry: build it locally)")]
+    ImageMissing(String),
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("process: {0}")]
+    Process(String),
+}
+
+pub enum Runtime {
+    Docker(docker::DockerRuntime),
+    Process(process::ProcessRuntime),
+    Sim(sim::SimRuntime),
+}
+
+impl Runtime {
+    pub async fn start(&self, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.start(launch).await,
+            Runtime::Process(r) => r.start(launch).await,
+            Runtime::Sim(r) => Ok(r.start(launch)),
+        }
+    }
+
+    /// Starts an exited allocation's object again (a restart keeps its logs).
+    pub async fn restart(&self, handle: &str, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.restart(handle, launch).await,
+            Runtime::Process(r) => r.start(launch).await,
+            Runtime::Sim(r) => Ok(r.start(launch)),
+        }
+    }
+
+    pub async fn stop(&self, handle: &str) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.stop(handle).await,
+            Runtime::Process(r) => r.stop(handle).await,
+            Runtime::Sim(r) => {
+                r.stop(handle);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn inspect(&self, handle: &str) -> Result<Option<Observed>, RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.inspect(handle).await,
+            Runtime::Process(r) => Ok(r.inspect(handle)),
+            Runtime::Sim(r) => Ok(r.inspect(handle)),
+        }
+    }
+
+    /// Everything this runtime runs for `node`, found by its labels.
+    pub async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.list(node).await,
+            Runtime::Process(r) => Ok(r.list(node)),
+            Runtime::Sim(r) => Ok(r.list()),
+        }
+    }
+
+    pub async fn usage(&self, handle: &str) -> Option<Usage> {
+        match self {
+            Runtime::Docker(r) => r.usage(handle).await,
+            Runtime::Process(r) => r.usage(handle),
+            Runtime::Sim(_) => None,
+        }
+    }
+
+    /// The allocation's output; with `follow`, it goes on as it is written.
+    pub fn logs(&self, handle: &str, follow: bool) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        match self {
+            Runtime::Docker(r) => r.logs(handle, follow),
+            Runtime::Process(r) => r.logs(handle, follow),
+            Runtime::Sim(_) => Box::pin(futures_util::stream::empty()),
+        }
+    }
+}

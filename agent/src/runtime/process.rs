@@ -1,0 +1,266 @@
+//! The process runtime: runs a spec's command as a child process, for hosts
+//! without Docker. Each allocation gets its own process group, so stopping
+//! it kills everything it started; its output goes to a file for `logs`.
+//!
+//! A record per allocation (`<data>/process/<alloc>.pid`) lets a restarted
+//! agent find processes that outlived it; it cannot wait on them (they are
+//! not its children), so it polls whether they still exist.
+//! CPU and memory limits are not enforced here (that needs cgroups, which
+//! the docker runtime has); usage is measured from /proc.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+
+use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
+
+/// What the runtime knows of one process.
+#[derive(Debug, Clone)]
+struct Tracked {
+    allocation: u64,
+    node: String,
+    exit_code: Option<i64>,
+    exited: bool,
+    /// Previous CPU reading (clock ticks, when), for a usage rate.
+    last_cpu: Option<(u64, Instant)>,
+}
+
+pub struct ProcessRuntime {
+    dir: PathBuf,
+    tracked: Arc<Mutex<HashMap<u32, Tracked>>>,
+    events: mpsc::UnboundedSender<RuntimeEvent>,
+}
+
+fn process_error(what: &str, error: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Process(format!("{what}: {error}"))
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+impl ProcessRuntime {
+    pub fn new(data_dir: &Path, events: mpsc::UnboundedSender<RuntimeEvent>) -> Result<Self, RuntimeError> {
+        let dir = data_dir.join("process");
+        std::fs::create_dir_all(&dir).map_err(|e| process_error("cannot create its directory", e))?;
+        Ok(ProcessRuntime { dir, tracked: Arc::default(), events })
+    }
+
+    fn log_path(&self, allocation: u64) -> PathBuf {
+        self.dir.join(format!("{allocation}.log"))
+    }
+
+    fn record_path(&self, allocation: u64) -> PathBuf {
+        self.dir.join(format!("{allocation}.pid"))
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn start(&self, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
+        let allocation = launch.allocation.id;
+        let (program, args) = launch
+            .spec
+            .command
+            .split_first()
+            .ok_or_else(|| RuntimeError::Process("the spec has no command".into()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(allocation))
+            .map_err(|e| process_error("cannot open its log", e))?;
+        let stderr = log.try_clone().map_err(|e| process_error("cannot open its log", e))?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .envs(&launch.spec.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| process_error(&format!("cannot run `{program}`"), e))?;
+        let pid = child.id().ok_or_else(|| RuntimeError::Process("the process exited at once".into()))?;
+        std::fs::write(self.record_path(allocation), format!("{pid} {}", launch.node))
+            .map_err(|e| process_error("cannot record its pid", e))?;
+        self.tracked().insert(
+            pid,
+            Tracked {
+                allocation,
+                node: launch.node.to_owned(),
+                exit_code: None,
+                exited: false,
+                last_cpu: None,
+            },
+        );
+        let (tracked, events) = (Arc::clone(&self.tracked), self.events.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let code = status.ok().map(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().map(i64::from).or_else(|| s.signal().map(|sig| 128 + i64::from(sig))).unwrap_or(-1)
+            });
+            if let Some(t) = tracked.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&pid) {
+                t.exited = true;
+                t.exit_code = code;
+            }
+            let _ = events.send(RuntimeEvent::Exited { allocation });
+        });
+        Ok(self.observed(pid).unwrap_or(Observed {
+            allocation,
+            handle: pid.to_string(),
+            running: true,
+            exit_code: None,
+            oom_killed: false,
+            ports: launch.allocation.ports.clone(),
+        }))
+    }
+
+    fn observed(&self, pid: u32) -> Option<Observed> {
+        let tracked = self.tracked();
+        let t = tracked.get(&pid)?;
+        Some(Observed {
+            allocation: t.allocation,
+            handle: pid.to_string(),
+            running: !t.exited,
+            exit_code: t.exit_code,
+            oom_killed: false,
+            ports: Vec::new(),
+        })
+    }
+
+    /// SIGTERM to the whole group, SIGKILL after five seconds.
+    pub async fn stop(&self, handle: &str) -> Result<(), RuntimeError> {
+        let Ok(pid) = handle.parse::<u32>() else { return Ok(()) };
+        let Some(group) = Pid::from_raw(pid as i32) else { return Ok(()) };
+        let _ = rustix::process::kill_process_group(group, Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        let allocation = self.tracked().remove(&pid).map(|t| t.allocation);
+        if let Some(allocation) = allocation {
+            let _ = std::fs::remove_file(self.record_path(allocation));
+        }
+        Ok(())
+    }
+
+    pub fn inspect(&self, handle: &str) -> Option<Observed> {
+        self.observed(handle.parse().ok()?)
+    }
+
+    /// Processes of `node`: those this agent started, and those a previous
+    /// run of it left behind (found from their records and adopted).
+    pub fn list(&self, node: &str) -> Vec<Observed> {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "pid") {
+                    continue;
+                }
+                let allocation =
+                    path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+                let record = std::fs::read_to_string(&path).unwrap_or_default();
+                let (pid, owner) = record.split_once(' ').unwrap_or(("", ""));
+                let (Some(allocation), Ok(pid)) = (allocation, pid.parse::<u32>()) else { continue };
+                if owner != node || self.tracked().contains_key(&pid) {
+                    continue;
+                }
+                if alive(pid) {
+                    self.adopt(pid, allocation, node);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let pids: Vec<u32> =
+            self.tracked().iter().filter(|(_, t)| t.node == node).map(|(pid, _)| *pid).collect();
+        pids.into_iter().filter_map(|pid| self.observed(pid)).collect()
+    }
+
+    fn adopt(&self, pid: u32, allocation: u64, node: &str) {
+        self.tracked().insert(
+            pid,
+            Tracked { allocation, node: node.to_owned(), exit_code: None, exited: false, last_cpu: None },
+        );
+        let (tracked, events) = (Arc::clone(&self.tracked), self.events.clone());
+        tokio::spawn(async move {
+            while alive(pid) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if let Some(t) = tracked.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&pid) {
+                t.exited = true;
+            }
+            let _ = events.send(RuntimeEvent::Exited { allocation });
+        });
+    }
+
+    /// CPU from /proc/<pid>/stat between two samples; memory as resident set.
+    pub fn usage(&self, handle: &str) -> Option<Usage> {
+        let pid: u32 = handle.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+        let now = Instant::now();
+        let mut tracked = self.tracked();
+        let t = tracked.get_mut(&pid)?;
+        let cpu_millis = match t.last_cpu {
+            Some((before, when)) => {
+                let seconds = now.duration_since(when).as_secs_f64().max(0.001);
+                // Linux reports 100 clock ticks a second on every common build.
+                (ticks.saturating_sub(before) as f64 / 100.0) / seconds * 1000.0
+            }
+            None => 0.0,
+        };
+        t.last_cpu = Some((ticks, now));
+        Some(Usage { cpu_millis, memory_bytes: rss_pages * 4096 })
+    }
+
+    pub fn logs(&self, handle: &str, follow: bool) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        let allocation =
+            handle.parse::<u32>().ok().and_then(|pid| self.tracked().get(&pid).map(|t| t.allocation));
+        let Some(allocation) = allocation else {
+            return Box::pin(futures_util::stream::empty());
+        };
+        let path = self.log_path(allocation);
+        let tracked = Arc::clone(&self.tracked);
+        let pid: u32 = handle.parse().unwrap_or(0);
+        Box::pin(futures_util::stream::unfold(Some(0u64), move |offset| {
+            let (path, tracked) = (path.clone(), Arc::clone(&tracked));
+            async move {
+                let mut offset = offset?;
+                loop {
+                    let mut file = tokio::fs::File::open(&path).await.ok()?;
+                    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+                    let mut buffer = Vec::new();
+                    file.read_to_end(&mut buffer).await.ok()?;
+                    if !buffer.is_empty() {
+                        offset += buffer.len() as u64;
+                        return Some((Ok(Bytes::from(buffer)), Some(offset)));
+                    }
+                    let exited =
+                        tracked.lock().unwrap_or_else(|p| p.into_inner()).get(&pid).is_none_or(|t| t.exited);
+                    if !follow || exited {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }))
+    }
+}

@@ -1,0 +1,123 @@
+//! `flotilla agent`: runs the host daemon in the foreground.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use flotilla_agent::restart::RestartConfig;
+use flotilla_agent::{AgentConfig, RuntimeKind};
+use flotilla_api::{CpuMillis, MemoryBytes};
+
+use crate::server::{init_logging, shutdown_signal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DriverArg {
+    Docker,
+    Process,
+    Sim,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Servers to register with (comma-separated host:port).
+    #[arg(long, env = "FLOTILLA_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    servers: Vec<String>,
+    /// Where the agent keeps its state (process runtime records and logs).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The node's name; defaults to the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// A node label as key=value; repeat for more.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// CPU to offer (250m, 2); defaults to the host's, less --reserve-cpu.
+    #[arg(long, value_parser = CpuMillis::parse)]
+    cpu: Option<CpuMillis>,
+    /// Memory to offer (512Mi, 2Gi); defaults to the host's, less --reserve-memory.
+    #[arg(long, value_parser = MemoryBytes::parse)]
+    memory: Option<MemoryBytes>,
+    #[arg(long, value_parser = CpuMillis::parse, default_value = "100m")]
+    reserve_cpu: CpuMillis,
+    #[arg(long, value_parser = MemoryBytes::parse, default_value = "256Mi")]
+    reserve_memory: MemoryBytes,
+    /// Runtimes to offer (comma-separated); default: docker if it answers, and process.
+    #[arg(long = "driver", value_enum, value_delimiter = ',')]
+    drivers: Vec<DriverArg>,
+    /// Where the agent's API (logs) listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Delay before the second restart of a failing allocation; doubles from there.
+    #[arg(long, default_value_t = 1000)]
+    restart_backoff_ms: u64,
+    #[arg(long, default_value_t = 60_000)]
+    restart_max_backoff_ms: u64,
+    /// Failures within --failure-window-s after which an allocation is failed and placed elsewhere.
+    #[arg(long, default_value_t = 10)]
+    max_failures: usize,
+    #[arg(long, default_value_t = 600)]
+    failure_window_s: u64,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let (key, value) =
+            label.split_once('=').with_context(|| format!("--label: `{label}` is not key=value"))?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    if args.servers.is_empty() {
+        bail!("--servers: give at least one server address");
+    }
+    let runtimes = (!args.drivers.is_empty()).then(|| {
+        args.drivers
+            .iter()
+            .map(|d| match d {
+                DriverArg::Docker => RuntimeKind::Docker,
+                DriverArg::Process => RuntimeKind::Process,
+                DriverArg::Sim => RuntimeKind::Sim,
+            })
+            .collect()
+    });
+    Ok(AgentConfig {
+        servers: args.servers,
+        data_dir: args.data_dir,
+        name: args.name.unwrap_or_else(host_name),
+        labels,
+        cpu: args.cpu,
+        memory: args.memory,
+        reserve_cpu: args.reserve_cpu,
+        reserve_memory: args.reserve_memory,
+        runtimes,
+        listen: args.listen,
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+        restart: RestartConfig {
+            initial_backoff: Duration::from_millis(args.restart_backoff_ms),
+            max_backoff: Duration::from_millis(args.restart_max_backoff_ms),
+            max_failures: args.max_failures,
+            window: Duration::from_secs(args.failure_window_s),
+            ..RestartConfig::default()
+        },
+        stop_on_exit: false,
+    })
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging("info");
+    let config = config(args)?;
+    flotilla_agent::run(config, shutdown_signal()).await?;
+    Ok(())
+}
