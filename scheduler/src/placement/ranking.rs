@@ -25,13 +25,21 @@ pub fn anti_affinity_penalty(node: &NodeView, workload: &WorkloadName) -> f64 {
     f64::from(node.workload_counts.get(workload).copied().unwrap_or(0))
 }
 
+/// A replica that failed on a node is placed elsewhere if anywhere else
+/// will do: the node may be the cause (a bad disk, a missing device).
+pub fn failed_here_penalty(node: &NodeView, request: &Request) -> f64 {
+    if request.avoid_nodes.contains(&node.name) { 100.0 } else { 0.0 }
+}
+
 pub fn score(
     node: &NodeView,
     workload: &WorkloadName,
     request: &Request,
     strategy: PlacementStrategy,
 ) -> f64 {
-    fit_score(node, request, strategy) - anti_affinity_penalty(node, workload)
+    fit_score(node, request, strategy)
+        - anti_affinity_penalty(node, workload)
+        - failed_here_penalty(node, request)
 }
 
 #[cfg(test)]
