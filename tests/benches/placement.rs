@@ -72,7 +72,7 @@ fn placement_core() -> (f64, u64, u64) {
 }
 
 async fn end_to_end() -> (f64, Duration, u64) {
-    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     let mut tasks = Vec::new();
     for chunk in 0..32 {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use flotilla_api::{Client, RaftRole, ServerStatus};
 use tempfile::TempDir;
 
+use crate::agent_process::AgentProcess;
 use crate::binary::free_port;
 use crate::server_process::ServerProcess;
 use crate::wait::wait_until;
@@ -14,11 +15,21 @@ pub struct ClusterOptions {
     pub servers: u64,
     /// Passed as `--snapshot-every`; small values exercise snapshots.
     pub snapshot_every: u64,
+    /// More flags for every server, such as `--node-ttl-ms`.
+    pub server_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, snapshot_every: 10_000 }
+        ClusterOptions { servers: 3, snapshot_every: 10_000, server_args: Vec::new() }
+    }
+}
+
+impl ClusterOptions {
+    /// For simulated nodes that never heartbeat: they must not be marked down.
+    pub fn without_node_health(mut self) -> Self {
+        self.server_args.extend(["--node-ttl-ms".to_owned(), "3600000".to_owned()]);
+        self
     }
 }
 
@@ -26,6 +37,7 @@ pub struct TestCluster {
     /// Data dirs and logs; deleted on drop, after the processes are killed.
     pub dir: TempDir,
     pub servers: Vec<ServerProcess>,
+    pub agents: Vec<AgentProcess>,
     options: ClusterOptions,
 }
 
@@ -39,16 +51,17 @@ impl TestCluster {
         let servers = addresses
             .into_iter()
             .map(|(id, address)| {
-                let args = vec![
+                let mut args = vec![
                     "--peers".to_owned(),
                     peers.clone(),
                     "--snapshot-every".to_owned(),
                     options.snapshot_every.to_string(),
                 ];
+                args.extend(options.server_args.iter().cloned());
                 ServerProcess::new(id, address, dir.path(), args)
             })
             .collect();
-        let mut cluster = TestCluster { dir, servers, options };
+        let mut cluster = TestCluster { dir, servers, agents: Vec::new(), options };
         for server in &mut cluster.servers {
             server.start();
         }
@@ -121,26 +134,60 @@ impl TestCluster {
         let seed =
             self.servers.iter().filter(|s| s.is_running()).map(|s| s.address.clone()).collect::<Vec<_>>();
         let address = format!("127.0.0.1:{}", free_port());
-        let args = vec![
+        let mut args = vec![
             "--join".to_owned(),
             seed.first().cloned().expect("a running server to join through"),
             "--snapshot-every".to_owned(),
             self.options.snapshot_every.to_string(),
         ];
+        args.extend(self.options.server_args.iter().cloned());
         self.servers.push(ServerProcess::new(id, address, self.dir.path(), args));
         let server = self.servers.last_mut().expect("just pushed");
         server.start();
         server
     }
 
-    /// Every server's log, for a failing test's message.
+    /// Starts an agent whose node is named `{cluster}-{suffix}` (unique to
+    /// this test run), with more flags in `extra` (`--cpu 2`, `--driver process`).
+    pub fn add_agent(&mut self, suffix: &str, extra: &[&str]) -> &mut AgentProcess {
+        let unique: String = self
+            .dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let name = format!("{}-{suffix}", unique.trim_start_matches("flotillacluster"));
+        let servers: Vec<String> = self.servers.iter().map(|s| s.address.clone()).collect();
+        self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), extra));
+        let agent = self.agents.last_mut().expect("just pushed");
+        agent.start();
+        agent
+    }
+
+    pub fn agent(&mut self, suffix: &str) -> &mut AgentProcess {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name.ends_with(&format!("-{suffix}")))
+            .expect("no agent with that suffix")
+    }
+
+    /// Every server's and agent's log, for a failing test's message.
     pub fn logs(&self) -> String {
-        self.servers.iter().map(|s| format!("==== server {} ====\n{}", s.id, s.log_text())).collect()
+        let servers = self.servers.iter().map(|s| format!("==== server {} ====\n{}", s.id, s.log_text()));
+        let agents = self.agents.iter().map(|a| format!("==== agent {} ====\n{}", a.name, a.log_text()));
+        servers.chain(agents).collect()
     }
 }
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for agent in &mut self.agents {
+            agent.kill();
+            agent.remove_containers();
+        }
         for server in &mut self.servers {
             server.kill();
         }

@@ -4,13 +4,18 @@
 //! a harness starts is killed and deleted when it is dropped, also when the
 //! test fails.
 
+pub mod agent_process;
 pub mod binary;
 pub mod cluster;
+pub mod daemon;
+pub mod docker_available;
 pub mod server_process;
 pub mod simulated_nodes;
 pub mod wait;
 
+pub use agent_process::AgentProcess;
 pub use binary::{flotilla_binary, free_port};
 pub use cluster::{ClusterOptions, TestCluster};
+pub use docker_available::docker_available;
 pub use server_process::ServerProcess;
 pub use wait::wait_until;

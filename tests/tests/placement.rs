@@ -27,7 +27,7 @@ async fn deploy(client: &Client, yaml: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_scale_up_scale_down_and_delete() {
-    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     register_nodes(&client, "node", 3, 2000, 2 * GI, &[("zone", "a")]).await;
     deploy(&client, "name: web\nimage: busybox\nreplicas: 6\nresources: {cpu: 250m, memory: 256Mi}\n").await;
@@ -60,7 +60,7 @@ async fn deploy_scale_up_scale_down_and_delete() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_change_replaces_replicas_one_at_a_time() {
-    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     register_nodes(&client, "node", 4, 2000, 2 * GI, &[]).await;
     deploy(&client, "name: web\nimage: app:v1\nreplicas: 3\n").await;
@@ -88,7 +88,7 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_that_fit_nowhere_stay_pending_with_a_reason() {
-    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     register_nodes(&client, "a", 2, 1000, GI, &[("zone", "a")]).await;
     register_nodes(&client, "b", 1, 4000, 8 * GI, &[("zone", "b")]).await;
@@ -127,7 +127,7 @@ async fn replicas_that_fit_nowhere_stay_pending_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_leader_finishes_a_large_deploy_without_oversubscribing_or_doubling() {
-    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let mut cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     register_nodes(&client, "node", 60, 4000, 8 * GI, &[]).await;
     let workloads = 30;

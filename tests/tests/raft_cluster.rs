@@ -126,7 +126,9 @@ async fn all_three_restarted_from_their_data_dirs_hold_identical_state() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_stopped_during_2000_writes_catches_up_through_a_snapshot() {
-    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200 }).await;
+    let mut cluster =
+        TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200, ..ClusterOptions::default() })
+            .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.server(follower).stop();
@@ -199,7 +201,9 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_write() {
-    let mut cluster = TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 300 }).await;
+    let mut cluster =
+        TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 300, ..ClusterOptions::default() })
+            .await;
     let client = cluster.client();
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -136,7 +136,12 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
-    let cluster = TestCluster::start(ClusterOptions { servers: 1, snapshot_every: 10_000 }).await;
+    let cluster = TestCluster::start(ClusterOptions {
+        servers: 1,
+        snapshot_every: 10_000,
+        ..ClusterOptions::default()
+    })
+    .await;
     let client = cluster.client();
     let good = flotilla_api::parse_yaml("name: web\nimage: busybox\nreplicas: 3\n").expect("valid");
     client.deploy(&good, None).await.expect("deploy the valid spec");
@@ -196,7 +201,12 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_client_mistakes_get_the_right_status() {
-    let cluster = TestCluster::start(ClusterOptions { servers: 1, snapshot_every: 10_000 }).await;
+    let cluster = TestCluster::start(ClusterOptions {
+        servers: 1,
+        snapshot_every: 10_000,
+        ..ClusterOptions::default()
+    })
+    .await;
     let address = cluster.address(1);
     let http = reqwest::Client::new();
     let spec = "name: web\nimage: busybox\n";

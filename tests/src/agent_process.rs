@@ -1,0 +1,71 @@
+//! One `flotilla agent` process. Its node name is unique to the test run,
+//! and on drop the containers it started are removed, also when the test
+//! failed: agents sharing one engine keep their containers apart by label.
+
+use std::ffi::OsString;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::daemon::Daemon;
+
+pub struct AgentProcess {
+    pub name: String,
+    pub data_dir: PathBuf,
+    daemon: Daemon,
+}
+
+impl AgentProcess {
+    pub fn new(name: String, servers: &[String], dir: &Path, extra: &[&str]) -> Self {
+        let data_dir = dir.join(format!("agent-{name}"));
+        let mut args: Vec<OsString> = vec!["agent".into(), "--servers".into(), servers.join(",").into()];
+        args.extend([
+            "--data-dir".into(),
+            data_dir.clone().into_os_string(),
+            "--name".into(),
+            name.clone().into(),
+        ]);
+        args.extend(extra.iter().map(OsString::from));
+        let daemon = Daemon::new(dir.join(format!("agent-{name}.log")), args);
+        AgentProcess { name, data_dir, daemon }
+    }
+
+    /// Ids of the Docker containers this agent's node runs, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label=flotilla.node={}", self.name)])
+            .output();
+        output
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes this node's containers.
+    pub fn remove_containers(&self) {
+        let containers = self.containers();
+        if !containers.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&containers).output();
+        }
+    }
+}
+
+impl Deref for AgentProcess {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl DerefMut for AgentProcess {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.daemon.kill();
+        self.remove_containers();
+    }
+}

@@ -1,0 +1,97 @@
+//! A `flotilla` daemon process (server or agent) that a test may kill,
+//! restart or wait on. Each run's output is appended to one log file.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::binary::flotilla_binary;
+
+pub struct Daemon {
+    pub log: PathBuf,
+    /// Everything after the binary: the verb and its flags.
+    args: Vec<OsString>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn new(log: PathBuf, args: Vec<OsString>) -> Self {
+        Daemon { log, args, child: None }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.log.display());
+        let log = File::options().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(flotilla_binary())
+            .args(&self.args)
+            .env("FLOTILLA_LOG", "info,raft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("flotilla starts");
+        self.child = Some(child);
+    }
+
+    pub fn set_args(&mut self, args: Vec<OsString>) {
+        self.args = args;
+    }
+
+    /// The process id while it runs, for reading its memory use.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// kill -9: no shutdown, no flush; what was not fsynced is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (kill -9 after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            for _ in 0..200 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for a process that is expected to exit on its own (refusing to start).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

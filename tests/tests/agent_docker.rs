@@ -1,0 +1,264 @@
+//! The agent on the real Docker engine: three servers and two agents of
+//! overridden capacity, with containers built from the local busybox image.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_api::{Allocation, AllocationState, Client, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster, docker_available, flotilla_binary, wait_until};
+
+const AGENT_FLAGS: [&str; 4] = ["--cpu", "2", "--memory", "2Gi"];
+
+async fn cluster_with_agents(extra: &[&str]) -> TestCluster {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let flags: Vec<&str> = AGENT_FLAGS.iter().chain(extra).copied().collect();
+    cluster.add_agent("a", &flags);
+    cluster.add_agent("b", &flags);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "both agents registered", || async {
+        (client.nodes(false).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    cluster
+}
+
+async fn deploy(client: &Client, yaml: &str) {
+    client.deploy(&parse_yaml(yaml).expect("valid spec"), None).await.expect("deploy");
+}
+
+fn live(allocations: &[Allocation]) -> Vec<&Allocation> {
+    allocations.iter().filter(|a| a.state.is_live()).collect()
+}
+
+/// Waits until `workload` has exactly `count` live allocations, all running.
+async fn wait_running(client: &Client, workload: &str, count: usize, timeout: Duration) -> Vec<Allocation> {
+    wait_until(timeout, &format!("{count} running replicas of {workload}"), || async {
+        let all = client.allocations(Some(workload), None).await.ok()?;
+        let live: Vec<Allocation> = all.into_iter().filter(|a| a.state.is_live()).collect();
+        (live.len() == count && live.iter().all(|a| a.state == AllocationState::Running)).then_some(live)
+    })
+    .await
+}
+
+fn docker_inspect(container: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn container_of(cluster: &TestCluster, allocation: &Allocation) -> String {
+    let agent = cluster.agents.iter().find(|a| a.name == allocation.node).expect("the allocation's agent");
+    agent
+        .containers()
+        .into_iter()
+        .find(|c| {
+            docker_inspect(c, "{{index .Config.Labels \"flotilla.alloc\"}}") == allocation.id.to_string()
+        })
+        .expect("a container for the allocation")
+}
+
+const SLEEPER: &str =
+    "image: flotilla/busybox:latest\ncommand: [\"sh\", \"-c\", \"echo ready; exec sleep 100000\"]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_run_with_their_limits_and_labels_and_killed_ones_restart() {
+    if !docker_available("replicas_run_with_their_limits_and_labels_and_killed_ones_restart") {
+        return;
+    }
+    let cluster = cluster_with_agents(&[]).await;
+    let client = cluster.client();
+    deploy(&client, &format!("name: web\n{SLEEPER}replicas: 5\nresources: {{cpu: 250m, memory: 64Mi}}\n"))
+        .await;
+    let running = wait_running(&client, "web", 5, Duration::from_secs(60)).await;
+    for allocation in &running {
+        let container = container_of(&cluster, allocation);
+        assert_eq!(docker_inspect(&container, "{{.HostConfig.NanoCpus}}"), "250000000");
+        assert_eq!(docker_inspect(&container, "{{.HostConfig.Memory}}"), (64u64 << 20).to_string());
+        assert_eq!(docker_inspect(&container, "{{.HostConfig.MemorySwap}}"), (64u64 << 20).to_string());
+        assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"flotilla.workload\"}}"), "web");
+        assert_eq!(docker_inspect(&container, "{{index .Config.Labels \"flotilla.node\"}}"), allocation.node);
+    }
+    let nodes: BTreeSet<&str> = running.iter().map(|a| a.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "replicas are spread over both agents");
+
+    // docker kill one: the agent restarts it in place.
+    let victim = &running[0];
+    let container = container_of(&cluster, victim);
+    Command::new("docker").args(["kill", &container]).output().expect("docker kill");
+    let restarted = wait_until(Duration::from_secs(20), "the killed container to be restarted", || async {
+        let all = client.allocations(Some("web"), None).await.ok()?;
+        all.into_iter().find(|a| a.id == victim.id && a.restarts >= 1 && a.state == AllocationState::Running)
+    })
+    .await;
+    assert_eq!(restarted.exit_code, Some(137));
+    assert_eq!(docker_inspect(&container, "{{.State.Running}}"), "true");
+    wait_running(&client, "web", 5, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
+    if !docker_available("a_crash_loop_backs_off_and_an_oom_kill_is_reported") {
+        return;
+    }
+    let cluster = cluster_with_agents(&["--restart-backoff-ms", "300", "--max-failures", "50"]).await;
+    let client = cluster.client();
+    deploy(&client, "name: crashy\nimage: flotilla/busybox:latest\ncommand: [\"sh\", \"-c\", \"exit 3\"]\n")
+        .await;
+    // Record when the restart count moves.
+    let mut seen: BTreeMap<u32, Instant> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while seen.len() < 6 && Instant::now() < deadline {
+        if let Ok(all) = client.allocations(Some("crashy"), None).await
+            && let Some(a) = live(&all).first()
+        {
+            seen.entry(a.restarts).or_insert_with(Instant::now);
+            assert!(a.exit_code.is_none() || a.exit_code == Some(3), "exit code 3 is reported: {a:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let times: Vec<Instant> = seen.range(1..).map(|(_, t)| *t).collect();
+    assert!(times.len() >= 5, "restarts happened: {seen:?}");
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()).collect();
+    // Schedule: 0, 0.3, 0.6, 1.2, 2.4 s after each exit (plus the container's own run time).
+    for pair in gaps.windows(2).skip(1) {
+        assert!(pair[1] > pair[0] * 1.4, "restart delays grow: {gaps:?}");
+    }
+
+    deploy(
+        &client,
+        "name: hog\nimage: flotilla/busybox:latest\nrestart: never\nresources: {memory: 16Mi}\ncommand: [\"sh\", \"-c\", \"x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done\"]\n",
+    )
+    .await;
+    let killed = wait_until(Duration::from_secs(30), "the OOM kill to be reported", || async {
+        let all = client.allocations(Some("hog"), None).await.ok()?;
+        all.into_iter().find(|a| a.oom_killed)
+    })
+    .await;
+    assert_eq!(killed.exit_code, Some(137));
+    assert_eq!(killed.state, AllocationState::Complete, "restart: never leaves it stopped");
+    let output = Command::new(flotilla_binary())
+        .args(["ps", "hog", "--addr", &client.addresses().join(",")])
+        .output()
+        .expect("flotilla ps");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("OOM-killed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_adopts_its_containers() {
+    if !docker_available(
+        "an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_adopts_its_containers",
+    ) {
+        return;
+    }
+    let mut cluster = cluster_with_agents(&[]).await;
+    let client = cluster.client();
+    deploy(&client, &format!("name: web\n{SLEEPER}replicas: 4\nplacement: spread\n")).await;
+    let running = wait_running(&client, "web", 4, Duration::from_secs(60)).await;
+
+    // Restart agent a (SIGTERM, then start): nothing restarted, nothing doubled.
+    let before: BTreeMap<String, String> = cluster
+        .agent("a")
+        .containers()
+        .into_iter()
+        .map(|c| {
+            let started = docker_inspect(&c, "{{.State.StartedAt}}");
+            (c, started)
+        })
+        .collect();
+    assert!(!before.is_empty());
+    cluster.agent("a").stop();
+    cluster.agent("a").start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = wait_running(&client, "web", 4, Duration::from_secs(20)).await;
+    assert_eq!(again.iter().map(|a| a.id).collect::<BTreeSet<_>>(), running.iter().map(|a| a.id).collect());
+    let after: BTreeMap<String, String> = cluster
+        .agent("a")
+        .containers()
+        .into_iter()
+        .map(|c| (c.clone(), docker_inspect(&c, "{{.State.StartedAt}}")))
+        .collect();
+    assert_eq!(
+        before, after,
+        "the restarted agent adopted its containers without restarting or duplicating them"
+    );
+
+    // kill -9 agent b: its replicas move to a.
+    let b_name = cluster.agent("b").name.clone();
+    cluster.agent("b").kill();
+    let moved = wait_until(Duration::from_secs(30), "all replicas running on agent a", || async {
+        let all = client.allocations(Some("web"), None).await.ok()?;
+        let live: Vec<&Allocation> = live(&all);
+        (live.len() == 4 && live.iter().all(|a| a.node != b_name && a.state == AllocationState::Running))
+            .then_some(())
+    })
+    .await;
+    let _ = moved;
+    let nodes = client.nodes(false).await.expect("nodes");
+    assert_eq!(
+        nodes.iter().find(|n| n.name == b_name).map(|n| n.status),
+        Some(flotilla_api::NodeStatus::Down)
+    );
+
+    // b comes back: it stops the containers that were replaced.
+    cluster.agent("b").start();
+    wait_until(Duration::from_secs(30), "agent b to stop its replaced containers", || async {
+        let b = cluster.agents.iter().find(|a| a.name == b_name)?;
+        let running: Vec<String> = b
+            .containers()
+            .into_iter()
+            .filter(|c| docker_inspect(c, "{{.State.Running}}") == "true")
+            .collect();
+        running.is_empty().then_some(())
+    })
+    .await;
+    let total_running: usize = cluster
+        .agents
+        .iter()
+        .flat_map(|a| a.containers())
+        .filter(|c| docker_inspect(c, "{{.State.Running}}") == "true")
+        .count();
+    assert_eq!(total_running, 4, "no more than the desired replicas run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_moves_replicas_and_logs_stream_output() {
+    if !docker_available("drain_moves_replicas_and_logs_stream_output") {
+        return;
+    }
+    let mut cluster = cluster_with_agents(&[]).await;
+    let client = cluster.client();
+    deploy(&client, &format!("name: web\n{SLEEPER}replicas: 2\nplacement: spread\n")).await;
+    wait_running(&client, "web", 2, Duration::from_secs(60)).await;
+
+    let a_name = cluster.agent("a").name.clone();
+    let output = Command::new(flotilla_binary())
+        .args(["node", "drain", &a_name, "--addr", &client.addresses().join(",")])
+        .output()
+        .expect("flotilla node drain");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut fewest_running = usize::MAX;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = client.allocations(Some("web"), None).await.expect("ps");
+        let live = live(&all);
+        fewest_running =
+            fewest_running.min(live.iter().filter(|a| a.state == AllocationState::Running).count());
+        if live.len() == 2 && live.iter().all(|a| a.node != a_name && a.state == AllocationState::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drain finishes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fewest_running, 2, "a new replica runs before an old one stops");
+    client.set_node_status(&a_name, flotilla_api::NodeStatus::Ready).await.expect("undrain");
+
+    let output = Command::new(flotilla_binary())
+        .args(["logs", "web", "--addr", &client.addresses().join(",")])
+        .output()
+        .expect("flotilla logs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ready");
+}
