@@ -188,14 +188,13 @@ async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_a
     // kill -9 agent b: its replicas move to a.
     let b_name = cluster.agent("b").name.clone();
     cluster.agent("b").kill();
-    let moved = wait_until(Duration::from_secs(30), "all replicas running on agent a", || async {
+    wait_until(Duration::from_secs(30), "all replicas running on agent a", || async {
         let all = client.allocations(Some("web"), None).await.ok()?;
         let live: Vec<&Allocation> = live(&all);
         (live.len() == 4 && live.iter().all(|a| a.node != b_name && a.state == AllocationState::Running))
             .then_some(())
     })
     .await;
-    let _ = moved;
     let nodes = client.nodes(false).await.expect("nodes");
     assert_eq!(
         nodes.iter().find(|n| n.name == b_name).map(|n| n.status),
