@@ -1,0 +1,62 @@
+//! The process runtime, for hosts without Docker: replicas run as child
+//! processes in their own process groups, are restarted when killed, stream
+//! their output through `flotilla logs`, and are killed with their group.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_api::{Allocation, AllocationState, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, wait_until};
+
+fn pid_of(cluster: &TestCluster, allocation: &Allocation) -> u32 {
+    let agent = cluster.agents.iter().find(|a| a.name == allocation.node).expect("agent");
+    let record = std::fs::read_to_string(agent.data_dir.join("process").join(format!("{}.pid", allocation.id)))
+        .expect("the runtime records the pid");
+    record.split_whitespace().next().and_then(|p| p.parse().ok()).expect("a pid")
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_process_runtime_runs_restarts_logs_and_stops_processes() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.add_agent("p", &["--driver", "process", "--cpu", "2", "--memory", "2Gi"]);
+    let client = cluster.client();
+    let spec = "name: proc\ndriver: process\nreplicas: 2\ncommand: [\"sh\", \"-c\", \"echo started; sleep 100000 & wait\"]\n";
+    client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
+    let running = wait_until(Duration::from_secs(30), "two running processes", || async {
+        let all = client.allocations(Some("proc"), None).await.ok()?;
+        (all.len() == 2 && all.iter().all(|a| a.state == AllocationState::Running)).then_some(all)
+    })
+    .await;
+
+    let output = Command::new(flotilla_binary())
+        .args(["logs", &running[0].id.to_string(), "--addr", &client.addresses().join(",")])
+        .output()
+        .expect("flotilla logs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "started");
+
+    let victim = &running[0];
+    let pid = pid_of(&cluster, victim);
+    Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    let restarted = wait_until(Duration::from_secs(20), "the killed process to be restarted", || async {
+        let all = client.allocations(Some("proc"), None).await.ok()?;
+        all.into_iter().find(|a| a.id == victim.id && a.restarts == 1 && a.state == AllocationState::Running)
+    })
+    .await;
+    assert_eq!(restarted.exit_code, Some(137), "killed by SIGKILL");
+    let new_pid = pid_of(&cluster, victim);
+    assert_ne!(new_pid, pid);
+
+    // Its child (the sleep) is in its process group and dies with it.
+    let children = std::fs::read_to_string(format!("/proc/{new_pid}/task/{new_pid}/children")).unwrap_or_default();
+    let child: Option<u32> = children.split_whitespace().next().and_then(|c| c.parse().ok());
+    client.delete("proc").await.expect("delete");
+    wait_until(Duration::from_secs(20), "the processes to be stopped", || async {
+        (!alive(new_pid) && child.is_none_or(|c| !alive(c))).then_some(())
+    })
+    .await;
+}
