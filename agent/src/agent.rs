@@ -42,6 +42,8 @@ pub struct AgentConfig {
     /// Where the agent's own API (logs) listens; port 0 picks a free one.
     pub listen: String,
     pub heartbeat: Duration,
+    /// How often each allocation's CPU and memory are sampled.
+    pub sample_every: Duration,
     pub restart: RestartConfig,
     /// Stop everything this agent runs when it shuts down (`flotilla dev`);
     /// a real agent leaves its containers running, to adopt them on restart.
@@ -157,13 +159,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     supervisor.discover().await;
 
     let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
-    let beater = tokio::spawn(heartbeat(
-        client.clone(),
-        registration.clone(),
-        config.heartbeat,
-        Arc::clone(&handles),
-        runtimes.clone(),
-    ));
+    let samples: Samples = Arc::default();
+    let beater =
+        tokio::spawn(heartbeat(client.clone(), registration.clone(), config.heartbeat, Arc::clone(&samples)));
+    let sampler = tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
 
@@ -185,6 +184,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     poller.abort();
     beater.abort();
+    sampler.abort();
     if config.stop_on_exit {
         supervisor.stop_all().await;
     }
@@ -224,26 +224,42 @@ async fn poll_allocations(
     }
 }
 
-/// Tells the leader this node lives, with what its allocations use.
-async fn heartbeat(
-    client: Client,
-    registration: NodeRegistration,
-    every: Duration,
-    handles: Handles,
-    runtimes: HashMap<Driver, Arc<Runtime>>,
-) {
+/// Tells the leader this node lives, with the latest usage samples. It never
+/// waits on sampling (a Docker stats call takes a second), so a slow engine
+/// cannot make a healthy node miss its heartbeats.
+async fn heartbeat(client: Client, registration: NodeRegistration, every: Duration, samples: Samples) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut usage: Vec<AllocationUsage> = Vec::new();
     loop {
         interval.tick().await;
-        let beat = Heartbeat { usage: std::mem::take(&mut usage) };
+        let usage = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let beat = Heartbeat { usage };
         match client.heartbeat(&registration.name, &beat).await {
             Ok(()) => {}
             Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
         }
-        usage = sample_usage(&handles, &runtimes).await;
+    }
+}
+
+/// The latest usage samples, waiting for the next heartbeat.
+type Samples = Arc<std::sync::Mutex<Vec<AllocationUsage>>>;
+
+/// Samples every running allocation's usage, every `every`.
+async fn sample(
+    every: Duration,
+    handles: Handles,
+    runtimes: HashMap<Driver, Arc<Runtime>>,
+    samples: Samples,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let fresh = sample_usage(&handles, &runtimes).await;
+        if !fresh.is_empty() {
+            *samples.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::allocation::{Allocation, AllocationUpdate, Heartbeat, NodeAllocations};
 use crate::model::{
-    AddMemberRequest, ApiErrorBody, DeployResult, Member, ScaleRequest, ServerStatus, Workload,
+    AddMemberRequest, ApiErrorBody, DeployResult, EventPage, Member, ScaleRequest, ServerStatus, Utilisation,
+    Workload,
 };
 use crate::node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 use crate::spec::WorkloadSpec;
@@ -202,6 +203,17 @@ impl Client {
         updates: &[AllocationUpdate],
     ) -> Result<u32, ClientError> {
         self.request(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&updates)).await
+    }
+
+    /// Events after `index`, waiting up to `wait` for one to happen.
+    pub async fn events(&self, index: u64, wait: Duration) -> Result<EventPage, ClientError> {
+        let path = format!("/v1/events?index={index}&wait_ms={}", wait.as_millis());
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// A workload's CPU and memory use against its requests (the leader's samples).
+    pub async fn utilisation(&self, name: &str) -> Result<Utilisation, ClientError> {
+        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}/utilisation"), None).await
     }
 
     /// Tells the leader the node lives; 404 means the servers do not know it (register again).

@@ -114,3 +114,36 @@ pub struct ApiErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<SpecError>,
 }
+
+/// Something the cluster did on its own that a person may want to know:
+/// an autoscaling decision, a node lost, a replica failed or OOM-killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The Raft index of the command that caused it: events are ordered by it.
+    pub index: u64,
+    /// When, by the clock of the server that proposed the command (ms since the epoch).
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub message: String,
+}
+
+/// Events after an index: the answer to `GET /v1/events?index=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub index: u64,
+    pub events: Vec<Event>,
+}
+
+/// A workload's resource use against its request, from the leader's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Utilisation {
+    /// Running replicas with a recent sample.
+    pub sampled: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_percent: Option<f64>,
+}

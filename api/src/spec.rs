@@ -202,10 +202,39 @@ pub struct Autoscale {
     /// Target memory use as a percent of the memory request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Percent>,
+    /// Changes within this percent of the target are ignored.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: u32,
+    /// Seconds a lower recommendation must hold before replicas are removed.
+    #[serde(default = "default_scale_down_window")]
+    pub scale_down_window: u32,
+    /// One scale-up step adds at most the larger of this percent of the
+    /// current replicas...
+    #[serde(default = "default_scale_up_percent")]
+    pub scale_up_percent: u32,
+    /// ...and this many replicas.
+    #[serde(default = "default_scale_up_replicas")]
+    pub scale_up_replicas: u32,
 }
 
 fn default_autoscale_min() -> u32 {
     1
+}
+
+fn default_tolerance() -> u32 {
+    10
+}
+
+fn default_scale_down_window() -> u32 {
+    30
+}
+
+fn default_scale_up_percent() -> u32 {
+    100
+}
+
+fn default_scale_up_replicas() -> u32 {
+    4
 }
 
 fn default_replicas() -> u32 {
@@ -332,6 +361,18 @@ impl WorkloadSpec {
             }
             if auto.cpu.is_none() && auto.memory.is_none() {
                 return Err(field_error("autoscale", "needs a cpu or memory target"));
+            }
+            if auto.tolerance > 100 {
+                return Err(field_error("autoscale.tolerance", "is a percent from 0 to 100"));
+            }
+            if auto.scale_down_window > 3600 {
+                return Err(field_error("autoscale.scale_down_window", "is at most 3600 seconds"));
+            }
+            if auto.scale_up_percent == 0 && auto.scale_up_replicas == 0 {
+                return Err(field_error(
+                    "autoscale.scale_up_replicas",
+                    "scale-up needs a step of at least 1",
+                ));
             }
         }
         Ok(())

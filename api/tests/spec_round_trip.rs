@@ -49,12 +49,18 @@ fn ports() -> impl Strategy<Value = Vec<PortSpec>> {
 }
 
 fn autoscale() -> impl Strategy<Value = Option<Autoscale>> {
-    proptest::option::of((1..10u32, 0..20u32, proptest::option::of(1..=1000u32), 1..=1000u32)).prop_map(|a| {
-        a.map(|(min, extra, cpu, memory)| Autoscale {
+    let bounds = (1..10u32, 0..20u32, proptest::option::of(1..=1000u32), 1..=1000u32);
+    let tuning = (0..=100u32, 0..=3600u32, 0..500u32, 1..10u32);
+    proptest::option::of((bounds, tuning)).prop_map(|a| {
+        a.map(|((min, extra, cpu, memory), (tolerance, window, percent, replicas))| Autoscale {
             min,
             max: min + extra,
             cpu: cpu.map(Percent),
             memory: if cpu.is_none() { Some(Percent(memory)) } else { None },
+            tolerance,
+            scale_down_window: window,
+            scale_up_percent: percent,
+            scale_up_replicas: replicas,
         })
     })
 }

@@ -1,25 +1,37 @@
 //! `flotilla dev`: a one-process cluster for trying flotilla out: one
-//! server on a throwaway data dir, with the given specs deployed into it.
+//! server and one agent on a throwaway data dir, with the given specs
+//! deployed into it. Ctrl-C stops the containers it started and deletes it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_api::Client;
+use flotilla_agent::AgentConfig;
+use flotilla_agent::restart::RestartConfig;
+use flotilla_api::{Client, CpuMillis, MemoryBytes};
 use flotilla_scheduler::ServerConfig;
 use flotilla_scheduler::raft::NodeConfig;
+use tokio::sync::watch;
 
 use crate::server::{init_logging, shutdown_signal};
 use crate::workloads::read_spec;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Spec files to deploy once the server is up.
+    /// Spec files to deploy once the cluster is up.
     specs: Vec<PathBuf>,
     /// host:port for the server (the CLI's default address).
     #[arg(long, default_value = "127.0.0.1:7001")]
     listen: String,
+    /// How long to wait for the replicas to run before saying so, in seconds.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -27,41 +39,91 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let specs = args.specs.iter().map(read_spec).collect::<anyhow::Result<Vec<_>>>()?;
     let data =
         tempfile::Builder::new().prefix("flotilla-dev-").tempdir().context("cannot create a data dir")?;
-    eprintln!("flotilla dev: server on {} with data in {}", args.listen, data.path().display());
-    let config = ServerConfig {
+    eprintln!("flotilla dev: server on {}, data in {}", args.listen, data.path().display());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let server = ServerConfig {
         id: 1,
         listen: args.listen.clone(),
-        data_dir: data.path().to_path_buf(),
+        data_dir: data.path().join("server"),
         peers: [(1, args.listen.clone())].into(),
         join: None,
         node: NodeConfig::new(1),
         health: Default::default(),
         fault_injection: false,
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(flotilla_scheduler::run(config, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut server = tokio::spawn(flotilla_scheduler::run(server, stopped(stop_rx.clone())));
+    let agent = AgentConfig {
+        servers: vec![args.listen.clone()],
+        data_dir: data.path().join("agent"),
+        name: "dev".into(),
+        labels: BTreeMap::new(),
+        cpu: None,
+        memory: None,
+        reserve_cpu: CpuMillis(100),
+        reserve_memory: MemoryBytes(256 << 20),
+        runtimes: None,
+        listen: "127.0.0.1:0".into(),
+        heartbeat: Duration::from_secs(1),
+        sample_every: Duration::from_secs(1),
+        restart: RestartConfig::default(),
+        stop_on_exit: true,
+    };
+    let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));
+
     let client = Client::new([args.listen.clone()]).with_retry_for(Duration::from_secs(10));
     for spec in &specs {
         let result = client.deploy(spec, None).await?;
         eprintln!("workload/{} deployed (version {})", result.workload.spec.name, result.workload.version);
     }
-    for workload in client.list(false).await? {
-        eprintln!(
-            "  {}: {} replicas of {}",
-            workload.spec.name,
-            workload.spec.replicas,
-            workload.spec.image.clone().unwrap_or_else(|| workload.spec.command.join(" "))
-        );
-    }
-    eprintln!("ready; in another shell: flotilla list   (Ctrl-C stops the server and deletes its data)");
+    let watching = show_progress(&client, Duration::from_secs(args.wait));
     tokio::select! {
-        () = shutdown_signal() => {
-            let _ = stop_tx.send(());
-            server.await.context("server task")??;
-        }
-        result = &mut server => result.context("server task")??,
+        () = shutdown_signal() => {}
+        result = &mut server => { result.context("server task")??; return Ok(()) }
+        result = &mut agent => { result.context("agent task")??; return Ok(()) }
+        () = async { watching.await; shutdown_signal().await } => {}
     }
+    eprintln!("stopping: the agent stops its containers, then the server");
+    let _ = stop_tx.send(true);
+    agent.await.context("agent task")??;
+    server.await.context("server task")??;
     Ok(())
+}
+
+/// Prints each workload's replicas as they come up, until all run.
+async fn show_progress(client: &Client, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        let Ok(workloads) = client.list(true).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let line = workloads
+            .iter()
+            .map(|w| {
+                let mut text = format!("{} {}/{} running", w.spec.name, w.status.running, w.spec.replicas);
+                if let Some(reason) = &w.status.unplaced_reason {
+                    text.push_str(&format!(" ({} unplaced: {reason})", w.status.unplaced));
+                }
+                text
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if line != last {
+            eprintln!("  {line}");
+            last = line;
+        }
+        if workloads.iter().all(|w| w.status.running >= w.spec.replicas) {
+            eprintln!(
+                "ready. In another shell: flotilla ps   (Ctrl-C stops everything and deletes the data)"
+            );
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("not every replica runs yet; `flotilla ps` shows why (Ctrl-C stops everything)");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

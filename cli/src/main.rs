@@ -3,6 +3,7 @@
 mod agent;
 mod cluster;
 mod dev;
+mod events;
 mod logs;
 mod nodes;
 mod output;
@@ -35,6 +36,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run the agent that runs a host's allocations.
     Agent(agent::AgentArgs),
+    /// What the cluster did on its own: autoscaling, lost nodes, failures.
+    Events(events::EventsArgs),
     /// Stream an allocation's output.
     Logs(logs::LogsArgs),
     /// Run a scheduler server.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Events(args) => events::events(&client, args).await,
             Command::Logs(args) => logs::logs(&client, args).await,
             Command::Deploy(args) => workloads::deploy(&client, args).await,
             Command::Get(args) => workloads::get(&client, args).await,

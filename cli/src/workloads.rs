@@ -137,6 +137,30 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             if let Some(reason) = &status.unplaced_reason {
                 println!("pending: {} replicas cannot be placed: {reason}", status.unplaced);
             }
+            if let Some(auto) = &workload.spec.autoscale {
+                let use_of =
+                    |p: Option<f64>| p.map_or_else(|| "no samples yet".to_owned(), |p| format!("{p:.0}%"));
+                let now = client.utilisation(&args.name).await.ok();
+                let (cpu, memory) = now.map_or((None, None), |u| (u.cpu_percent, u.memory_percent));
+                print!("autoscale: {}..{} replicas", auto.min, auto.max);
+                if let Some(target) = auto.cpu {
+                    print!("; cpu {} of request (target {}%)", use_of(cpu), target.0);
+                }
+                if let Some(target) = auto.memory {
+                    print!("; memory {} of request (target {}%)", use_of(memory), target.0);
+                }
+                println!();
+            }
+            if let Ok(page) = client.events(0, std::time::Duration::ZERO).await {
+                let mine: Vec<_> =
+                    page.events.iter().filter(|e| e.workload.as_deref() == Some(&args.name)).collect();
+                if !mine.is_empty() {
+                    println!("events:");
+                    for event in mine.iter().rev().take(5).rev() {
+                        println!("  {:>6} ago  {}", crate::nodes::age(event.at_ms), event.message);
+                    }
+                }
+            }
             Ok(())
         }
     }

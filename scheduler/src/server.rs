@@ -114,6 +114,7 @@ pub async fn run(
     tokio::spawn(crate::controllers::run_reconciler(raft.clone(), Default::default()));
     let liveness = Arc::new(Liveness::default());
     tokio::spawn(run_node_health(raft.clone(), Arc::clone(&liveness), config.health.clone()));
+    tokio::spawn(crate::controllers::autoscale::run_autoscaler(raft.clone(), Arc::clone(&liveness)));
     let app = router(AppState {
         liveness,
         http: reqwest::Client::new(),

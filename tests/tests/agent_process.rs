@@ -10,8 +10,9 @@ use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, wait_until};
 
 fn pid_of(cluster: &TestCluster, allocation: &Allocation) -> u32 {
     let agent = cluster.agents.iter().find(|a| a.name == allocation.node).expect("agent");
-    let record = std::fs::read_to_string(agent.data_dir.join("process").join(format!("{}.pid", allocation.id)))
-        .expect("the runtime records the pid");
+    let record =
+        std::fs::read_to_string(agent.data_dir.join("process").join(format!("{}.pid", allocation.id)))
+            .expect("the runtime records the pid");
     record.split_whitespace().next().and_then(|p| p.parse().ok()).expect("a pid")
 }
 
@@ -52,7 +53,8 @@ async fn the_process_runtime_runs_restarts_logs_and_stops_processes() {
     assert_ne!(new_pid, pid);
 
     // Its child (the sleep) is in its process group and dies with it.
-    let children = std::fs::read_to_string(format!("/proc/{new_pid}/task/{new_pid}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{new_pid}/task/{new_pid}/children")).unwrap_or_default();
     let child: Option<u32> = children.split_whitespace().next().and_then(|c| c.parse().ok());
     client.delete("proc").await.expect("delete");
     wait_until(Duration::from_secs(20), "the processes to be stopped", || async {

@@ -2,6 +2,7 @@
 //! change it only by proposing commands, so a new leader simply picks up
 //! where the old one stopped.
 
+pub mod autoscale;
 pub mod node_health;
 pub mod reconcile;
 
@@ -15,7 +16,8 @@ use reconcile::{ReconcileConfig, reconcile};
 /// up what a state change alone does not announce.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
-fn now_ms() -> u64 {
+/// The wall clock in ms since the epoch, as commands carry it.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -112,7 +112,9 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
         };
         for name in down {
             tracing::warn!(node = %name, "node missed its heartbeats; marking it down");
-            if let Err(error) = raft.propose(Command::SetNodeStatus { name, status: NodeStatus::Down }).await
+            if let Err(error) = raft
+                .propose(Command::SetNodeStatus { name, status: NodeStatus::Down, now_ms: super::now_ms() })
+                .await
             {
                 tracing::warn!(%error, "cannot mark the node down yet");
             }

@@ -326,7 +326,7 @@ mod tests {
         converge(&mut state, 1);
         mark_running(&mut state);
         state
-            .apply(2, Command::SetNodeStatus { name: "a".into(), status: NodeStatus::Draining })
+            .apply(2, Command::SetNodeStatus { name: "a".into(), status: NodeStatus::Draining, now_ms: 0 })
             .expect("drain");
         for round in 0..5 {
             converge(&mut state, round);
@@ -410,7 +410,7 @@ mod tests {
             let name = format!("node-{i}");
             register(&mut state, &name, n.cpu, n.memory_mi, n.zone, drivers);
             if n.status != NodeStatus::Ready {
-                state.apply(1, Command::SetNodeStatus { name, status: n.status }).expect("status");
+                state.apply(1, Command::SetNodeStatus { name, status: n.status, now_ms: 0 }).expect("status");
             }
         }
         for (i, w) in workloads.iter().enumerate() {

@@ -4,6 +4,8 @@
 mod body;
 mod cluster;
 mod error;
+mod events;
+mod leader;
 mod nodes;
 mod peer;
 mod workloads;
@@ -37,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
         .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
         .route("/v1/workloads/{name}/scale", post(workloads::scale))
+        .route("/v1/workloads/{name}/utilisation", get(workloads::utilisation))
+        .route("/v1/events", get(events::events))
         .route("/v1/nodes", get(nodes::list).post(nodes::register))
         .route("/v1/nodes/{name}/status", put(nodes::set_status))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))

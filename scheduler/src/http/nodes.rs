@@ -71,7 +71,14 @@ pub async fn set_status(
             "field `status`: a node is marked down by missed heartbeats, not by request; use draining".into(),
         ));
     }
-    let output = app.raft.propose(Command::SetNodeStatus { name, status: request.status }).await?;
+    let output = app
+        .raft
+        .propose(Command::SetNodeStatus {
+            name,
+            status: request.status,
+            now_ms: crate::controllers::now_ms(),
+        })
+        .await?;
     Ok(Json(expect_node(output)?))
 }
 
@@ -107,30 +114,7 @@ pub async fn heartbeat(
         app.liveness.beat(&name, &heartbeat.usage);
         return Ok(Json(()));
     }
-    let leader = app.raft.leader().and_then(|id| app.raft.state().member(id).map(|m| m.address.clone()));
-    let Some(leader) = leader else {
-        return Err(ApiError::Unavailable {
-            code: "no_leader",
-            message: "no leader is elected right now".into(),
-        });
-    };
-    let forwarded = app
-        .http
-        .post(format!("http://{leader}/v1/nodes/{name}/heartbeat"))
-        .json(&heartbeat)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await;
-    match forwarded {
-        Ok(response) if response.status().is_success() => Ok(Json(())),
-        Ok(response) if response.status() == axum::http::StatusCode::NOT_FOUND => {
-            Err(ApiError::NotFound(format!("node `{name}` is not registered")))
-        }
-        _ => Err(ApiError::Unavailable {
-            code: "leader_unreachable",
-            message: format!("cannot reach the leader at {leader}"),
-        }),
-    }
+    super::leader::forward(&app, &format!("/v1/nodes/{name}/heartbeat"), Some(&heartbeat)).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]

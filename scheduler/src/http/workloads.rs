@@ -4,7 +4,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use flotilla_api::{DeployResult, ScaleRequest, Workload, WorkloadName};
+use flotilla_api::{DeployResult, ScaleRequest, Utilisation, Workload, WorkloadName};
 use serde::Deserialize;
 
 use super::AppState;
@@ -104,4 +104,25 @@ pub async fn delete(
     let name = workload_name(&name)?;
     let output = app.raft.propose(Command::DeleteWorkload { name }).await?;
     Ok(Json(expect_workload(output)?))
+}
+
+/// CPU and memory use of a workload's running replicas against their
+/// requests, from the leader's samples.
+pub async fn utilisation(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Utilisation>, ApiError> {
+    let name = workload_name(&name)?;
+    if !app.raft.is_leader() {
+        let path = format!("/v1/workloads/{name}/utilisation");
+        return super::leader::forward::<(), Utilisation>(&app, &path, None).await.map(Json);
+    }
+    let usage = app.liveness.usage(std::time::Duration::from_secs(3));
+    let state = app.raft.state();
+    let workload = state
+        .workload(name.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))?;
+    let samples = crate::controllers::autoscale::workload_samples(&state, &name, &usage);
+    let (cpu_percent, memory_percent) = crate::controllers::autoscale::utilisations(&workload.spec, &samples);
+    Ok(Json(Utilisation { sampled: samples.len() as u32, cpu_percent, memory_percent }))
 }

@@ -1,11 +1,11 @@
 //! The cluster's desired and observed state, and the deterministic `apply`
 //! that changes it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_api::spec::Protocol;
 use flotilla_api::{
-    Allocation, AllocationState, AllocationUpdate, DeployChange, DeployResult, Member, Node,
+    Allocation, AllocationState, AllocationUpdate, DeployChange, DeployResult, Event, Member, Node,
     NodeRegistration, NodeStatus, Workload, WorkloadName, WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,12 @@ pub struct ClusterState {
     next_allocation_id: u64,
     /// Replicas the last plan could not place, and why.
     unplaced: BTreeMap<WorkloadName, Unplaced>,
+    /// The latest events, oldest first, at most `MAX_EVENTS`.
+    events: VecDeque<Event>,
 }
+
+/// Events kept in the state; older ones are dropped.
+const MAX_EVENTS: usize = 1000;
 
 /// What one replica of a workload asks of a node, from its spec.
 pub fn request_of(workload: &Workload) -> Request {
@@ -135,7 +140,33 @@ impl ClusterState {
             Command::RegisterNode { registration } => {
                 Ok(CommandOutput::Node(self.register_node(registration)))
             }
-            Command::SetNodeStatus { name, status } => self.set_node_status(index, &name, status),
+            Command::SetNodeStatus { name, status, now_ms } => {
+                let output = self.set_node_status(index, &name, status)?;
+                self.record(Event {
+                    index,
+                    at_ms: now_ms,
+                    workload: None,
+                    node: Some(name),
+                    message: format!("node is {status}"),
+                });
+                Ok(output)
+            }
+            Command::AutoscaleWorkload { name, replicas, reason, now_ms } => {
+                let workload =
+                    self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
+                workload.spec.replicas = replicas;
+                workload.modified_index = index;
+                let workload = workload.clone();
+                let message = format!("autoscaled: {reason}");
+                self.record(Event {
+                    index,
+                    at_ms: now_ms,
+                    workload: Some(name.to_string()),
+                    node: None,
+                    message,
+                });
+                Ok(CommandOutput::Workload(self.with_status(workload)))
+            }
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::UpdateAllocations { node, updates, now_ms } => {
                 self.update_allocations(index, &node, updates, now_ms)
@@ -332,6 +363,7 @@ impl ClusterState {
             if allocation.node != node || !allocation.state.is_live() {
                 continue;
             }
+            let before = (allocation.state, allocation.restarts, allocation.oom_killed);
             self.set_allocation_state(index, update.id, update.state);
             if let Some(allocation) = self.allocations.get_mut(&update.id) {
                 if !update.state.is_live() {
@@ -352,6 +384,16 @@ impl ClusterState {
                 }
             }
             changed += 1;
+            if let Some(after) = self.allocations.get(&update.id) {
+                let failed = after.state == AllocationState::Failed && before.0 != AllocationState::Failed;
+                let oom = after.oom_killed && (!before.2 || after.restarts != before.1);
+                if failed || oom {
+                    let what = if failed { "failed" } else { "was OOM-killed" };
+                    let message = format!("allocation {} {what}: {}", after.id, after.message);
+                    let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
+                    self.record(Event { index, at_ms: now_ms, workload, node, message });
+                }
+            }
         }
         Ok(CommandOutput::AllocationsUpdated(changed))
     }
@@ -428,6 +470,18 @@ impl ClusterState {
 
     pub fn workload_allocations(&self, workload: &WorkloadName) -> impl Iterator<Item = &Allocation> {
         self.by_workload.get(workload).into_iter().flatten().filter_map(|id| self.allocations.get(id))
+    }
+
+    fn record(&mut self, event: Event) {
+        self.events.push_back(event);
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// Events recorded after log index `index`.
+    pub fn events_after(&self, index: u64) -> impl Iterator<Item = &Event> {
+        self.events.iter().filter(move |e| e.index > index)
     }
 
     pub fn unplaced(&self) -> &BTreeMap<WorkloadName, Unplaced> {

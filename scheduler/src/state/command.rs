@@ -26,9 +26,18 @@ pub enum Command {
     RegisterNode {
         registration: NodeRegistration,
     },
+    /// `now_ms`: the proposing server's clock, for the event it records.
     SetNodeStatus {
         name: String,
         status: NodeStatus,
+        now_ms: u64,
+    },
+    /// The autoscaler's decision, with its reason recorded as an event.
+    AutoscaleWorkload {
+        name: WorkloadName,
+        replicas: u32,
+        reason: String,
+        now_ms: u64,
     },
     ApplyPlan {
         plan: Plan,

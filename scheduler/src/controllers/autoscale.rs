@@ -1,0 +1,293 @@
+//! Autoscaling on CPU and memory, after Kubernetes' HorizontalPodAutoscaler:
+//! `desired = ceil(current × utilisation / target)`, ignored within a
+//! tolerance, the larger of the CPU and memory recommendations winning,
+//! clamped to `min`/`max`, scale-up limited per step, and scale-down only
+//! once the lower recommendation has held for a stabilisation window.
+//!
+//! The decision is a pure function of the spec, the samples and the history
+//! of recommendations; the loop that feeds it lives on the leader, whose
+//! memory holds the samples (they never enter the Raft log).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::spec::Autoscale;
+use flotilla_api::{AllocationState, AllocationUsage, WorkloadName, WorkloadSpec};
+
+use super::node_health::Liveness;
+use crate::raft::RaftHandle;
+use crate::state::Command;
+
+/// What the decision concluded, and why, in words for `flotilla events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub replicas: u32,
+    pub reason: String,
+}
+
+/// Recent recommendations of one workload, for the scale-down window.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    recommendations: VecDeque<(u64, u32)>,
+}
+
+/// Utilisation of one metric: the mean use of the replicas that have
+/// samples, as a percent of the request.
+fn utilisation(samples: &[AllocationUsage], request: f64, value: impl Fn(&AllocationUsage) -> f64) -> f64 {
+    let mean = samples.iter().map(value).sum::<f64>() / samples.len() as f64;
+    mean / request * 100.0
+}
+
+/// The replicas one metric asks for, and how far it is from its target.
+fn recommend(current: u32, utilisation: f64, target: u32, tolerance: u32) -> u32 {
+    let ratio = utilisation / f64::from(target);
+    if (ratio - 1.0).abs() <= f64::from(tolerance) / 100.0 {
+        current
+    } else {
+        (f64::from(current) * ratio).ceil().max(0.0) as u32
+    }
+}
+
+/// Current utilisation per metric, as `flotilla get` shows it.
+pub fn utilisations(spec: &WorkloadSpec, samples: &[AllocationUsage]) -> (Option<f64>, Option<f64>) {
+    if samples.is_empty() {
+        return (None, None);
+    }
+    let cpu = utilisation(samples, spec.resources.cpu.0 as f64, |s| s.cpu_millis);
+    let memory = utilisation(samples, spec.resources.memory.0 as f64, |s| s.memory_bytes as f64);
+    (Some(cpu), Some(memory))
+}
+
+/// Decides a workload's replicas from its running replicas' samples.
+/// Returns `None` when the replicas should stay as they are.
+pub fn decide(
+    spec: &WorkloadSpec,
+    samples: &[AllocationUsage],
+    history: &mut History,
+    now_ms: u64,
+) -> Option<Decision> {
+    let auto: &Autoscale = spec.autoscale.as_ref()?;
+    let current = spec.replicas;
+    let clamp = |n: u32| n.clamp(auto.min, auto.max);
+    if samples.is_empty() {
+        // No data: only bring the replicas back inside the bounds.
+        let within = clamp(current);
+        return (within != current).then(|| Decision {
+            replicas: within,
+            reason: format!("outside {}..{}: {current} → {within}", auto.min, auto.max),
+        });
+    }
+    let (cpu, memory) = utilisations(spec, samples);
+    let mut wanted: Vec<(u32, String, f64, u32)> = Vec::new();
+    if let (Some(target), Some(used)) = (auto.cpu, cpu) {
+        wanted.push((recommend(current, used, target.0, auto.tolerance), "cpu".into(), used, target.0));
+    }
+    if let (Some(target), Some(used)) = (auto.memory, memory) {
+        wanted.push((recommend(current, used, target.0, auto.tolerance), "memory".into(), used, target.0));
+    }
+    let (raw, metric, used, target) = wanted.into_iter().max_by_key(|w| w.0)?;
+    let recommendation = clamp(raw);
+
+    let window = u64::from(auto.scale_down_window) * 1000;
+    history.recommendations.push_back((now_ms, recommendation));
+    while history.recommendations.front().is_some_and(|(at, _)| now_ms.saturating_sub(*at) > window) {
+        history.recommendations.pop_front();
+    }
+
+    let desired = if recommendation > current {
+        let by_percent = current + current * auto.scale_up_percent / 100;
+        let by_replicas = current + auto.scale_up_replicas;
+        recommendation.min(by_percent.max(by_replicas))
+    } else {
+        // The highest recommendation of the window: a dip shorter than the
+        // window never scales down.
+        let highest = history.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(current);
+        highest.min(current).max(recommendation)
+    };
+    let desired = clamp(desired);
+    if desired == current {
+        return None;
+    }
+    let comparison = if used > f64::from(target) { ">" } else { "<" };
+    let held = if desired < current { format!(" for {}s", auto.scale_down_window) } else { String::new() };
+    Some(Decision {
+        replicas: desired,
+        reason: format!(
+            "{metric} {used:.0}% of request {comparison} target {target}%{held}: {current} → {desired}"
+        ),
+    })
+}
+
+/// How old a sample may be and still count.
+const SAMPLE_MAX_AGE: Duration = Duration::from_secs(3);
+
+/// Samples of a workload's running allocations, from the leader's memory.
+pub fn workload_samples(
+    state: &crate::state::ClusterState,
+    name: &WorkloadName,
+    usage: &HashMap<u64, AllocationUsage>,
+) -> Vec<AllocationUsage> {
+    state
+        .workload_allocations(name)
+        .filter(|a| a.state == AllocationState::Running)
+        .filter_map(|a| usage.get(&a.id).copied())
+        .collect()
+}
+
+/// Runs the autoscaler every second while this server leads.
+pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
+    let mut histories: HashMap<WorkloadName, History> = HashMap::new();
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if raft.is_stopped() {
+            return;
+        }
+        if !raft.is_leader() {
+            histories.clear();
+            continue;
+        }
+        let now_ms = super::now_ms();
+        let usage = liveness.usage(SAMPLE_MAX_AGE);
+        let decisions: Vec<(WorkloadName, Decision)> = {
+            let state = raft.state();
+            state
+                .workloads()
+                .filter(|w| w.spec.autoscale.is_some())
+                .filter_map(|w| {
+                    let samples = workload_samples(&state, &w.spec.name, &usage);
+                    let history = histories.entry(w.spec.name.clone()).or_default();
+                    decide(&w.spec, &samples, history, now_ms).map(|d| (w.spec.name.clone(), d))
+                })
+                .collect()
+        };
+        for (name, decision) in decisions {
+            tracing::info!(workload = %name, replicas = decision.replicas, reason = %decision.reason, "autoscaling");
+            let command = Command::AutoscaleWorkload {
+                name: name.clone(),
+                replicas: decision.replicas,
+                reason: decision.reason,
+                now_ms,
+            };
+            if let Err(error) = raft.propose(command).await {
+                tracing::warn!(workload = %name, %error, "autoscale decision not applied");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::parse_yaml;
+
+    fn spec(replicas: u32, autoscale: &str) -> WorkloadSpec {
+        parse_yaml(&format!(
+            "name: w\nimage: x\nreplicas: {replicas}\nresources: {{cpu: 100m, memory: 100Mi}}\nautoscale: {autoscale}\n"
+        ))
+        .expect("valid spec")
+    }
+
+    /// `n` samples at this CPU (millicores) and memory (MiB).
+    fn samples(n: usize, cpu: f64, memory_mi: u64) -> Vec<AllocationUsage> {
+        (0..n)
+            .map(|i| AllocationUsage { id: i as u64, cpu_millis: cpu, memory_bytes: memory_mi << 20 })
+            .collect()
+    }
+
+    #[test]
+    fn decisions() {
+        let cpu50 = "{min: 1, max: 10, cpu: 50}";
+        // (what, replicas, autoscale, samples, expected replicas)
+        type Case = (&'static str, u32, &'static str, Vec<AllocationUsage>, Option<u32>);
+        let table: Vec<Case> = vec![
+            ("on target", 2, cpu50, samples(2, 50.0, 10), None),
+            ("within the 10% tolerance", 2, cpu50, samples(2, 54.0, 10), None),
+            ("just past the tolerance", 2, cpu50, samples(2, 56.0, 10), Some(3)),
+            ("double the target doubles", 2, cpu50, samples(2, 100.0, 10), Some(4)),
+            ("clamped to max", 2, "{min: 1, max: 3, cpu: 50}", samples(2, 100.0, 10), Some(3)),
+            (
+                "step limit: +100% or +4, the larger",
+                1,
+                "{min: 1, max: 50, cpu: 10}",
+                samples(1, 100.0, 10),
+                Some(5),
+            ),
+            ("step limit at 10 replicas", 10, "{min: 1, max: 50, cpu: 10}", samples(10, 100.0, 10), Some(20)),
+            ("memory alone", 2, "{min: 1, max: 10, memory: 50}", samples(2, 0.0, 100), Some(4)),
+            (
+                "the larger of cpu and memory wins",
+                2,
+                "{min: 1, max: 10, cpu: 50, memory: 50}",
+                samples(2, 75.0, 100),
+                Some(4),
+            ),
+            ("no samples: no change", 3, cpu50, vec![], None),
+            ("no samples, outside bounds: clamped", 12, cpu50, vec![], Some(10)),
+            ("missing samples do not drag the average down", 4, cpu50, samples(1, 100.0, 10), Some(8)),
+            ("custom tolerance", 2, "{min: 1, max: 10, cpu: 50, tolerance: 30}", samples(2, 60.0, 10), None),
+        ];
+        for (what, replicas, autoscale, samples, want) in table {
+            let got =
+                decide(&spec(replicas, autoscale), &samples, &mut History::default(), 0).map(|d| d.replicas);
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_reason_says_what_and_why() {
+        let decision =
+            decide(&spec(2, "{min: 1, max: 4, cpu: 50}"), &samples(2, 92.0, 10), &mut History::default(), 0);
+        assert_eq!(decision.map(|d| d.reason).as_deref(), Some("cpu 92% of request > target 50%: 2 → 4"));
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_stabilisation_window() {
+        let spec = spec(4, "{min: 1, max: 4, cpu: 50, scale_down_window: 30}");
+        let mut history = History::default();
+        let idle = samples(4, 5.0, 10);
+        for second in 0..30 {
+            assert_eq!(
+                decide(&spec, &samples(4, 50.0, 10), &mut history, second * 1000).map(|d| d.replicas),
+                None
+            );
+        }
+        // Idle from 30 s on: still no scale-down until the busy readings leave the window.
+        for second in 30..60 {
+            assert_eq!(decide(&spec, &idle, &mut history, second * 1000), None, "at {second}s");
+        }
+        let decision = decide(&spec, &idle, &mut history, 61_000).expect("scales down after the window");
+        assert_eq!(decision.replicas, 1);
+        assert!(decision.reason.contains("< target 50% for 30s: 4 → 1"), "{}", decision.reason);
+    }
+
+    #[test]
+    fn scale_up_is_immediate() {
+        let spec = spec(1, "{min: 1, max: 4, cpu: 50}");
+        let mut history = History::default();
+        decide(&spec, &samples(1, 0.0, 10), &mut history, 0);
+        assert_eq!(decide(&spec, &samples(1, 100.0, 10), &mut history, 1000).map(|d| d.replicas), Some(2));
+    }
+
+    #[test]
+    fn an_oscillating_load_does_not_flap() {
+        let mut spec = spec(2, "{min: 1, max: 10, cpu: 50}");
+        let mut history = History::default();
+        let mut changes = Vec::new();
+        // Load alternates between 80% and 20% of the request every 5 s, for 5 minutes.
+        for second in 0..300u64 {
+            let cpu = if (second / 5) % 2 == 0 { 80.0 } else { 20.0 };
+            let running = spec.replicas as usize;
+            if let Some(d) =
+                decide(&spec, &samples(running, cpu * 2.0 / running as f64, 10), &mut history, second * 1000)
+            {
+                changes.push((second, spec.replicas, d.replicas));
+                spec.replicas = d.replicas;
+            }
+        }
+        let downs = changes.iter().filter(|(_, from, to)| to < from).count();
+        assert_eq!(downs, 0, "never scales down while the peaks keep coming: {changes:?}");
+        assert!(changes.len() <= 2, "settles instead of flapping: {changes:?}");
+    }
+}

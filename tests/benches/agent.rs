@@ -1,0 +1,252 @@
+//! Agent benchmark on the real Docker engine, side by side in one run with
+//! the engine's own create+start and with Docker Swarm on the same engine:
+//! deploying 50 replicas, replacing a killed container, re-placing the
+//! replicas of a killed agent, and the agent's memory.
+//! Run with `cargo bench -p flotilla-tests --bench agent`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use flotilla_api::{AllocationState, Client, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster, docker_available};
+
+const REPLICAS: usize = 50;
+/// Replicas on the agent that is killed.
+const MOVING: usize = 10;
+const IMAGE: &str = "flotilla/busybox:latest";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn docker_cli(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+async fn running_count(client: &Client, workload: &str) -> usize {
+    client
+        .allocations(Some(workload), None)
+        .await
+        .map(|all| all.iter().filter(|a| a.state == AllocationState::Running).count())
+        .unwrap_or(0)
+}
+
+/// The engine alone: create+start 50 containers, four at a time.
+async fn engine_create_start(docker: &Docker) -> Duration {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let docker = docker.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..REPLICAS).step_by(4) {
+                let name = format!("engine-bench-{i}");
+                let options = CreateContainerOptionsBuilder::default().name(&name).build();
+                let body = ContainerCreateBody {
+                    image: Some(IMAGE.to_owned()),
+                    cmd: Some(vec!["sleep".into(), "100000".into()]),
+                    ..ContainerCreateBody::default()
+                };
+                let created = docker.create_container(Some(options), body).await.expect("create");
+                docker.start_container(&created.id, None).await.expect("start");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker");
+    }
+    let elapsed = start.elapsed();
+    for i in 0..REPLICAS {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(&format!("engine-bench-{i}"), Some(options)).await;
+    }
+    elapsed
+}
+
+struct SwarmFigures {
+    deploy: Duration,
+    replace: Vec<Duration>,
+}
+
+/// Docker Swarm on the same engine: a service of 50 replicas, then killed tasks.
+async fn swarm(trials: usize) -> Option<SwarmFigures> {
+    let init =
+        Command::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).output().ok()?;
+    if !init.status.success() {
+        eprintln!("swarm init failed: {}", String::from_utf8_lossy(&init.stderr));
+        return None;
+    }
+    let start = Instant::now();
+    let created = Command::new("docker")
+        .args(["service", "create", "--quiet", "--name", "swarm-bench", "--replicas", &REPLICAS.to_string()])
+        .args(["--no-resolve-image", IMAGE, "sleep", "100000"])
+        .output()
+        .ok()?;
+    let deploy = start.elapsed();
+    let mut replace = Vec::new();
+    if created.status.success() {
+        for _ in 0..trials {
+            let running =
+                docker_cli(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=swarm-bench"]);
+            let victim = running.lines().next().unwrap_or_default().to_owned();
+            let before = running.lines().count();
+            let killed_at = Instant::now();
+            docker_cli(&["kill", &victim]);
+            loop {
+                let now =
+                    docker_cli(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=swarm-bench"]);
+                if now.lines().count() >= before && !now.contains(&victim) {
+                    break;
+                }
+                if killed_at.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            replace.push(killed_at.elapsed());
+        }
+    }
+    docker_cli(&["service", "rm", "swarm-bench"]);
+    docker_cli(&["swarm", "leave", "--force"]);
+    replace.sort();
+    Some(SwarmFigures { deploy, replace })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if !docker_available("agent benchmark") {
+        return;
+    }
+    let docker =
+        Docker::connect_with_local_defaults().expect("docker").negotiate_version().await.expect("version");
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.add_agent("a", &["--cpu", "64", "--memory", "64Gi"]);
+    let client = cluster.client();
+    while client.nodes(false).await.map(|n| n.len()).unwrap_or(0) < 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(cluster.agent("a").pid().expect("agent pid"));
+
+    // Warm the engine and the image cache.
+    engine_create_start(&docker).await;
+    let engine = engine_create_start(&docker).await;
+
+    let spec = parse_yaml(&format!(
+        "name: bench\nimage: {IMAGE}\ncommand: [sleep, \"100000\"]\nreplicas: {REPLICAS}\nresources: {{cpu: 100m, memory: 32Mi}}\n"
+    ))
+    .expect("spec");
+    let start = Instant::now();
+    client.deploy(&spec, None).await.expect("deploy");
+    while running_count(&client, "bench").await < REPLICAS {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flotilla_deploy = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy_rss = rss_kib(cluster.agent("a").pid().expect("agent pid"));
+
+    // A killed container until it runs again.
+    let mut replace = Vec::new();
+    let containers = cluster.agent("a").containers();
+    for victim in containers.iter().take(20) {
+        let killed_at = Instant::now();
+        docker_cli(&["kill", victim]);
+        loop {
+            let state = docker.inspect_container(victim, None).await.ok().and_then(|c| c.state);
+            let restarted = state.as_ref().is_some_and(|s| s.running == Some(true));
+            if restarted && killed_at.elapsed() > Duration::from_millis(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        replace.push(killed_at.elapsed());
+    }
+    replace.sort();
+
+    // An agent killed until its replicas run on another agent (default
+    // settings: 1 s heartbeats, 3 s TTL, 0.5 s grace), with 10 replicas.
+    client.delete("bench").await.expect("delete");
+    let moving = parse_yaml(&format!(
+        "name: moving\nimage: {IMAGE}\ncommand: [sleep, \"100000\"]\nreplicas: {MOVING}\nresources: {{cpu: 100m, memory: 32Mi}}\n"
+    ))
+    .expect("spec");
+    client.deploy(&moving, None).await.expect("deploy");
+    while running_count(&client, "moving").await < MOVING {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.add_agent("b", &["--cpu", "64", "--memory", "64Gi"]);
+    while client.nodes(false).await.map(|n| n.len()).unwrap_or(0) < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a_name = cluster.agent("a").name.clone();
+    let killed_at = Instant::now();
+    cluster.agent("a").kill();
+    loop {
+        let all = client.allocations(Some("moving"), None).await.unwrap_or_default();
+        let moved = all.iter().filter(|a| a.state == AllocationState::Running && a.node != a_name).count();
+        if moved == MOVING {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let agent_loss = killed_at.elapsed();
+    cluster.agent("a").remove_containers();
+    client.delete("moving").await.expect("delete");
+    drop(cluster);
+
+    let swarm = swarm(20).await;
+
+    println!("flotilla agent on the Docker engine ({REPLICAS} replicas of busybox sleep)");
+    println!("{:<56} {:>12} {:>12} {:>12}", "metric", "flotilla", "engine", "swarm");
+    let swarm_deploy = swarm.as_ref().map_or("-".into(), |s| format!("{:.0}", ms(s.deploy)));
+    println!(
+        "{:<56} {:>12.0} {:>12.0} {:>12}",
+        "deploy 50 replicas until all run (ms)",
+        ms(flotilla_deploy),
+        ms(engine),
+        swarm_deploy
+    );
+    println!("{:<56} {:>12.2}", "  flotilla / engine", flotilla_deploy.as_secs_f64() / engine.as_secs_f64());
+    let swarm_p = |p| {
+        swarm
+            .as_ref()
+            .filter(|s| !s.replace.is_empty())
+            .map_or("-".into(), |s| format!("{:.0}", ms(percentile(&s.replace, p))))
+    };
+    println!(
+        "{:<56} {:>12.0} {:>12} {:>12}",
+        "killed container until it runs again, p50 (ms)",
+        ms(percentile(&replace, 0.5)),
+        "-",
+        swarm_p(0.5)
+    );
+    println!(
+        "{:<56} {:>12.0} {:>12} {:>12}",
+        "killed container until it runs again, p99 (ms)",
+        ms(percentile(&replace, 0.99)),
+        "-",
+        swarm_p(0.99)
+    );
+    println!(
+        "{:<56} {:>12.0}",
+        format!("agent killed -9 until its {MOVING} replicas run elsewhere (ms)"),
+        ms(agent_loss)
+    );
+    println!("{:<56} {:>12.1}", "agent RSS idle (MiB)", idle_rss as f64 / 1024.0);
+    println!("{:<56} {:>12.1}", "agent RSS with 50 allocations (MiB)", busy_rss as f64 / 1024.0);
+}
