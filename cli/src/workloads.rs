@@ -109,8 +109,8 @@ fn workload_row(w: &Workload) -> Vec<String> {
     ]
 }
 
-const WORKLOAD_HEADER: [&str; 7] =
-    ["NAME", "DRIVER", "IMAGE/COMMAND", "REPLICAS", "CPU", "MEMORY", "VERSION"];
+const WORKLOAD_HEADER: [&str; 8] =
+    ["NAME", "DRIVER", "IMAGE/COMMAND", "RUNNING", "UNPLACED", "CPU", "MEMORY", "VERSION"];
 
 pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let workload = if args.stale {
