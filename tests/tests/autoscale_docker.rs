@@ -52,7 +52,10 @@ async fn a_cpu_burning_workload_scales_up_to_max_and_back_down_after_the_window(
 
     // The load stops: every replica's flag file goes.
     for container in cluster.agents[0].containers() {
-        Command::new("docker").args(["exec", &container, "rm", "-f", "/tmp/busy"]).output().expect("docker exec");
+        Command::new("docker")
+            .args(["exec", &container, "rm", "-f", "/tmp/busy"])
+            .output()
+            .expect("docker exec");
     }
     wait_until(Duration::from_secs(60), "scale-down to 1 after the window", || async {
         let workload = client.get("burner").await.ok()?;
@@ -60,7 +63,11 @@ async fn a_cpu_burning_workload_scales_up_to_max_and_back_down_after_the_window(
     })
     .await;
     let events = client.events(0, Duration::ZERO).await.expect("events");
-    assert!(events.events.iter().any(|e| e.message.contains("< target 50% for 10s: 4 → 1")), "{:?}", events.events);
+    assert!(
+        events.events.iter().any(|e| e.message.contains("< target 50% for 10s: 4 → 1")),
+        "{:?}",
+        events.events
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,7 +88,11 @@ async fn a_workload_over_its_memory_target_scales_up_on_memory() {
     })
     .await;
     let events = client.events(0, Duration::ZERO).await.expect("events");
-    assert!(events.events.iter().any(|e| e.message.starts_with("autoscaled: memory ")), "{:?}", events.events);
+    assert!(
+        events.events.iter().any(|e| e.message.starts_with("autoscaled: memory ")),
+        "{:?}",
+        events.events
+    );
     let utilisation = client.utilisation("hoarder").await.expect("utilisation");
     assert!(utilisation.memory_percent.is_some_and(|m| m > 15.0), "{utilisation:?}");
 }
