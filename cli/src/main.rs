@@ -3,7 +3,9 @@
 mod agent;
 mod cluster;
 mod dev;
+mod docker_cluster;
 mod events;
+mod local_cluster;
 mod logs;
 mod nodes;
 mod output;
@@ -59,6 +61,8 @@ enum Command {
     /// Drain or undrain a node.
     #[command(subcommand)]
     Node(nodes::NodeCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Inspect and change the server cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -89,6 +93,11 @@ fn main() -> ExitCode {
             Command::Ps(args) => nodes::ps(&client, args).await,
             Command::Nodes(args) => nodes::nodes(&client, args).await,
             Command::Node(command) => nodes::node(&client, command).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Cluster(command) => cluster::run(&client, command).await,
         }
     });

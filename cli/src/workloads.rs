@@ -16,6 +16,13 @@ pub struct DeployArgs {
     /// Only deploy if the stored workload is at this version (0: must be new).
     #[arg(long)]
     version: Option<u64>,
+    /// Wait, showing progress, until every replica of the new version runs;
+    /// exit non-zero if the rollout fails or times out.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }
@@ -92,7 +99,83 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
     if args.output == Format::Json {
         print_json(&results)?;
     }
+    if args.wait {
+        let names: Vec<String> = results.iter().map(|r| r.workload.spec.name.to_string()).collect();
+        wait_for_rollout(client, &names, std::time::Duration::from_secs(args.timeout)).await?;
+    }
     Ok(())
+}
+
+/// Shows replicas running/pending until every workload has all its replicas
+/// of its current version running; fails on failed replicas or timeout.
+async fn wait_for_rollout(
+    client: &Client,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let terminal = std::io::stderr().is_terminal();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let mut lines = Vec::new();
+        let mut settled = true;
+        for name in names {
+            let workload = client.get(name).await?;
+            let allocations = client.allocations(Some(name), None).await?;
+            let failed = allocations
+                .iter()
+                .filter(|a| a.version == workload.version && a.state == flotilla_api::AllocationState::Failed)
+                .count();
+            let s = &workload.status;
+            let pending = s.placed.saturating_sub(s.running);
+            let mut line = format!(
+                "{name}: {}/{} running, {pending} pending, {} unplaced, {} outdated",
+                s.running, workload.spec.replicas, s.unplaced, s.outdated
+            );
+            if let Some(reason) = &s.unplaced_reason {
+                line.push_str(&format!(" ({reason})"));
+            }
+            if failed > 0 {
+                eprintln!("{line}");
+                let message = allocations
+                    .iter()
+                    .find(|a| a.state == flotilla_api::AllocationState::Failed)
+                    .map(|a| a.message.clone())
+                    .unwrap_or_default();
+                bail!("rollout of {name} failed: {failed} replicas failed ({message})");
+            }
+            settled &= s.running == workload.spec.replicas
+                && s.outdated == 0
+                && s.unplaced == 0
+                && s.placed == workload.spec.replicas;
+            lines.push(line);
+        }
+        let text = lines.join("; ");
+        if text != last {
+            if terminal {
+                eprint!("\r\x1b[2K{text}");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{text}");
+            }
+            last = text;
+        }
+        if settled {
+            if terminal {
+                eprintln!();
+            }
+            eprintln!("rollout complete");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if terminal {
+                eprintln!();
+            }
+            bail!("the rollout did not settle within {}s: {last}", timeout.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 fn workload_row(w: &Workload) -> Vec<String> {

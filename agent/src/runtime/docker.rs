@@ -69,6 +69,11 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker })
     }
 
+    /// The engine client, for callers that manage images and networks.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
     /// Makes sure the examples' base image exists, building it if need be.
     pub async fn ensure_busybox_image(&self) -> Result<(), RuntimeError> {
         super::image::ensure_busybox_image(&self.docker, super::image::BUSYBOX_IMAGE).await

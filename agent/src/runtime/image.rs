@@ -27,16 +27,22 @@ pub async fn ensure_busybox_image(docker: &Docker, tag: &str) -> Result<(), Runt
             "{tag} (and no /bin/busybox to build it from: install busybox-static)"
         ))
     })?;
-    let context = tar(&[("Dockerfile", DOCKERFILE.as_bytes(), 0o644), ("busybox", &binary, 0o755)]);
+    build(docker, tag, &[("Dockerfile", DOCKERFILE.as_bytes(), 0o644), ("busybox", &binary, 0o755)]).await?;
+    tracing::info!(image = tag, "built the base image from the host's busybox");
+    Ok(())
+}
+
+/// Builds `tag` from a context of files (path in the context, bytes, mode);
+/// one of them is the Dockerfile.
+pub async fn build(docker: &Docker, tag: &str, files: &[(&str, &[u8], u32)]) -> Result<(), RuntimeError> {
     let options = BuildImageOptionsBuilder::default().t(tag).rm(true).forcerm(true).build();
-    let mut build = docker.build_image(options, None, Some(bollard::body_full(Bytes::from(context))));
+    let mut build = docker.build_image(options, None, Some(bollard::body_full(Bytes::from(tar(files)))));
     while let Some(step) = build.next().await {
         let step = step.map_err(|e| RuntimeError::Docker(format!("building {tag}: {e}")))?;
         if let Some(error) = step.error_detail.and_then(|d| d.message) {
             return Err(RuntimeError::Docker(format!("building {tag}: {error}")));
         }
     }
-    tracing::info!(image = tag, "built the base image from the host's busybox");
     Ok(())
 }
 

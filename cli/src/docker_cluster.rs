@@ -1,0 +1,186 @@
+//! `flotilla cluster up --docker`: every server and agent a container on a
+//! private Docker network made for the cluster, from flotilla's own image,
+//! built here from this very binary and the shared libraries it links (no
+//! registry is needed). Agents reach the host's engine through its socket
+//! and keep their workloads apart by the node label.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use flotilla_agent::runtime::docker::DockerRuntime;
+use flotilla_agent::runtime::image;
+
+use crate::local_cluster::{ClusterRecord, UpArgs, agent_labels, wait_ready};
+
+/// The label on every container and network a docker-mode cluster makes.
+const CLUSTER_LABEL: &str = "flotilla.cluster";
+const IMAGE: &str = "flotilla/flotilla:local";
+const SERVER_PORT: u16 = 7001;
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("docker").args(args).output().context("cannot run the docker CLI")?;
+    if !output.status.success() {
+        bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The absolute paths of the shared libraries this binary loads.
+fn shared_libraries(binary: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let libraries = text
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect();
+    Ok(libraries)
+}
+
+/// Builds flotilla's image from the running binary, every time (it is cheap
+/// next to a compile, and the image then always matches the CLI).
+async fn build_image() -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("cannot find the flotilla binary")?;
+    let mut files: Vec<(String, Vec<u8>, u32)> = vec![("flotilla".into(), std::fs::read(&binary)?, 0o755)];
+    for library in shared_libraries(&binary)? {
+        let bytes = std::fs::read(&library).with_context(|| format!("cannot read {library}"))?;
+        files.push((library.trim_start_matches('/').to_owned(), bytes, 0o755));
+    }
+    let dockerfile = "FROM scratch\nCOPY . /\nENTRYPOINT [\"/flotilla\"]\n";
+    files.push(("Dockerfile".into(), dockerfile.as_bytes().to_vec(), 0o644));
+    let runtime = DockerRuntime::connect().await.context("Docker does not answer")?;
+    runtime.ensure_busybox_image().await?;
+    let borrowed: Vec<(&str, &[u8], u32)> =
+        files.iter().map(|(p, b, m)| (p.as_str(), b.as_slice(), *m)).collect();
+    image::build(runtime.client(), IMAGE, &borrowed).await?;
+    Ok(())
+}
+
+pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
+    build_image().await?;
+    let name = &args.name;
+    let network = format!("flotilla-{name}");
+    let label = format!("{CLUSTER_LABEL}={name}");
+    let mut record = ClusterRecord {
+        name: name.clone(),
+        addresses: Vec::new(),
+        pids: Vec::new(),
+        nodes: Vec::new(),
+        docker: true,
+    };
+    let saved = |record: &ClusterRecord| -> anyhow::Result<()> {
+        let path = crate::local_cluster::clusters_dir().join(name);
+        std::fs::create_dir_all(&path)?;
+        std::fs::write(path.join("cluster.json"), serde_json::to_vec_pretty(record)?)?;
+        Ok(())
+    };
+    saved(&record)?;
+    docker(&["network", "create", "--label", &label, &network])?;
+    let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
+    let peers: Vec<String> =
+        servers.iter().enumerate().map(|(i, s)| format!("{}={s}:{SERVER_PORT}", i + 1)).collect();
+    for (i, server) in servers.iter().enumerate() {
+        let publish = format!("127.0.0.1::{SERVER_PORT}");
+        let listen = format!("{server}:{SERVER_PORT}");
+        let id = (i + 1).to_string();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            server,
+            "--hostname",
+            server,
+            "--network",
+            &network,
+            "--label",
+            &label,
+            "-p",
+            &publish,
+            IMAGE,
+            "server",
+            "--id",
+            &id,
+            "--listen",
+            &listen,
+            "--data-dir",
+            "/data",
+            "--peers",
+            &peers.join(","),
+        ])?;
+        let port = docker(&["port", server, &SERVER_PORT.to_string()])?;
+        let host = port.lines().next().context("the server's port is not published")?.to_owned();
+        record.addresses.push(host);
+        saved(&record)?;
+    }
+    let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
+    for i in 0..args.agents as usize {
+        let node = format!("{name}-agent-{}", i + 1);
+        let container = format!("flotilla-{node}");
+        let mut command: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--hostname",
+            &container,
+            "--network",
+            &network,
+            "--label",
+            &label,
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            IMAGE,
+            "agent",
+            "--servers",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        command.push(server_addresses.join(","));
+        for flag in [
+            "--data-dir",
+            "/data",
+            "--name",
+            &node,
+            "--driver",
+            "docker",
+            "--listen",
+            &format!("{container}:7100"),
+        ] {
+            command.push(flag.to_owned());
+        }
+        command.extend([
+            "--cpu".to_owned(),
+            args.agent_cpu.clone(),
+            "--memory".to_owned(),
+            args.agent_memory.clone(),
+        ]);
+        for label in agent_labels(&args.agent_labels, i) {
+            command.extend(["--label".to_owned(), label]);
+        }
+        let borrowed: Vec<&str> = command.iter().map(String::as_str).collect();
+        docker(&borrowed)?;
+        record.nodes.push(node);
+        saved(&record)?;
+    }
+    wait_ready(&record.addresses, args.agents as usize).await?;
+    Ok(record)
+}
+
+pub fn down(record: &ClusterRecord) -> anyhow::Result<()> {
+    let label = format!("{CLUSTER_LABEL}={}", record.name);
+    let ids = docker(&["ps", "-aq", "--filter", &format!("label={label}")])?;
+    let ids: Vec<&str> = ids.lines().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        docker(&args)?;
+    }
+    let networks = docker(&["network", "ls", "-q", "--filter", &format!("label={label}")])?;
+    for network in networks.lines() {
+        docker(&["network", "rm", network])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! `flotilla cluster up|down|env`: a multi-node test cluster on this
+//! machine. Servers and agents run as background processes on 127.0.0.1
+//! ports, or with `--docker` as containers on a private Docker network made
+//! for the cluster, from flotilla's own image built here. What a cluster is
+//! made of is written to `$XDG_DATA_HOME/flotilla/clusters/<name>/cluster.json`
+//! (default `~/.local/share/...`), so `down` removes exactly that.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flotilla_api::Client;
+use serde::{Deserialize, Serialize};
+
+use crate::docker_cluster;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long, default_value_t = 3)]
+    pub servers: u64,
+    #[arg(long, default_value_t = 3)]
+    pub agents: u64,
+    /// Run each server and agent as a container on a private Docker network.
+    #[arg(long)]
+    pub docker: bool,
+    #[arg(long, default_value = "local")]
+    pub name: String,
+    /// CPU each agent offers.
+    #[arg(long, default_value = "2")]
+    pub agent_cpu: String,
+    /// Memory each agent offers.
+    #[arg(long, default_value = "2Gi")]
+    pub agent_memory: String,
+    /// Labels per agent, `;`-separated lists of k=v,k=v, cycled over the
+    /// agents (default: zone=a, zone=b, zone=c).
+    #[arg(long, default_value = "zone=a;zone=b;zone=c")]
+    pub agent_labels: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[arg(long, default_value = "local")]
+    pub name: String,
+}
+
+/// What `up` made, so that `down` can take exactly that away.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    /// Addresses the CLI reaches the servers at.
+    pub addresses: Vec<String>,
+    /// Background processes (process mode).
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// Agent node names, whose workload containers `down` removes.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Docker mode: the network and the label on everything made.
+    #[serde(default)]
+    pub docker: bool,
+}
+
+pub fn clusters_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("flotilla").join("clusters")
+}
+
+fn valid_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 40
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!("--name: `{name}` must be 1 to 40 lowercase letters, digits or '-'");
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn record_path(name: &str) -> PathBuf {
+    clusters_dir().join(name).join("cluster.json")
+}
+
+pub fn load(name: &str) -> anyhow::Result<ClusterRecord> {
+    let path = record_path(name);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no local cluster `{name}` ({} is missing); start one with `flotilla cluster up`",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a cluster record", path.display()))
+}
+
+fn save(record: &ClusterRecord) -> anyhow::Result<()> {
+    let path = record_path(&record.name);
+    std::fs::create_dir_all(path.parent().context("cluster dir")?)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(record)?)?;
+    Ok(())
+}
+
+/// The labels of agent `i` (0-based), cycling over the `;`-separated groups.
+pub fn agent_labels(spec: &str, i: usize) -> Vec<String> {
+    let groups: Vec<&str> = spec.split(';').filter(|g| !g.trim().is_empty()).collect();
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    groups[i % groups.len()].split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
+}
+
+fn spawn_background(args: &[String], log: PathBuf) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
+    let log = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start a flotilla process")?;
+    Ok(child.id())
+}
+
+/// Waits until the servers agree on a leader and every agent has registered.
+pub async fn wait_ready(addresses: &[String], agents: usize) -> anyhow::Result<()> {
+    let client = Client::new(addresses.iter().cloned()).with_retry_for(Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let leader = client.server_status().await.ok().and_then(|s| s.leader);
+        let nodes = client.nodes(true).await.map(|n| n.len()).unwrap_or(0);
+        if leader.is_some() && nodes >= agents {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the cluster did not come up within 90 s (leader: {leader:?}, agents registered: {nodes}/{agents})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    valid_name(&args.name)?;
+    if record_path(&args.name).exists() {
+        bail!("cluster `{}` is already up; `flotilla cluster down --name {}` first", args.name, args.name);
+    }
+    if args.servers == 0 {
+        bail!("--servers: a cluster needs at least one server");
+    }
+    let record = if args.docker { docker_cluster::up(&args).await? } else { up_processes(&args).await? };
+    println!("cluster `{}` is up: {} servers, {} agents", record.name, args.servers, args.agents);
+    println!("export FLOTILLA_ADDR={}", record.addresses.join(","));
+    Ok(())
+}
+
+async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
+    let dir = clusters_dir().join(&args.name);
+    std::fs::create_dir_all(&dir)?;
+    let mut record = ClusterRecord {
+        name: args.name.clone(),
+        addresses: Vec::new(),
+        pids: Vec::new(),
+        nodes: Vec::new(),
+        docker: false,
+    };
+    for _ in 0..args.servers {
+        record.addresses.push(format!("127.0.0.1:{}", free_port()?));
+    }
+    save(&record)?;
+    let peers: Vec<String> =
+        record.addresses.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    for (i, address) in record.addresses.clone().iter().enumerate() {
+        let id = i + 1;
+        let data = dir.join(format!("server-{id}"));
+        let args = vec![
+            "server".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            address.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--peers".into(),
+            peers.join(","),
+        ];
+        record.pids.push(spawn_background(&args, dir.join(format!("server-{id}.log")))?);
+        save(&record)?;
+    }
+    for i in 0..args.agents as usize {
+        let node = format!("{}-agent-{}", args.name, i + 1);
+        let mut agent = vec![
+            "agent".into(),
+            "--servers".into(),
+            record.addresses.join(","),
+            "--data-dir".into(),
+            dir.join(format!("agent-{}", i + 1)).display().to_string(),
+            "--name".into(),
+            node.clone(),
+            "--cpu".into(),
+            args.agent_cpu.clone(),
+            "--memory".into(),
+            args.agent_memory.clone(),
+        ];
+        for label in agent_labels(&args.agent_labels, i) {
+            agent.extend(["--label".into(), label]);
+        }
+        record.pids.push(spawn_background(&agent, dir.join(format!("agent-{}.log", i + 1)))?);
+        record.nodes.push(node);
+        save(&record)?;
+    }
+    if let Err(error) = wait_ready(&record.addresses, args.agents as usize).await {
+        eprintln!("logs are in {}", dir.display());
+        return Err(error);
+    }
+    Ok(record)
+}
+
+fn stop_process(pid: u32) {
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
+    for _ in 0..100 {
+        if !alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+}
+
+/// Removes the containers that agents of these nodes started.
+pub fn remove_workload_containers(nodes: &[String]) {
+    for node in nodes {
+        let output = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=flotilla.node={node}")])
+            .output();
+        let ids: Vec<String> = output
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+    }
+}
+
+pub async fn down(args: NameArgs) -> anyhow::Result<()> {
+    let record = load(&args.name)?;
+    if record.docker {
+        docker_cluster::down(&record)?;
+    } else {
+        // Agents first, so none restarts work while the servers go.
+        for pid in record.pids.iter().rev() {
+            stop_process(*pid);
+        }
+    }
+    remove_workload_containers(&record.nodes);
+    let dir = clusters_dir().join(&record.name);
+    std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    println!("cluster `{}` is down; nothing of it is left", record.name);
+    Ok(())
+}
+
+pub fn env(args: NameArgs) -> anyhow::Result<()> {
+    let record = load(&args.name)?;
+    println!("export FLOTILLA_ADDR={}", record.addresses.join(","));
+    Ok(())
+}
