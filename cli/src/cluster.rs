@@ -79,9 +79,20 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
         }
         _ => first,
     };
+    // Servers as the CLI reaches them (in a docker-mode cluster, members'
+    // own addresses are container names that only the cluster's network knows).
+    let mut reachable = std::collections::HashMap::new();
+    for address in client.addresses() {
+        if let Ok(status) = client.for_server(address).server_status().await {
+            reachable.insert(status.id, status);
+        }
+    }
     let mut members = Vec::new();
     for member in &leader_view.members {
-        let own = client.for_server(&member.address).server_status().await;
+        let own = match reachable.remove(&member.id) {
+            Some(status) => Ok(status),
+            None => client.for_server(&member.address).server_status().await,
+        };
         let (status, error) = match own {
             Ok(status) => (Some(status), None),
             Err(error) => (None, Some(error.to_string())),
