@@ -97,6 +97,21 @@ pub struct AllocationUpdate {
     pub ports: Vec<PortBinding>,
 }
 
+impl AllocationUpdate {
+    /// A plain "it runs" report, with nothing else to say.
+    pub fn running(id: u64) -> Self {
+        AllocationUpdate {
+            id,
+            state: AllocationState::Running,
+            restarts: 0,
+            exit_code: None,
+            oom_killed: false,
+            message: String::new(),
+            ports: Vec::new(),
+        }
+    }
+}
+
 /// A node's allocations at a state index: the answer to an agent's
 /// blocking query, which it repeats with `index` to wait for the next change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,15 +37,7 @@ pub async fn report_pending_as_running(client: &Client) -> u32 {
     let allocations = client.allocations(None, None).await.expect("allocations");
     let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
     for allocation in allocations.into_iter().filter(|a| a.state == AllocationState::Pending) {
-        by_node.entry(allocation.node).or_default().push(AllocationUpdate {
-            id: allocation.id,
-            state: AllocationState::Running,
-            restarts: 0,
-            exit_code: None,
-            oom_killed: false,
-            message: String::new(),
-            ports: vec![],
-        });
+        by_node.entry(allocation.node).or_default().push(AllocationUpdate::running(allocation.id));
     }
     let mut reported = 0;
     for (node, updates) in by_node {

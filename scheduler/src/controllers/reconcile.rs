@@ -229,18 +229,7 @@ mod tests {
                 m
             });
         for (node, ids) in by_node {
-            let updates = ids
-                .into_iter()
-                .map(|id| AllocationUpdate {
-                    id,
-                    state: AllocationState::Running,
-                    restarts: 0,
-                    exit_code: None,
-                    oom_killed: false,
-                    message: String::new(),
-                    ports: vec![],
-                })
-                .collect();
+            let updates = ids.into_iter().map(AllocationUpdate::running).collect();
             state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
         }
     }
