@@ -29,11 +29,11 @@ pub enum ClusterCommand {
     /// Remove a server from the cluster.
     Remove { id: u64 },
     /// Start a local multi-node test cluster (processes, or containers with --docker).
-    Up(crate::local_cluster::UpArgs),
+    Up(flotilla_cli::local_cluster::UpArgs),
     /// Stop a local cluster and remove everything it made.
-    Down(crate::local_cluster::NameArgs),
+    Down(flotilla_cli::local_cluster::NameArgs),
     /// Print the FLOTILLA_ADDR to export for a local cluster.
-    Env(crate::local_cluster::NameArgs),
+    Env(flotilla_cli::local_cluster::NameArgs),
 }
 
 /// One member as seen by itself (or why it could not be asked).
@@ -160,9 +160,9 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        ClusterCommand::Up(args) => crate::local_cluster::up(args).await,
-        ClusterCommand::Down(args) => crate::local_cluster::down(args).await,
-        ClusterCommand::Env(args) => crate::local_cluster::env(args),
+        ClusterCommand::Up(args) => flotilla_cli::local_cluster::up(args).await,
+        ClusterCommand::Down(args) => flotilla_cli::local_cluster::down(args).await,
+        ClusterCommand::Env(args) => flotilla_cli::local_cluster::env(args),
         ClusterCommand::Remove { id } => {
             client.remove_member(id).await?;
             println!("server {id} removed");

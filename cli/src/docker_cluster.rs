@@ -10,7 +10,10 @@ use anyhow::{Context, bail};
 use flotilla_agent::runtime::docker::DockerRuntime;
 use flotilla_agent::runtime::image;
 
+use std::path::Path;
+
 use crate::local_cluster::{ClusterRecord, UpArgs, agent_labels, wait_ready};
+use crate::process_layout::{agent_command, peers_flag, server_command};
 
 /// The label on every container and network a docker-mode cluster makes.
 const CLUSTER_LABEL: &str = "flotilla.cluster";
@@ -79,78 +82,40 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     saved(&record)?;
     docker(&["network", "create", "--label", &label, &network])?;
     let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
-    let peers: Vec<String> =
-        servers.iter().enumerate().map(|(i, s)| format!("{}={s}:{SERVER_PORT}", i + 1)).collect();
+    let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
     for (i, server) in servers.iter().enumerate() {
         let publish = format!("127.0.0.1::{SERVER_PORT}");
-        let listen = format!("{server}:{SERVER_PORT}");
-        let id = (i + 1).to_string();
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            server,
-            "--hostname",
-            server,
-            "--network",
-            &network,
-            "--label",
-            &label,
-            "-p",
-            &publish,
-            IMAGE,
-            "server",
-            "--id",
-            &id,
-            "--listen",
-            &listen,
-            "--data-dir",
-            "/data",
-            "--peers",
-            &peers.join(","),
-        ])?;
+        let mut command: Vec<String> =
+            ["run", "-d", "--name", server, "--hostname", server, "--network", &network]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        command.extend(["--label".into(), label.clone(), "-p".into(), publish, IMAGE.into()]);
+        command.extend(server_command(i as u64 + 1, &server_addresses[i], Path::new("/data")));
+        command.extend(peers_flag(&server_addresses));
+        docker(&command.iter().map(String::as_str).collect::<Vec<_>>())?;
         let port = docker(&["port", server, &SERVER_PORT.to_string()])?;
         let host = port.lines().next().context("the server's port is not published")?.to_owned();
         record.addresses.push(host);
         saved(&record)?;
     }
-    let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
     for i in 0..args.agents as usize {
         let node = format!("{name}-agent-{}", i + 1);
         let container = format!("flotilla-{node}");
-        let mut command: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &container,
-            "--hostname",
-            &container,
-            "--network",
-            &network,
-            "--label",
-            &label,
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            IMAGE,
-            "agent",
-            "--servers",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        command.push(server_addresses.join(","));
-        for flag in [
-            "--data-dir",
-            "/data",
-            "--name",
-            &node,
-            "--driver",
-            "docker",
-            "--listen",
-            &format!("{container}:7100"),
-        ] {
-            command.push(flag.to_owned());
-        }
+        let mut command: Vec<String> =
+            ["run", "-d", "--name", &container, "--hostname", &container, "--network", &network]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        command.extend([
+            "--label".into(),
+            label.clone(),
+            "-v".into(),
+            "/var/run/docker.sock:/var/run/docker.sock".into(),
+        ]);
+        command.push(IMAGE.into());
+        command.extend(agent_command(&server_addresses, Path::new("/data"), &node));
+        command.extend(["--driver".into(), "docker".into(), "--listen".into(), format!("{container}:7100")]);
         command.extend([
             "--cpu".to_owned(),
             args.agent_cpu.clone(),

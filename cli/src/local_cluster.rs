@@ -17,6 +17,7 @@ use flotilla_api::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::docker_cluster;
+use crate::process_layout::{agent_command, peers_flag, server_command};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -179,40 +180,17 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         record.addresses.push(format!("127.0.0.1:{}", free_port()?));
     }
     save(&record)?;
-    let peers: Vec<String> =
-        record.addresses.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     for (i, address) in record.addresses.clone().iter().enumerate() {
-        let id = i + 1;
-        let data = dir.join(format!("server-{id}"));
-        let args = vec![
-            "server".into(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            address.clone(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--peers".into(),
-            peers.join(","),
-        ];
+        let id = i as u64 + 1;
+        let mut args = server_command(id, address, &dir.join(format!("server-{id}")));
+        args.extend(peers_flag(&record.addresses));
         record.pids.push(spawn_background(&args, dir.join(format!("server-{id}.log")))?);
         save(&record)?;
     }
     for i in 0..args.agents as usize {
         let node = format!("{}-agent-{}", args.name, i + 1);
-        let mut agent = vec![
-            "agent".into(),
-            "--servers".into(),
-            record.addresses.join(","),
-            "--data-dir".into(),
-            dir.join(format!("agent-{}", i + 1)).display().to_string(),
-            "--name".into(),
-            node.clone(),
-            "--cpu".into(),
-            args.agent_cpu.clone(),
-            "--memory".into(),
-            args.agent_memory.clone(),
-        ];
+        let mut agent = agent_command(&record.addresses, &dir.join(format!("agent-{}", i + 1)), &node);
+        agent.extend(["--cpu".into(), args.agent_cpu.clone(), "--memory".into(), args.agent_memory.clone()]);
         for label in agent_labels(&args.agent_labels, i) {
             agent.extend(["--label".into(), label]);
         }

@@ -3,9 +3,7 @@
 mod agent;
 mod cluster;
 mod dev;
-mod docker_cluster;
 mod events;
-mod local_cluster;
 mod logs;
 mod nodes;
 mod output;

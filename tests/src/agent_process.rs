@@ -7,6 +7,8 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use flotilla_cli::process_layout::agent_command;
+
 use crate::daemon::Daemon;
 
 pub struct AgentProcess {
@@ -18,13 +20,8 @@ pub struct AgentProcess {
 impl AgentProcess {
     pub fn new(name: String, servers: &[String], dir: &Path, extra: &[&str]) -> Self {
         let data_dir = dir.join(format!("agent-{name}"));
-        let mut args: Vec<OsString> = vec!["agent".into(), "--servers".into(), servers.join(",").into()];
-        args.extend([
-            "--data-dir".into(),
-            data_dir.clone().into_os_string(),
-            "--name".into(),
-            name.clone().into(),
-        ]);
+        let mut args: Vec<OsString> =
+            agent_command(servers, &data_dir, &name).into_iter().map(OsString::from).collect();
         args.extend(extra.iter().map(OsString::from));
         let daemon = Daemon::new(dir.join(format!("agent-{name}.log")), args);
         AgentProcess { name, data_dir, daemon }

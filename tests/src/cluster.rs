@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use flotilla_api::{Client, RaftRole, ServerStatus};
+use flotilla_cli::process_layout::peers_flag;
 use tempfile::TempDir;
 
 use crate::agent_process::AgentProcess;
@@ -47,16 +48,12 @@ impl TestCluster {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
         let addresses: Vec<(u64, String)> =
             (1..=options.servers).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
-        let peers = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        let peers = peers_flag(&addresses.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>());
         let servers = addresses
             .into_iter()
             .map(|(id, address)| {
-                let mut args = vec![
-                    "--peers".to_owned(),
-                    peers.clone(),
-                    "--snapshot-every".to_owned(),
-                    options.snapshot_every.to_string(),
-                ];
+                let mut args = peers.clone();
+                args.extend(["--snapshot-every".to_owned(), options.snapshot_every.to_string()]);
                 args.extend(options.server_args.iter().cloned());
                 ServerProcess::new(id, address, dir.path(), args)
             })

@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
+use flotilla_cli::process_layout::server_command;
+
 use crate::daemon::Daemon;
 
 pub struct ServerProcess {
@@ -13,12 +15,10 @@ pub struct ServerProcess {
     daemon: Daemon,
 }
 
+/// The command line `flotilla cluster up` uses, plus `extra` and fault injection.
 fn server_args(id: u64, address: &str, data_dir: &Path, extra: Vec<String>) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["server", "--id", &id.to_string(), "--listen", address, "--data-dir"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    args.push(data_dir.into());
+    let mut args: Vec<OsString> =
+        server_command(id, address, data_dir).into_iter().map(OsString::from).collect();
     args.extend(extra.into_iter().map(OsString::from));
     args.push("--fault-injection".into());
     args

@@ -1,0 +1,57 @@
+//! The command lines of a local cluster's daemons. `flotilla cluster up`
+//! and the test harness both build them here, so a harness cluster is a
+//! `cluster up` cluster that a test can also kill, restart and corrupt.
+
+use std::path::Path;
+
+/// `flotilla server` for one member; the caller adds `--peers` or `--join`
+/// and any tuning flags.
+pub fn server_command(id: u64, listen: &str, data_dir: &Path) -> Vec<String> {
+    vec![
+        "server".into(),
+        "--id".into(),
+        id.to_string(),
+        "--listen".into(),
+        listen.to_owned(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
+}
+
+/// `--peers 1=ADDR,2=ADDR,...` for founding members numbered from 1.
+pub fn peers_flag(addresses: &[String]) -> Vec<String> {
+    let peers: Vec<String> = addresses.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    vec!["--peers".into(), peers.join(",")]
+}
+
+/// `flotilla agent` for one node; the caller adds capacity, labels and drivers.
+pub fn agent_command(servers: &[String], data_dir: &Path, name: &str) -> Vec<String> {
+    vec![
+        "agent".into(),
+        "--servers".into(),
+        servers.join(","),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--name".into(),
+        name.to_owned(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let dir = Path::new("/tmp/x");
+        assert_eq!(
+            server_command(2, "127.0.0.1:7002", dir).join(" "),
+            "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x"
+        );
+        assert_eq!(peers_flag(&["a:1".into(), "b:2".into()]).join(" "), "--peers 1=a:1,2=b:2");
+        assert_eq!(
+            agent_command(&["a:1".into(), "b:2".into()], dir, "n1").join(" "),
+            "agent --servers a:1,b:2 --data-dir /tmp/x --name n1"
+        );
+    }
+}
