@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flotilla_api::spec::Driver;
 use flotilla_api::{Allocation, AllocationState, AllocationUpdate, NodeAllocations, WorkloadSpec};
@@ -398,16 +398,6 @@ impl Supervisor {
                 tracing::warn!(allocation = id, %error, "stop failed");
             }
         }
-    }
-
-    pub fn delay_until_next_restart(&self) -> Option<Duration> {
-        self.local
-            .values()
-            .filter_map(|l| match l.phase {
-                Phase::Backoff(at) => Some(at.saturating_duration_since(Instant::now())),
-                _ => None,
-            })
-            .min()
     }
 }
 

@@ -59,6 +59,14 @@ async fn three_servers_elect_one_leader() {
         assert_eq!(status.members.len(), 3);
     }
     assert_eq!(leaders, 1, "exactly one server is leader");
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.address(leader)))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("\nflotilla_raft_leader 1\n"), "{metrics}");
+    assert!(metrics.contains("# TYPE flotilla_raft_term gauge"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

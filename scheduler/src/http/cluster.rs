@@ -1,4 +1,4 @@
-//! Cluster routes: health, this server's Raft status, membership changes,
+//! Cluster routes: this server's Raft status, membership changes,
 //! and fault injection for tests.
 
 use axum::Json;
@@ -12,10 +12,6 @@ use super::AppState;
 use super::body::read_json;
 use super::error::ApiError;
 use crate::raft::MembershipChange;
-
-pub async fn health(State(app): State<AppState>) -> Result<Json<ServerStatus>, ApiError> {
-    Ok(Json(app.raft.status().await?))
-}
 
 pub async fn status(State(app): State<AppState>) -> Result<Json<ServerStatus>, ApiError> {
     Ok(Json(app.raft.status().await?))

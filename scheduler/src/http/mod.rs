@@ -6,6 +6,7 @@ mod cluster;
 mod error;
 mod events;
 mod leader;
+mod metrics;
 mod nodes;
 mod peer;
 mod workloads;
@@ -35,7 +36,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/health", get(cluster::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
         .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
         .route("/v1/workloads/{name}/scale", post(workloads::scale))

@@ -199,10 +199,6 @@ impl RaftStorage {
         self.snapshot_wanted.replace(false)
     }
 
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
-    }
-
     /// Appends entries (replacing any conflicting suffix) and records the hard
     /// state, in one fsynced transaction.
     pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError> {

@@ -460,10 +460,6 @@ impl ClusterState {
         self.allocations.values()
     }
 
-    pub fn allocation(&self, id: u64) -> Option<&Allocation> {
-        self.allocations.get(&id)
-    }
-
     pub fn node_allocations(&self, node: &str) -> impl Iterator<Item = &Allocation> {
         self.by_node.get(node).into_iter().flatten().filter_map(|id| self.allocations.get(id))
     }
