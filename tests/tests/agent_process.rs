@@ -62,3 +62,46 @@ async fn the_process_runtime_runs_restarts_logs_and_stops_processes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_failing_too_often_is_failed_and_replaced_on_another_node() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let flags = [
+        "--driver",
+        "process",
+        "--cpu",
+        "1",
+        "--memory",
+        "1Gi",
+        "--restart-backoff-ms",
+        "50",
+        "--max-failures",
+        "2",
+    ];
+    cluster.add_agent("x", &flags);
+    cluster.add_agent("y", &flags);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(20), "both agents registered", || async {
+        (client.nodes(false).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    let spec = "name: doomed\ndriver: process\ncommand: [\"sh\", \"-c\", \"exit 7\"]\n";
+    client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
+    let (failed, replacement) =
+        wait_until(Duration::from_secs(30), "a failed replica replaced elsewhere", || async {
+            let all = client.allocations(Some("doomed"), None).await.ok()?;
+            let failed = all.iter().find(|a| a.state == AllocationState::Failed)?.clone();
+            let replacement = all.iter().find(|a| a.id > failed.id)?.clone();
+            Some((failed, replacement))
+        })
+        .await;
+    assert_eq!(failed.exit_code, Some(7));
+    assert_eq!(failed.restarts, 2, "restarted up to the limit first");
+    assert_ne!(replacement.node, failed.node, "the replacement prefers another node");
+    let events = client.events(0, Duration::ZERO).await.expect("events");
+    assert!(
+        events.events.iter().any(|e| e.message.starts_with(&format!("allocation {} failed", failed.id))),
+        "{:?}",
+        events.events
+    );
+}
