@@ -16,6 +16,10 @@ use reconcile::{ReconcileConfig, reconcile};
 /// up what a state change alone does not announce.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long the reconciler lets changes pile up before a pass: a pass reads
+/// the whole state, so under a stream of writes it runs per batch, not per write.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// The wall clock in ms since the epoch, as commands carry it.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -30,7 +34,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
                 let state = raft.state().clone();
                 let seed = *applied.borrow_and_update();
                 let plan = reconcile(&state, seed, now_ms(), &config);
-                let unchanged = plan.changes_nothing(state.unplaced());
+                let unchanged = plan.changes_nothing();
                 (plan, unchanged)
             };
             if !unchanged {
@@ -38,6 +42,11 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
                 match raft.propose(Command::ApplyPlan { plan }).await {
                     Ok(outcome) => {
                         tracing::debug!(?outcome, placements, "plan applied");
+                        // More may be waiting behind the placement budget; a
+                        // plan that only updated bookkeeping waits for changes.
+                        if placements == 0 {
+                            tokio::time::sleep(COALESCE).await;
+                        }
                         continue;
                     }
                     Err(error) => {
@@ -49,8 +58,10 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
             }
         }
         // A closed watch means the Raft node stopped: so does the reconciler.
-        if let Ok(Err(_)) = tokio::time::timeout(IDLE_RECHECK, applied.changed()).await {
-            return;
+        match tokio::time::timeout(IDLE_RECHECK, applied.changed()).await {
+            Ok(Err(_)) => return,
+            Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
+            Err(_) => {}
         }
     }
 }

@@ -50,6 +50,11 @@ pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &Reconcil
     for workload in state.workloads() {
         reconcile_workload(state, workload, &mut view, &mut rng, &mut budget, config, &mut plan);
     }
+    // Keep only what changed in the pending figures.
+    let current = state.unplaced();
+    plan.no_longer_unplaced =
+        current.keys().filter(|name| !plan.unplaced.contains_key(*name)).cloned().collect();
+    plan.unplaced.retain(|name, unplaced| current.get(name) != Some(unplaced));
     plan
 }
 
@@ -212,7 +217,7 @@ mod tests {
         let config = ReconcileConfig::default();
         for round in 0..50 {
             let plan = reconcile(state, seed + round, 0, &config);
-            if plan.changes_nothing(state.unplaced()) {
+            if plan.changes_nothing() {
                 return round as usize;
             }
             state.apply(100 + round, Command::ApplyPlan { plan }).expect("plan applies");

@@ -237,8 +237,12 @@ impl Node {
             election_tick: config.election_ticks,
             // Followers time out between 1 and 1.3 elections (raft-rs's default
             // is up to 2): failover stays near one election timeout, and a
-            // 30 % spread still keeps split votes rare on a LAN.
-            min_election_tick: config.election_ticks,
+            // 30 % spread still keeps split votes rare on a LAN. The shortest
+            // timeout is one tick past the election timeout, so that the
+            // first follower to ask never finds another still inside its
+            // check-quorum lease (their tick phases differ by under a tick),
+            // which would cost a whole second round.
+            min_election_tick: config.election_ticks + 1,
             max_election_tick: config.election_ticks + config.election_ticks.div_ceil(3),
             heartbeat_tick: config.heartbeat_ticks,
             applied,

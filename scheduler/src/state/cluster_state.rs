@@ -244,8 +244,14 @@ impl ClusterState {
                 outcome.refused += 1;
             }
         }
-        self.unplaced = plan.unplaced;
-        self.unplaced.retain(|name, _| self.workloads.contains_key(name));
+        for name in plan.no_longer_unplaced {
+            self.unplaced.remove(&name);
+        }
+        for (name, unplaced) in plan.unplaced {
+            if self.workloads.contains_key(&name) {
+                self.unplaced.insert(name, unplaced);
+            }
+        }
         outcome
     }
 

@@ -32,16 +32,23 @@ pub struct Plan {
     /// Allocations to remove: extras on scale-down, old versions replaced by a
     /// rollout, and terminal allocations no longer worth keeping.
     pub stops: Vec<u64>,
-    /// The full set of workloads with unplaced replicas after this plan.
+    /// Workloads whose unplaced replicas (or their reason) changed, and the
+    /// new figures. Only changes travel: a cluster with thousands of pending
+    /// workloads does not resend them all with every plan.
     pub unplaced: BTreeMap<WorkloadName, Unplaced>,
+    /// Workloads that no longer have unplaced replicas.
+    pub no_longer_unplaced: Vec<WorkloadName>,
     /// The leader's clock when it made the plan (ms since the epoch), so the
     /// state machine records ages without reading a clock itself.
     pub now_ms: u64,
 }
 
 impl Plan {
-    pub fn changes_nothing(&self, current_unplaced: &BTreeMap<WorkloadName, Unplaced>) -> bool {
-        self.placements.is_empty() && self.stops.is_empty() && &self.unplaced == current_unplaced
+    pub fn changes_nothing(&self) -> bool {
+        self.placements.is_empty()
+            && self.stops.is_empty()
+            && self.unplaced.is_empty()
+            && self.no_longer_unplaced.is_empty()
     }
 }
 
