@@ -54,6 +54,9 @@ struct Local {
     /// How it last exited, reported until it exits again.
     last_exit: Option<i64>,
     oom_killed: bool,
+    /// An exit event arrived while it was still starting (a command that
+    /// exits at once can beat the start call's answer); checked once started.
+    exit_seen_while_starting: bool,
 }
 
 pub struct Supervisor {
@@ -183,6 +186,7 @@ impl Supervisor {
                 started_at: Instant::now(),
                 last_exit: allocation.exit_code,
                 oom_killed: allocation.oom_killed,
+                exit_seen_while_starting: false,
             };
             match self.found.remove(&id) {
                 Some((_, observed)) if observed.running => {
@@ -247,6 +251,7 @@ impl Supervisor {
         let Some(local) = self.local.get_mut(&id) else { return };
         let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
         local.phase = Phase::Starting;
+        local.exit_seen_while_starting = false;
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
         tokio::spawn(async move {
@@ -279,10 +284,16 @@ impl Supervisor {
                 let driver = local.driver;
                 self.handles_insert(id, driver, &observed.handle);
                 if observed.running {
-                    let local = &mut self.local.get_mut(&id).expect("checked above");
-                    local.phase = Phase::Running;
-                    let report = update(local, AllocationState::Running, String::new());
-                    self.reports.insert(id, report);
+                    let mut exited_meanwhile = false;
+                    if let Some(local) = self.local.get_mut(&id) {
+                        local.phase = Phase::Running;
+                        exited_meanwhile = std::mem::take(&mut local.exit_seen_while_starting);
+                        let report = update(local, AllocationState::Running, String::new());
+                        self.reports.insert(id, report);
+                    }
+                    if exited_meanwhile {
+                        self.on_exit(id).await;
+                    }
                 } else {
                     self.after_exit(id, observed.exit_code, observed.oom_killed, String::new());
                 }
@@ -295,7 +306,11 @@ impl Supervisor {
     }
 
     async fn on_exit(&mut self, id: u64) {
-        let Some(local) = self.local.get(&id) else { return };
+        let Some(local) = self.local.get_mut(&id) else { return };
+        if local.phase == Phase::Starting {
+            local.exit_seen_while_starting = true;
+            return;
+        }
         if local.phase != Phase::Running {
             return;
         }
