@@ -34,6 +34,22 @@ pub struct AppState {
     pub http: reqwest::Client,
 }
 
+/// `?stale=true`: serve this server's state without confirming it is current.
+#[derive(Debug, serde::Deserialize)]
+pub struct ReadQuery {
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// Unless the caller accepts stale data, waits until this server has applied
+/// everything committed when the read arrived (ReadIndex): a linearizable read.
+pub async fn read_barrier(app: &AppState, stale: bool) -> Result<(), ApiError> {
+    if !stale {
+        app.raft.read_barrier().await?;
+    }
+    Ok(())
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))

@@ -13,9 +13,9 @@ use flotilla_api::{
 };
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::read_json;
 use super::error::ApiError;
+use super::{AppState, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
 
 /// The longest a blocking query may wait for a change.
@@ -43,19 +43,11 @@ pub async fn register(
     Ok(Json(expect_node(output)?))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ReadQuery {
-    #[serde(default)]
-    stale: bool,
-}
-
 pub async fn list(
     State(app): State<AppState>,
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<Vec<Node>>, ApiError> {
-    if !query.stale {
-        app.raft.read_barrier().await?;
-    }
+    read_barrier(&app, query.stale).await?;
     Ok(Json(app.raft.state().nodes().cloned().collect()))
 }
 
@@ -166,9 +158,7 @@ pub async fn allocations(
     State(app): State<AppState>,
     Query(query): Query<AllocationQuery>,
 ) -> Result<Json<Vec<Allocation>>, ApiError> {
-    if !query.stale {
-        app.raft.read_barrier().await?;
-    }
+    read_barrier(&app, query.stale).await?;
     let state = app.raft.state();
     let wanted = |a: &&Allocation| {
         query.workload.as_deref().is_none_or(|w| a.workload.as_str() == w)

@@ -7,17 +7,10 @@ use axum::http::HeaderMap;
 use flotilla_api::{DeployResult, ScaleRequest, Utilisation, Workload, WorkloadName};
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{read_json, read_spec};
 use super::error::ApiError;
+use super::{AppState, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
-
-#[derive(Debug, Deserialize)]
-pub struct ReadQuery {
-    /// Serve this server's state without confirming it is current.
-    #[serde(default)]
-    stale: bool,
-}
 
 #[derive(Debug, Deserialize)]
 pub struct DeployQuery {
@@ -27,13 +20,6 @@ pub struct DeployQuery {
 
 fn workload_name(name: &str) -> Result<WorkloadName, ApiError> {
     WorkloadName::parse(name).map_err(|reason| ApiError::BadRequest(format!("workload name {reason}")))
-}
-
-async fn read_barrier(app: &AppState, stale: bool) -> Result<(), ApiError> {
-    if !stale {
-        app.raft.read_barrier().await?;
-    }
-    Ok(())
 }
 
 fn expect_workload(output: CommandOutput) -> Result<Workload, ApiError> {
