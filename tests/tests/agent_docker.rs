@@ -134,9 +134,11 @@ async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
         schedule.iter().position(|d| Some(*d) == delays.first().map(String::as_str)).expect("a known delay");
     assert!(delays.len() >= 3, "the decided delays were reported: {delays:?}");
     assert_eq!(delays, schedule[start..start + delays.len()].to_vec(), "delays follow the backoff schedule");
-    // And restarts really waited: from restart 2 to 5 at least 0.3 + 0.6 + 1.2 s.
+    // And restarts really waited: from restart 2 to 5 the backoff alone is
+    // 0.3 + 0.6 + 1.2 s (without it, three restarts of `exit 3` take about
+    // half a second); observing restart 2 late through the API can shave a little.
     let waited = seen[&5].duration_since(seen[&2]).as_secs_f64();
-    assert!(waited >= 2.1 - 0.1, "restarts 2 to 5 took {waited:.2}s");
+    assert!(waited >= 1.6, "restarts 2 to 5 took {waited:.2}s");
 
     deploy(
         &client,
