@@ -12,7 +12,7 @@ use flotilla_agent::runtime::image;
 
 use std::path::Path;
 
-use crate::local_cluster::{ClusterRecord, UpArgs, agent_labels, wait_ready};
+use crate::local_cluster::{ClusterRecord, UpArgs, agent_labels, save, wait_ready};
 use crate::process_layout::{agent_command, peers_flag, server_command};
 
 /// The label on every container and network a docker-mode cluster makes.
@@ -73,13 +73,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         nodes: Vec::new(),
         docker: true,
     };
-    let saved = |record: &ClusterRecord| -> anyhow::Result<()> {
-        let path = crate::local_cluster::clusters_dir().join(name);
-        std::fs::create_dir_all(&path)?;
-        std::fs::write(path.join("cluster.json"), serde_json::to_vec_pretty(record)?)?;
-        Ok(())
-    };
-    saved(&record)?;
+    save(&record)?;
     docker(&["network", "create", "--label", &label, &network])?;
     let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
     let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
@@ -97,7 +91,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let port = docker(&["port", server, &SERVER_PORT.to_string()])?;
         let host = port.lines().next().context("the server's port is not published")?.to_owned();
         record.addresses.push(host);
-        saved(&record)?;
+        save(&record)?;
     }
     for i in 0..args.agents as usize {
         let node = format!("{name}-agent-{}", i + 1);
@@ -128,7 +122,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let borrowed: Vec<&str> = command.iter().map(String::as_str).collect();
         docker(&borrowed)?;
         record.nodes.push(node);
-        saved(&record)?;
+        save(&record)?;
     }
     wait_ready(&record.addresses, args.agents as usize).await?;
     Ok(record)

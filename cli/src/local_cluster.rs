@@ -102,7 +102,7 @@ pub fn load(name: &str) -> anyhow::Result<ClusterRecord> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a cluster record", path.display()))
 }
 
-fn save(record: &ClusterRecord) -> anyhow::Result<()> {
+pub(crate) fn save(record: &ClusterRecord) -> anyhow::Result<()> {
     let path = record_path(&record.name);
     std::fs::create_dir_all(path.parent().context("cluster dir")?)?;
     std::fs::write(&path, serde_json::to_vec_pretty(record)?)?;

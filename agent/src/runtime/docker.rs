@@ -279,20 +279,11 @@ impl DockerRuntime {
 
     pub fn logs(&self, handle: &str, follow: bool) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
         let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).build();
-        let docker = self.docker.clone();
-        let handle = handle.to_owned();
+        // The stream owns what it needs: bollard borrows the client and name only to build the request.
         Box::pin(
-            async_stream_logs(docker, handle, options)
+            self.docker
+                .logs(handle, Some(options))
                 .map(|item| item.map(|output| output.into_bytes()).map_err(docker_error)),
         )
     }
-}
-
-fn async_stream_logs(
-    docker: Docker,
-    handle: String,
-    options: bollard::query_parameters::LogsOptions,
-) -> impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> {
-    // `logs` borrows the client only to build the request; the stream owns what it needs.
-    docker.logs(&handle, Some(options))
 }

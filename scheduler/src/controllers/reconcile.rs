@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload};
 
 use crate::placement::{self, ClusterView, SplitMix64};
-use crate::state::{ClusterState, Placement, Plan, Unplaced, request_of};
+use crate::state::{ClusterState, Placement, Plan, Unplaced, fixed_ports, request_of};
 
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
@@ -169,8 +169,7 @@ fn stop_most_loaded(
     });
     for allocation in allocations.drain(..count) {
         plan.stops.push(allocation.id);
-        let ports: Vec<_> =
-            allocation.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)).collect();
+        let ports = fixed_ports(allocation);
         if let Some(node) = view.node_mut(&allocation.node) {
             node.release(&allocation.workload, allocation.cpu, allocation.memory, &ports);
         }

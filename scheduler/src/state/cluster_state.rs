@@ -48,7 +48,8 @@ pub fn request_of(workload: &Workload) -> Request {
     }
 }
 
-fn fixed_ports(allocation: &Allocation) -> Vec<(u16, Protocol)> {
+/// The host ports an allocation holds on its node (0: none chosen yet).
+pub fn fixed_ports(allocation: &Allocation) -> Vec<(u16, Protocol)> {
     allocation.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)).collect()
 }
 

@@ -5,6 +5,6 @@ mod cluster_state;
 mod command;
 mod plan;
 
-pub use cluster_state::{ClusterState, request_of};
+pub use cluster_state::{ClusterState, fixed_ports, request_of};
 pub use command::{Command, CommandOutput, Envelope, Rejection};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};
