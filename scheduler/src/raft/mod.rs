@@ -1,12 +1,20 @@
 //! The only place that touches raft-rs: the node thread, its redb storage,
 //! and the HTTP transport between servers.
 
+mod error;
+mod handle;
+mod membership;
 mod node;
+mod pending;
 mod slog_bridge;
+mod snapshots;
 mod storage;
 mod transport;
 
+pub use error::RaftError;
+pub use handle::RaftHandle;
+pub use membership::MembershipChange;
+pub use node::NodeConfig;
 pub(crate) use node::spawn;
-pub use node::{MembershipChange, NodeConfig, RaftError, RaftHandle};
 pub use storage::{RaftStorage, StorageError};
 pub use transport::{FaultRules, PEER_PATH, PeerTransport, SENDER_HEADER, decode_batch};

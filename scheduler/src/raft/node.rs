@@ -13,16 +13,17 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::{Member, RaftRole, ServerStatus};
 use protobuf::Message as _;
-use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
-};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
+use super::error::RaftError;
+use super::handle::{Input, RaftHandle};
+use super::membership::ConfChangeContext;
+use super::pending::Pending;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
-use crate::state::{ClusterState, Command, CommandOutput, Envelope, Rejection};
+use crate::state::{ClusterState, CommandOutput, Envelope};
 
 /// How the Raft thread is tuned; the defaults are DESIGN.md's.
 #[derive(Debug, Clone)]
@@ -52,173 +53,30 @@ impl NodeConfig {
         }
     }
 }
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RaftError {
-    #[error("no leader is elected right now; retry shortly")]
-    NoLeader,
-    #[error("the leader changed before the request was committed; it may or may not have been applied")]
-    LeaderChanged,
-    #[error("the request was not committed within {0:?}")]
-    Timeout(Duration),
-    #[error("this server is shutting down")]
-    Stopped,
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    #[error("{0}")]
-    Membership(String),
-    #[error("leadership is moving to another server before this one is removed; retry")]
-    LeaderMoving,
-}
-
-/// A change of the Raft configuration requested through the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembershipChange {
-    /// Adds a non-voting learner; the leader promotes it once it has caught up.
-    AddLearner {
-        id: u64,
-        address: String,
-    },
-    Remove {
-        id: u64,
-    },
-}
-
-/// Carried in a conf change entry's context: who to answer, and the address
-/// every server must learn for an added member.
-#[derive(Debug, Serialize, Deserialize)]
-struct ConfChangeContext {
-    origin: u64,
-    request_id: u64,
-    address: Option<String>,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
-
-pub(crate) enum Input {
-    Propose { command: Command, reply: Reply<CommandOutput> },
-    ChangeMembership { change: MembershipChange, reply: Reply<()> },
-    ReadIndex { reply: Reply<()> },
-    Messages(Vec<Message>),
-    Unreachable(u64),
-    SnapshotReported { to: u64, ok: bool },
-    Status { reply: oneshot::Sender<ServerStatus> },
-    Shutdown,
-}
-
-/// The async side's way into the Raft thread.
-#[derive(Clone)]
-pub struct RaftHandle {
-    inputs: Sender<Input>,
-    state: Arc<RwLock<ClusterState>>,
-    /// Upper bound on waiting for a reply, a little above the node's own
-    /// timeout so the node's clearer error normally wins.
-    wait_limit: Duration,
-    id: u64,
-    /// The leader this server last heard of (0: none), for leader-only loops.
-    leader: Arc<AtomicU64>,
-    /// The applied index, for loops and blocking queries that wait for change.
-    applied: watch::Receiver<u64>,
-}
-
-impl RaftHandle {
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Input) -> Result<T, RaftError> {
-        let (reply, answer) = oneshot::channel();
-        self.inputs.send(make(reply)).map_err(|_| RaftError::Stopped)?;
-        match tokio::time::timeout(self.wait_limit, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RaftError::Stopped),
-            Err(_) => Err(RaftError::Timeout(self.wait_limit)),
-        }
-    }
-
-    /// Proposes a command and waits until it is committed and applied here.
-    pub async fn propose(&self, command: Command) -> Result<CommandOutput, RaftError> {
-        self.call(|reply| Input::Propose { command, reply }).await
-    }
-
-    /// Waits until this server has applied everything committed when the
-    /// call was made (Raft's ReadIndex), so a read after it is linearizable.
-    pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        self.call(|reply| Input::ReadIndex { reply }).await
-    }
-
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), RaftError> {
-        self.call(|reply| Input::ChangeMembership { change, reply }).await
-    }
-
-    pub async fn status(&self) -> Result<ServerStatus, RaftError> {
-        let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Status { reply }).map_err(|_| RaftError::Stopped)?;
-        answer.await.map_err(|_| RaftError::Stopped)
-    }
-
-    /// This server's applied state, which may trail the leader's.
-    pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {
-        self.inputs.send(Input::Messages(messages)).map_err(|_| RaftError::Stopped)
-    }
-
-    pub fn shutdown(&self) {
-        let _ = self.inputs.send(Input::Shutdown);
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed) == self.id
-    }
-
-    /// The leader this server last heard of.
-    pub fn leader(&self) -> Option<u64> {
-        Some(self.leader.load(Ordering::Relaxed)).filter(|l| *l != raft::INVALID_ID)
-    }
-
-    /// Whether the Raft thread has stopped (the server is shutting down).
-    pub fn is_stopped(&self) -> bool {
-        self.applied.has_changed().is_err()
-    }
-
-    /// Changes whenever this server applies entries.
-    pub fn applied_watch(&self) -> watch::Receiver<u64> {
-        self.applied.clone()
-    }
-}
-
-/// A request waiting for its entry to apply, and when it gives up.
-struct Waiting<T> {
-    reply: Reply<T>,
-    deadline: Instant,
-}
-
+/// The Raft node and everything waiting on it; owned by the Raft thread.
 pub struct Node {
-    raw: RawNode<RaftStorage>,
-    config: NodeConfig,
-    state: Arc<RwLock<ClusterState>>,
-    transport: Arc<PeerTransport>,
+    pub(super) raw: RawNode<RaftStorage>,
+    pub(super) config: NodeConfig,
+    pub(super) state: Arc<RwLock<ClusterState>>,
+    pub(super) transport: Arc<PeerTransport>,
     /// Next id for proposals and reads; seeded from the clock so that ids in
     /// entries from an earlier run of this server never match a new request.
     next_request: u64,
-    proposals: HashMap<u64, Waiting<CommandOutput>>,
-    membership: HashMap<u64, Waiting<()>>,
+    pub(super) proposals: Pending<CommandOutput>,
+    pub(super) membership: Pending<()>,
     /// Reads waiting for the leader to confirm the read index.
-    reads_unconfirmed: HashMap<u64, Waiting<()>>,
+    reads_unconfirmed: Pending<()>,
     /// Reads with a confirmed index, waiting for it to be applied here.
-    reads_confirmed: Vec<(u64, Waiting<()>)>,
+    reads_confirmed: Pending<()>,
+    /// The read index each confirmed read waits for, by request id.
+    read_indexes: HashMap<u64, u64>,
     leader: u64,
-    applied: u64,
+    pub(super) applied: u64,
     leader_shared: Arc<AtomicU64>,
     applied_shared: watch::Sender<u64>,
 }
 
-fn fail_all<T>(waiting: impl IntoIterator<Item = Waiting<T>>, error: &RaftError) {
-    for w in waiting {
-        let _ = w.reply.send(Err(error.clone()));
-    }
-}
-
-fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
+pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
 }
 
@@ -263,10 +121,11 @@ impl Node {
             state,
             transport,
             next_request,
-            proposals: HashMap::new(),
-            membership: HashMap::new(),
-            reads_unconfirmed: HashMap::new(),
-            reads_confirmed: Vec::new(),
+            proposals: Pending::default(),
+            membership: Pending::default(),
+            reads_unconfirmed: Pending::default(),
+            reads_confirmed: Pending::default(),
+            read_indexes: HashMap::new(),
             leader: 0,
             applied,
             leader_shared,
@@ -309,19 +168,19 @@ impl Node {
             }
         };
         let stopped = RaftError::Stopped;
-        fail_all(self.proposals.drain().map(|(_, w)| w), &stopped);
-        fail_all(self.membership.drain().map(|(_, w)| w), &stopped);
-        fail_all(self.reads_unconfirmed.drain().map(|(_, w)| w), &stopped);
-        fail_all(self.reads_confirmed.drain(..).map(|(_, w)| w), &stopped);
+        self.proposals.fail_all(&stopped);
+        self.membership.fail_all(&stopped);
+        self.reads_unconfirmed.fail_all(&stopped);
+        self.reads_confirmed.fail_all(&stopped);
         result
     }
 
-    fn new_request_id(&mut self) -> u64 {
+    pub(super) fn new_request_id(&mut self) -> u64 {
         self.next_request = self.next_request.wrapping_add(1);
         self.next_request
     }
 
-    fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         Instant::now() + self.config.request_timeout
     }
 
@@ -344,7 +203,7 @@ impl Node {
                 match self.raw.propose(vec![], data) {
                     Ok(()) => {
                         let deadline = self.deadline();
-                        self.proposals.insert(request_id, Waiting { reply, deadline });
+                        self.proposals.insert(request_id, reply, deadline);
                     }
                     Err(_) => {
                         let _ = reply.send(Err(RaftError::NoLeader));
@@ -360,7 +219,7 @@ impl Node {
                 let id = self.new_request_id();
                 self.raw.read_index(id.to_le_bytes().to_vec());
                 let deadline = self.deadline();
-                self.reads_unconfirmed.insert(id, Waiting { reply, deadline });
+                self.reads_unconfirmed.insert(id, reply, deadline);
             }
             Input::Messages(messages) => {
                 for message in messages {
@@ -381,127 +240,19 @@ impl Node {
         }
     }
 
-    fn change_membership(&mut self, change: MembershipChange, reply: Reply<()>) {
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let is_member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
-        let (change_type, id, address) = match change {
-            MembershipChange::AddLearner { id, address } => {
-                if is_member(id) {
-                    let known = self.state().member(id).map(|m| m.address.clone());
-                    let result = if known.as_deref() == Some(address.as_str()) {
-                        Ok(())
-                    } else {
-                        Err(RaftError::Membership(format!(
-                            "server {id} is already a member at {}",
-                            known.unwrap_or_default()
-                        )))
-                    };
-                    let _ = reply.send(result);
-                    return;
-                }
-                (ConfChangeType::AddLearnerNode, id, Some(address))
-            }
-            MembershipChange::Remove { id } => {
-                if !is_member(id) {
-                    let _ = reply.send(Err(RaftError::Membership(format!("server {id} is not a member"))));
-                    return;
-                }
-                if conf.voters == [id] {
-                    let _ = reply.send(Err(RaftError::Membership(format!(
-                        "server {id} is the only voter; removing it would leave no cluster"
-                    ))));
-                    return;
-                }
-                if self.raw.raft.leader_id == id {
-                    let prs = self.raw.raft.prs();
-                    let transferee = conf
-                        .voters
-                        .iter()
-                        .copied()
-                        .filter(|v| *v != id)
-                        .max_by_key(|v| prs.get(*v).map_or(0, |p| p.matched));
-                    if let Some(transferee) = transferee {
-                        self.raw.transfer_leader(transferee);
-                    }
-                    let _ = reply.send(Err(RaftError::LeaderMoving));
-                    return;
-                }
-                (ConfChangeType::RemoveNode, id, None)
-            }
-        };
-        if self.raw.raft.leader_id == raft::INVALID_ID {
-            let _ = reply.send(Err(RaftError::NoLeader));
-            return;
-        }
-        let request_id = self.new_request_id();
-        let context = ConfChangeContext { origin: self.config.id, request_id, address };
-        match self.propose_conf_change(change_type, id, &context) {
-            Ok(()) => {
-                let deadline = self.deadline();
-                self.membership.insert(request_id, Waiting { reply, deadline });
-            }
-            Err(error) => {
-                let _ =
-                    reply.send(Err(RaftError::Membership(format!("cannot change membership now: {error}"))));
-            }
-        }
-    }
-
-    fn propose_conf_change(
-        &mut self,
-        change_type: ConfChangeType,
-        id: u64,
-        context: &ConfChangeContext,
-    ) -> Result<(), raft::Error> {
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(change_type);
-        single.node_id = id;
-        let mut change = ConfChangeV2::default();
-        change.set_changes(vec![single].into());
-        let context = serde_json::to_vec(context).unwrap_or_default();
-        self.raw.propose_conf_change(context, change)
-    }
-
-    fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
+    pub(super) fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn on_tick(&mut self, now: Instant) {
         let timeout = RaftError::Timeout(self.config.request_timeout);
-        let late: Vec<u64> =
-            self.proposals.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
-        fail_all(late.iter().filter_map(|id| self.proposals.remove(id)), &timeout);
-        let late: Vec<u64> =
-            self.membership.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
-        fail_all(late.iter().filter_map(|id| self.membership.remove(id)), &timeout);
-        let late: Vec<u64> =
-            self.reads_unconfirmed.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
-        fail_all(late.iter().filter_map(|id| self.reads_unconfirmed.remove(id)), &timeout);
-        let (late, keep): (Vec<_>, Vec<_>) =
-            self.reads_confirmed.drain(..).partition(|(_, w)| w.deadline <= now);
-        self.reads_confirmed = keep;
-        fail_all(late.into_iter().map(|(_, w)| w), &timeout);
+        self.proposals.expire(now, &timeout);
+        self.membership.expire(now, &timeout);
+        self.reads_unconfirmed.expire(now, &timeout);
+        self.reads_confirmed.expire(now, &timeout);
+        let confirmed = &self.reads_confirmed;
+        self.read_indexes.retain(|id, _| confirmed.contains(*id));
         self.promote_caught_up_learner();
-    }
-
-    /// A learner becomes a voter once it holds everything committed, so that
-    /// adding a server never leaves the cluster waiting on a slow new voter.
-    fn promote_caught_up_learner(&mut self) {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.has_pending_conf() {
-            return;
-        }
-        let committed = raft.raft_log.committed;
-        let learners = raft.prs().conf().to_conf_state().learners;
-        let ready =
-            learners.into_iter().find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
-        if let Some(id) = ready {
-            tracing::info!(member = id, "promoting caught-up learner to voter");
-            let context = ConfChangeContext { origin: 0, request_id: 0, address: None };
-            if let Err(error) = self.propose_conf_change(ConfChangeType::AddNode, id, &context) {
-                tracing::warn!(member = id, %error, "cannot promote learner yet");
-            }
-        }
     }
 
     fn on_ready(&mut self) -> Result<(), StorageError> {
@@ -520,8 +271,9 @@ impl Node {
         }
         for read in ready.take_read_states() {
             let id = read.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
-            if let Some(waiting) = self.reads_unconfirmed.remove(&id) {
-                self.reads_confirmed.push((read.index, waiting));
+            if let Some((reply, deadline)) = self.reads_unconfirmed.take(id) {
+                self.reads_confirmed.insert(id, reply, deadline);
+                self.read_indexes.insert(id, read.index);
             }
         }
         self.apply_committed(ready.take_committed_entries())?;
@@ -554,9 +306,9 @@ impl Node {
         tracing::info!(previous = self.leader, leader, term = self.raw.raft.term, "leader changed");
         if self.leader != raft::INVALID_ID {
             let error = RaftError::LeaderChanged;
-            fail_all(self.proposals.drain().map(|(_, w)| w), &error);
-            fail_all(self.membership.drain().map(|(_, w)| w), &error);
-            fail_all(self.reads_unconfirmed.drain().map(|(_, w)| w), &error);
+            self.proposals.fail_all(&error);
+            self.membership.fail_all(&error);
+            self.reads_unconfirmed.fail_all(&error);
         }
         self.leader = leader;
         self.leader_shared.store(leader, Ordering::Relaxed);
@@ -564,24 +316,12 @@ impl Node {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        let (done, waiting): (Vec<_>, Vec<_>) =
-            self.reads_confirmed.drain(..).partition(|(i, _)| *i <= applied);
-        self.reads_confirmed = waiting;
-        for (_, w) in done {
-            let _ = w.reply.send(Ok(()));
+        let done: Vec<u64> =
+            self.read_indexes.iter().filter(|(_, index)| **index <= applied).map(|(id, _)| *id).collect();
+        for id in done {
+            self.read_indexes.remove(&id);
+            self.reads_confirmed.answer(id, Ok(()));
         }
-    }
-
-    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
-        let restored: ClusterState = serde_json::from_slice(&snapshot.data)
-            .map_err(|e| corrupt_entry(index, format!("snapshot: {e}")))?;
-        self.raw.mut_store().install_snapshot(snapshot)?;
-        tracing::info!(index, "installed snapshot from leader");
-        self.transport.learn_members(restored.members());
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
-        self.applied = index;
-        Ok(())
     }
 
     fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
@@ -598,10 +338,8 @@ impl Node {
                     let envelope: Envelope =
                         serde_json::from_slice(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
                     let result = state.apply(entry.index, envelope.command);
-                    if envelope.origin == self.config.id
-                        && let Some(waiting) = self.proposals.remove(&envelope.request_id)
-                    {
-                        let _ = waiting.reply.send(result.map_err(RaftError::from));
+                    if envelope.origin == self.config.id {
+                        self.proposals.answer(envelope.request_id, result.map_err(RaftError::from));
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -632,36 +370,13 @@ impl Node {
                     }
                     if let Some(context) = context
                         && context.origin == self.config.id
-                        && let Some(waiting) = self.membership.remove(&context.request_id)
                     {
                         let answer = result.map_err(|e| RaftError::Membership(e.to_string()));
-                        let _ = waiting.reply.send(answer.map(|_| ()));
+                        self.membership.answer(context.request_id, answer.map(|_| ()));
                     }
                 }
             }
         }
-        Ok(())
-    }
-
-    fn maybe_compact(&mut self) -> Result<(), StorageError> {
-        let every = self.config.snapshot_every;
-        let wanted = self.raw.store().take_snapshot_request();
-        if self.applied < self.raw.store().snapshot_index() + every
-            && !(wanted && self.applied > self.raw.store().snapshot_index())
-        {
-            return Ok(());
-        }
-        let index = self.applied;
-        let term = self.raw.store().term(index).map_err(|e| corrupt_entry(index, e))?;
-        let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
-        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let keep_from = index.saturating_sub(every / 2) + 1;
-        self.raw.mut_store().compact(snapshot, keep_from)?;
-        tracing::info!(index, keep_from, "took snapshot and compacted the log");
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
-use super::node::Input;
+use super::handle::Input;
 
 /// Path of the peer endpoint on every server.
 pub const PEER_PATH: &str = "/raft/v1/messages";

@@ -5,31 +5,30 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_api::spec::Protocol;
 use flotilla_api::{
-    Allocation, AllocationState, AllocationUpdate, DeployChange, DeployResult, Event, Member, Node,
-    NodeRegistration, NodeStatus, Workload, WorkloadName, WorkloadStatus,
+    Allocation, AllocationState, Event, Member, Node, Workload, WorkloadName, WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandOutput, Rejection};
-use super::plan::{Placement, Plan, PlanOutcome, Unplaced};
-use crate::placement::{self, NodeView, Request};
+use super::plan::Unplaced;
+use crate::placement::{NodeView, Request};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    workloads: BTreeMap<WorkloadName, Workload>,
+    pub(super) workloads: BTreeMap<WorkloadName, Workload>,
     /// Raft members and their addresses, replicated so that every server,
     /// including one that joins later, knows where its peers listen.
-    members: BTreeMap<u64, Member>,
-    nodes: BTreeMap<String, Node>,
-    allocations: BTreeMap<u64, Allocation>,
+    pub(super) members: BTreeMap<u64, Member>,
+    pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) allocations: BTreeMap<u64, Allocation>,
     /// Allocation ids by node and by workload, kept in step with `allocations`.
-    by_node: BTreeMap<String, BTreeSet<u64>>,
-    by_workload: BTreeMap<WorkloadName, BTreeSet<u64>>,
-    next_allocation_id: u64,
+    pub(super) by_node: BTreeMap<String, BTreeSet<u64>>,
+    pub(super) by_workload: BTreeMap<WorkloadName, BTreeSet<u64>>,
+    pub(super) next_allocation_id: u64,
     /// Replicas the last plan could not place, and why.
-    unplaced: BTreeMap<WorkloadName, Unplaced>,
+    pub(super) unplaced: BTreeMap<WorkloadName, Unplaced>,
     /// The latest events, oldest first, at most `MAX_EVENTS`.
-    events: VecDeque<Event>,
+    pub(super) events: VecDeque<Event>,
 }
 
 /// Events kept in the state; older ones are dropped.
@@ -70,74 +69,10 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
             Command::PutWorkload { spec, expected_version } => {
-                let existing = self.workloads.get(&spec.name);
-                if let Some(expected) = expected_version {
-                    let actual = existing.map_or(0, |w| w.version);
-                    if actual != expected {
-                        return Err(Rejection::VersionMismatch { name: spec.name, expected, actual });
-                    }
-                }
-                let (change, workload) = match existing {
-                    Some(current) if current.spec == spec => (DeployChange::Unchanged, current.clone()),
-                    // A change of replicas alone is a scale, not a new version to roll out.
-                    Some(current) if current.spec == spec_with_replicas(&spec, current.spec.replicas) => {
-                        (DeployChange::Updated, Workload { spec, modified_index: index, ..current.clone() })
-                    }
-                    Some(current) => (
-                        DeployChange::Updated,
-                        Workload {
-                            spec,
-                            version: current.version + 1,
-                            created_index: current.created_index,
-                            modified_index: index,
-                            status: WorkloadStatus::default(),
-                        },
-                    ),
-                    None => (
-                        DeployChange::Created,
-                        Workload {
-                            spec,
-                            version: 1,
-                            created_index: index,
-                            modified_index: index,
-                            status: WorkloadStatus::default(),
-                        },
-                    ),
-                };
-                self.workloads.insert(workload.spec.name.clone(), workload.clone());
-                let workload = self.with_status(workload);
-                Ok(CommandOutput::Deployed(DeployResult { change, workload }))
+                self.put_workload(index, spec, expected_version)
             }
-            Command::ScaleWorkload { name, replicas } => {
-                let workload =
-                    self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
-                if let Some(auto) = &workload.spec.autoscale
-                    && !(auto.min..=auto.max).contains(&replicas)
-                {
-                    return Err(Rejection::OutsideAutoscaleRange {
-                        name,
-                        replicas,
-                        min: auto.min,
-                        max: auto.max,
-                    });
-                }
-                if workload.spec.replicas != replicas {
-                    workload.spec.replicas = replicas;
-                    workload.modified_index = index;
-                }
-                let workload = workload.clone();
-                Ok(CommandOutput::Workload(self.with_status(workload)))
-            }
-            Command::DeleteWorkload { name } => {
-                let workload =
-                    self.workloads.remove(&name).ok_or(Rejection::WorkloadNotFound(name.clone()))?;
-                for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
-                    self.remove_allocation(id);
-                }
-                self.by_workload.remove(&name);
-                self.unplaced.remove(&name);
-                Ok(CommandOutput::Workload(workload))
-            }
+            Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
+            Command::DeleteWorkload { name } => self.delete_workload(name),
             Command::RegisterNode { registration } => {
                 Ok(CommandOutput::Node(self.register_node(registration)))
             }
@@ -153,256 +88,13 @@ impl ClusterState {
                 Ok(output)
             }
             Command::AutoscaleWorkload { name, replicas, reason, now_ms } => {
-                let workload =
-                    self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
-                workload.spec.replicas = replicas;
-                workload.modified_index = index;
-                let workload = workload.clone();
-                let message = format!("autoscaled: {reason}");
-                self.record(Event {
-                    index,
-                    at_ms: now_ms,
-                    workload: Some(name.to_string()),
-                    node: None,
-                    message,
-                });
-                Ok(CommandOutput::Workload(self.with_status(workload)))
+                self.autoscale_workload(index, name, replicas, reason, now_ms)
             }
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::UpdateAllocations { node, updates, now_ms } => {
                 self.update_allocations(index, &node, updates, now_ms)
             }
         }
-    }
-
-    fn register_node(&mut self, registration: NodeRegistration) -> Node {
-        let node = self.nodes.entry(registration.name.clone()).or_insert_with(|| Node {
-            name: registration.name.clone(),
-            address: String::new(),
-            capacity_cpu: registration.cpu,
-            capacity_memory: registration.memory,
-            labels: BTreeMap::new(),
-            drivers: BTreeSet::new(),
-            status: NodeStatus::Ready,
-            allocated_cpu: 0,
-            allocated_memory: 0,
-            allocations: 0,
-        });
-        node.address = registration.address;
-        node.capacity_cpu = registration.cpu;
-        node.capacity_memory = registration.memory;
-        node.labels = registration.labels;
-        node.drivers = registration.drivers;
-        if node.status == NodeStatus::Down {
-            node.status = NodeStatus::Ready;
-        }
-        node.clone()
-    }
-
-    fn set_node_status(
-        &mut self,
-        index: u64,
-        name: &str,
-        status: NodeStatus,
-    ) -> Result<CommandOutput, Rejection> {
-        let node = self.nodes.get_mut(name).ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
-        if node.status == NodeStatus::Down && status == NodeStatus::Draining {
-            return Err(Rejection::NodeDown(name.to_owned()));
-        }
-        node.status = status;
-        if status == NodeStatus::Down {
-            let live: Vec<u64> = self
-                .by_node
-                .get(name)
-                .into_iter()
-                .flatten()
-                .filter(|id| self.allocations.get(id).is_some_and(|a| a.state.is_live()))
-                .copied()
-                .collect();
-            for id in live {
-                self.set_allocation_state(index, id, AllocationState::Lost);
-            }
-        }
-        let node = self.nodes.get(name).cloned().ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
-        Ok(CommandOutput::Node(node))
-    }
-
-    /// Applies a plan, re-checking every placement against the latest state:
-    /// a placement that no longer fits (another plan got there first, the
-    /// node went down, the spec changed) is refused, never forced.
-    fn apply_plan(&mut self, index: u64, plan: Plan) -> PlanOutcome {
-        let mut outcome = PlanOutcome::default();
-        for id in plan.stops {
-            if self.remove_allocation(id) {
-                outcome.stopped += 1;
-            }
-        }
-        for placement in plan.placements {
-            if self.placement_fits(&placement) {
-                self.add_allocation(index, plan.now_ms, placement);
-                outcome.placed += 1;
-            } else {
-                outcome.refused += 1;
-            }
-        }
-        for name in plan.no_longer_unplaced {
-            self.unplaced.remove(&name);
-        }
-        for (name, unplaced) in plan.unplaced {
-            if self.workloads.contains_key(&name) {
-                self.unplaced.insert(name, unplaced);
-            }
-        }
-        outcome
-    }
-
-    fn placement_fits(&self, placement: &Placement) -> bool {
-        let Some(workload) = self.workloads.get(&placement.workload) else {
-            return false;
-        };
-        if workload.version != placement.version {
-            return false;
-        }
-        let live: Vec<&Allocation> =
-            self.workload_allocations(&placement.workload).filter(|a| a.state.is_live()).collect();
-        let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
-        let limit = workload.spec.replicas + u32::from(rolling);
-        if live.len() as u32 >= limit {
-            return false;
-        }
-        let Some(view) = self.node_view(&placement.node) else {
-            return false;
-        };
-        placement::feasibility::check(&view, &request_of(workload)).is_ok()
-    }
-
-    fn on_draining_node(&self, allocation: &Allocation) -> bool {
-        self.nodes.get(&allocation.node).is_some_and(|n| n.status == NodeStatus::Draining)
-    }
-
-    fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
-        let id = self.next_allocation_id.max(1);
-        self.next_allocation_id = id + 1;
-        let allocation = Allocation {
-            id,
-            workload: placement.workload,
-            replica: placement.replica,
-            node: placement.node,
-            version: placement.version,
-            cpu: placement.cpu,
-            memory: placement.memory,
-            ports: placement.ports,
-            state: AllocationState::Pending,
-            created_index: index,
-            modified_index: index,
-            created_at_ms: now_ms,
-            finished_at_ms: None,
-            restarts: 0,
-            exit_code: None,
-            oom_killed: false,
-            message: String::new(),
-        };
-        if let Some(node) = self.nodes.get_mut(&allocation.node) {
-            node.allocated_cpu += allocation.cpu;
-            node.allocated_memory += allocation.memory;
-            node.allocations += 1;
-        }
-        self.by_node.entry(allocation.node.clone()).or_default().insert(id);
-        self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
-        self.allocations.insert(id, allocation);
-    }
-
-    /// Removes an allocation, releasing what it held if it was live.
-    fn remove_allocation(&mut self, id: u64) -> bool {
-        let Some(allocation) = self.allocations.remove(&id) else {
-            return false;
-        };
-        if allocation.state.is_live() {
-            self.release(&allocation);
-        }
-        if let Some(ids) = self.by_node.get_mut(&allocation.node) {
-            ids.remove(&id);
-        }
-        if let Some(ids) = self.by_workload.get_mut(&allocation.workload) {
-            ids.remove(&id);
-        }
-        true
-    }
-
-    fn release(&mut self, allocation: &Allocation) {
-        if let Some(node) = self.nodes.get_mut(&allocation.node) {
-            node.allocated_cpu = node.allocated_cpu.saturating_sub(allocation.cpu);
-            node.allocated_memory = node.allocated_memory.saturating_sub(allocation.memory);
-            node.allocations = node.allocations.saturating_sub(1);
-        }
-    }
-
-    fn set_allocation_state(&mut self, index: u64, id: u64, state: AllocationState) {
-        let Some(allocation) = self.allocations.get_mut(&id) else {
-            return;
-        };
-        let was_live = allocation.state.is_live();
-        allocation.state = state;
-        allocation.modified_index = index;
-        if was_live && !state.is_live() {
-            let allocation = allocation.clone();
-            self.release(&allocation);
-        }
-    }
-
-    fn update_allocations(
-        &mut self,
-        index: u64,
-        node: &str,
-        updates: Vec<AllocationUpdate>,
-        now_ms: u64,
-    ) -> Result<CommandOutput, Rejection> {
-        if !self.nodes.contains_key(node) {
-            return Err(Rejection::NodeNotFound(node.to_owned()));
-        }
-        let mut changed = 0;
-        for update in updates {
-            let Some(allocation) = self.allocations.get(&update.id) else {
-                continue;
-            };
-            // Only the node an allocation is on reports on it, and a replaced
-            // (lost, failed) allocation does not come back to life.
-            if allocation.node != node || !allocation.state.is_live() {
-                continue;
-            }
-            let before = (allocation.state, allocation.restarts, allocation.oom_killed);
-            self.set_allocation_state(index, update.id, update.state);
-            if let Some(allocation) = self.allocations.get_mut(&update.id) {
-                if !update.state.is_live() {
-                    allocation.finished_at_ms = Some(now_ms);
-                }
-                allocation.restarts = update.restarts;
-                allocation.exit_code = update.exit_code;
-                allocation.oom_killed = update.oom_killed;
-                allocation.message = update.message;
-                for bound in update.ports {
-                    if let Some(port) = allocation
-                        .ports
-                        .iter_mut()
-                        .find(|p| p.container == bound.container && p.protocol == bound.protocol)
-                    {
-                        port.host = bound.host;
-                    }
-                }
-            }
-            changed += 1;
-            if let Some(after) = self.allocations.get(&update.id) {
-                let failed = after.state == AllocationState::Failed && before.0 != AllocationState::Failed;
-                let oom = after.oom_killed && (!before.2 || after.restarts != before.1);
-                if failed || oom {
-                    let what = if failed { "failed" } else { "was OOM-killed" };
-                    let message = format!("allocation {} {what}: {}", after.id, after.message);
-                    let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
-                    self.record(Event { index, at_ms: now_ms, workload, node, message });
-                }
-            }
-        }
-        Ok(CommandOutput::AllocationsUpdated(changed))
     }
 
     /// The node as placement sees it, from the live allocations on it.
@@ -475,7 +167,7 @@ impl ClusterState {
         self.by_workload.get(workload).into_iter().flatten().filter_map(|id| self.allocations.get(id))
     }
 
-    fn record(&mut self, event: Event) {
+    pub(super) fn record(&mut self, event: Event) {
         self.events.push_back(event);
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
@@ -518,14 +210,10 @@ impl ClusterState {
     }
 }
 
-fn spec_with_replicas(spec: &flotilla_api::WorkloadSpec, replicas: u32) -> flotilla_api::WorkloadSpec {
-    flotilla_api::WorkloadSpec { replicas, ..spec.clone() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_api::parse_yaml;
+    use flotilla_api::{DeployChange, parse_yaml};
     use proptest::prelude::*;
 
     fn name(i: u8) -> WorkloadName {

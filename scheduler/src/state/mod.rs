@@ -1,9 +1,13 @@
 //! The replicated state machine. Every server applies the same committed
 //! commands in the same order and so holds the same [`ClusterState`].
+//! `apply` is split by what a command changes: workloads, nodes, allocations.
 
+mod allocations;
 mod cluster_state;
 mod command;
+mod nodes;
 mod plan;
+mod workloads;
 
 pub use cluster_state::{ClusterState, fixed_ports, request_of};
 pub use command::{Command, CommandOutput, Envelope, Rejection};

@@ -1,0 +1,47 @@
+//! What the supervisor knows of one allocation on this node.
+
+use std::time::Instant;
+
+use flotilla_api::spec::Driver;
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate, WorkloadSpec};
+
+use crate::restart::RestartTracker;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Phase {
+    Starting,
+    Running,
+    /// Exited; starts again at this instant.
+    Backoff(Instant),
+    Stopping,
+    /// Complete or failed: nothing more to do until the servers remove it.
+    Done,
+}
+
+pub(super) struct Local {
+    pub(super) allocation: Allocation,
+    pub(super) spec: WorkloadSpec,
+    pub(super) driver: Driver,
+    pub(super) handle: Option<String>,
+    pub(super) phase: Phase,
+    pub(super) tracker: RestartTracker,
+    pub(super) started_at: Instant,
+    /// How it last exited, reported until it exits again.
+    pub(super) last_exit: Option<i64>,
+    pub(super) oom_killed: bool,
+    /// An exit event arrived while it was still starting (a command that
+    /// exits at once can beat the start call's answer); checked once started.
+    pub(super) exit_seen_while_starting: bool,
+}
+
+pub(super) fn update(local: &Local, state: AllocationState, message: String) -> AllocationUpdate {
+    AllocationUpdate {
+        id: local.allocation.id,
+        state,
+        restarts: local.tracker.restarts,
+        exit_code: local.last_exit,
+        oom_killed: local.oom_killed,
+        message,
+        ports: local.allocation.ports.clone(),
+    }
+}

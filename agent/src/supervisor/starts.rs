@@ -1,0 +1,71 @@
+//! Starting allocations, and what the runtime's answer to a start means.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_api::AllocationState;
+
+use super::local::{Phase, update};
+use super::{Message, Supervisor};
+use crate::runtime::{Launch, Observed};
+
+impl Supervisor {
+    /// Starts (or, with a handle from an earlier run, restarts) an allocation.
+    pub(super) fn spawn_start(&mut self, id: u64) {
+        let Some(local) = self.local.get_mut(&id) else { return };
+        let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
+        local.phase = Phase::Starting;
+        local.exit_seen_while_starting = false;
+        let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
+        let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let launch = Launch { allocation: &allocation, spec: &spec, node: &node };
+            let result = match handle {
+                Some(handle) => runtime.restart(&handle, launch).await,
+                None => runtime.start(launch).await,
+            };
+            let _ =
+                messages.send(Message::Started { allocation: id, result: result.map_err(|e| e.to_string()) });
+        });
+    }
+
+    pub(super) async fn on_started(&mut self, id: u64, result: Result<Observed, String>) {
+        let Some(local) = self.local.get_mut(&id) else { return };
+        if local.phase != Phase::Starting {
+            // Stopped while it was starting: make sure nothing is left behind.
+            if let Ok(observed) = result {
+                let driver = local.driver;
+                self.spawn_stop(id, driver, observed.handle);
+            }
+            return;
+        }
+        match result {
+            Ok(observed) => {
+                local.handle = Some(observed.handle.clone());
+                local.started_at = Instant::now();
+                local.allocation.ports = observed.ports.clone();
+                let driver = local.driver;
+                self.handles_insert(id, driver, &observed.handle);
+                if observed.running {
+                    let mut exited_meanwhile = false;
+                    if let Some(local) = self.local.get_mut(&id) {
+                        local.phase = Phase::Running;
+                        exited_meanwhile = std::mem::take(&mut local.exit_seen_while_starting);
+                        let report = update(local, AllocationState::Running, String::new());
+                        self.reports.insert(id, report);
+                    }
+                    if exited_meanwhile {
+                        self.on_exit(id).await;
+                    }
+                } else {
+                    self.after_exit(id, observed.exit_code, observed.oom_killed, String::new());
+                }
+            }
+            Err(message) => {
+                tracing::warn!(allocation = id, %message, "start failed");
+                self.after_exit(id, None, false, message);
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The async side's way into the Raft thread: a channel of inputs, and the
+//! shared state, leader and applied index that the thread publishes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use flotilla_api::ServerStatus;
+use raft::eraftpb::Message;
+use tokio::sync::{oneshot, watch};
+
+use super::error::RaftError;
+use super::membership::MembershipChange;
+use super::pending::Reply;
+use crate::state::{ClusterState, Command, CommandOutput};
+
+pub(crate) enum Input {
+    Propose { command: Command, reply: Reply<CommandOutput> },
+    ChangeMembership { change: MembershipChange, reply: Reply<()> },
+    ReadIndex { reply: Reply<()> },
+    Messages(Vec<Message>),
+    Unreachable(u64),
+    SnapshotReported { to: u64, ok: bool },
+    Status { reply: oneshot::Sender<ServerStatus> },
+    Shutdown,
+}
+
+/// The async side's way into the Raft thread.
+#[derive(Clone)]
+pub struct RaftHandle {
+    pub(super) inputs: Sender<Input>,
+    pub(super) state: Arc<RwLock<ClusterState>>,
+    /// Upper bound on waiting for a reply, a little above the node's own
+    /// timeout so the node's clearer error normally wins.
+    pub(super) wait_limit: Duration,
+    pub(super) id: u64,
+    /// The leader this server last heard of (0: none), for leader-only loops.
+    pub(super) leader: Arc<AtomicU64>,
+    /// The applied index, for loops and blocking queries that wait for change.
+    pub(super) applied: watch::Receiver<u64>,
+}
+
+impl RaftHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Input) -> Result<T, RaftError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(make(reply)).map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout(self.wait_limit, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout(self.wait_limit)),
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn propose(&self, command: Command) -> Result<CommandOutput, RaftError> {
+        self.call(|reply| Input::Propose { command, reply }).await
+    }
+
+    /// Waits until this server has applied everything committed when the
+    /// call was made (Raft's ReadIndex), so a read after it is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), RaftError> {
+        self.call(|reply| Input::ReadIndex { reply }).await
+    }
+
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), RaftError> {
+        self.call(|reply| Input::ChangeMembership { change, reply }).await
+    }
+
+    pub async fn status(&self) -> Result<ServerStatus, RaftError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status { reply }).map_err(|_| RaftError::Stopped)?;
+        answer.await.map_err(|_| RaftError::Stopped)
+    }
+
+    /// This server's applied state, which may trail the leader's.
+    pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {
+        self.inputs.send(Input::Messages(messages)).map_err(|_| RaftError::Stopped)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.inputs.send(Input::Shutdown);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed) == self.id
+    }
+
+    /// The leader this server last heard of.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.leader.load(Ordering::Relaxed)).filter(|l| *l != raft::INVALID_ID)
+    }
+
+    /// Whether the Raft thread has stopped (the server is shutting down).
+    pub fn is_stopped(&self) -> bool {
+        self.applied.has_changed().is_err()
+    }
+
+    /// Changes whenever this server applies entries.
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+}

@@ -1,0 +1,136 @@
+//! Changes of the Raft configuration: learners added and promoted once
+//! caught up, members removed (the leader hands over first), and the
+//! addresses every server learns from the entries that change membership.
+
+use raft::StateRole;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use serde::{Deserialize, Serialize};
+
+use super::error::RaftError;
+use super::node::Node;
+use super::pending::Reply;
+
+/// A change of the Raft configuration requested through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds a non-voting learner; the leader promotes it once it has caught up.
+    AddLearner {
+        id: u64,
+        address: String,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+/// Carried in a conf change entry's context: who to answer, and the address
+/// every server must learn for an added member.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ConfChangeContext {
+    pub(super) origin: u64,
+    pub(super) request_id: u64,
+    pub(super) address: Option<String>,
+}
+
+impl Node {
+    pub(super) fn change_membership(&mut self, change: MembershipChange, reply: Reply<()>) {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let is_member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
+        let (change_type, id, address) = match change {
+            MembershipChange::AddLearner { id, address } => {
+                if is_member(id) {
+                    let known = self.state().member(id).map(|m| m.address.clone());
+                    let result = if known.as_deref() == Some(address.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(RaftError::Membership(format!(
+                            "server {id} is already a member at {}",
+                            known.unwrap_or_default()
+                        )))
+                    };
+                    let _ = reply.send(result);
+                    return;
+                }
+                (ConfChangeType::AddLearnerNode, id, Some(address))
+            }
+            MembershipChange::Remove { id } => {
+                if !is_member(id) {
+                    let _ = reply.send(Err(RaftError::Membership(format!("server {id} is not a member"))));
+                    return;
+                }
+                if conf.voters == [id] {
+                    let _ = reply.send(Err(RaftError::Membership(format!(
+                        "server {id} is the only voter; removing it would leave no cluster"
+                    ))));
+                    return;
+                }
+                if self.raw.raft.leader_id == id {
+                    let prs = self.raw.raft.prs();
+                    let transferee = conf
+                        .voters
+                        .iter()
+                        .copied()
+                        .filter(|v| *v != id)
+                        .max_by_key(|v| prs.get(*v).map_or(0, |p| p.matched));
+                    if let Some(transferee) = transferee {
+                        self.raw.transfer_leader(transferee);
+                    }
+                    let _ = reply.send(Err(RaftError::LeaderMoving));
+                    return;
+                }
+                (ConfChangeType::RemoveNode, id, None)
+            }
+        };
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(RaftError::NoLeader));
+            return;
+        }
+        let request_id = self.new_request_id();
+        let context = ConfChangeContext { origin: self.config.id, request_id, address };
+        match self.propose_conf_change(change_type, id, &context) {
+            Ok(()) => {
+                let deadline = self.deadline();
+                self.membership.insert(request_id, reply, deadline);
+            }
+            Err(error) => {
+                let _ =
+                    reply.send(Err(RaftError::Membership(format!("cannot change membership now: {error}"))));
+            }
+        }
+    }
+
+    pub(super) fn propose_conf_change(
+        &mut self,
+        change_type: ConfChangeType,
+        id: u64,
+        context: &ConfChangeContext,
+    ) -> Result<(), raft::Error> {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = id;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        let context = serde_json::to_vec(context).unwrap_or_default();
+        self.raw.propose_conf_change(context, change)
+    }
+
+    /// A learner becomes a voter once it holds everything committed, so that
+    /// adding a server never leaves the cluster waiting on a slow new voter.
+    pub(super) fn promote_caught_up_learner(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let committed = raft.raft_log.committed;
+        let learners = raft.prs().conf().to_conf_state().learners;
+        let ready =
+            learners.into_iter().find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
+        if let Some(id) = ready {
+            tracing::info!(member = id, "promoting caught-up learner to voter");
+            let context = ConfChangeContext { origin: 0, request_id: 0, address: None };
+            if let Err(error) = self.propose_conf_change(ConfChangeType::AddNode, id, &context) {
+                tracing::warn!(member = id, %error, "cannot promote learner yet");
+            }
+        }
+    }
+}

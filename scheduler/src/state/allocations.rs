@@ -1,0 +1,189 @@
+//! Applying what changes allocations: plans from the reconciler and the
+//! state changes agents report, with the node bookkeeping that follows.
+
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, NodeStatus};
+
+use super::cluster_state::{ClusterState, request_of};
+use super::command::{CommandOutput, Rejection};
+use super::plan::{Placement, Plan, PlanOutcome};
+use crate::placement;
+
+impl ClusterState {
+    /// Applies a plan, re-checking every placement against the latest state:
+    /// a placement that no longer fits (another plan got there first, the
+    /// node went down, the spec changed) is refused, never forced.
+    pub(super) fn apply_plan(&mut self, index: u64, plan: Plan) -> PlanOutcome {
+        let mut outcome = PlanOutcome::default();
+        for id in plan.stops {
+            if self.remove_allocation(id) {
+                outcome.stopped += 1;
+            }
+        }
+        for placement in plan.placements {
+            if self.placement_fits(&placement) {
+                self.add_allocation(index, plan.now_ms, placement);
+                outcome.placed += 1;
+            } else {
+                outcome.refused += 1;
+            }
+        }
+        for name in plan.no_longer_unplaced {
+            self.unplaced.remove(&name);
+        }
+        for (name, unplaced) in plan.unplaced {
+            if self.workloads.contains_key(&name) {
+                self.unplaced.insert(name, unplaced);
+            }
+        }
+        outcome
+    }
+
+    pub(super) fn placement_fits(&self, placement: &Placement) -> bool {
+        let Some(workload) = self.workloads.get(&placement.workload) else {
+            return false;
+        };
+        if workload.version != placement.version {
+            return false;
+        }
+        let live: Vec<&Allocation> =
+            self.workload_allocations(&placement.workload).filter(|a| a.state.is_live()).collect();
+        let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
+        let limit = workload.spec.replicas + u32::from(rolling);
+        if live.len() as u32 >= limit {
+            return false;
+        }
+        let Some(view) = self.node_view(&placement.node) else {
+            return false;
+        };
+        placement::feasibility::check(&view, &request_of(workload)).is_ok()
+    }
+
+    pub(super) fn on_draining_node(&self, allocation: &Allocation) -> bool {
+        self.nodes.get(&allocation.node).is_some_and(|n| n.status == NodeStatus::Draining)
+    }
+
+    pub(super) fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
+        let id = self.next_allocation_id.max(1);
+        self.next_allocation_id = id + 1;
+        let allocation = Allocation {
+            id,
+            workload: placement.workload,
+            replica: placement.replica,
+            node: placement.node,
+            version: placement.version,
+            cpu: placement.cpu,
+            memory: placement.memory,
+            ports: placement.ports,
+            state: AllocationState::Pending,
+            created_index: index,
+            modified_index: index,
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+            restarts: 0,
+            exit_code: None,
+            oom_killed: false,
+            message: String::new(),
+        };
+        if let Some(node) = self.nodes.get_mut(&allocation.node) {
+            node.allocated_cpu += allocation.cpu;
+            node.allocated_memory += allocation.memory;
+            node.allocations += 1;
+        }
+        self.by_node.entry(allocation.node.clone()).or_default().insert(id);
+        self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
+        self.allocations.insert(id, allocation);
+    }
+
+    /// Removes an allocation, releasing what it held if it was live.
+    pub(super) fn remove_allocation(&mut self, id: u64) -> bool {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return false;
+        };
+        if allocation.state.is_live() {
+            self.release(&allocation);
+        }
+        if let Some(ids) = self.by_node.get_mut(&allocation.node) {
+            ids.remove(&id);
+        }
+        if let Some(ids) = self.by_workload.get_mut(&allocation.workload) {
+            ids.remove(&id);
+        }
+        true
+    }
+
+    pub(super) fn release(&mut self, allocation: &Allocation) {
+        if let Some(node) = self.nodes.get_mut(&allocation.node) {
+            node.allocated_cpu = node.allocated_cpu.saturating_sub(allocation.cpu);
+            node.allocated_memory = node.allocated_memory.saturating_sub(allocation.memory);
+            node.allocations = node.allocations.saturating_sub(1);
+        }
+    }
+
+    pub(super) fn set_allocation_state(&mut self, index: u64, id: u64, state: AllocationState) {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let was_live = allocation.state.is_live();
+        allocation.state = state;
+        allocation.modified_index = index;
+        if was_live && !state.is_live() {
+            let allocation = allocation.clone();
+            self.release(&allocation);
+        }
+    }
+
+    pub(super) fn update_allocations(
+        &mut self,
+        index: u64,
+        node: &str,
+        updates: Vec<AllocationUpdate>,
+        now_ms: u64,
+    ) -> Result<CommandOutput, Rejection> {
+        if !self.nodes.contains_key(node) {
+            return Err(Rejection::NodeNotFound(node.to_owned()));
+        }
+        let mut changed = 0;
+        for update in updates {
+            let Some(allocation) = self.allocations.get(&update.id) else {
+                continue;
+            };
+            // Only the node an allocation is on reports on it, and a replaced
+            // (lost, failed) allocation does not come back to life.
+            if allocation.node != node || !allocation.state.is_live() {
+                continue;
+            }
+            let before = (allocation.state, allocation.restarts, allocation.oom_killed);
+            self.set_allocation_state(index, update.id, update.state);
+            if let Some(allocation) = self.allocations.get_mut(&update.id) {
+                if !update.state.is_live() {
+                    allocation.finished_at_ms = Some(now_ms);
+                }
+                allocation.restarts = update.restarts;
+                allocation.exit_code = update.exit_code;
+                allocation.oom_killed = update.oom_killed;
+                allocation.message = update.message;
+                for bound in update.ports {
+                    if let Some(port) = allocation
+                        .ports
+                        .iter_mut()
+                        .find(|p| p.container == bound.container && p.protocol == bound.protocol)
+                    {
+                        port.host = bound.host;
+                    }
+                }
+            }
+            changed += 1;
+            if let Some(after) = self.allocations.get(&update.id) {
+                let failed = after.state == AllocationState::Failed && before.0 != AllocationState::Failed;
+                let oom = after.oom_killed && (!before.2 || after.restarts != before.1);
+                if failed || oom {
+                    let what = if failed { "failed" } else { "was OOM-killed" };
+                    let message = format!("allocation {} {what}: {}", after.id, after.message);
+                    let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
+                    self.record(Event { index, at_ms: now_ms, workload, node, message });
+                }
+            }
+        }
+        Ok(CommandOutput::AllocationsUpdated(changed))
+    }
+}

@@ -1,0 +1,107 @@
+//! Applying what changes workloads: deploys, scales (by hand or by the
+//! autoscaler) and deletes.
+
+use flotilla_api::{DeployChange, DeployResult, Event, Workload, WorkloadName, WorkloadSpec, WorkloadStatus};
+
+use super::cluster_state::ClusterState;
+use super::command::{CommandOutput, Rejection};
+
+impl ClusterState {
+    pub(super) fn put_workload(
+        &mut self,
+        index: u64,
+        spec: WorkloadSpec,
+        expected_version: Option<u64>,
+    ) -> Result<CommandOutput, Rejection> {
+        let existing = self.workloads.get(&spec.name);
+        if let Some(expected) = expected_version {
+            let actual = existing.map_or(0, |w| w.version);
+            if actual != expected {
+                return Err(Rejection::VersionMismatch { name: spec.name, expected, actual });
+            }
+        }
+        let (change, workload) = match existing {
+            Some(current) if current.spec == spec => (DeployChange::Unchanged, current.clone()),
+            // A change of replicas alone is a scale, not a new version to roll out.
+            Some(current) if current.spec == spec_with_replicas(&spec, current.spec.replicas) => {
+                (DeployChange::Updated, Workload { spec, modified_index: index, ..current.clone() })
+            }
+            Some(current) => (
+                DeployChange::Updated,
+                Workload {
+                    spec,
+                    version: current.version + 1,
+                    created_index: current.created_index,
+                    modified_index: index,
+                    status: WorkloadStatus::default(),
+                },
+            ),
+            None => (
+                DeployChange::Created,
+                Workload {
+                    spec,
+                    version: 1,
+                    created_index: index,
+                    modified_index: index,
+                    status: WorkloadStatus::default(),
+                },
+            ),
+        };
+        self.workloads.insert(workload.spec.name.clone(), workload.clone());
+        let workload = self.with_status(workload);
+        Ok(CommandOutput::Deployed(DeployResult { change, workload }))
+    }
+
+    pub(super) fn scale_workload(
+        &mut self,
+        index: u64,
+        name: WorkloadName,
+        replicas: u32,
+    ) -> Result<CommandOutput, Rejection> {
+        let workload =
+            self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
+        if let Some(auto) = &workload.spec.autoscale
+            && !(auto.min..=auto.max).contains(&replicas)
+        {
+            return Err(Rejection::OutsideAutoscaleRange { name, replicas, min: auto.min, max: auto.max });
+        }
+        if workload.spec.replicas != replicas {
+            workload.spec.replicas = replicas;
+            workload.modified_index = index;
+        }
+        let workload = workload.clone();
+        Ok(CommandOutput::Workload(self.with_status(workload)))
+    }
+
+    pub(super) fn delete_workload(&mut self, name: WorkloadName) -> Result<CommandOutput, Rejection> {
+        let workload = self.workloads.remove(&name).ok_or(Rejection::WorkloadNotFound(name.clone()))?;
+        for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
+            self.remove_allocation(id);
+        }
+        self.by_workload.remove(&name);
+        self.unplaced.remove(&name);
+        Ok(CommandOutput::Workload(workload))
+    }
+
+    pub(super) fn autoscale_workload(
+        &mut self,
+        index: u64,
+        name: WorkloadName,
+        replicas: u32,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<CommandOutput, Rejection> {
+        let workload =
+            self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
+        workload.spec.replicas = replicas;
+        workload.modified_index = index;
+        let workload = workload.clone();
+        let message = format!("autoscaled: {reason}");
+        self.record(Event { index, at_ms: now_ms, workload: Some(name.to_string()), node: None, message });
+        Ok(CommandOutput::Workload(self.with_status(workload)))
+    }
+}
+
+fn spec_with_replicas(spec: &WorkloadSpec, replicas: u32) -> WorkloadSpec {
+    WorkloadSpec { replicas, ..spec.clone() }
+}
