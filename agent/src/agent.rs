@@ -16,7 +16,7 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::sim::SimRuntime;
 use crate::runtime::{Runtime, RuntimeEvent};
-use crate::supervisor::{Handles, Message, Supervisor};
+use crate::supervisor::{Handles, Holding, Message, Supervisor, SupervisorConfig};
 
 /// Which runtimes an agent offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// How often each allocation's CPU and memory are sampled.
     pub sample_every: Duration,
     pub restart: RestartConfig,
+    /// How long a container labelled with this node may stay unowned by
+    /// any allocation before the agent removes it.
+    pub orphan_grace: Duration,
     /// Stop everything this agent runs when it shuts down (`flotilla dev`);
     /// a real agent leaves its containers running, to adopt them on restart.
     pub stop_on_exit: bool,
@@ -149,39 +152,59 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     register(&client, &registration).await;
 
     let (messages_tx, mut messages_rx) = mpsc::unbounded_channel();
+    let holding: Holding = Arc::default();
+    let supervisor_config = SupervisorConfig {
+        node: config.name.clone(),
+        restart: config.restart.clone(),
+        orphan_grace: config.orphan_grace,
+    };
     let mut supervisor = Supervisor::new(
-        config.name.clone(),
+        supervisor_config,
         runtimes.clone(),
-        config.restart.clone(),
         Arc::clone(&handles),
+        Arc::clone(&holding),
         messages_tx.clone(),
     );
     supervisor.discover().await;
 
     let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
     let samples: Samples = Arc::default();
-    let beater =
-        tokio::spawn(heartbeat(client.clone(), registration.clone(), config.heartbeat, Arc::clone(&samples)));
+    let beat = Beat {
+        every: config.heartbeat,
+        samples: Arc::clone(&samples),
+        holding,
+        messages: messages_tx.clone(),
+    };
+    let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
     let sampler = tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
+    let (node_events_tx, node_events_rx) = mpsc::unbounded_channel();
+    let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));
 
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut orphan_scan = tokio::time::interval(supervisor.orphan_scan_every());
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             Some(message) = messages_rx.recv() => supervisor.handle(message).await,
             Some(event) = events_rx.recv() => supervisor.handle(Message::Runtime(event)).await,
+            _ = orphan_scan.tick() => supervisor.take_inventory(),
             _ = tick.tick() => {
                 supervisor.tick();
                 let reports = supervisor.take_reports();
                 if !reports.is_empty() {
                     let _ = reports_tx.send(reports);
                 }
+                let events = supervisor.take_node_events();
+                if !events.is_empty() {
+                    let _ = node_events_tx.send(events);
+                }
             }
         }
     }
+    event_sender.abort();
     poller.abort();
     beater.abort();
     sampler.abort();
@@ -200,11 +223,13 @@ async fn poll_allocations(
     registration: NodeRegistration,
     messages: mpsc::UnboundedSender<Message>,
 ) {
+    // The highest state index seen: an answer older than it (from a server
+    // that lags) is ignored, and every query asks for newer.
     let mut index = 0;
     loop {
         match client.node_allocations(&registration.name, index, Duration::from_secs(20)).await {
             Ok(desired) => {
-                if desired.index != index {
+                if desired.index > index {
                     index = desired.index;
                     if messages.send(Message::Desired(desired)).is_err() {
                         return;
@@ -217,27 +242,48 @@ async fn poll_allocations(
                 } else {
                     tracing::warn!(%error, "cannot fetch this node's allocations; retrying");
                 }
-                index = 0;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
 }
 
-/// Tells the leader this node lives, with the latest usage samples. It never
-/// waits on sampling (a Docker stats call takes a second), so a slow engine
-/// cannot make a healthy node miss its heartbeats.
-async fn heartbeat(client: Client, registration: NodeRegistration, every: Duration, samples: Samples) {
-    let mut interval = tokio::time::interval(every);
+/// What the heartbeat task needs besides the client.
+struct Beat {
+    every: Duration,
+    samples: Samples,
+    holding: Holding,
+    /// To pass on the servers' word to stop allocations lost while down.
+    messages: mpsc::UnboundedSender<Message>,
+}
+
+/// Tells the leader this node lives, with the latest usage samples and what
+/// it holds. It never waits on sampling (a Docker stats call takes a
+/// second), so a slow engine cannot make a healthy node miss its heartbeats.
+async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
+    let mut interval = tokio::time::interval(beat.every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let usage = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
-        let beat = Heartbeat { usage };
-        match client.heartbeat(&registration.name, &beat).await {
-            Ok(()) => {}
+        let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let holding = beat.holding.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match client.heartbeat(&registration.name, &Heartbeat { usage, holding }).await {
+            Ok(answer) if !answer.stop.is_empty() => {
+                tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
+                let _ = beat.messages.send(Message::StopNow(answer.stop));
+            }
+            Ok(_) => {}
             Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
+        }
+    }
+}
+
+/// Sends what the agent did on its own (orphans removed) to `flotilla events`.
+async fn send_node_events(client: Client, node: String, mut events: mpsc::UnboundedReceiver<Vec<String>>) {
+    while let Some(messages) = events.recv().await {
+        if let Err(error) = client.record_node_events(&node, &messages).await {
+            tracing::warn!(%error, "cannot record node events");
         }
     }
 }

@@ -8,22 +8,37 @@ use crate::spec::{Protocol, WorkloadName};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllocationState {
-    /// Placed; its agent has not reported it running yet.
+    /// Placed; its agent has not said anything of it yet.
     #[default]
     Pending,
+    /// Its agent is creating and starting it (pulling, creating, starting).
+    Starting,
     Running,
+    /// It exited, or failed to start, and its agent starts it again after a
+    /// backoff (`next_restart_at_ms`); `message` says why it stopped.
+    Restarting,
     /// Exited and will not be restarted by its agent (restart policy).
     Complete,
     /// Failed too often on its agent; the leader places a replacement.
     Failed,
     /// Its node went down; the leader places a replacement.
     Lost,
+    /// Stopped by its agent because the servers asked (scale-down, rollout,
+    /// delete, drain).
+    Stopped,
 }
 
 impl AllocationState {
-    /// Whether the allocation still stands for a replica (it is not replaced).
+    /// Whether something may run (or be about to run) for it on its node:
+    /// it holds its node's resources and its agent still acts on it.
     pub fn is_live(self) -> bool {
-        matches!(self, AllocationState::Pending | AllocationState::Running)
+        matches!(
+            self,
+            AllocationState::Pending
+                | AllocationState::Starting
+                | AllocationState::Running
+                | AllocationState::Restarting
+        )
     }
 }
 
@@ -31,10 +46,13 @@ impl std::fmt::Display for AllocationState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             AllocationState::Pending => "pending",
+            AllocationState::Starting => "starting",
             AllocationState::Running => "running",
+            AllocationState::Restarting => "restarting",
             AllocationState::Complete => "complete",
             AllocationState::Failed => "failed",
             AllocationState::Lost => "lost",
+            AllocationState::Stopped => "stopped",
         })
     }
 }
@@ -61,6 +79,14 @@ pub struct Allocation {
     pub memory: u64,
     pub ports: Vec<PortBinding>,
     pub state: AllocationState,
+    /// The servers asked its agent to stop it. Until the agent reports it
+    /// stopped (or its node is lost) it keeps its CPU, memory and ports, but
+    /// no longer counts as a replica.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
+    /// When its agent starts it again (ms since the epoch), while restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at_ms: Option<u64>,
     /// Raft index at which it was placed: its age, without clocks in the state.
     pub created_index: u64,
     pub modified_index: u64,
@@ -79,6 +105,14 @@ pub struct Allocation {
     pub message: String,
 }
 
+impl Allocation {
+    /// Whether it stands for one of its workload's replicas: live, and not
+    /// on its way out.
+    pub fn is_replica(&self) -> bool {
+        self.state.is_live() && !self.stopping
+    }
+}
+
 /// A state change an agent reported for one of its allocations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocationUpdate {
@@ -95,6 +129,9 @@ pub struct AllocationUpdate {
     /// Host ports the agent bound, for ports whose host port it chose.
     #[serde(default)]
     pub ports: Vec<PortBinding>,
+    /// While restarting: when the agent starts it again (ms since the epoch).
+    #[serde(default)]
+    pub next_restart_at_ms: Option<u64>,
 }
 
 impl AllocationUpdate {
@@ -108,6 +145,7 @@ impl AllocationUpdate {
             oom_killed: false,
             message: String::new(),
             ports: Vec::new(),
+            next_restart_at_ms: None,
         }
     }
 }
@@ -137,4 +175,19 @@ pub struct AllocationUsage {
 pub struct Heartbeat {
     #[serde(default)]
     pub usage: Vec<AllocationUsage>,
+    /// Every allocation the agent still has something of (a container or
+    /// process, running or being stopped), so that a node that was down is
+    /// trusted again only once it runs nothing that was placed elsewhere.
+    #[serde(default)]
+    pub holding: Vec<u64>,
+}
+
+/// The servers' answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub status: crate::node::NodeStatus,
+    /// Allocations this node must stop at once: they were lost while the
+    /// node was down and run elsewhere now.
+    #[serde(default)]
+    pub stop: Vec<u64>,
 }

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::allocation::{Allocation, AllocationUpdate, Heartbeat, NodeAllocations};
+use crate::allocation::{Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, NodeAllocations};
 use crate::model::{
     AddMemberRequest, ApiErrorBody, DeployResult, EventPage, Member, ScaleRequest, ServerStatus, Utilisation,
     Workload,
@@ -217,8 +217,13 @@ impl Client {
     }
 
     /// Tells the leader the node lives; 404 means the servers do not know it (register again).
-    pub async fn heartbeat(&self, node: &str, heartbeat: &Heartbeat) -> Result<(), ClientError> {
+    pub async fn heartbeat(&self, node: &str, heartbeat: &Heartbeat) -> Result<HeartbeatAnswer, ClientError> {
         self.request(Method::POST, &format!("/v1/nodes/{node}/heartbeat"), Some(heartbeat)).await
+    }
+
+    /// Records what a node's agent did on its own, for `flotilla events`.
+    pub async fn record_node_events(&self, node: &str, messages: &[String]) -> Result<(), ClientError> {
+        self.request(Method::POST, &format!("/v1/nodes/{node}/events"), Some(&messages)).await
     }
 
     /// A node's allocations once the state index passes `index`, waiting up to `wait`.

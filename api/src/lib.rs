@@ -11,7 +11,8 @@ pub mod spec;
 pub mod spec_error;
 
 pub use allocation::{
-    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Heartbeat, NodeAllocations, PortBinding,
+    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Heartbeat, HeartbeatAnswer,
+    NodeAllocations, PortBinding,
 };
 pub use client::{Client, ClientError};
 pub use constraint::Constraint;

@@ -24,7 +24,7 @@ pub struct Workload {
 /// How a workload's replicas stand, for `flotilla get` and `deploy --wait`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadStatus {
-    /// Live allocations (pending or running), of any version.
+    /// Allocations standing for replicas (placed and not being stopped), of any version.
     pub placed: u32,
     pub running: u32,
     /// Replicas that no node can take right now.
@@ -34,6 +34,14 @@ pub struct WorkloadStatus {
     pub unplaced_reason: Option<String>,
     /// Live allocations still on an older version (a rollout in progress).
     pub outdated: u32,
+    /// Replicas waiting out a restart backoff (crashed, or failing to start):
+    /// a workload with any is degraded.
+    #[serde(default)]
+    pub restarting: u32,
+    /// Why the rollout of the current version failed: its new replicas keep
+    /// failing, and the old ones are kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_failure: Option<String>,
 }
 
 /// What a deploy did, so that `flotilla deploy` can say so.

@@ -87,6 +87,26 @@ pub struct Node {
     pub allocated_cpu: u64,
     pub allocated_memory: u64,
     pub allocations: u32,
+    /// Raft index of its last registration or return from down. The leader
+    /// marks a node down on what it knew at some index; an older decision
+    /// is refused, so a node that came back is not put down by a stale one.
+    #[serde(default)]
+    pub ready_index: u64,
+    /// When it went down lately (ms since the epoch), for flap detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_downs_ms: Vec<u64>,
+    /// A node that keeps going down and coming back gets no new work before
+    /// this time (ms since the epoch); 0: no such wait.
+    #[serde(default)]
+    pub eligible_at_ms: u64,
+}
+
+impl Node {
+    /// Whether its allocations book more than it now offers (it registered
+    /// again, smaller); the reconciler moves the excess away.
+    pub fn is_overcommitted(&self) -> bool {
+        self.allocated_cpu > self.capacity_cpu.0 || self.allocated_memory > self.capacity_memory.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,6 +64,10 @@ pub struct AgentArgs {
     max_failures: usize,
     #[arg(long, default_value_t = 600)]
     failure_window_s: u64,
+    /// How long a container labelled with this node but owned by no
+    /// allocation may stay before the agent removes it.
+    #[arg(long, default_value_t = 60_000)]
+    orphan_grace_ms: u64,
 }
 
 fn host_name() -> String {
@@ -115,6 +119,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             window: Duration::from_secs(args.failure_window_s),
             ..RestartConfig::default()
         },
+        orphan_grace: Duration::from_millis(args.orphan_grace_ms),
         stop_on_exit: false,
     })
 }

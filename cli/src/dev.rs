@@ -67,6 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(1),
         sample_every: Duration::from_secs(1),
         restart: RestartConfig::default(),
+        orphan_grace: std::time::Duration::from_secs(60),
         stop_on_exit: true,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));

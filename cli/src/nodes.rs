@@ -36,6 +36,28 @@ fn percent(used: u64, capacity: u64) -> String {
     (used * 100).checked_div(capacity).map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
 }
 
+/// The status with what a user must know beside it: a node held back after
+/// flapping, or one booking more than it now offers.
+fn node_status(node: &flotilla_api::Node) -> String {
+    let mut text = node.status.to_string();
+    let now = now_ms();
+    if node.eligible_at_ms > now {
+        text.push_str(&format!(
+            " (flapping: {} downs lately, no new work for {}s)",
+            node.recent_downs_ms.len(),
+            (node.eligible_at_ms - now).div_ceil(1000)
+        ));
+    }
+    if node.is_overcommitted() {
+        text.push_str(" (overcommitted: moving replicas away)");
+    }
+    text
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
     let nodes = client.nodes(false).await?;
     if args.output == Format::Json {
@@ -55,7 +77,7 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
     for n in &nodes {
         t.add_row(vec![
             n.name.clone(),
-            n.status.to_string(),
+            node_status(n),
             n.capacity_cpu.to_string(),
             n.capacity_memory.to_string(),
             format!("{} ({})", CpuMillis(n.allocated_cpu), percent(n.allocated_cpu, n.capacity_cpu.0)),
@@ -92,8 +114,10 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
     if args.output == Format::Json {
         return print_json(&allocations);
     }
-    let mut t =
-        table(&["ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "RESTARTS", "EXIT", "PORTS", "AGE"]);
+    let mut t = table(&[
+        "ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "RESTARTS", "EXIT", "PORTS", "AGE",
+        "MESSAGE",
+    ]);
     for a in &allocations {
         let exit = match (a.exit_code, a.oom_killed) {
             (_, true) => "OOM-killed".to_owned(),
@@ -114,15 +138,28 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
             a.replica.to_string(),
             a.version.to_string(),
             a.node.clone(),
-            a.state.to_string(),
+            allocation_state(a),
             a.restarts.to_string(),
             exit,
             ports,
             age(a.created_at_ms),
+            a.message.clone(),
         ]);
     }
     println!("{t}");
     Ok(())
+}
+
+/// The state as `ps` shows it: a stop under way, and when a restart is due.
+fn allocation_state(a: &flotilla_api::Allocation) -> String {
+    let mut text = a.state.to_string();
+    if a.stopping && a.state.is_live() {
+        text.push_str(" (stopping)");
+    }
+    if let Some(at) = a.next_restart_at_ms {
+        text.push_str(&format!(" (next in {:.1}s)", at.saturating_sub(now_ms()) as f64 / 1000.0));
+    }
+    text
 }
 
 pub async fn node(client: &Client, command: NodeCommand) -> anyhow::Result<()> {

@@ -122,11 +122,6 @@ async fn wait_for_rollout(
         let mut settled = true;
         for name in names {
             let workload = client.get(name).await?;
-            let allocations = client.allocations(Some(name), None).await?;
-            let failed = allocations
-                .iter()
-                .filter(|a| a.version == workload.version && a.state == flotilla_api::AllocationState::Failed)
-                .count();
             let s = &workload.status;
             let pending = s.placed.saturating_sub(s.running);
             let mut line = format!(
@@ -136,14 +131,20 @@ async fn wait_for_rollout(
             if let Some(reason) = &s.unplaced_reason {
                 line.push_str(&format!(" ({reason})"));
             }
-            if failed > 0 {
+            if s.restarting > 0 {
+                line.push_str(&format!(", {} restarting", s.restarting));
+            }
+            if let Some(reason) = &s.rollout_failure {
+                if terminal {
+                    eprintln!();
+                }
                 eprintln!("{line}");
-                let message = allocations
-                    .iter()
-                    .find(|a| a.state == flotilla_api::AllocationState::Failed)
-                    .map(|a| a.message.clone())
-                    .unwrap_or_default();
-                bail!("rollout of {name} failed: {failed} replicas failed ({message})");
+                let kept = if s.outdated > 0 {
+                    format!("; {} replicas of the previous version keep running", s.outdated)
+                } else {
+                    String::new()
+                };
+                bail!("rollout of {name} version {} failed: {reason}{kept}", workload.version);
             }
             settled &= s.running == workload.spec.replicas
                 && s.outdated == 0
@@ -184,12 +185,23 @@ fn workload_row(w: &Workload) -> Vec<String> {
         spec.name.to_string(),
         spec.driver.to_string(),
         spec.image.clone().unwrap_or_else(|| spec.command.join(" ")),
-        format!("{}/{}", w.status.running, spec.replicas),
+        running_text(w),
         w.status.unplaced.to_string(),
         spec.resources.cpu.to_string(),
         spec.resources.memory.to_string(),
         w.version.to_string(),
     ]
+}
+
+/// Running against wanted, and `degraded` while replicas are restarting.
+fn running_text(w: &Workload) -> String {
+    let mut text = format!("{}/{}", w.status.running, w.spec.replicas);
+    if w.status.rollout_failure.is_some() {
+        text.push_str(" (rollout failed)");
+    } else if w.status.restarting > 0 {
+        text.push_str(&format!(" (degraded: {} restarting)", w.status.restarting));
+    }
+    text
 }
 
 const WORKLOAD_HEADER: [&str; 8] =
@@ -214,9 +226,18 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             println!("{t}");
             let status = &workload.status;
             println!(
-                "\nreplicas: {} wanted, {} placed, {} running, {} on an older version",
-                workload.spec.replicas, status.placed, status.running, status.outdated
+                "\nreplicas: {} wanted, {} placed, {} running, {} restarting, {} on an older version",
+                workload.spec.replicas, status.placed, status.running, status.restarting, status.outdated
             );
+            if status.restarting > 0 {
+                println!(
+                    "degraded: {} replicas are restarting (see `flotilla ps {}`)",
+                    status.restarting, args.name
+                );
+            }
+            if let Some(reason) = &status.rollout_failure {
+                println!("rollout of version {} failed: {reason}", workload.version);
+            }
             if let Some(reason) = &status.unplaced_reason {
                 println!("pending: {} replicas cannot be placed: {reason}", status.unplaced);
             }

@@ -59,7 +59,7 @@ impl Supervisor {
                     delay.as_secs_f64()
                 );
                 let message = if message.is_empty() { note } else { format!("{message}; {note}") };
-                (AllocationState::Running, Phase::Backoff(now + delay), message)
+                (AllocationState::Restarting, Phase::Backoff(now + delay), message)
             }
             Decision::Complete => (AllocationState::Complete, Phase::Done, message),
             Decision::Failed => {
@@ -72,7 +72,11 @@ impl Supervisor {
             }
         };
         local.phase = phase;
-        let report = update(local, state, message);
+        let mut report = update(local, state, message);
+        if let Phase::Backoff(at) = phase {
+            report.next_restart_at_ms =
+                Some(wall_clock_ms() + at.saturating_duration_since(now).as_millis() as u64);
+        }
         self.reports.insert(id, report);
         if phase == Phase::Done {
             self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
@@ -99,4 +103,8 @@ fn exit_text(exit_code: Option<i64>, oom_killed: bool) -> String {
         (Some(code), false) => format!("code {code}"),
         (None, false) => "unknown code".to_owned(),
     }
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

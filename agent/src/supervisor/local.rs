@@ -14,6 +14,11 @@ pub(super) enum Phase {
     /// Exited; starts again at this instant.
     Backoff(Instant),
     Stopping,
+    /// A stop failed; it is tried again at `at`.
+    StopRetry {
+        at: Instant,
+        attempts: u32,
+    },
     /// Complete or failed: nothing more to do until the servers remove it.
     Done,
 }
@@ -43,5 +48,6 @@ pub(super) fn update(local: &Local, state: AllocationState, message: String) -> 
         oom_killed: local.oom_killed,
         message,
         ports: local.allocation.ports.clone(),
+        next_restart_at_ms: None,
     }
 }

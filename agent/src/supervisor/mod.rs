@@ -10,12 +10,13 @@
 
 mod exits;
 mod local;
+mod orphans;
 mod starts;
 mod stops;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flotilla_api::spec::Driver;
 use flotilla_api::{Allocation, AllocationState, AllocationUpdate, NodeAllocations};
@@ -31,11 +32,24 @@ const PARALLEL_RUNTIME_CALLS: usize = 8;
 /// Where each running allocation is, for the logs endpoint and usage sampling.
 pub type Handles = Arc<Mutex<HashMap<u64, (Driver, String)>>>;
 
+/// Allocations this agent still has something of, for its heartbeats.
+pub type Holding = Arc<Mutex<Vec<u64>>>;
+
 pub enum Message {
     Desired(NodeAllocations),
     Runtime(RuntimeEvent),
-    Started { allocation: u64, result: Result<Observed, String> },
-    Stopped { allocation: u64 },
+    Started {
+        allocation: u64,
+        result: Result<Observed, String>,
+    },
+    Stopped {
+        allocation: u64,
+        result: Result<(), String>,
+    },
+    /// The servers say these were placed elsewhere: stop them now.
+    StopNow(Vec<u64>),
+    /// What the runtimes hold for this node, for the orphan collector.
+    Inventory(Vec<(Driver, Observed)>),
 }
 
 pub struct Supervisor {
@@ -50,20 +64,43 @@ pub struct Supervisor {
     handles: Handles,
     messages: mpsc::UnboundedSender<Message>,
     permits: Arc<Semaphore>,
+    /// Whether the servers have said what this node should run: before
+    /// that, nothing found is unowned.
+    desired_seen: bool,
+    /// How long a container may stay unowned before it is removed.
+    orphan_grace: Duration,
+    orphans: orphans::OrphanWatch,
+    /// Things worth an event in `flotilla events` (orphans removed), to send.
+    node_events: Vec<String>,
+    /// Shared with the heartbeat, refreshed every tick.
+    holding: Holding,
+}
+
+/// How the supervisor is set up, beyond its runtimes.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub node: String,
+    pub restart: RestartConfig,
+    pub orphan_grace: Duration,
 }
 
 impl Supervisor {
     pub fn new(
-        node: String,
+        config: SupervisorConfig,
         runtimes: HashMap<Driver, Arc<Runtime>>,
-        restart: RestartConfig,
         handles: Handles,
+        holding: Holding,
         messages: mpsc::UnboundedSender<Message>,
     ) -> Self {
         Supervisor {
-            node,
+            node: config.node,
             runtimes,
-            restart,
+            restart: config.restart,
+            desired_seen: false,
+            orphan_grace: config.orphan_grace,
+            orphans: orphans::OrphanWatch::default(),
+            node_events: Vec::new(),
+            holding,
             local: BTreeMap::new(),
             found: HashMap::new(),
             reports: BTreeMap::new(),
@@ -89,7 +126,7 @@ impl Supervisor {
     }
 
     /// One runtime per distinct object (sim serves every driver).
-    fn unique_runtimes(&self) -> Vec<(Driver, Arc<Runtime>)> {
+    pub(super) fn unique_runtimes(&self) -> Vec<(Driver, Arc<Runtime>)> {
         let mut seen: Vec<(Driver, Arc<Runtime>)> = Vec::new();
         for (driver, runtime) in &self.runtimes {
             if !seen.iter().any(|(_, r)| Arc::ptr_eq(r, runtime)) {
@@ -105,17 +142,37 @@ impl Supervisor {
             Message::Runtime(RuntimeEvent::Exited { allocation }) => self.on_exit(allocation).await,
             Message::Runtime(RuntimeEvent::Resync) => self.resync().await,
             Message::Started { allocation, result } => self.on_started(allocation, result).await,
-            Message::Stopped { allocation } => {
-                self.local.remove(&allocation);
+            Message::Stopped { allocation, result } => self.on_stopped(allocation, result),
+            Message::StopNow(ids) => {
+                for id in ids {
+                    self.stop(id);
+                    if let Some((driver, observed)) = self.found.remove(&id) {
+                        self.spawn_stop(id, driver, observed.handle);
+                    }
+                }
             }
+            Message::Inventory(inventory) => self.collect_orphans(inventory, Instant::now()),
         }
     }
 
     fn reconcile(&mut self, desired: NodeAllocations) {
         let specs: HashMap<&str, &flotilla_api::Workload> =
             desired.workloads.iter().map(|w| (w.spec.name.as_str(), w)).collect();
+        self.desired_seen = true;
         let wanted: BTreeMap<u64, &Allocation> =
-            desired.allocations.iter().filter(|a| a.state.is_live()).map(|a| (a.id, a)).collect();
+            desired.allocations.iter().filter(|a| a.is_replica()).map(|a| (a.id, a)).collect();
+        // Asked to stop something this agent does not run (never started,
+        // or gone already): it is stopped, and the servers may release it.
+        let gone: Vec<u64> = desired
+            .allocations
+            .iter()
+            .filter(|a| a.stopping && a.state.is_live())
+            .filter(|a| !self.local.contains_key(&a.id) && !self.found.contains_key(&a.id))
+            .map(|a| a.id)
+            .collect();
+        for id in gone {
+            self.stopped(id);
+        }
 
         let unwanted: Vec<u64> = self.local.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
         for id in unwanted {
@@ -185,9 +242,19 @@ impl Supervisor {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (driver, handle.to_owned()));
     }
 
-    /// Restarts what has waited out its backoff.
+    /// Restarts what has waited out its backoff, retries failed stops, and
+    /// refreshes what the heartbeat says this node holds.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        self.retry_stops(now);
+        let holding: Vec<u64> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.phase != Phase::Done)
+            .map(|(id, _)| *id)
+            .chain(self.found.iter().filter(|(_, (_, o))| o.running).map(|(id, _)| *id))
+            .collect();
+        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = holding;
         let due: Vec<u64> = self
             .local
             .iter()
@@ -201,5 +268,9 @@ impl Supervisor {
 
     pub fn take_reports(&mut self) -> Vec<AllocationUpdate> {
         std::mem::take(&mut self.reports).into_values().collect()
+    }
+
+    pub fn take_node_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.node_events)
     }
 }

@@ -16,6 +16,8 @@ impl Supervisor {
         let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
         local.phase = Phase::Starting;
         local.exit_seen_while_starting = false;
+        let report = update(local, AllocationState::Starting, String::new());
+        self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
         tokio::spawn(async move {
@@ -32,12 +34,19 @@ impl Supervisor {
 
     pub(super) async fn on_started(&mut self, id: u64, result: Result<Observed, String>) {
         let Some(local) = self.local.get_mut(&id) else { return };
-        if local.phase != Phase::Starting {
-            // Stopped while it was starting: make sure nothing is left behind.
-            if let Ok(observed) = result {
-                let driver = local.driver;
-                self.spawn_stop(id, driver, observed.handle);
+        if local.phase == Phase::Stopping {
+            // Asked to stop while it was starting: stop what the start made.
+            match result {
+                Ok(observed) => {
+                    let driver = local.driver;
+                    local.handle = Some(observed.handle.clone());
+                    self.spawn_stop(id, driver, observed.handle);
+                }
+                Err(_) => self.stopped(id),
             }
+            return;
+        }
+        if local.phase != Phase::Starting {
             return;
         }
         match result {

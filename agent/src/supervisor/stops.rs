@@ -1,27 +1,41 @@
 //! Stopping allocations: what the servers no longer want here, and
-//! everything on shutdown when asked to.
+//! everything on shutdown when asked to. A stop is done only when the
+//! runtime says so: one that races a start waits for the start, and one
+//! that fails is tried again with backoff, so nothing is left running
+//! untracked.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use flotilla_api::AllocationState;
 use flotilla_api::spec::Driver;
 
-use super::local::Phase;
+use super::local::{Phase, update};
 use super::{Message, Supervisor};
+
+/// First wait before a failed stop is tried again; it doubles up to `STOP_RETRY_MAX`.
+const STOP_RETRY_FIRST: Duration = Duration::from_millis(500);
+const STOP_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Supervisor {
     pub(super) fn stop(&mut self, id: u64) {
         let Some(local) = self.local.get_mut(&id) else { return };
-        if local.phase == Phase::Stopping {
-            return;
+        match local.phase {
+            Phase::Stopping | Phase::StopRetry { .. } => return,
+            // The start call is under way: its answer (see `on_started`)
+            // stops whatever it created.
+            Phase::Starting => {
+                local.phase = Phase::Stopping;
+                return;
+            }
+            _ => {}
         }
         local.phase = Phase::Stopping;
         let (driver, handle) = (local.driver, local.handle.clone());
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         match handle {
             Some(handle) => self.spawn_stop(id, driver, handle),
-            None => {
-                let _ = self.messages.send(Message::Stopped { allocation: id });
-            }
+            None => self.stopped(id),
         }
     }
 
@@ -30,11 +44,60 @@ impl Supervisor {
         let (messages, permits) = (self.messages.clone(), Arc::clone(&self.permits));
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            if let Err(error) = runtime.stop(&handle).await {
-                tracing::warn!(allocation = id, %error, "stop failed");
-            }
-            let _ = messages.send(Message::Stopped { allocation: id });
+            let result = runtime.stop(&handle).await.map_err(|e| e.to_string());
+            let _ = messages.send(Message::Stopped { allocation: id, result });
         });
+    }
+
+    /// The runtime's answer to a stop.
+    pub(super) fn on_stopped(&mut self, id: u64, result: Result<(), String>) {
+        let Err(error) = result else {
+            self.stopped(id);
+            return;
+        };
+        let Some(local) = self.local.get_mut(&id) else {
+            // A container found at start-up and no longer wanted: the orphan
+            // collector finds it again if it is still there.
+            tracing::warn!(allocation = id, %error, "stop of a found container failed");
+            return;
+        };
+        let attempts = match local.phase {
+            Phase::StopRetry { attempts, .. } => attempts + 1,
+            _ => 1,
+        };
+        let wait = STOP_RETRY_FIRST.saturating_mul(1 << (attempts - 1).min(16)).min(STOP_RETRY_MAX);
+        tracing::warn!(allocation = id, %error, attempts, retry_in = ?wait, "stop failed; trying again");
+        local.phase = Phase::StopRetry { at: Instant::now() + wait, attempts };
+    }
+
+    /// Tries again the stops whose retry time has come.
+    pub(super) fn retry_stops(&mut self, now: Instant) {
+        let due: Vec<(u64, Driver, Option<String>)> = self
+            .local
+            .iter()
+            .filter(|(_, l)| matches!(l.phase, Phase::StopRetry { at, .. } if at <= now))
+            .map(|(id, l)| (*id, l.driver, l.handle.clone()))
+            .collect();
+        for (id, driver, handle) in due {
+            match handle {
+                Some(handle) => self.spawn_stop(id, driver, handle),
+                None => self.stopped(id),
+            }
+        }
+    }
+
+    /// Nothing of the allocation runs any more: forget it, and tell the
+    /// servers, which release what it booked.
+    pub(super) fn stopped(&mut self, id: u64) {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let report = match self.local.remove(&id) {
+            Some(local) => update(&local, AllocationState::Stopped, String::new()),
+            None => flotilla_api::AllocationUpdate {
+                state: AllocationState::Stopped,
+                ..flotilla_api::AllocationUpdate::running(id)
+            },
+        };
+        self.reports.insert(id, report);
     }
 
     /// Stops everything this agent runs (for `flotilla dev` on Ctrl-C).

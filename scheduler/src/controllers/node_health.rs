@@ -101,22 +101,29 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
             continue;
         }
         let now = Instant::now();
-        let down = {
+        let down: Vec<(String, u64)> = {
             let state = raft.state();
-            overdue(
+            let overdue = overdue(
                 state.nodes().map(|n| (n.name.as_str(), n.status)),
                 |n| liveness.last_seen(n, now),
                 now,
                 &config,
-            )
+            );
+            overdue.into_iter().filter_map(|name| state.node(&name).map(|n| (name, n.ready_index))).collect()
         };
-        for name in down {
-            tracing::warn!(node = %name, "node missed its heartbeats; marking it down");
-            if let Err(error) = raft
-                .propose(Command::SetNodeStatus { name, status: NodeStatus::Down, now_ms: super::now_ms() })
-                .await
+        for (name, ready_index) in down {
+            // The state read above may be old by now: a heartbeat that came
+            // meanwhile saves the node (and the state refuses the decision
+            // if the node registered or came back since `ready_index`).
+            if Instant::now().duration_since(liveness.last_seen(&name, Instant::now()))
+                <= config.ttl + config.grace
             {
-                tracing::warn!(%error, "cannot mark the node down yet");
+                continue;
+            }
+            tracing::warn!(node = %name, ready_index, "node missed its heartbeats; marking it down");
+            let command = Command::MarkNodeDown { name: name.clone(), ready_index, now_ms: super::now_ms() };
+            if let Err(error) = raft.propose(command).await {
+                tracing::warn!(node = %name, %error, "node not marked down");
             }
         }
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload};
 
 use crate::placement::{self, ClusterView, SplitMix64};
-use crate::state::{ClusterState, Placement, Plan, Unplaced, fixed_ports, request_of};
+use crate::state::{ClusterState, Placement, Plan, Unplaced, request_of};
 
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
@@ -38,15 +38,19 @@ impl Default for ReconcileConfig {
 }
 
 /// The placement view of every node.
-pub fn cluster_view(state: &ClusterState) -> ClusterView {
-    ClusterView::new(state.nodes().filter_map(|n| state.node_view(&n.name)).collect())
+pub fn cluster_view(state: &ClusterState, now_ms: u64) -> ClusterView {
+    ClusterView::new(state.nodes().filter_map(|n| state.node_view(&n.name, now_ms)).collect())
 }
 
 pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
-    let mut view = cluster_view(state);
+    let mut view = cluster_view(state, now_ms);
     let mut rng = SplitMix64::new(seed);
     let mut plan = Plan { now_ms, ..Plan::default() };
     let mut budget = config.max_placements;
+    for node in state.nodes().filter(|n| n.is_overcommitted()) {
+        shed_excess(state, node, &mut view, &mut plan);
+    }
+    forget_deleted(state, &mut plan);
     for workload in state.workloads() {
         reconcile_workload(state, workload, &mut view, &mut rng, &mut budget, config, &mut plan);
     }
@@ -76,6 +80,8 @@ fn reconcile_workload(
     let completed = allocations.iter().filter(|a| done(a)).count();
     let mut terminal: Vec<&Allocation> =
         allocations.iter().copied().filter(|a| !a.state.is_live() && !done(a)).collect();
+    // Replicas this pass already stops (a node sheds its excess) are gone.
+    let stopping_now: BTreeSet<u64> = plan.stops.iter().copied().collect();
     terminal.sort_by_key(|a| Reverse(a.modified_index));
     plan.stops.extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
 
@@ -83,7 +89,7 @@ fn reconcile_workload(
     let (mut old, mut new): (Vec<&Allocation>, Vec<&Allocation>) = allocations
         .iter()
         .copied()
-        .filter(|a| a.state.is_live())
+        .filter(|a| a.is_replica() && !stopping_now.contains(&a.id))
         .partition(|a| a.version < workload.version || draining(a));
     let desired = (workload.spec.replicas as usize).saturating_sub(completed);
     let running_new = new.iter().filter(|a| a.state == AllocationState::Running).count();
@@ -148,8 +154,37 @@ fn reconcile_workload(
     }
 }
 
+/// A node that registered again with less than its allocations book sheds
+/// replicas, newest first, until what stays fits; they are placed elsewhere.
+fn shed_excess(state: &ClusterState, node: &flotilla_api::Node, view: &mut ClusterView, plan: &mut Plan) {
+    let mut staying: Vec<&Allocation> =
+        state.node_allocations(&node.name).filter(|a| a.is_replica()).collect();
+    staying.sort_by_key(|a| a.id);
+    let booked = |list: &[&Allocation]| {
+        (list.iter().map(|a| a.cpu).sum::<u64>(), list.iter().map(|a| a.memory).sum::<u64>())
+    };
+    while let Some(newest) = staying.last().copied() {
+        let (cpu, memory) = booked(&staying);
+        if cpu <= node.capacity_cpu.0 && memory <= node.capacity_memory.0 {
+            break;
+        }
+        staying.pop();
+        plan.stops.push(newest.id);
+        if let Some(view) = view.node_mut(&node.name) {
+            view.stop_replica(&newest.workload);
+        }
+    }
+}
+
+/// Terminal allocations of deleted workloads are history nobody can ask for.
+fn forget_deleted(state: &ClusterState, plan: &mut Plan) {
+    let gone =
+        state.allocations().filter(|a| !a.state.is_live() && !state.has_workload(&a.workload)).map(|a| a.id);
+    plan.stops.extend(gone);
+}
+
 /// Stops `count` of `allocations`, those on the most loaded nodes first
-/// (pending before running on equal load), releasing them in the view.
+/// (pending before running on equal load).
 fn stop_most_loaded(
     allocations: &mut Vec<&Allocation>,
     count: usize,
@@ -169,9 +204,8 @@ fn stop_most_loaded(
     });
     for allocation in allocations.drain(..count) {
         plan.stops.push(allocation.id);
-        let ports = fixed_ports(allocation);
         if let Some(node) = view.node_mut(&allocation.node) {
-            node.release(&allocation.workload, allocation.cpu, allocation.memory, &ports);
+            node.stop_replica(&allocation.workload);
         }
     }
 }
@@ -238,9 +272,30 @@ mod tests {
         }
     }
 
+    /// What agents do when asked to stop: stop, and say so.
+    fn report_stopped(state: &mut ClusterState) {
+        let by_node: BTreeMap<String, Vec<u64>> = state
+            .allocations()
+            .filter(|a| a.stopping && a.state.is_live())
+            .fold(BTreeMap::new(), |mut m, a| {
+                m.entry(a.node.clone()).or_default().push(a.id);
+                m
+            });
+        for (node, ids) in by_node {
+            let updates = ids
+                .into_iter()
+                .map(|id| AllocationUpdate {
+                    state: AllocationState::Stopped,
+                    ..AllocationUpdate::running(id)
+                })
+                .collect();
+            state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
+        }
+    }
+
     fn live(state: &ClusterState, workload: &str) -> Vec<Allocation> {
         let name = flotilla_api::WorkloadName::parse(workload).expect("name");
-        state.workload_allocations(&name).filter(|a| a.state.is_live()).cloned().collect()
+        state.workload_allocations(&name).filter(|a| a.is_replica()).cloned().collect()
     }
 
     #[test]
@@ -402,8 +457,15 @@ mod tests {
                 if n.process { &[Driver::Docker, Driver::Process] } else { &[Driver::Docker] };
             let name = format!("node-{i}");
             register(&mut state, &name, n.cpu, n.memory_mi, n.zone, drivers);
-            if n.status != NodeStatus::Ready {
-                state.apply(1, Command::SetNodeStatus { name, status: n.status, now_ms: 0 }).expect("status");
+            let ready_index = state.node(&name).map_or(0, |n| n.ready_index);
+            match n.status {
+                NodeStatus::Ready => {}
+                NodeStatus::Down => {
+                    state.apply(2, Command::MarkNodeDown { name, ready_index, now_ms: 0 }).expect("down");
+                }
+                status => {
+                    state.apply(2, Command::SetNodeStatus { name, status, now_ms: 0 }).expect("status");
+                }
             }
         }
         for (i, w) in workloads.iter().enumerate() {
@@ -456,7 +518,7 @@ mod tests {
                 }
             }
         }
-        let view = cluster_view(state);
+        let view = cluster_view(state, 0);
         for workload in state.workloads() {
             let status = state.with_status(workload.clone()).status;
             prop_assert!(status.placed <= workload.spec.replicas);
@@ -499,7 +561,15 @@ mod tests {
             for (name, _) in &names {
                 state.apply(2, Command::ScaleWorkload { name: name.clone(), replicas: 0 }).expect("scale down");
             }
+            let booked: Vec<u64> = state.nodes().map(|n| n.allocated_cpu).collect();
             converge(&mut state, seed);
+            prop_assert_eq!(state.allocations().filter(|a| a.is_replica()).count(), 0);
+            prop_assert_eq!(
+                state.nodes().map(|n| n.allocated_cpu).collect::<Vec<_>>(),
+                booked,
+                "stopping replicas stay booked until their agents report them stopped"
+            );
+            report_stopped(&mut state);
             prop_assert_eq!(state.allocations().filter(|a| a.state.is_live()).count(), 0);
             prop_assert!(state.nodes().all(|n| n.allocated_cpu == 0 && n.allocated_memory == 0));
             for (name, replicas) in &names {

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use flotilla_api::{
-    Allocation, AllocationUpdate, Heartbeat, Node, NodeAllocations, NodeRegistration, NodeStatus,
-    NodeStatusRequest,
+    Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations, NodeRegistration,
+    NodeStatus, NodeStatusRequest,
 };
 use serde::Deserialize;
 
@@ -17,6 +17,9 @@ use super::body::read_json;
 use super::error::ApiError;
 use super::{AppState, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
+
+/// How often a blocking query checks that its server still knows a leader.
+const LEADER_CHECK: Duration = Duration::from_millis(250);
 
 /// The longest a blocking query may wait for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -90,23 +93,47 @@ pub async fn report(
     }
 }
 
-/// A node's heartbeat. Liveness is the leader's memory, so a follower
-/// passes the heartbeat on to the leader.
-pub async fn heartbeat(
+/// What a node's agent did on its own, recorded as events.
+pub async fn record_events(
     State(app): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<()>, ApiError> {
+    let messages: Vec<String> = read_json(&headers, body).await?;
+    let now_ms = crate::controllers::now_ms();
+    app.raft.propose(Command::RecordNodeEvents { node: name, messages, now_ms }).await?;
+    Ok(Json(()))
+}
+
+/// A node's heartbeat. Liveness is the leader's memory, so a follower
+/// passes the heartbeat on to the leader. A down node's agent is told to
+/// stop what it still holds (all of it was lost and placed elsewhere); once
+/// it holds nothing, the node is ready again.
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let heartbeat: Heartbeat = read_json(&headers, body).await?;
-    if app.raft.state().node(&name).is_none() {
+    let Some(status) = app.raft.state().node(&name).map(|n| n.status) else {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
+    };
+    if !app.raft.is_leader() {
+        let path = format!("/v1/nodes/{name}/heartbeat");
+        return super::leader::forward(&app, &path, Some(&heartbeat)).await.map(Json);
     }
-    if app.raft.is_leader() {
-        app.liveness.beat(&name, &heartbeat.usage);
-        return Ok(Json(()));
+    app.liveness.beat(&name, &heartbeat.usage);
+    if status != NodeStatus::Down {
+        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new() }));
     }
-    super::leader::forward(&app, &format!("/v1/nodes/{name}/heartbeat"), Some(&heartbeat)).await.map(Json)
+    if !heartbeat.holding.is_empty() {
+        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding }));
+    }
+    let now_ms = crate::controllers::now_ms();
+    let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
+    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new() }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +148,11 @@ pub struct BlockingQuery {
 
 /// A node's allocations, as a blocking query: with `index`, the answer waits
 /// until the state has moved past it (or `wait_ms` passes), so an agent
-/// learns of new work at once without polling. Any server can answer.
+/// learns of new work at once without polling. Any server can answer, but
+/// only once it has confirmed with the leader that its state is current
+/// (ReadIndex): an agent must never act on a state older than one it has
+/// seen, nor on the frozen state of a server cut off from the majority,
+/// which answers 503 instead so that the agent moves on to another server.
 pub async fn node_allocations(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -130,11 +161,22 @@ pub async fn node_allocations(
     let mut applied = app.raft.applied_watch();
     let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    while *applied.borrow_and_update() <= query.index {
-        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
-            break;
+    while *applied.borrow_and_update() <= query.index && tokio::time::Instant::now() < deadline {
+        if app.raft.leader().is_none() {
+            return Err(ApiError::Unavailable {
+                code: "no_leader",
+                message: "this server knows no leader; ask another".into(),
+            });
+        }
+        let next_check = deadline.min(tokio::time::Instant::now() + LEADER_CHECK);
+        if let Ok(Err(_)) = tokio::time::timeout_at(next_check, applied.changed()).await {
+            return Err(ApiError::Unavailable {
+                code: "stopping",
+                message: "this server is stopping".into(),
+            });
         }
     }
+    app.raft.read_barrier().await?;
     let index = *applied.borrow();
     let state = app.raft.state();
     if state.node(&name).is_none() {

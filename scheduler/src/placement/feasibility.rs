@@ -24,6 +24,7 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Infeasible {
     NotReady(NodeStatus),
+    Held,
     MissingDriver(Driver),
     Constraint(String),
     Memory,
@@ -40,6 +41,7 @@ impl Infeasible {
             if one { ("is", "has", "lacks", "fails") } else { ("are", "have", "lack", "fail") };
         match self {
             Infeasible::NotReady(status) => format!("{count} {nodes} {is} {status}"),
+            Infeasible::Held => format!("{count} {nodes} {is} back from flapping and held"),
             Infeasible::MissingDriver(driver) => format!("{count} {nodes} {lacks} the {driver} driver"),
             Infeasible::Constraint(c) => format!("{count} {nodes} {fails} constraint {c}"),
             Infeasible::Memory => format!("{count} {nodes} {has} too little memory"),
@@ -73,6 +75,7 @@ pub fn check(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
 
 pub fn node_ready(node: &NodeView, _: &Request) -> Result<(), Infeasible> {
     match node.status {
+        NodeStatus::Ready if node.held => Err(Infeasible::Held),
         NodeStatus::Ready => Ok(()),
         other => Err(Infeasible::NotReady(other)),
     }
@@ -125,6 +128,7 @@ mod tests {
 
     fn node() -> NodeView {
         NodeView {
+            held: false,
             name: "n1".into(),
             status: NodeStatus::Ready,
             drivers: BTreeSet::from([Driver::Docker]),

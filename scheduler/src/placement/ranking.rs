@@ -52,6 +52,7 @@ mod tests {
     fn node(used_cpu: u64, replicas_of_web: u32) -> NodeView {
         let web = WorkloadName::parse("web").expect("name");
         NodeView {
+            held: false,
             name: format!("n{used_cpu}"),
             status: NodeStatus::Ready,
             drivers: BTreeSet::from([Driver::Docker]),

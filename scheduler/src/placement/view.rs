@@ -13,6 +13,9 @@ use super::feasibility::Request;
 pub struct NodeView {
     pub name: String,
     pub status: NodeStatus,
+    /// Back from flapping (down and up again, repeatedly) and not yet
+    /// trusted with new work.
+    pub held: bool,
     pub drivers: BTreeSet<Driver>,
     pub labels: BTreeMap<String, String>,
     pub capacity_cpu: u64,
@@ -43,13 +46,10 @@ impl NodeView {
         *self.workload_counts.entry(workload.clone()).or_default() += 1;
     }
 
-    /// Releases a replica from this node.
-    pub fn release(&mut self, workload: &WorkloadName, cpu: u64, memory: u64, ports: &[(u16, Protocol)]) {
-        self.used_cpu = self.used_cpu.saturating_sub(cpu);
-        self.used_memory = self.used_memory.saturating_sub(memory);
-        for port in ports {
-            self.ports.remove(port);
-        }
+    /// A replica of `workload` is being stopped here: it no longer counts
+    /// for anti-affinity, but its CPU, memory and ports stay booked until
+    /// its agent reports it gone (a replacement must not race it for a port).
+    pub fn stop_replica(&mut self, workload: &WorkloadName) {
         if let Some(count) = self.workload_counts.get_mut(workload) {
             *count = count.saturating_sub(1);
         }

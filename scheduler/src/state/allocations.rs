@@ -15,12 +15,12 @@ impl ClusterState {
     pub(super) fn apply_plan(&mut self, index: u64, plan: Plan) -> PlanOutcome {
         let mut outcome = PlanOutcome::default();
         for id in plan.stops {
-            if self.remove_allocation(id) {
+            if self.stop_allocation(index, id) {
                 outcome.stopped += 1;
             }
         }
         for placement in plan.placements {
-            if self.placement_fits(&placement) {
+            if self.placement_fits(&placement, plan.now_ms) {
                 self.add_allocation(index, plan.now_ms, placement);
                 outcome.placed += 1;
             } else {
@@ -38,7 +38,7 @@ impl ClusterState {
         outcome
     }
 
-    pub(super) fn placement_fits(&self, placement: &Placement) -> bool {
+    pub(super) fn placement_fits(&self, placement: &Placement, now_ms: u64) -> bool {
         let Some(workload) = self.workloads.get(&placement.workload) else {
             return false;
         };
@@ -46,16 +46,34 @@ impl ClusterState {
             return false;
         }
         let live: Vec<&Allocation> =
-            self.workload_allocations(&placement.workload).filter(|a| a.state.is_live()).collect();
+            self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
         let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
         let limit = workload.spec.replicas + u32::from(rolling);
         if live.len() as u32 >= limit {
             return false;
         }
-        let Some(view) = self.node_view(&placement.node) else {
+        let Some(view) = self.node_view(&placement.node, now_ms) else {
             return false;
         };
         placement::feasibility::check(&view, &request_of(workload)).is_ok()
+    }
+
+    /// Asks a live allocation's agent to stop it (it keeps what it books
+    /// until the agent says it stopped); forgets a terminal one, which is
+    /// only history.
+    pub(super) fn stop_allocation(&mut self, index: u64, id: u64) -> bool {
+        match self.allocations.get_mut(&id) {
+            Some(allocation) if allocation.state.is_live() => {
+                if allocation.stopping {
+                    return false;
+                }
+                allocation.stopping = true;
+                allocation.modified_index = index;
+                true
+            }
+            Some(_) => self.remove_allocation(id),
+            None => false,
+        }
     }
 
     pub(super) fn on_draining_node(&self, allocation: &Allocation) -> bool {
@@ -75,6 +93,8 @@ impl ClusterState {
             memory: placement.memory,
             ports: placement.ports,
             state: AllocationState::Pending,
+            stopping: false,
+            next_restart_at_ms: None,
             created_index: index,
             modified_index: index,
             created_at_ms: now_ms,
@@ -107,6 +127,9 @@ impl ClusterState {
         }
         if let Some(ids) = self.by_workload.get_mut(&allocation.workload) {
             ids.remove(&id);
+            if ids.is_empty() && !self.workloads.contains_key(&allocation.workload) {
+                self.by_workload.remove(&allocation.workload);
+            }
         }
         true
     }
@@ -147,9 +170,13 @@ impl ClusterState {
             let Some(allocation) = self.allocations.get(&update.id) else {
                 continue;
             };
-            // Only the node an allocation is on reports on it, and a replaced
-            // (lost, failed) allocation does not come back to life.
-            if allocation.node != node || !allocation.state.is_live() {
+            // Only the node an allocation is on reports on it, a replaced
+            // (lost, failed) allocation does not come back to life, and only
+            // the servers place (pending) or lose allocations.
+            if allocation.node != node
+                || !allocation.state.is_live()
+                || matches!(update.state, AllocationState::Pending | AllocationState::Lost)
+            {
                 continue;
             }
             let before = (allocation.state, allocation.restarts, allocation.oom_killed);
@@ -162,6 +189,8 @@ impl ClusterState {
                 allocation.exit_code = update.exit_code;
                 allocation.oom_killed = update.oom_killed;
                 allocation.message = update.message;
+                allocation.next_restart_at_ms =
+                    update.next_restart_at_ms.filter(|_| update.state == AllocationState::Restarting);
                 for bound in update.ports {
                     if let Some(port) = allocation
                         .ports

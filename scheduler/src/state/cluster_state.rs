@@ -31,6 +31,9 @@ pub struct ClusterState {
     pub(super) events: VecDeque<Event>,
 }
 
+/// Restarts after which a replica of a new version counts as failing.
+pub const ROLLOUT_FAILING_RESTARTS: u32 = 3;
+
 /// Events kept in the state; older ones are dropped.
 const MAX_EVENTS: usize = 1000;
 
@@ -72,20 +75,19 @@ impl ClusterState {
                 self.put_workload(index, spec, expected_version)
             }
             Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
-            Command::DeleteWorkload { name } => self.delete_workload(name),
+            Command::DeleteWorkload { name } => self.delete_workload(index, name),
             Command::RegisterNode { registration } => {
-                Ok(CommandOutput::Node(self.register_node(registration)))
+                Ok(CommandOutput::Node(self.register_node(index, registration)))
             }
             Command::SetNodeStatus { name, status, now_ms } => {
-                let output = self.set_node_status(index, &name, status)?;
-                self.record(Event {
-                    index,
-                    at_ms: now_ms,
-                    workload: None,
-                    node: Some(name),
-                    message: format!("node is {status}"),
-                });
-                Ok(output)
+                self.set_node_status(index, &name, status, now_ms)
+            }
+            Command::MarkNodeDown { name, ready_index, now_ms } => {
+                self.mark_node_down(index, &name, ready_index, now_ms)
+            }
+            Command::NodeRecovered { name, now_ms } => self.node_recovered(index, &name, now_ms),
+            Command::RecordNodeEvents { node, messages, now_ms } => {
+                self.record_node_events(index, &node, messages, now_ms)
             }
             Command::AutoscaleWorkload { name, replicas, reason, now_ms } => {
                 self.autoscale_workload(index, name, replicas, reason, now_ms)
@@ -98,11 +100,13 @@ impl ClusterState {
     }
 
     /// The node as placement sees it, from the live allocations on it.
-    pub fn node_view(&self, name: &str) -> Option<NodeView> {
+    /// `now_ms` tells whether a node back from flapping is still held.
+    pub fn node_view(&self, name: &str, now_ms: u64) -> Option<NodeView> {
         let node = self.nodes.get(name)?;
         let mut view = NodeView {
             name: node.name.clone(),
             status: node.status,
+            held: node.eligible_at_ms > now_ms,
             drivers: node.drivers.clone(),
             labels: node.labels.clone(),
             capacity_cpu: node.capacity_cpu.0,
@@ -114,7 +118,9 @@ impl ClusterState {
         };
         for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
             view.ports.extend(fixed_ports(allocation));
-            *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
+            if !allocation.stopping {
+                *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
+            }
         }
         Some(view)
     }
@@ -122,14 +128,28 @@ impl ClusterState {
     /// The workload with its replicas' status filled in.
     pub fn with_status(&self, mut workload: Workload) -> Workload {
         let mut status = WorkloadStatus::default();
-        for allocation in self.workload_allocations(&workload.spec.name).filter(|a| a.state.is_live()) {
+        let mut running_current = 0;
+        for allocation in self.workload_allocations(&workload.spec.name).filter(|a| a.is_replica()) {
             status.placed += 1;
-            if allocation.state == AllocationState::Running {
-                status.running += 1;
+            match allocation.state {
+                AllocationState::Running => {
+                    status.running += 1;
+                    if allocation.version == workload.version {
+                        running_current += 1;
+                    }
+                }
+                AllocationState::Restarting => status.restarting += 1,
+                _ => {}
             }
             if allocation.version < workload.version {
                 status.outdated += 1;
             }
+        }
+        if running_current < workload.spec.replicas {
+            status.rollout_failure = self.failing_replica(&workload).map(|a| {
+                let what = if a.state == AllocationState::Failed { "failed" } else { "keeps failing" };
+                format!("replica {} (allocation {}) {what}: {}", a.replica, a.id, a.message)
+            });
         }
         if let Some(unplaced) = self.unplaced.get(&workload.spec.name) {
             status.unplaced = unplaced.count;
@@ -139,8 +159,24 @@ impl ClusterState {
         workload
     }
 
+    /// A replica of the workload's current version that keeps failing: one
+    /// its agent gave up on, or one restarted `ROLLOUT_FAILING_RESTARTS`
+    /// times without staying up. A rollout with one is failed: it goes no
+    /// further and the old replicas keep running.
+    pub fn failing_replica(&self, workload: &Workload) -> Option<&Allocation> {
+        self.workload_allocations(&workload.spec.name).filter(|a| a.version == workload.version).find(|a| {
+            !a.stopping
+                && (a.state == AllocationState::Failed
+                    || (a.state == AllocationState::Restarting && a.restarts >= ROLLOUT_FAILING_RESTARTS))
+        })
+    }
+
     pub fn workload(&self, name: &str) -> Option<Workload> {
         self.workloads.get(name).map(|w| self.with_status(w.clone()))
+    }
+
+    pub fn has_workload(&self, name: &WorkloadName) -> bool {
+        self.workloads.contains_key(name)
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {

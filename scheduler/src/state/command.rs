@@ -26,10 +26,24 @@ pub enum Command {
     RegisterNode {
         registration: NodeRegistration,
     },
-    /// `now_ms`: the proposing server's clock, for the event it records.
+    /// An operator's drain (`Draining`) or undrain (`Ready`). `now_ms`: the
+    /// proposing server's clock, for the event it records.
     SetNodeStatus {
         name: String,
         status: NodeStatus,
+        now_ms: u64,
+    },
+    /// The leader's decision that a node missed its heartbeats, based on the
+    /// node as it stood at `ready_index` (its last registration or return).
+    MarkNodeDown {
+        name: String,
+        ready_index: u64,
+        now_ms: u64,
+    },
+    /// A down node's agent heartbeats again and holds none of what was
+    /// placed elsewhere meanwhile.
+    NodeRecovered {
+        name: String,
         now_ms: u64,
     },
     /// The autoscaler's decision, with its reason recorded as an event.
@@ -41,6 +55,12 @@ pub enum Command {
     },
     ApplyPlan {
         plan: Plan,
+    },
+    /// What a node's agent did on its own (it removed an orphan), as events.
+    RecordNodeEvents {
+        node: String,
+        messages: Vec<String>,
+        now_ms: u64,
     },
     /// State changes an agent reported; `now_ms` is the receiving server's
     /// clock, recorded as the time an allocation finished.
@@ -84,6 +104,8 @@ pub enum Rejection {
     OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
     #[error("node `{0}` does not exist")]
     NodeNotFound(String),
-    #[error("node `{0}` is down; it becomes ready again when its agent registers")]
+    #[error("node `{0}` is down; it becomes ready again when its agent heartbeats again")]
     NodeDown(String),
+    #[error("node `{node}` changed since the decision (based on index {based_on}, now {current})")]
+    StaleNodeDecision { node: String, based_on: u64, current: u64 },
 }

@@ -73,12 +73,17 @@ impl ClusterState {
         Ok(CommandOutput::Workload(self.with_status(workload)))
     }
 
-    pub(super) fn delete_workload(&mut self, name: WorkloadName) -> Result<CommandOutput, Rejection> {
+    /// Removes the workload; its live allocations are stopped by their
+    /// agents (holding their resources until then) and then forgotten.
+    pub(super) fn delete_workload(
+        &mut self,
+        index: u64,
+        name: WorkloadName,
+    ) -> Result<CommandOutput, Rejection> {
         let workload = self.workloads.remove(&name).ok_or(Rejection::WorkloadNotFound(name.clone()))?;
         for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
-            self.remove_allocation(id);
+            self.stop_allocation(index, id);
         }
-        self.by_workload.remove(&name);
         self.unplaced.remove(&name);
         Ok(CommandOutput::Workload(workload))
     }
