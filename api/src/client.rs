@@ -49,6 +49,27 @@ pub struct Client {
     /// How long to keep trying while no server can serve the request
     /// (unreachable, or no leader during an election).
     retry_for: Duration,
+    /// The idempotency key every write of this client sends, when the
+    /// caller chose one; otherwise each write gets a fresh key.
+    idempotency_key: Option<String>,
+}
+
+/// The header under which a write carries its idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// A fresh key for one write: 128 random bits, hex. `RandomState` is
+/// seeded from the OS once per thread and stepped per instance.
+pub fn new_idempotency_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let half = || {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
 
 impl Client {
@@ -64,7 +85,7 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        Client { addresses, http, retry_for: Duration::from_secs(5) }
+        Client { addresses, http, retry_for: Duration::from_secs(5), idempotency_key: None }
     }
 
     /// Sets how long requests keep retrying while no server can serve them.
@@ -79,7 +100,31 @@ impl Client {
 
     /// A client that talks to one server only, with no failover.
     pub fn for_server(&self, address: &str) -> Client {
-        Client { addresses: vec![address.to_owned()], http: self.http.clone(), retry_for: Duration::ZERO }
+        Client {
+            addresses: vec![address.to_owned()],
+            http: self.http.clone(),
+            retry_for: Duration::ZERO,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+
+    /// A client whose writes all carry `key`: sending the same write again
+    /// through it is answered with the first outcome, never applied twice.
+    pub fn with_idempotency_key(&self, key: &str) -> Client {
+        Client { idempotency_key: Some(key.to_owned()), ..self.clone() }
+    }
+
+    /// A write: sent with an idempotency key (the caller's, or a fresh one
+    /// kept for every retry), so that retrying one whose outcome is unknown
+    /// (504) or whose answer was lost can never apply it twice.
+    async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let key = self.idempotency_key.clone().unwrap_or_else(new_idempotency_key);
+        self.send(method, path, body, Some(&key)).await
     }
 
     async fn request<B: Serialize, T: DeserializeOwned>(
@@ -87,6 +132,16 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.send(method, path, body, None).await
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
@@ -96,6 +151,9 @@ impl Client {
                 let mut request = self.http.request(method.clone(), &url);
                 if let Some(body) = body {
                     request = request.json(body);
+                }
+                if let Some(key) = idempotency_key {
+                    request = request.header(IDEMPOTENCY_HEADER, key);
                 }
                 let response = match request.send().await {
                     Ok(response) => response,
@@ -120,7 +178,11 @@ impl Client {
                     message: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
                     spec: None,
                 });
-                if status == StatusCode::SERVICE_UNAVAILABLE {
+                // 503: not done, try elsewhere. 504: done or not, nobody
+                // knows; only a write with its key may be sent again.
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    || (status == StatusCode::GATEWAY_TIMEOUT && idempotency_key.is_some())
+                {
                     last_error = format!("{address}: {}", body.message);
                     continue;
                 }
@@ -142,7 +204,7 @@ impl Client {
             Some(v) => format!("/v1/workloads?version={v}"),
             None => "/v1/workloads".to_owned(),
         };
-        self.request(Method::POST, &path, Some(spec)).await
+        self.write(Method::POST, &path, Some(spec)).await
     }
 
     pub async fn get(&self, name: &str) -> Result<Workload, ClientError> {
@@ -157,12 +219,12 @@ impl Client {
     }
 
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<Workload, ClientError> {
-        self.request(Method::POST, &format!("/v1/workloads/{name}/scale"), Some(&ScaleRequest { replicas }))
+        self.write(Method::POST, &format!("/v1/workloads/{name}/scale"), Some(&ScaleRequest { replicas }))
             .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Workload, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
+        self.write::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
     }
 
     /// The answering server's own view of the cluster.
@@ -172,17 +234,17 @@ impl Client {
 
     pub async fn add_member(&self, id: u64, address: &str) -> Result<Member, ClientError> {
         let body = AddMemberRequest { id, address: address.to_owned() };
-        self.request(Method::POST, "/v1/cluster/members", Some(&body)).await
+        self.write(Method::POST, "/v1/cluster/members", Some(&body)).await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
+        self.write::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
     }
 }
 
 impl Client {
     pub async fn register_node(&self, registration: &NodeRegistration) -> Result<Node, ClientError> {
-        self.request(Method::POST, "/v1/nodes", Some(registration)).await
+        self.write(Method::POST, "/v1/nodes", Some(registration)).await
     }
 
     pub async fn nodes(&self, stale: bool) -> Result<Vec<Node>, ClientError> {
@@ -193,7 +255,7 @@ impl Client {
     /// Drains (`Draining`) or returns to service (`Ready`) a node.
     pub async fn set_node_status(&self, node: &str, status: NodeStatus) -> Result<Node, ClientError> {
         let body = NodeStatusRequest { status };
-        self.request(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body)).await
+        self.write(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body)).await
     }
 
     /// Reports state changes of a node's allocations, as its agent does.
@@ -202,7 +264,7 @@ impl Client {
         node: &str,
         updates: &[AllocationUpdate],
     ) -> Result<u32, ClientError> {
-        self.request(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&updates)).await
+        self.write(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&updates)).await
     }
 
     /// Events after `index`, waiting up to `wait` for one to happen.
@@ -223,7 +285,7 @@ impl Client {
 
     /// Records what a node's agent did on its own, for `flotilla events`.
     pub async fn record_node_events(&self, node: &str, messages: &[String]) -> Result<(), ClientError> {
-        self.request(Method::POST, &format!("/v1/nodes/{node}/events"), Some(&messages)).await
+        self.write(Method::POST, &format!("/v1/nodes/{node}/events"), Some(&messages)).await
     }
 
     /// A node's allocations once the state index passes `index`, waiting up to `wait`.

@@ -18,6 +18,9 @@ use crate::spec_error::{SpecError, locate_path};
 
 /// Upper bound on replicas of one workload: a typo guard, not a scale limit.
 pub const MAX_REPLICAS: u32 = 100_000;
+
+/// One autoscaling step grows replicas by at most this percent (11×).
+pub const MAX_SCALE_UP_PERCENT: u32 = 1000;
 /// Largest spec document accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
@@ -367,6 +370,18 @@ impl WorkloadSpec {
             }
             if auto.scale_down_window > 3600 {
                 return Err(field_error("autoscale.scale_down_window", "is at most 3600 seconds"));
+            }
+            if auto.scale_up_percent > MAX_SCALE_UP_PERCENT {
+                return Err(field_error(
+                    "autoscale.scale_up_percent",
+                    format!("{} is more than the maximum of {MAX_SCALE_UP_PERCENT}", auto.scale_up_percent),
+                ));
+            }
+            if auto.scale_up_replicas > MAX_REPLICAS {
+                return Err(field_error(
+                    "autoscale.scale_up_replicas",
+                    format!("{} is more than the maximum of {MAX_REPLICAS}", auto.scale_up_replicas),
+                ));
             }
             if auto.scale_up_percent == 0 && auto.scale_up_replicas == 0 {
                 return Err(field_error(

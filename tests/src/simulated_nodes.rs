@@ -31,13 +31,21 @@ pub async fn register_nodes(
     }
 }
 
-/// Reports every pending allocation as running, as agents would once their
-/// containers start. Returns how many it reported.
-pub async fn report_pending_as_running(client: &Client) -> u32 {
+/// Does what agents do with what the servers ask: reports every pending
+/// allocation as running (its container started) and every allocation
+/// being stopped as stopped. Returns how many it reported.
+pub async fn act_as_agents(client: &Client) -> u32 {
     let allocations = client.allocations(None, None).await.expect("allocations");
     let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
-    for allocation in allocations.into_iter().filter(|a| a.state == AllocationState::Pending) {
-        by_node.entry(allocation.node).or_default().push(AllocationUpdate::running(allocation.id));
+    for allocation in allocations {
+        let update = if allocation.stopping && allocation.state.is_live() {
+            AllocationUpdate { state: AllocationState::Stopped, ..AllocationUpdate::running(allocation.id) }
+        } else if allocation.state == AllocationState::Pending {
+            AllocationUpdate::running(allocation.id)
+        } else {
+            continue;
+        };
+        by_node.entry(allocation.node).or_default().push(update);
     }
     let mut reported = 0;
     for (node, updates) in by_node {

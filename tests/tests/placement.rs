@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_api::{Client, Workload, parse_yaml};
-use flotilla_tests::simulated_nodes::{register_nodes, report_pending_as_running};
+use flotilla_tests::simulated_nodes::{act_as_agents, register_nodes};
 use flotilla_tests::{ClusterOptions, TestCluster, wait_until};
 
 const GI: u64 = 1 << 30;
@@ -50,12 +50,24 @@ async fn deploy_scale_up_scale_down_and_delete() {
     wait_for_status(&client, "web", "9 placed", |w| w.status.placed == 9).await;
     client.scale("web", 2).await.expect("scale down");
     wait_for_status(&client, "web", "2 placed", |w| w.status.placed == 2).await;
-    let nodes = client.nodes(false).await.expect("nodes");
-    assert_eq!(nodes.iter().map(|n| n.allocated_cpu).sum::<u64>(), 500);
+    let booked = |client: Client| async move {
+        client.nodes(false).await.expect("nodes").iter().map(|n| n.allocated_cpu).sum::<u64>()
+    };
+    assert_eq!(booked(client.clone()).await, 9 * 250, "replicas being stopped stay booked until stopped");
+    act_as_agents(&client).await;
+    wait_until(Duration::from_secs(10), "the stopped replicas released", || async {
+        (booked(client.clone()).await == 500).then_some(())
+    })
+    .await;
 
     client.delete("web").await.expect("delete");
-    assert!(client.allocations(Some("web"), None).await.expect("ps").is_empty());
-    assert!(client.nodes(false).await.expect("nodes").iter().all(|n| n.allocated_cpu == 0));
+    assert_eq!(booked(client.clone()).await, 500, "a deleted workload's replicas stay booked until stopped");
+    act_as_agents(&client).await;
+    wait_until(Duration::from_secs(10), "the deleted workload's allocations gone", || async {
+        let gone = client.allocations(Some("web"), None).await.ok()?.is_empty();
+        (gone && booked(client.clone()).await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,21 +77,21 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
     register_nodes(&client, "node", 4, 2000, 2 * GI, &[]).await;
     deploy(&client, "name: web\nimage: app:v1\nreplicas: 3\n").await;
     wait_for_status(&client, "web", "3 placed", |w| w.status.placed == 3).await;
-    report_pending_as_running(&client).await;
+    act_as_agents(&client).await;
     wait_for_status(&client, "web", "3 running", |w| w.status.running == 3).await;
 
     deploy(&client, "name: web\nimage: app:v2\nreplicas: 3\n").await;
     let most_live = std::sync::atomic::AtomicUsize::new(0);
     wait_until(Duration::from_secs(30), "the rollout to finish", || async {
         let allocations = client.allocations(Some("web"), None).await.ok()?;
-        let live: Vec<_> = allocations.iter().filter(|a| a.state.is_live()).collect();
+        let live: Vec<_> = allocations.iter().filter(|a| a.is_replica()).collect();
         let running = live.iter().filter(|a| a.state == flotilla_api::AllocationState::Running).count();
         most_live.fetch_max(live.len(), std::sync::atomic::Ordering::Relaxed);
         assert!(running >= 3, "a rollout never drops below the wanted replicas running");
         if live.len() == 3 && live.iter().all(|a| a.version == 2) && running == 3 {
             return Some(());
         }
-        report_pending_as_running(&client).await;
+        act_as_agents(&client).await;
         None
     })
     .await;

@@ -1,8 +1,14 @@
 //! Autoscaling on CPU and memory, after Kubernetes' HorizontalPodAutoscaler:
-//! `desired = ceil(current × utilisation / target)`, ignored within a
+//! `desired = ceil(sampled × utilisation / target)`, ignored within a
 //! tolerance, the larger of the CPU and memory recommendations winning,
 //! clamped to `min`/`max`, scale-up limited per step, and scale-down only
 //! once the lower recommendation has held for a stabilisation window.
+//!
+//! As the HPA does, replicas without a sample (not running yet, or just
+//! started) count as idle when scaling up and as on target when scaling
+//! down, so a scale-up that has not yet come up never feeds the next one;
+//! and after a scale-up no new decision is taken until its replicas run and
+//! are sampled (or `SETTLE_LIMIT` passes, for replicas that cannot be placed).
 //!
 //! The decision is a pure function of the spec, the samples and the history
 //! of recommendations; the loop that feeds it lives on the leader, whose
@@ -17,7 +23,7 @@ use flotilla_api::{AllocationState, AllocationUsage, WorkloadName, WorkloadSpec}
 
 use super::node_health::Liveness;
 use crate::raft::RaftHandle;
-use crate::state::Command;
+use crate::state::{AutoscaleDecision, Command};
 
 /// What the decision concluded, and why, in words for `flotilla events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +32,17 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Recent recommendations of one workload, for the scale-down window.
+/// Recent recommendations of one workload, for the scale-down window, and
+/// the scale-up whose replicas are awaited.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     recommendations: VecDeque<(u64, u32)>,
+    /// Replicas of the last scale-up, and when it was decided (ms).
+    awaiting: Option<(u32, u64)>,
 }
+
+/// The longest a scale-up's replicas are awaited before decisions resume.
+const SETTLE_LIMIT_MS: u64 = 120_000;
 
 /// Utilisation of one metric: the mean use of the replicas that have
 /// samples, as a percent of the request.
@@ -39,14 +51,36 @@ fn utilisation(samples: &[AllocationUsage], request: f64, value: impl Fn(&Alloca
     mean / request * 100.0
 }
 
-/// The replicas one metric asks for, and how far it is from its target.
-fn recommend(current: u32, utilisation: f64, target: u32, tolerance: u32) -> u32 {
-    let ratio = utilisation / f64::from(target);
-    if (ratio - 1.0).abs() <= f64::from(tolerance) / 100.0 {
-        current
+/// The replicas one metric asks for, by the HPA's replica calculator.
+/// `percents` is each sampled replica's use as a percent of its request;
+/// `current` replicas are wanted now, some of them perhaps unsampled.
+fn recommend(current: u32, percents: &[f64], target: u32, tolerance: u32) -> u32 {
+    let sampled = percents.len() as f64;
+    let total: f64 = percents.iter().sum();
+    let target = f64::from(target);
+    let tolerance = f64::from(tolerance) / 100.0;
+    let ratio = total / sampled / target;
+    let unsampled = f64::from(current.saturating_sub(percents.len() as u32));
+    let replicas = sampled + unsampled;
+    let adjusted = if ratio > 1.0 + tolerance {
+        // Scaling up: unsampled replicas are taken as idle.
+        total / replicas / target
+    } else if ratio < 1.0 - tolerance {
+        // Scaling down: unsampled replicas are taken as on target.
+        (total + unsampled * target) / replicas / target
     } else {
-        (f64::from(current) * ratio).ceil().max(0.0) as u32
+        return current;
+    };
+    // Counting the unsampled replicas may reverse or cancel the change.
+    if (ratio > 1.0) != (adjusted > 1.0) || (adjusted - 1.0).abs() <= tolerance {
+        return current;
     }
+    (adjusted * replicas).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// Each sample's use as a percent of the request.
+fn percents(samples: &[AllocationUsage], request: f64, value: impl Fn(&AllocationUsage) -> f64) -> Vec<f64> {
+    samples.iter().map(|s| value(s) / request * 100.0).collect()
 }
 
 /// Current utilisation per metric, as `flotilla get` shows it.
@@ -70,6 +104,15 @@ pub fn decide(
     let auto: &Autoscale = spec.autoscale.as_ref()?;
     let current = spec.replicas;
     let clamp = |n: u32| n.clamp(auto.min, auto.max);
+    if let Some((target, since)) = history.awaiting {
+        let arrived = samples.len() >= target as usize;
+        let superseded = current != target;
+        if arrived || superseded || now_ms.saturating_sub(since) > SETTLE_LIMIT_MS {
+            history.awaiting = None;
+        } else {
+            return None;
+        }
+    }
     if samples.is_empty() {
         // No data: only bring the replicas back inside the bounds.
         let within = clamp(current);
@@ -81,10 +124,12 @@ pub fn decide(
     let (cpu, memory) = utilisations(spec, samples);
     let mut wanted: Vec<(u32, String, f64, u32)> = Vec::new();
     if let (Some(target), Some(used)) = (auto.cpu, cpu) {
-        wanted.push((recommend(current, used, target.0, auto.tolerance), "cpu".into(), used, target.0));
+        let each = percents(samples, spec.resources.cpu.0 as f64, |s| s.cpu_millis);
+        wanted.push((recommend(current, &each, target.0, auto.tolerance), "cpu".into(), used, target.0));
     }
     if let (Some(target), Some(used)) = (auto.memory, memory) {
-        wanted.push((recommend(current, used, target.0, auto.tolerance), "memory".into(), used, target.0));
+        let each = percents(samples, spec.resources.memory.0 as f64, |s| s.memory_bytes as f64);
+        wanted.push((recommend(current, &each, target.0, auto.tolerance), "memory".into(), used, target.0));
     }
     let (raw, metric, used, target) = wanted.into_iter().max_by_key(|w| w.0)?;
     let recommendation = clamp(raw);
@@ -96,8 +141,8 @@ pub fn decide(
     }
 
     let desired = if recommendation > current {
-        let by_percent = current + current * auto.scale_up_percent / 100;
-        let by_replicas = current + auto.scale_up_replicas;
+        let by_percent = current.saturating_add(current.saturating_mul(auto.scale_up_percent) / 100);
+        let by_replicas = current.saturating_add(auto.scale_up_replicas);
         recommendation.min(by_percent.max(by_replicas))
     } else {
         // The highest recommendation of the window: a dip shorter than the
@@ -108,6 +153,9 @@ pub fn decide(
     let desired = clamp(desired);
     if desired == current {
         return None;
+    }
+    if desired > current {
+        history.awaiting = Some((desired, now_ms));
     }
     let comparison = if used > f64::from(target) { ">" } else { "<" };
     let held = if desired < current { format!(" for {}s", auto.scale_down_window) } else { String::new() };
@@ -150,7 +198,7 @@ pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
         }
         let now_ms = super::now_ms();
         let usage = liveness.usage(SAMPLE_MAX_AGE);
-        let decisions: Vec<(WorkloadName, Decision)> = {
+        let decisions: Vec<(WorkloadName, u64, u32, Decision)> = {
             let state = raft.state();
             state
                 .workloads()
@@ -158,18 +206,21 @@ pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
                 .filter_map(|w| {
                     let samples = workload_samples(&state, &w.spec.name, &usage);
                     let history = histories.entry(w.spec.name.clone()).or_default();
-                    decide(&w.spec, &samples, history, now_ms).map(|d| (w.spec.name.clone(), d))
+                    decide(&w.spec, &samples, history, now_ms)
+                        .map(|d| (w.spec.name.clone(), w.version, w.spec.replicas, d))
                 })
                 .collect()
         };
-        for (name, decision) in decisions {
+        for (name, version, based_on_replicas, decision) in decisions {
             tracing::info!(workload = %name, replicas = decision.replicas, reason = %decision.reason, "autoscaling");
-            let command = Command::AutoscaleWorkload {
+            let command = Command::AutoscaleWorkload(AutoscaleDecision {
                 name: name.clone(),
                 replicas: decision.replicas,
+                based_on_replicas,
+                version,
                 reason: decision.reason,
                 now_ms,
-            };
+            });
             if let Err(error) = raft.propose(command).await {
                 tracing::warn!(workload = %name, %error, "autoscale decision not applied");
             }
@@ -225,7 +276,16 @@ mod tests {
             ),
             ("no samples: no change", 3, cpu50, vec![], None),
             ("no samples, outside bounds: clamped", 12, cpu50, vec![], Some(10)),
-            ("missing samples do not drag the average down", 4, cpu50, samples(1, 100.0, 10), Some(8)),
+            ("unsampled replicas count as idle on scale-up", 4, cpu50, samples(1, 100.0, 10), None),
+            ("one busy replica of two wanted", 2, cpu50, samples(1, 200.0, 10), Some(4)),
+            ("unsampled replicas count as on target on scale-down", 4, cpu50, samples(2, 5.0, 10), Some(3)),
+            (
+                "huge step settings do not overflow",
+                3,
+                "{min: 1, max: 100000, cpu: 1, scale_up_percent: 1000, scale_up_replicas: 100000}",
+                samples(3, 1000.0, 10),
+                Some(3000),
+            ),
             ("custom tolerance", 2, "{min: 1, max: 10, cpu: 50, tolerance: 30}", samples(2, 60.0, 10), None),
         ];
         for (what, replicas, autoscale, samples, want) in table {
@@ -260,6 +320,31 @@ mod tests {
         let decision = decide(&spec, &idle, &mut history, 61_000).expect("scales down after the window");
         assert_eq!(decision.replicas, 1);
         assert!(decision.reason.contains("< target 50% for 30s: 4 → 1"), "{}", decision.reason);
+    }
+
+    #[test]
+    fn a_scale_up_waits_for_its_replicas_to_run_and_be_sampled() {
+        let mut spec = spec(1, "{min: 1, max: 10, cpu: 50}");
+        let mut history = History::default();
+        let first = decide(&spec, &samples(1, 100.0, 10), &mut history, 0).expect("scales up");
+        assert_eq!(first.replicas, 2);
+        spec.replicas = 2;
+        // The new replica is not running yet: the busy one alone decides nothing.
+        for second in 1..60 {
+            assert_eq!(
+                decide(&spec, &samples(1, 100.0, 10), &mut history, second * 1000),
+                None,
+                "at {second}s"
+            );
+        }
+        // Both run and are sampled, both busy: the next step comes.
+        let next = decide(&spec, &samples(2, 100.0, 10), &mut history, 61_000).expect("scales up again");
+        assert_eq!(next.replicas, 4);
+        // A scale-up whose replicas never come stops blocking after the settle limit.
+        spec.replicas = 4;
+        let late = 61_000 + SETTLE_LIMIT_MS + 1;
+        assert_eq!(decide(&spec, &samples(2, 100.0, 10), &mut history, late).map(|d| d.replicas), None);
+        assert!(history.awaiting.is_none());
     }
 
     #[test]

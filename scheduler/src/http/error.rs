@@ -1,5 +1,6 @@
 //! How failures become HTTP answers: a status that says whose fault it is
-//! (4xx for the client's, 503 for "retry elsewhere or later") and a JSON
+//! (4xx for the client's, 503 for "not done; retry elsewhere or later", 504
+//! for "done or not, nobody knows; retry with the same key") and a JSON
 //! body with a stable code. A client's mistake is never a 500.
 
 use axum::Json;
@@ -20,6 +21,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A server bug, never a client's mistake.
     Internal(String),
+    /// A write reached Raft but its fate is unknown: 504, and the client
+    /// retries it only with the same idempotency key.
+    OutcomeUnknown(String),
     /// The request could not be served now; a retry (here or on another server) may succeed.
     Unavailable {
         code: &'static str,
@@ -40,6 +44,7 @@ impl From<RaftError> for ApiError {
             RaftError::LeaderMoving => ApiError::Unavailable { code: "leader_moving", message },
             RaftError::Timeout(_) => ApiError::Unavailable { code: "timeout", message },
             RaftError::Stopped => ApiError::Unavailable { code: "stopping", message },
+            RaftError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
         }
     }
 }
@@ -63,6 +68,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m, None)
             }
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m, None),
+            ApiError::OutcomeUnknown(m) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", m, None),
             ApiError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
         };
         (status, Json(ApiErrorBody { code: code.to_owned(), message, spec })).into_response()

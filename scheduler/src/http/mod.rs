@@ -5,6 +5,7 @@ mod body;
 mod cluster;
 mod error;
 mod events;
+mod idempotency;
 mod leader;
 mod metrics;
 mod nodes;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::body::read_json;
 use super::error::ApiError;
+use super::idempotency::idempotency;
 use super::{AppState, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
 
@@ -39,7 +40,8 @@ pub async fn register(
     let registration: NodeRegistration = read_json(&headers, body).await?;
     registration.validate().map_err(ApiError::BadRequest)?;
     let name = registration.name.clone();
-    let output = app.raft.propose(Command::RegisterNode { registration }).await?;
+    let once = idempotency(&headers, &("register", &registration))?;
+    let output = app.raft.propose_once(Command::RegisterNode { registration }, once).await?;
     if app.raft.is_leader() {
         app.liveness.beat(&name, &[]);
     }
@@ -66,14 +68,10 @@ pub async fn set_status(
             "field `status`: a node is marked down by missed heartbeats, not by request; use draining".into(),
         ));
     }
-    let output = app
-        .raft
-        .propose(Command::SetNodeStatus {
-            name,
-            status: request.status,
-            now_ms: crate::controllers::now_ms(),
-        })
-        .await?;
+    let once = idempotency(&headers, &("node status", &name, request.status))?;
+    let now_ms = crate::controllers::now_ms();
+    let output =
+        app.raft.propose_once(Command::SetNodeStatus { name, status: request.status, now_ms }, once).await?;
     Ok(Json(expect_node(output)?))
 }
 
@@ -84,10 +82,9 @@ pub async fn report(
     body: Body,
 ) -> Result<Json<u32>, ApiError> {
     let updates: Vec<AllocationUpdate> = read_json(&headers, body).await?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    match app.raft.propose(Command::UpdateAllocations { node: name, updates, now_ms }).await? {
+    let once = idempotency(&headers, &("report", &name, &updates))?;
+    let now_ms = crate::controllers::now_ms();
+    match app.raft.propose_once(Command::UpdateAllocations { node: name, updates, now_ms }, once).await? {
         CommandOutput::AllocationsUpdated(count) => Ok(Json(count)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
     }
@@ -101,8 +98,9 @@ pub async fn record_events(
     body: Body,
 ) -> Result<Json<()>, ApiError> {
     let messages: Vec<String> = read_json(&headers, body).await?;
+    let once = idempotency(&headers, &("events", &name, &messages))?;
     let now_ms = crate::controllers::now_ms();
-    app.raft.propose(Command::RecordNodeEvents { node: name, messages, now_ms }).await?;
+    app.raft.propose_once(Command::RecordNodeEvents { node: name, messages, now_ms }, once).await?;
     Ok(Json(()))
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::body::{read_json, read_spec};
 use super::error::ApiError;
+use super::idempotency::idempotency;
 use super::{AppState, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
 
@@ -37,7 +38,9 @@ pub async fn deploy(
     body: Body,
 ) -> Result<Json<DeployResult>, ApiError> {
     let spec = read_spec(&headers, body).await?;
-    let output = app.raft.propose(Command::PutWorkload { spec, expected_version: query.version }).await?;
+    let once = idempotency(&headers, &("deploy", &spec, query.version))?;
+    let command = Command::PutWorkload { spec, expected_version: query.version };
+    let output = app.raft.propose_once(command, once).await?;
     match output {
         CommandOutput::Deployed(result) => Ok(Json(result)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
@@ -79,16 +82,20 @@ pub async fn scale(
             flotilla_api::spec::MAX_REPLICAS
         )));
     }
-    let output = app.raft.propose(Command::ScaleWorkload { name, replicas: request.replicas }).await?;
+    let once = idempotency(&headers, &("scale", &name, request.replicas))?;
+    let output =
+        app.raft.propose_once(Command::ScaleWorkload { name, replicas: request.replicas }, once).await?;
     Ok(Json(expect_workload(output)?))
 }
 
 pub async fn delete(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Workload>, ApiError> {
     let name = workload_name(&name)?;
-    let output = app.raft.propose(Command::DeleteWorkload { name }).await?;
+    let once = idempotency(&headers, &("delete", &name))?;
+    let output = app.raft.propose_once(Command::DeleteWorkload { name }, once).await?;
     Ok(Json(expect_workload(output)?))
 }
 

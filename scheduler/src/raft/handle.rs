@@ -13,10 +13,10 @@ use tokio::sync::{oneshot, watch};
 use super::error::RaftError;
 use super::membership::MembershipChange;
 use super::pending::Reply;
-use crate::state::{ClusterState, Command, CommandOutput};
+use crate::state::{ClusterState, Command, CommandOutput, Idempotency};
 
 pub(crate) enum Input {
-    Propose { command: Command, reply: Reply<CommandOutput> },
+    Propose { command: Box<Command>, once: Option<Idempotency>, reply: Reply<CommandOutput> },
     ChangeMembership { change: MembershipChange, reply: Reply<()> },
     ReadIndex { reply: Reply<()> },
     Messages(Vec<Message>),
@@ -54,7 +54,26 @@ impl RaftHandle {
 
     /// Proposes a command and waits until it is committed and applied here.
     pub async fn propose(&self, command: Command) -> Result<CommandOutput, RaftError> {
-        self.call(|reply| Input::Propose { command, reply }).await
+        self.propose_once(command, None).await
+    }
+
+    /// Proposes a client's write, applied at most once for its idempotency
+    /// key. Once the write is handed to Raft, any failure but a refusal is
+    /// `OutcomeUnknown`: the client may retry only with the same key.
+    pub async fn propose_once(
+        &self,
+        command: Command,
+        once: Option<Idempotency>,
+    ) -> Result<CommandOutput, RaftError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Propose { command: Box::new(command), once, reply })
+            .map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout(self.wait_limit, answer).await {
+            Ok(Ok(result)) => result.map_err(RaftError::after_proposal),
+            Ok(Err(_)) => Err(RaftError::Stopped.after_proposal()),
+            Err(_) => Err(RaftError::Timeout(self.wait_limit).after_proposal()),
+        }
     }
 
     /// Waits until this server has applied everything committed when the

@@ -186,13 +186,13 @@ impl Node {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Propose { command, reply } => {
+            Input::Propose { command, once, reply } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(RaftError::NoLeader));
                     return;
                 }
                 let request_id = self.new_request_id();
-                let envelope = Envelope { origin: self.config.id, request_id, command };
+                let envelope = Envelope { origin: self.config.id, request_id, command: *command, once };
                 let data = match serde_json::to_vec(&envelope) {
                     Ok(data) => data,
                     Err(e) => {
@@ -337,7 +337,7 @@ impl Node {
                 EntryType::EntryNormal => {
                     let envelope: Envelope =
                         serde_json::from_slice(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
-                    let result = state.apply(entry.index, envelope.command);
+                    let result = state.apply_once(entry.index, envelope.once, envelope.command);
                     if envelope.origin == self.config.id {
                         self.proposals.answer(envelope.request_id, result.map_err(RaftError::from));
                     }

@@ -10,6 +10,7 @@ use flotilla_api::{
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandOutput, Rejection};
+use super::idempotency::{AppliedKeys, Idempotency};
 use super::plan::Unplaced;
 use crate::placement::{NodeView, Request};
 
@@ -29,6 +30,9 @@ pub struct ClusterState {
     pub(super) unplaced: BTreeMap<WorkloadName, Unplaced>,
     /// The latest events, oldest first, at most `MAX_EVENTS`.
     pub(super) events: VecDeque<Event>,
+    /// Outcomes of the latest writes that carried an idempotency key.
+    #[serde(default)]
+    pub(super) applied_keys: AppliedKeys,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -67,6 +71,25 @@ impl ClusterState {
         ClusterState { members, next_allocation_id: 1, ..ClusterState::default() }
     }
 
+    /// Applies a committed write at most once per idempotency key: a write
+    /// sent again with its key gets the first outcome, and changes nothing.
+    pub fn apply_once(
+        &mut self,
+        index: u64,
+        once: Option<Idempotency>,
+        command: Command,
+    ) -> Result<CommandOutput, Rejection> {
+        let Some(once) = once else {
+            return self.apply(index, command);
+        };
+        if let Some(first) = self.applied_keys.replay(&once) {
+            return first;
+        }
+        let result = self.apply(index, command);
+        self.applied_keys.remember(once, &result);
+        result
+    }
+
     /// Applies a committed command at log `index`. A rejected command leaves
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
@@ -89,9 +112,7 @@ impl ClusterState {
             Command::RecordNodeEvents { node, messages, now_ms } => {
                 self.record_node_events(index, &node, messages, now_ms)
             }
-            Command::AutoscaleWorkload { name, replicas, reason, now_ms } => {
-                self.autoscale_workload(index, name, replicas, reason, now_ms)
-            }
+            Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::UpdateAllocations { node, updates, now_ms } => {
                 self.update_allocations(index, &node, updates, now_ms)

@@ -47,12 +47,7 @@ pub enum Command {
         now_ms: u64,
     },
     /// The autoscaler's decision, with its reason recorded as an event.
-    AutoscaleWorkload {
-        name: WorkloadName,
-        replicas: u32,
-        reason: String,
-        now_ms: u64,
-    },
+    AutoscaleWorkload(AutoscaleDecision),
     ApplyPlan {
         plan: Plan,
     },
@@ -71,6 +66,20 @@ pub enum Command {
     },
 }
 
+/// What the autoscaler decided, and on what it based the decision: it is
+/// refused if the workload has changed since.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleDecision {
+    pub name: WorkloadName,
+    pub replicas: u32,
+    /// The replicas the workload had when the decision was taken.
+    pub based_on_replicas: u32,
+    /// The spec version the decision was taken on.
+    pub version: u64,
+    pub reason: String,
+    pub now_ms: u64,
+}
+
 /// A command as it travels in a log entry. The proposing server keeps a
 /// reply channel under `(origin, request_id)` and answers it when it applies
 /// the entry, whichever server was leader.
@@ -79,9 +88,12 @@ pub struct Envelope {
     pub origin: u64,
     pub request_id: u64,
     pub command: Command,
+    /// The client's idempotency key for this write, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<super::Idempotency>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandOutput {
     Deployed(DeployResult),
     Workload(Workload),
@@ -92,7 +104,7 @@ pub enum CommandOutput {
 
 /// Why a committed command changed nothing. Deterministic, so every server
 /// rejects the same commands.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
     #[error("workload `{0}` does not exist")]
     WorkloadNotFound(WorkloadName),
@@ -104,6 +116,14 @@ pub enum Rejection {
     OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
     #[error("node `{0}` does not exist")]
     NodeNotFound(String),
+    #[error("workload `{0}` does not autoscale")]
+    NotAutoscaled(WorkloadName),
+    #[error(
+        "workload `{name}` changed since the autoscaling decision (version and replicas {seen:?}, now {now:?})"
+    )]
+    StaleAutoscale { name: WorkloadName, seen: (u64, u32), now: (u64, u32) },
+    #[error("idempotency key `{0}` was used for a different request")]
+    IdempotencyKeyReused(String),
     #[error("node `{0}` is down; it becomes ready again when its agent heartbeats again")]
     NodeDown(String),
     #[error("node `{node}` changed since the decision (based on index {based_on}, now {current})")]

@@ -5,10 +5,12 @@
 mod allocations;
 mod cluster_state;
 mod command;
+mod idempotency;
 mod nodes;
 mod plan;
 mod workloads;
 
 pub use cluster_state::{ClusterState, fixed_ports, request_of};
-pub use command::{Command, CommandOutput, Envelope, Rejection};
+pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection};
+pub use idempotency::{Idempotency, REMEMBERED_KEYS};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};

@@ -4,7 +4,7 @@
 use flotilla_api::{DeployChange, DeployResult, Event, Workload, WorkloadName, WorkloadSpec, WorkloadStatus};
 
 use super::cluster_state::ClusterState;
-use super::command::{CommandOutput, Rejection};
+use super::command::{AutoscaleDecision, CommandOutput, Rejection};
 
 impl ClusterState {
     pub(super) fn put_workload(
@@ -88,16 +88,30 @@ impl ClusterState {
         Ok(CommandOutput::Workload(workload))
     }
 
+    /// The autoscaler's decision, applied only if the workload is still as
+    /// the decision saw it: autoscaled, within bounds, at the same version
+    /// and replicas (so it never undoes a deploy or `scale` that came first).
     pub(super) fn autoscale_workload(
         &mut self,
         index: u64,
-        name: WorkloadName,
-        replicas: u32,
-        reason: String,
-        now_ms: u64,
+        decision: AutoscaleDecision,
     ) -> Result<CommandOutput, Rejection> {
+        let AutoscaleDecision { name, replicas, based_on_replicas, version, reason, now_ms } = decision;
         let workload =
             self.workloads.get_mut(&name).ok_or_else(|| Rejection::WorkloadNotFound(name.clone()))?;
+        let Some(auto) = &workload.spec.autoscale else {
+            return Err(Rejection::NotAutoscaled(name));
+        };
+        if !(auto.min..=auto.max).contains(&replicas) {
+            return Err(Rejection::OutsideAutoscaleRange { name, replicas, min: auto.min, max: auto.max });
+        }
+        if workload.version != version || workload.spec.replicas != based_on_replicas {
+            return Err(Rejection::StaleAutoscale {
+                name,
+                seen: (version, based_on_replicas),
+                now: (workload.version, workload.spec.replicas),
+            });
+        }
         workload.spec.replicas = replicas;
         workload.modified_index = index;
         let workload = workload.clone();
