@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use flotilla_api::{AddMemberRequest, Member, ServerStatus};
 use serde::Deserialize;
 
 use super::AppState;
 use super::body::read_json;
 use super::error::ApiError;
+use super::leader::forward;
 use crate::raft::MembershipChange;
 
 pub async fn status(State(app): State<AppState>) -> Result<Json<ServerStatus>, ApiError> {
@@ -35,6 +36,9 @@ pub async fn add_member(
     if !valid_address(&request.address) {
         return Err(ApiError::BadRequest(format!("field `address`: `{}` is not host:port", request.address)));
     }
+    if !app.raft.is_leader() {
+        return forward(&app, Method::POST, "/v1/cluster/members", Some(&request)).await.map(Json);
+    }
     app.raft
         .change_membership(MembershipChange::AddLearner { id: request.id, address: request.address.clone() })
         .await?;
@@ -51,6 +55,11 @@ pub async fn remove_member(
     State(app): State<AppState>,
     Path(id): Path<u64>,
 ) -> Result<Json<Member>, ApiError> {
+    if !app.raft.is_leader() {
+        return forward::<(), _>(&app, Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+            .await
+            .map(Json);
+    }
     let member = app.raft.state().member(id).cloned();
     app.raft.change_membership(MembershipChange::Remove { id }).await?;
     member.map(Json).ok_or_else(|| ApiError::NotFound(format!("server {id} is not a member")))

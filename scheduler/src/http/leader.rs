@@ -3,16 +3,18 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
 
-/// Sends `body` to `path` on the leader and returns its JSON answer.
+/// Sends `body` to `path` on the leader and returns its JSON answer; the
+/// leader's refusals (400, 404, 409, 504) are passed on as they are.
 pub async fn forward<B: Serialize, T: DeserializeOwned>(
     app: &AppState,
+    method: Method,
     path: &str,
     body: Option<&B>,
 ) -> Result<T, ApiError> {
@@ -23,22 +25,25 @@ pub async fn forward<B: Serialize, T: DeserializeOwned>(
             message: "no leader is elected right now".into(),
         });
     };
-    let url = format!("http://{leader}{path}");
-    let request = match body {
-        Some(body) => app.http.post(url).json(body),
-        None => app.http.get(url),
-    };
+    let mut request = app.http.request(method, format!("http://{leader}{path}"));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
     let unreachable = || ApiError::Unavailable {
         code: "leader_unreachable",
         message: format!("cannot reach the leader at {leader}"),
     };
-    let response = request.timeout(Duration::from_secs(3)).send().await.map_err(|_| unreachable())?;
-    match response.status() {
-        status if status.is_success() => response.json().await.map_err(|_| unreachable()),
-        StatusCode::NOT_FOUND => {
-            let body: flotilla_api::ApiErrorBody = response.json().await.map_err(|_| unreachable())?;
-            Err(ApiError::NotFound(body.message))
-        }
-        _ => Err(unreachable()),
+    let response = request.timeout(Duration::from_secs(8)).send().await.map_err(|_| unreachable())?;
+    let status = response.status();
+    if status.is_success() {
+        return response.json().await.map_err(|_| unreachable());
     }
+    let message = response.json::<flotilla_api::ApiErrorBody>().await.map_err(|_| unreachable())?.message;
+    Err(match status {
+        StatusCode::BAD_REQUEST => ApiError::BadRequest(message),
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
+        StatusCode::CONFLICT => ApiError::Conflict(message),
+        StatusCode::GATEWAY_TIMEOUT => ApiError::OutcomeUnknown(message),
+        _ => unreachable(),
+    })
 }

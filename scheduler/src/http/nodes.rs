@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use flotilla_api::{
     Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations, NodeRegistration,
     NodeStatus, NodeStatusRequest,
@@ -120,7 +120,7 @@ pub async fn heartbeat(
     };
     if !app.raft.is_leader() {
         let path = format!("/v1/nodes/{name}/heartbeat");
-        return super::leader::forward(&app, &path, Some(&heartbeat)).await.map(Json);
+        return super::leader::forward(&app, Method::POST, &path, Some(&heartbeat)).await.map(Json);
     }
     app.liveness.beat(&name, &heartbeat.usage);
     if status != NodeStatus::Down {

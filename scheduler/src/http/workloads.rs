@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use flotilla_api::{DeployResult, ScaleRequest, Utilisation, Workload, WorkloadName};
 use serde::Deserialize;
 
@@ -108,7 +108,7 @@ pub async fn utilisation(
     let name = workload_name(&name)?;
     if !app.raft.is_leader() {
         let path = format!("/v1/workloads/{name}/utilisation");
-        return super::leader::forward::<(), Utilisation>(&app, &path, None).await.map(Json);
+        return super::leader::forward::<(), Utilisation>(&app, Method::GET, &path, None).await.map(Json);
     }
     let usage = app.liveness.usage(std::time::Duration::from_secs(3));
     let state = app.raft.state();

@@ -32,8 +32,26 @@ pub(super) struct ConfChangeContext {
     pub(super) address: Option<String>,
 }
 
+/// How far behind the leader's last entry a learner may be and still be
+/// promoted: about a tenth of a second of writes at full rate.
+const PROMOTE_WITHIN: u64 = 1000;
+
 impl Node {
     pub(super) fn change_membership(&mut self, change: MembershipChange, reply: Reply<()>) {
+        // Only the leader knows whether a change is under way (raft-rs turns
+        // a second one into an empty entry, whose caller would wait for a
+        // timeout): the HTTP layer forwards changes to it, and it answers a
+        // concurrent change at once.
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(RaftError::NoLeader));
+            return;
+        }
+        if self.raw.raft.has_pending_conf() || !self.membership.is_empty() {
+            let _ = reply.send(Err(RaftError::Membership(
+                "another membership change is in progress; retry once it completes".into(),
+            )));
+            return;
+        }
         let conf = self.raw.raft.prs().conf().to_conf_state();
         let is_member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
         let (change_type, id, address) = match change {
@@ -114,17 +132,20 @@ impl Node {
         self.raw.propose_conf_change(context, change)
     }
 
-    /// A learner becomes a voter once it holds everything committed, so that
-    /// adding a server never leaves the cluster waiting on a slow new voter.
+    /// A learner becomes a voter once it is within `PROMOTE_WITHIN` entries
+    /// of the leader's log: close enough that it will not hold up commits,
+    /// and reachable under a steady stream of writes (where "holds all that
+    /// is committed" may never be true at the instant of a tick).
     pub(super) fn promote_caught_up_learner(&mut self) {
         let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+        if raft.state != StateRole::Leader || raft.has_pending_conf() || !self.membership.is_empty() {
             return;
         }
-        let committed = raft.raft_log.committed;
+        let last = raft.raft_log.last_index();
         let learners = raft.prs().conf().to_conf_state().learners;
-        let ready =
-            learners.into_iter().find(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
+        let ready = learners
+            .into_iter()
+            .find(|id| raft.prs().get(*id).is_some_and(|p| p.matched + PROMOTE_WITHIN >= last));
         if let Some(id) = ready {
             tracing::info!(member = id, "promoting caught-up learner to voter");
             let context = ConfChangeContext { origin: 0, request_id: 0, address: None };

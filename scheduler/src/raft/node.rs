@@ -53,6 +53,9 @@ impl NodeConfig {
         }
     }
 }
+/// How long a read index request goes unanswered before it is asked again.
+const READ_AGAIN_AFTER: Duration = Duration::from_millis(100);
+
 /// The Raft node and everything waiting on it; owned by the Raft thread.
 pub struct Node {
     pub(super) raw: RawNode<RaftStorage>,
@@ -70,6 +73,8 @@ pub struct Node {
     reads_confirmed: Pending<()>,
     /// The read index each confirmed read waits for, by request id.
     read_indexes: HashMap<u64, u64>,
+    /// When each unconfirmed read was last asked for, to ask again.
+    reads_asked: HashMap<u64, Instant>,
     leader: u64,
     pub(super) applied: u64,
     leader_shared: Arc<AtomicU64>,
@@ -126,6 +131,7 @@ impl Node {
             reads_unconfirmed: Pending::default(),
             reads_confirmed: Pending::default(),
             read_indexes: HashMap::new(),
+            reads_asked: HashMap::new(),
             leader: 0,
             applied,
             leader_shared,
@@ -220,6 +226,7 @@ impl Node {
                 self.raw.read_index(id.to_le_bytes().to_vec());
                 let deadline = self.deadline();
                 self.reads_unconfirmed.insert(id, reply, deadline);
+                self.reads_asked.insert(id, Instant::now());
             }
             Input::Messages(messages) => {
                 for message in messages {
@@ -252,7 +259,31 @@ impl Node {
         self.reads_confirmed.expire(now, &timeout);
         let confirmed = &self.reads_confirmed;
         self.read_indexes.retain(|id, _| confirmed.contains(*id));
+        self.ask_unconfirmed_reads_again(now);
         self.promote_caught_up_learner();
+    }
+
+    /// raft-rs drops a read index request that reaches a leader before it
+    /// has committed an entry of its term (right after an election), and
+    /// one lost with a message: a read still unconfirmed after a while is
+    /// asked again, so it waits for the first commit, not for its timeout.
+    fn ask_unconfirmed_reads_again(&mut self, now: Instant) {
+        let unconfirmed = &self.reads_unconfirmed;
+        self.reads_asked.retain(|id, _| unconfirmed.contains(*id));
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let again: Vec<u64> = self
+            .reads_unconfirmed
+            .ids()
+            .filter(|id| {
+                self.reads_asked.get(id).is_some_and(|at| now.duration_since(*at) >= READ_AGAIN_AFTER)
+            })
+            .collect();
+        for id in again {
+            self.raw.read_index(id.to_le_bytes().to_vec());
+            self.reads_asked.insert(id, now);
+        }
     }
 
     fn on_ready(&mut self) -> Result<(), StorageError> {

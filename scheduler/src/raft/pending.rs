@@ -49,6 +49,14 @@ impl<T> Pending<T> {
         self.waiting.remove(&id).map(|w| (w.reply, w.deadline))
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.waiting.keys().copied()
+    }
+
     pub(super) fn contains(&self, id: u64) -> bool {
         self.waiting.contains_key(&id)
     }
