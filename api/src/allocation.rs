@@ -87,6 +87,9 @@ pub struct Allocation {
     /// When its agent starts it again (ms since the epoch), while restarting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_restart_at_ms: Option<u64>,
+    /// The container (or process) id its agent runs it as, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
     /// Raft index at which it was placed: its age, without clocks in the state.
     pub created_index: u64,
     pub modified_index: u64,
@@ -132,6 +135,9 @@ pub struct AllocationUpdate {
     /// While restarting: when the agent starts it again (ms since the epoch).
     #[serde(default)]
     pub next_restart_at_ms: Option<u64>,
+    /// The container (or process) id it runs as, when the agent has one.
+    #[serde(default)]
+    pub runtime_id: Option<String>,
 }
 
 impl AllocationUpdate {
@@ -146,6 +152,7 @@ impl AllocationUpdate {
             message: String::new(),
             ports: Vec::new(),
             next_restart_at_ms: None,
+            runtime_id: None,
         }
     }
 }

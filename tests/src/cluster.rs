@@ -164,6 +164,21 @@ impl TestCluster {
         agent
     }
 
+    /// A cluster of three servers and agents `suffixes`, each with `flags`,
+    /// once every agent has registered.
+    pub async fn with_agents(suffixes: &[&str], flags: &[&str]) -> Self {
+        let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+        for suffix in suffixes {
+            cluster.add_agent(suffix, flags);
+        }
+        let client = cluster.client();
+        wait_until(Duration::from_secs(30), "every agent registered", || async {
+            (client.nodes(false).await.ok()?.len() == suffixes.len()).then_some(())
+        })
+        .await;
+        cluster
+    }
+
     pub fn agent(&mut self, suffix: &str) -> &mut AgentProcess {
         self.agents
             .iter_mut()

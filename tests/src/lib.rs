@@ -7,11 +7,13 @@
 pub mod agent_process;
 pub mod binary;
 pub mod cluster;
+pub mod containers;
 pub mod daemon;
 pub mod docker_available;
 pub mod server_process;
 pub mod simulated_nodes;
 pub mod wait;
+pub mod workloads;
 
 pub use agent_process::AgentProcess;
 pub use binary::{flotilla_binary, free_port};

@@ -5,69 +5,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_api::{Allocation, AllocationState, Client, parse_yaml};
-use flotilla_tests::{ClusterOptions, TestCluster, docker_available, flotilla_binary, wait_until};
+use flotilla_api::{Allocation, AllocationState};
+use flotilla_tests::containers::{container_of, docker_inspect, is_running};
+use flotilla_tests::workloads::{SLEEPER, deploy, replicas, wait_running};
+use flotilla_tests::{TestCluster, flotilla_binary, wait_until};
 
 const AGENT_FLAGS: [&str; 4] = ["--cpu", "2", "--memory", "2Gi"];
 
 async fn cluster_with_agents(extra: &[&str]) -> TestCluster {
-    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
     let flags: Vec<&str> = AGENT_FLAGS.iter().chain(extra).copied().collect();
-    cluster.add_agent("a", &flags);
-    cluster.add_agent("b", &flags);
-    let client = cluster.client();
-    wait_until(Duration::from_secs(30), "both agents registered", || async {
-        (client.nodes(false).await.ok()?.len() == 2).then_some(())
-    })
-    .await;
-    cluster
+    TestCluster::with_agents(&["a", "b"], &flags).await
 }
-
-async fn deploy(client: &Client, yaml: &str) {
-    client.deploy(&parse_yaml(yaml).expect("valid spec"), None).await.expect("deploy");
-}
-
-fn live(allocations: &[Allocation]) -> Vec<&Allocation> {
-    allocations.iter().filter(|a| a.state.is_live()).collect()
-}
-
-/// Waits until `workload` has exactly `count` live allocations, all running.
-async fn wait_running(client: &Client, workload: &str, count: usize, timeout: Duration) -> Vec<Allocation> {
-    wait_until(timeout, &format!("{count} running replicas of {workload}"), || async {
-        let all = client.allocations(Some(workload), None).await.ok()?;
-        let live: Vec<Allocation> = all.into_iter().filter(|a| a.state.is_live()).collect();
-        (live.len() == count && live.iter().all(|a| a.state == AllocationState::Running)).then_some(live)
-    })
-    .await
-}
-
-fn docker_inspect(container: &str, format: &str) -> String {
-    let output = Command::new("docker")
-        .args(["inspect", "--format", format, container])
-        .output()
-        .expect("docker inspect");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn container_of(cluster: &TestCluster, allocation: &Allocation) -> String {
-    let agent = cluster.agents.iter().find(|a| a.name == allocation.node).expect("the allocation's agent");
-    agent
-        .containers()
-        .into_iter()
-        .find(|c| {
-            docker_inspect(c, "{{index .Config.Labels \"flotilla.alloc\"}}") == allocation.id.to_string()
-        })
-        .expect("a container for the allocation")
-}
-
-const SLEEPER: &str =
-    "image: flotilla/busybox:latest\ncommand: [\"sh\", \"-c\", \"echo ready; exec sleep 100000\"]\n";
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn replicas_run_with_their_limits_and_labels_and_killed_ones_restart() {
-    if !docker_available("replicas_run_with_their_limits_and_labels_and_killed_ones_restart") {
-        return;
-    }
     let cluster = cluster_with_agents(&[]).await;
     let client = cluster.client();
     deploy(&client, &format!("name: web\n{SLEEPER}replicas: 5\nresources: {{cpu: 250m, memory: 64Mi}}\n"))
@@ -99,10 +51,8 @@ async fn replicas_run_with_their_limits_and_labels_and_killed_ones_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
-    if !docker_available("a_crash_loop_backs_off_and_an_oom_kill_is_reported") {
-        return;
-    }
     let cluster = cluster_with_agents(&["--restart-backoff-ms", "300", "--max-failures", "50"]).await;
     let client = cluster.client();
     deploy(&client, "name: crashy\nimage: flotilla/busybox:latest\ncommand: [\"sh\", \"-c\", \"exit 3\"]\n")
@@ -114,7 +64,7 @@ async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
     let deadline = Instant::now() + Duration::from_secs(40);
     while seen.len() < 6 && Instant::now() < deadline {
         if let Ok(all) = client.allocations(Some("crashy"), None).await
-            && let Some(a) = live(&all).first()
+            && let Some(a) = replicas(&all).first()
         {
             seen.entry(a.restarts).or_insert_with(Instant::now);
             assert!(a.exit_code.is_none() || a.exit_code == Some(3), "exit code 3 is reported: {a:?}");
@@ -160,50 +110,66 @@ async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_adopts_its_containers() {
-    if !docker_available(
-        "an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_adopts_its_containers",
-    ) {
-        return;
-    }
     let mut cluster = cluster_with_agents(&[]).await;
     let client = cluster.client();
     deploy(&client, &format!("name: web\n{SLEEPER}replicas: 4\nplacement: spread\n")).await;
     let running = wait_running(&client, "web", 4, Duration::from_secs(60)).await;
 
-    // Restart agent a (SIGTERM, then start): nothing restarted, nothing doubled.
-    let before: BTreeMap<String, String> = cluster
-        .agent("a")
-        .containers()
-        .into_iter()
-        .map(|c| {
-            let started = docker_inspect(&c, "{{.State.StartedAt}}");
-            (c, started)
-        })
-        .collect();
+    // Restart agent a (SIGTERM, then start). Adopted means: the restarted
+    // agent reports the very containers that ran (same ids), creates none,
+    // restarts none, and supervises them (a container killed later is
+    // restarted in place).
+    let a_name = cluster.agent("a").name.clone();
+    let started_at = |ids: &[String]| -> BTreeMap<String, String> {
+        ids.iter().map(|c| (c.clone(), docker_inspect(c, "{{.State.StartedAt}}"))).collect()
+    };
+    let reported = |all: &[Allocation]| -> BTreeSet<String> {
+        all.iter().filter(|a| a.node == a_name).filter_map(|a| a.runtime_id.clone()).collect()
+    };
+    let before = started_at(&cluster.agent("a").containers());
     assert!(!before.is_empty());
+    let reported_before = reported(&running);
+    assert_eq!(reported_before, before.keys().cloned().collect(), "the servers know a's container ids");
+    let index_before: BTreeMap<u64, u64> = running.iter().map(|a| (a.id, a.modified_index)).collect();
     cluster.agent("a").stop();
     cluster.agent("a").start();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let again = wait_running(&client, "web", 4, Duration::from_secs(20)).await;
-    assert_eq!(again.iter().map(|a| a.id).collect::<BTreeSet<_>>(), running.iter().map(|a| a.id).collect());
-    let after: BTreeMap<String, String> = cluster
-        .agent("a")
-        .containers()
-        .into_iter()
-        .map(|c| (c.clone(), docker_inspect(&c, "{{.State.StartedAt}}")))
-        .collect();
+    let again = wait_until(Duration::from_secs(20), "the restarted agent to report what it adopted", || async {
+        let all = client.allocations(Some("web"), None).await.ok()?;
+        let mine: Vec<&Allocation> = all.iter().filter(|a| a.node == a_name).collect();
+        let all_reported = mine.iter().all(|a| index_before.get(&a.id).is_some_and(|i| a.modified_index > *i));
+        (all_reported && replicas(&all).len() == 4).then_some(all)
+    })
+    .await;
     assert_eq!(
-        before, after,
-        "the restarted agent adopted its containers without restarting or duplicating them"
+        replicas(&again).iter().map(|a| a.id).collect::<BTreeSet<_>>(),
+        running.iter().map(|a| a.id).collect()
     );
+    assert_eq!(reported(&again), reported_before, "the restarted agent reports the same container ids");
+    let after = started_at(&cluster.agent("a").containers());
+    assert_eq!(before, after, "no container created, none restarted");
+    let log = cluster.agent("a").log_text();
+    assert_eq!(log.matches("adopted a running container").count(), before.len(), "{log}");
+    // The adopted containers are supervised: one killed is restarted in place.
+    let victim = again.iter().find(|a| a.node == a_name).expect("a replica on a").clone();
+    let container = victim.runtime_id.clone().expect("a container id");
+    Command::new("docker").args(["kill", &container]).output().expect("docker kill");
+    wait_until(Duration::from_secs(20), "the killed adopted container restarted", || async {
+        let all = client.allocations(Some("web"), None).await.ok()?;
+        let now = all.into_iter().find(|a| a.id == victim.id)?;
+        (now.restarts > victim.restarts && now.state == AllocationState::Running && is_running(&container))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cluster.agent("a").containers().len(), before.len(), "still no new container");
 
     // kill -9 agent b: its replicas move to a.
     let b_name = cluster.agent("b").name.clone();
     cluster.agent("b").kill();
     wait_until(Duration::from_secs(30), "all replicas running on agent a", || async {
         let all = client.allocations(Some("web"), None).await.ok()?;
-        let live: Vec<&Allocation> = live(&all);
+        let live: Vec<&Allocation> = replicas(&all);
         (live.len() == 4 && live.iter().all(|a| a.node != b_name && a.state == AllocationState::Running))
             .then_some(())
     })
@@ -226,6 +192,11 @@ async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_a
         running.is_empty().then_some(())
     })
     .await;
+    wait_until(Duration::from_secs(10), "node b ready again", || async {
+        let nodes = client.nodes(false).await.ok()?;
+        nodes.iter().any(|n| n.name == b_name && n.status == flotilla_api::NodeStatus::Ready).then_some(())
+    })
+    .await;
     let total_running: usize = cluster
         .agents
         .iter()
@@ -236,10 +207,8 @@ async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn drain_moves_replicas_and_logs_stream_output() {
-    if !docker_available("drain_moves_replicas_and_logs_stream_output") {
-        return;
-    }
     let mut cluster = cluster_with_agents(&[]).await;
     let client = cluster.client();
     deploy(&client, &format!("name: web\n{SLEEPER}replicas: 2\nplacement: spread\n")).await;
@@ -255,7 +224,7 @@ async fn drain_moves_replicas_and_logs_stream_output() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all = client.allocations(Some("web"), None).await.expect("ps");
-        let live = live(&all);
+        let live = replicas(&all);
         fewest_running =
             fewest_running.min(live.iter().filter(|a| a.state == AllocationState::Running).count());
         if live.len() == 2 && live.iter().all(|a| a.node != a_name && a.state == AllocationState::Running) {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_api::{AllocationState, Client, parse_yaml};
-use flotilla_tests::{ClusterOptions, TestCluster, docker_available, wait_until};
+use flotilla_tests::{ClusterOptions, TestCluster, wait_until};
 
 async fn running(client: &Client, workload: &str) -> usize {
     client
@@ -28,10 +28,8 @@ async fn cluster() -> TestCluster {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn a_cpu_burning_workload_scales_up_to_max_and_back_down_after_the_window() {
-    if !docker_available("a_cpu_burning_workload_scales_up_to_max_and_back_down_after_the_window") {
-        return;
-    }
     let cluster = cluster().await;
     let client = cluster.client();
     let spec = "name: burner\nimage: flotilla/busybox:latest\nresources: {cpu: 100m, memory: 32Mi}\n\
@@ -73,10 +71,8 @@ async fn a_cpu_burning_workload_scales_up_to_max_and_back_down_after_the_window(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn a_workload_over_its_memory_target_scales_up_on_memory() {
-    if !docker_available("a_workload_over_its_memory_target_scales_up_on_memory") {
-        return;
-    }
     let cluster = cluster().await;
     let client = cluster.client();
     // Each replica holds about 24 MB in a shell variable: ~40% of its 64Mi request.

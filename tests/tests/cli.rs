@@ -122,7 +122,6 @@ async fn every_verb_works_and_reads_give_json() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("workload `ticker` does not exist"));
     assert!(cli.ok(&["completions", "bash"]).contains("flotilla"));
-    cluster.add_agent("unused", &["--driver", "sim", "--cpu", "1", "--memory", "1Gi"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use flotilla_tests::{docker_available, flotilla_binary};
+use flotilla_tests::{flotilla_binary};
 
 fn flotilla(home: &std::path::Path, args: &[&str], addr: Option<&str>) -> Output {
     let mut command = Command::new(flotilla_binary());
@@ -91,17 +91,13 @@ fn up_use_down(name: &str, docker: bool) {
 }
 
 #[test]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 fn cluster_up_and_down_with_processes() {
-    if !docker_available("cluster_up_and_down_with_processes") {
-        return;
-    }
     up_use_down(&format!("proc-{}", std::process::id()), false);
 }
 
 #[test]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 fn cluster_up_and_down_with_docker() {
-    if !docker_available("cluster_up_and_down_with_docker") {
-        return;
-    }
     up_use_down(&format!("dock-{}", std::process::id()), true);
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{docker_available, flotilla_binary};
+use flotilla_tests::{flotilla_binary};
 
 fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository root").to_path_buf()
@@ -30,10 +30,8 @@ fn docker_leftovers(label: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 fn the_readme_tour_runs_as_written() {
-    if !docker_available("the_readme_tour_runs_as_written") {
-        return;
-    }
     let home = tempfile::tempdir().expect("temp dir");
     let bin = flotilla_binary();
     let path =
@@ -82,10 +80,8 @@ fn http_get(port: u16) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 fn flotilla_dev_serves_the_hello_example_and_cleans_up_on_ctrl_c() {
-    if !docker_available("flotilla_dev_serves_the_hello_example_and_cleans_up_on_ctrl_c") {
-        return;
-    }
     let mut dev = Command::new(flotilla_binary())
         .args([
             "dev",

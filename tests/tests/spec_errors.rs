@@ -12,7 +12,8 @@ struct Case {
     body: Vec<u8>,
     /// Expected HTTP status from the API.
     status: u16,
-    /// Text both the API's message and the CLI's must contain.
+    /// Text both the API's message and the CLI's must contain (never empty:
+    /// every string contains "").
     reason: &'static str,
     /// The field path the API must name, where there is one.
     field: Option<&'static str>,
@@ -41,12 +42,12 @@ fn cases() -> Vec<Case> {
             field: None,
         },
         case("unknown field", &format!("{base}imagee: x\n"), "unknown field `imagee`", None),
-        case("name of the wrong type", "name: [a, b]\nimage: busybox\n", "", Some("name")),
+        case("name of the wrong type", "name: [a, b]\nimage: busybox\n", "expected string", Some("name")),
         case("name in capitals", "name: Web\nimage: busybox\n", "lowercase", Some("name")),
         case("name too long", &format!("name: {}\nimage: busybox\n", "a".repeat(70)), "63", Some("name")),
         case("name starting with a dash", "name: -web\nimage: busybox\n", "start and end", Some("name")),
-        case("replicas not a number", &format!("{base}replicas: many\n"), "", Some("replicas")),
-        case("negative replicas", &format!("{base}replicas: -1\n"), "", Some("replicas")),
+        case("replicas not a number", &format!("{base}replicas: many\n"), "invalid u32", Some("replicas")),
+        case("negative replicas", &format!("{base}replicas: -1\n"), "invalid u32", Some("replicas")),
         case("absurd replicas", &format!("{base}replicas: 5000000\n"), "maximum", Some("replicas")),
         case("negative cpu", &format!("{base}resources:\n  cpu: -1\n"), "negative", Some("resources.cpu")),
         case("absurd cpu", &format!("{base}resources:\n  cpu: 100000\n"), "maximum", Some("resources.cpu")),
@@ -74,7 +75,7 @@ fn cases() -> Vec<Case> {
         case(
             "port out of range",
             &format!("{base}ports:\n  - container: 70000\n"),
-            "",
+            "invalid u16",
             Some("ports[0].container"),
         ),
         case(
@@ -126,10 +127,10 @@ fn cases() -> Vec<Case> {
             "variable name",
             Some("env.1BAD"),
         ),
-        case("command that is not a list", &format!("{base}command: {{a: b}}\n"), "", Some("command")),
-        case("deep nesting", &deep, "", None),
-        case("YAML alias bomb", alias_bomb, "", None),
-        case("two documents", "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n", "", None),
+        case("command that is not a list", &format!("{base}command: {{a: b}}\n"), "expected sequence", Some("command")),
+        case("deep nesting", &deep, "recursion limit exceeded", None),
+        case("YAML alias bomb", alias_bomb, "unknown field `x1`", None),
+        case("two documents", "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n", "multiple YAML documents", None),
         Case { name: "larger than 1 MiB", body: huge, status: 413, reason: "larger than", field: None },
     ]
 }

@@ -49,5 +49,6 @@ pub(super) fn update(local: &Local, state: AllocationState, message: String) -> 
         message,
         ports: local.allocation.ports.clone(),
         next_restart_at_ms: None,
+        runtime_id: local.handle.clone(),
     }
 }

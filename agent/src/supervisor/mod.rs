@@ -214,15 +214,15 @@ impl Supervisor {
             };
             match self.found.remove(&id) {
                 Some((_, observed)) if observed.running => {
-                    tracing::info!(allocation = id, "adopted a running container");
+                    tracing::info!(allocation = id, handle = %observed.handle, "adopted a running container");
                     local.handle = Some(observed.handle.clone());
                     local.phase = Phase::Running;
                     local.allocation.ports = observed.ports.clone();
                     self.handles_insert(id, driver, &observed.handle);
-                    if allocation.state != AllocationState::Running {
-                        let report = update(&local, AllocationState::Running, String::new());
-                        self.reports.insert(id, report);
-                    }
+                    // Said even when the servers think it runs: they learn
+                    // which container this agent adopted.
+                    let report = update(&local, AllocationState::Running, String::new());
+                    self.reports.insert(id, report);
                     self.local.insert(id, local);
                 }
                 Some((_, observed)) => {

@@ -95,6 +95,7 @@ impl ClusterState {
             state: AllocationState::Pending,
             stopping: false,
             next_restart_at_ms: None,
+            runtime_id: None,
             created_index: index,
             modified_index: index,
             created_at_ms: now_ms,
@@ -189,6 +190,9 @@ impl ClusterState {
                 allocation.exit_code = update.exit_code;
                 allocation.oom_killed = update.oom_killed;
                 allocation.message = update.message;
+                if update.runtime_id.is_some() {
+                    allocation.runtime_id = update.runtime_id;
+                }
                 allocation.next_restart_at_ms =
                     update.next_restart_at_ms.filter(|_| update.state == AllocationState::Restarting);
                 for bound in update.ports {
