@@ -147,6 +147,18 @@ impl TestCluster {
     /// Starts an agent whose node is named `{cluster}-{suffix}` (unique to
     /// this test run), with more flags in `extra` (`--cpu 2`, `--driver process`).
     pub fn add_agent(&mut self, suffix: &str, extra: &[&str]) -> &mut AgentProcess {
+        let first = self.servers.first().map_or(0, |s| s.id);
+        self.add_agent_talking_first_to(first, suffix, extra)
+    }
+
+    /// Like `add_agent`, with server `first` first in the agent's list: the
+    /// server it talks to while that server answers.
+    pub fn add_agent_talking_first_to(
+        &mut self,
+        first: u64,
+        suffix: &str,
+        extra: &[&str],
+    ) -> &mut AgentProcess {
         let unique: String = self
             .dir
             .path()
@@ -157,7 +169,10 @@ impl TestCluster {
             .filter(char::is_ascii_alphanumeric)
             .collect();
         let name = format!("{}-{suffix}", unique.trim_start_matches("flotillacluster"));
-        let servers: Vec<String> = self.servers.iter().map(|s| s.address.clone()).collect();
+        let mut servers: Vec<String> = self.servers.iter().map(|s| s.address.clone()).collect();
+        if let Some(position) = self.servers.iter().position(|s| s.id == first) {
+            servers[..=position].rotate_right(1);
+        }
         self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), extra));
         let agent = self.agents.last_mut().expect("just pushed");
         agent.start();

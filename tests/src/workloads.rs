@@ -20,7 +20,12 @@ pub fn replicas(allocations: &[Allocation]) -> Vec<&Allocation> {
 }
 
 /// Waits until `workload` has exactly `count` replicas, all running.
-pub async fn wait_running(client: &Client, workload: &str, count: usize, timeout: Duration) -> Vec<Allocation> {
+pub async fn wait_running(
+    client: &Client,
+    workload: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Allocation> {
     wait_until(timeout, &format!("{count} running replicas of {workload}"), || async {
         let all = client.allocations(Some(workload), None).await.ok()?;
         let live: Vec<Allocation> = all.into_iter().filter(|a| a.is_replica()).collect();

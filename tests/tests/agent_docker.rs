@@ -135,13 +135,15 @@ async fn an_agent_killed_loses_its_replicas_to_the_other_and_a_restarted_agent_a
     let index_before: BTreeMap<u64, u64> = running.iter().map(|a| (a.id, a.modified_index)).collect();
     cluster.agent("a").stop();
     cluster.agent("a").start();
-    let again = wait_until(Duration::from_secs(20), "the restarted agent to report what it adopted", || async {
-        let all = client.allocations(Some("web"), None).await.ok()?;
-        let mine: Vec<&Allocation> = all.iter().filter(|a| a.node == a_name).collect();
-        let all_reported = mine.iter().all(|a| index_before.get(&a.id).is_some_and(|i| a.modified_index > *i));
-        (all_reported && replicas(&all).len() == 4).then_some(all)
-    })
-    .await;
+    let again =
+        wait_until(Duration::from_secs(20), "the restarted agent to report what it adopted", || async {
+            let all = client.allocations(Some("web"), None).await.ok()?;
+            let mine: Vec<&Allocation> = all.iter().filter(|a| a.node == a_name).collect();
+            let all_reported =
+                mine.iter().all(|a| index_before.get(&a.id).is_some_and(|i| a.modified_index > *i));
+            (all_reported && replicas(&all).len() == 4).then_some(all)
+        })
+        .await;
     assert_eq!(
         replicas(&again).iter().map(|a| a.id).collect::<BTreeSet<_>>(),
         running.iter().map(|a| a.id).collect()

@@ -94,3 +94,39 @@ async fn a_workload_over_its_memory_target_scales_up_on_memory() {
     let utilisation = client.utilisation("hoarder").await.expect("utilisation");
     assert!(utilisation.memory_percent.is_some_and(|m| m > 15.0), "{utilisation:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
+async fn replicas_slow_to_start_do_not_feed_the_next_scale_up() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    // Every replica idles 12 s after it starts, then burns its whole CPU
+    // limit (100% of its request). One busy replica at a 50% target asks for
+    // ceil(100 / 50) = 2 replicas, and the second one adds no load for 12 s.
+    let spec = "name: slow\nimage: flotilla/busybox:latest\nresources: {cpu: 100m, memory: 32Mi}\n\
+        command: [\"sh\", \"-c\", \"sleep 12; while true; do :; done\"]\n\
+        autoscale: {min: 1, max: 10, cpu: 50%}\n";
+    client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
+    wait_until(Duration::from_secs(60), "the first scale-up", || async {
+        (client.get("slow").await.ok()?.spec.replicas > 1).then_some(())
+    })
+    .await;
+    let scaled_at = std::time::Instant::now();
+    let mut most = 0;
+    while scaled_at.elapsed() < Duration::from_secs(8) {
+        if let Ok(workload) = client.get("slow").await {
+            most = most.max(workload.spec.replicas);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 2, "ceil(1 replica × 100% / 50%) = 2, while the new replica adds no load");
+    let events = client.events(0, Duration::ZERO).await.expect("events");
+    let steps: Vec<&str> = events
+        .events
+        .iter()
+        .filter(|e| e.workload.as_deref() == Some("slow"))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(steps.first().is_some_and(|s| s.ends_with(": 1 → 2")), "{steps:?}");
+    assert_eq!(steps.len(), 1, "one decision while the new replica idles: {steps:?}");
+}

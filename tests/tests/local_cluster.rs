@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use flotilla_tests::{flotilla_binary};
+use flotilla_tests::flotilla_binary;
 
 fn flotilla(home: &std::path::Path, args: &[&str], addr: Option<&str>) -> Output {
     let mut command = Command::new(flotilla_binary());

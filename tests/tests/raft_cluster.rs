@@ -310,3 +310,103 @@ async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
     let expected: BTreeSet<String> = ["corruption-marker".to_owned(), "while-broken".to_owned()].into();
     wait_for_names(&cluster, victim, &expected, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_added_while_64_clients_write_is_promoted_within_seconds() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let writers = 64;
+    for i in 0..writers {
+        let spec = parse_yaml(&format!("name: load-{i}\nimage: busybox\nreplicas: 0\n")).expect("spec");
+        client.deploy(&spec, None).await.expect("deploy");
+    }
+    // Each writer scales its own workload (to 0: no placement work), as fast
+    // as it is acknowledged, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            let (client, stop, written) = (client.clone(), Arc::clone(&stop), Arc::clone(&written));
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if client.scale(&format!("load-{i}"), 0).await.is_ok() {
+                        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = written.load(std::sync::atomic::Ordering::Relaxed);
+    cluster.add_joining_server(4);
+    wait_until(Duration::from_secs(10), "server 4 promoted to voter under load", || async {
+        let status = client.server_status().await.ok()?;
+        status.members.iter().any(|m| m.id == 4 && m.voter).then_some(())
+    })
+    .await;
+    let during = written.load(std::sync::atomic::Ordering::Relaxed) - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    assert!(during > 100, "the writers kept writing while the learner caught up ({during} writes)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_membership_change_is_refused_at_once_and_reads_follow_an_election_promptly() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let client = cluster.client();
+    // Server 4 is never started: its learner entry commits, but it never
+    // catches up, so the change stays in progress from the leader's view
+    // only until it applies; a second change right behind it is refused.
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.add_member(4, "127.0.0.1:1").await })
+    };
+    let second = client.add_member(5, "127.0.0.1:2").await;
+    let first = first.await.expect("task");
+    let refused =
+        [&first, &second].iter().filter(|r| r.as_ref().is_err_and(|e| e.code() == Some("conflict"))).count();
+    let accepted = [&first, &second].iter().filter(|r| r.is_ok()).count();
+    assert!(accepted >= 1, "{first:?} {second:?}");
+    assert!(refused + accepted == 2, "a refusal is a 409, never a timeout: {first:?} {second:?}");
+    for id in [4, 5] {
+        let _ = client.remove_member(id).await;
+    }
+
+    // Reads keep coming at every survivor while the leader is killed: each
+    // is answered, or refused at once (no leader, leader changed), and none
+    // is left to time out while the new leader commits its first entry.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let survivors: Vec<u64> = cluster.servers.iter().map(|s| s.id).filter(|id| *id != leader).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = survivors
+        .iter()
+        .map(|id| {
+            let (client, stop) = (cluster.client_of(*id), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut outcomes: Vec<Option<String>> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = client.list(false).await;
+                    outcomes.push(answer.err().map(|e| e.code().unwrap_or("unreachable").to_owned()));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.server(leader).kill();
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for reader in readers {
+        outcomes.extend(reader.await.expect("reader"));
+    }
+    assert!(outcomes.iter().any(Option::is_none), "reads were answered");
+    let timed_out = outcomes.iter().filter(|o| o.as_deref() == Some("timeout")).count();
+    assert_eq!(timed_out, 0, "no read waited out its timeout: {outcomes:?}");
+    let last = client.list(false).await;
+    assert!(last.is_ok(), "{last:?}");
+}

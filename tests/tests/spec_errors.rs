@@ -127,10 +127,20 @@ fn cases() -> Vec<Case> {
             "variable name",
             Some("env.1BAD"),
         ),
-        case("command that is not a list", &format!("{base}command: {{a: b}}\n"), "expected sequence", Some("command")),
+        case(
+            "command that is not a list",
+            &format!("{base}command: {{a: b}}\n"),
+            "expected sequence",
+            Some("command"),
+        ),
         case("deep nesting", &deep, "recursion limit exceeded", None),
         case("YAML alias bomb", alias_bomb, "unknown field `x1`", None),
-        case("two documents", "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n", "multiple YAML documents", None),
+        case(
+            "two documents",
+            "name: a\nimage: busybox\n---\nname: b\nimage: busybox\n",
+            "multiple YAML documents",
+            None,
+        ),
         Case { name: "larger than 1 MiB", body: huge, status: 413, reason: "larger than", field: None },
     ]
 }

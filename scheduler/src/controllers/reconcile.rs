@@ -366,6 +366,67 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_whose_new_replica_keeps_failing_goes_no_further_and_keeps_the_old_ones() {
+        let mut state = ClusterState::default();
+        for n in ["a", "b", "c", "d"] {
+            register(&mut state, n, 2000, 2048, "a", &[Driver::Docker]);
+        }
+        deploy(&mut state, "name: web\nimage: v1\nreplicas: 3\n");
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        deploy(&mut state, "name: web\nimage: missing\nreplicas: 3\n");
+        converge(&mut state, 2);
+        let new: Vec<Allocation> = live(&state, "web").into_iter().filter(|a| a.version == 2).collect();
+        assert_eq!(new.len(), 1, "one surge replica");
+        let failing = AllocationUpdate {
+            state: AllocationState::Restarting,
+            restarts: 3,
+            message: "image `missing` is not on this host".into(),
+            ..AllocationUpdate::running(new[0].id)
+        };
+        let node = new[0].node.clone();
+        state
+            .apply(50, Command::UpdateAllocations { node, updates: vec![failing], now_ms: 0 })
+            .expect("report");
+        converge(&mut state, 3);
+        let replicas = live(&state, "web");
+        assert_eq!(
+            replicas.iter().filter(|a| a.version == 1 && a.state == AllocationState::Running).count(),
+            3
+        );
+        assert_eq!(replicas.iter().filter(|a| a.version == 2).count(), 1, "no further new replicas");
+        let status = state.workload("web").expect("web").status;
+        assert_eq!(status.restarting, 1);
+        let failure = status.rollout_failure.expect("the rollout is failed");
+        assert!(failure.contains("is not on this host"), "{failure}");
+    }
+
+    #[test]
+    fn an_overcommitted_node_sheds_its_newest_replicas_and_they_are_placed_elsewhere() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", 1000, 1024, "a", &[Driver::Docker]);
+        deploy(&mut state, "name: first\nimage: x\nresources: {cpu: 400m, memory: 64Mi}\n");
+        deploy(&mut state, "name: second\nimage: x\nresources: {cpu: 400m, memory: 64Mi}\n");
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        register(&mut state, "b", 1000, 1024, "b", &[Driver::Docker]);
+        // Node a's agent comes back with half its CPU.
+        register(&mut state, "a", 500, 1024, "a", &[Driver::Docker]);
+        converge(&mut state, 2);
+        let second = live(&state, "second");
+        assert_eq!(second.iter().map(|a| a.node.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        let first = live(&state, "first");
+        assert_eq!(
+            first.iter().map(|a| a.node.as_str()).collect::<Vec<_>>(),
+            vec!["a"],
+            "the older one stays"
+        );
+        let shed: Vec<&Allocation> = state.node_allocations("a").filter(|a| a.stopping).collect();
+        assert_eq!(shed.len(), 1);
+        assert_eq!(shed[0].workload.as_str(), "second");
+    }
+
+    #[test]
     fn a_draining_node_is_emptied_onto_others_new_before_old() {
         let mut state = ClusterState::default();
         register(&mut state, "a", 2000, 2048, "a", &[Driver::Docker]);

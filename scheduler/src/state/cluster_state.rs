@@ -328,6 +328,42 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Keyed writes: replicas that apply the same keyed log agree; a
+        /// write repeated with its key answers its first outcome and
+        /// changes nothing; the remembered keys survive a snapshot.
+        #[test]
+        fn keyed_writes_apply_once_and_deterministically(
+            commands in proptest::collection::vec((command(), 0..6u8), 1..60)
+        ) {
+            let mut a = ClusterState::bootstrap(&[(1, "127.0.0.1:1".to_owned())].into());
+            let mut b = a.clone();
+            let mut first: BTreeMap<String, (Command, Result<CommandOutput, Rejection>)> = BTreeMap::new();
+            for (i, (command, key)) in commands.into_iter().enumerate() {
+                let index = i as u64 + 2;
+                let key = format!("k{key}");
+                let once = Idempotency::new(key.clone(), &command);
+                let before = a.clone();
+                let result_a = a.apply_once(index, Some(once.clone()), command.clone());
+                let result_b = b.apply_once(index, Some(once), command.clone());
+                prop_assert_eq!(&result_a, &result_b);
+                prop_assert_eq!(&a, &b);
+                match first.get(&key) {
+                    Some((seen, outcome)) if *seen == command => {
+                        prop_assert_eq!(&result_a, outcome);
+                        prop_assert_eq!(&a, &before, "a repeat changes nothing");
+                    }
+                    Some(_) => prop_assert_eq!(result_a, Err(Rejection::IdempotencyKeyReused(key))),
+                    None => {
+                        first.insert(key, (command, result_a));
+                    }
+                }
+            }
+            let restored: ClusterState = serde_json::from_slice(&serde_json::to_vec(&a).expect("snapshot")).expect("restore");
+            prop_assert_eq!(&restored, &a);
+        }
+    }
+
     #[test]
     fn deploy_reports_created_updated_and_unchanged() {
         let mut state = ClusterState::default();

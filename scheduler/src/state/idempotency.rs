@@ -82,7 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_replays_its_first_outcome_refuses_another_request_and_is_forgotten_last_in_first_out() {
+    fn a_key_replays_its_first_outcome_refuses_another_request_and_is_forgotten_oldest_first() {
         let mut keys = AppliedKeys::default();
         let first = Idempotency::new("k1".into(), &("scale", "web", 3));
         assert_eq!(keys.replay(&first), None);

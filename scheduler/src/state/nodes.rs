@@ -157,3 +157,149 @@ impl ClusterState {
         self.record(Event { index, at_ms: now_ms, workload: None, node: Some(node.to_owned()), message });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::spec::Driver;
+    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, NodeStatus, parse_yaml};
+
+    use super::*;
+    use crate::state::{Command, Placement, Plan};
+
+    fn registration(cpu: u64) -> NodeRegistration {
+        NodeRegistration {
+            name: "n".into(),
+            address: String::new(),
+            cpu: CpuMillis(cpu),
+            memory: MemoryBytes(1 << 30),
+            labels: Default::default(),
+            drivers: [Driver::Docker].into(),
+        }
+    }
+
+    /// A cluster with node `n` and one running replica of `web` on it.
+    fn one_replica() -> ClusterState {
+        let mut state = ClusterState::default();
+        state.apply(1, Command::RegisterNode { registration: registration(1000) }).expect("register");
+        let spec = parse_yaml("name: web\nimage: x\nresources: {cpu: 500m, memory: 64Mi}\n").expect("spec");
+        state.apply(2, Command::PutWorkload { spec, expected_version: None }).expect("deploy");
+        let placement = Placement {
+            workload: flotilla_api::WorkloadName::parse("web").expect("name"),
+            replica: 0,
+            node: "n".into(),
+            version: 1,
+            cpu: 500,
+            memory: 64 << 20,
+            ports: Vec::new(),
+        };
+        let plan = Plan { placements: vec![placement], ..Plan::default() };
+        state.apply(3, Command::ApplyPlan { plan }).expect("plan");
+        let updates = vec![AllocationUpdate::running(1)];
+        state.apply(4, Command::UpdateAllocations { node: "n".into(), updates, now_ms: 0 }).expect("report");
+        state
+    }
+
+    fn status(state: &ClusterState) -> NodeStatus {
+        state.node("n").map(|n| n.status).expect("node")
+    }
+
+    #[test]
+    fn a_down_decision_is_refused_once_the_node_registered_again_or_is_down_already() {
+        // (what, registrations between decision and apply, already down, accepted)
+        let table = [
+            ("current decision", 0, false, true),
+            ("the agent registered since", 1, false, false),
+            ("already down", 0, true, false),
+        ];
+        for (what, registrations, already_down, accepted) in table {
+            let mut state = one_replica();
+            let seen = state.node("n").map(|n| n.ready_index).expect("node");
+            if already_down {
+                state
+                    .apply(5, Command::MarkNodeDown { name: "n".into(), ready_index: seen, now_ms: 0 })
+                    .expect("down");
+            }
+            for i in 0..registrations {
+                state
+                    .apply(6 + i, Command::RegisterNode { registration: registration(1000) })
+                    .expect("register");
+            }
+            let before = state.clone();
+            let result =
+                state.apply(10, Command::MarkNodeDown { name: "n".into(), ready_index: seen, now_ms: 0 });
+            assert_eq!(result.is_ok(), accepted, "{what}: {result:?}");
+            if !accepted {
+                assert_eq!(state, before, "{what}: a refused decision changes nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn down_loses_replicas_undrain_cannot_revive_it_and_a_second_return_is_held() {
+        let mut state = one_replica();
+        let down = |state: &mut ClusterState, index: u64, now_ms: u64| {
+            let ready_index = state.node("n").map(|n| n.ready_index).expect("node");
+            state
+                .apply(index, Command::MarkNodeDown { name: "n".into(), ready_index, now_ms })
+                .expect("down");
+        };
+        down(&mut state, 5, 1_000);
+        assert_eq!(state.allocations().next().map(|a| a.state), Some(AllocationState::Lost));
+        assert_eq!(state.node("n").map(|n| n.allocated_cpu), Some(0), "lost replicas release their node");
+        let undrain = Command::SetNodeStatus { name: "n".into(), status: NodeStatus::Ready, now_ms: 2_000 };
+        assert_eq!(state.apply(6, undrain), Err(Rejection::NodeDown("n".into())));
+        let register = Command::RegisterNode { registration: registration(1000) };
+        state.apply(7, register).expect("register");
+        assert_eq!(status(&state), NodeStatus::Down, "registering does not make a down node ready");
+
+        state.apply(8, Command::NodeRecovered { name: "n".into(), now_ms: 3_000 }).expect("back");
+        assert_eq!(status(&state), NodeStatus::Ready);
+        assert_eq!(state.node("n").map(|n| n.eligible_at_ms), Some(0), "one down is no flapping");
+        down(&mut state, 9, 4_000);
+        state.apply(10, Command::NodeRecovered { name: "n".into(), now_ms: 5_000 }).expect("back");
+        assert_eq!(
+            state.node("n").map(|n| n.eligible_at_ms),
+            Some(5_000 + FLAP_HOLD_MS),
+            "held after flapping"
+        );
+        let view = |now_ms| state.node_view("n", now_ms).map(|v| v.held);
+        assert_eq!((view(5_001), view(5_000 + FLAP_HOLD_MS)), (Some(true), Some(false)));
+        // Downs older than the window are forgotten.
+        down(&mut state, 11, 5_000 + FLAP_WINDOW_MS + 1);
+        state
+            .apply(12, Command::NodeRecovered { name: "n".into(), now_ms: 6_000 + FLAP_WINDOW_MS })
+            .expect("back");
+        assert_eq!(state.node("n").map(|n| n.recent_downs_ms.len()), Some(1));
+    }
+
+    #[test]
+    fn a_stopping_replica_stays_booked_until_its_agent_reports_it_stopped() {
+        let mut state = one_replica();
+        let plan = Plan { stops: vec![1], ..Plan::default() };
+        state.apply(5, Command::ApplyPlan { plan }).expect("stop");
+        let allocation = state.allocations().next().cloned().expect("allocation");
+        assert!(allocation.stopping && allocation.state.is_live() && !allocation.is_replica());
+        assert_eq!(state.node("n").map(|n| n.allocated_cpu), Some(500));
+        // Agents do not report pending or lost: those are the servers' words.
+        let lost = vec![AllocationUpdate { state: AllocationState::Lost, ..AllocationUpdate::running(1) }];
+        state
+            .apply(6, Command::UpdateAllocations { node: "n".into(), updates: lost, now_ms: 0 })
+            .expect("report");
+        assert_eq!(state.allocations().next().map(|a| a.state), Some(AllocationState::Running));
+        let stopped =
+            vec![AllocationUpdate { state: AllocationState::Stopped, ..AllocationUpdate::running(1) }];
+        state
+            .apply(7, Command::UpdateAllocations { node: "n".into(), updates: stopped, now_ms: 0 })
+            .expect("report");
+        assert_eq!(state.node("n").map(|n| n.allocated_cpu), Some(0));
+    }
+
+    #[test]
+    fn a_node_registering_smaller_than_its_bookings_is_overcommitted() {
+        let mut state = one_replica();
+        state.apply(5, Command::RegisterNode { registration: registration(400) }).expect("register");
+        let node = state.node("n").cloned().expect("node");
+        assert_eq!(node.capacity_cpu, CpuMillis(400), "the smaller capacity is recorded as it is");
+        assert!(node.is_overcommitted());
+    }
+}

@@ -124,3 +124,47 @@ impl ClusterState {
 fn spec_with_replicas(spec: &WorkloadSpec, replicas: u32) -> WorkloadSpec {
     WorkloadSpec { replicas, ..spec.clone() }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::parse_yaml;
+
+    use super::*;
+    use crate::state::Command;
+
+    #[test]
+    fn an_autoscale_decision_applies_only_to_the_workload_it_was_based_on() {
+        let auto = "name: w\nimage: x\nreplicas: 2\nautoscale: {min: 1, max: 5, cpu: 50}\n";
+        let decision = |replicas, based_on_replicas, version| {
+            Command::AutoscaleWorkload(AutoscaleDecision {
+                name: WorkloadName::parse("w").expect("name"),
+                replicas,
+                based_on_replicas,
+                version,
+                reason: "test".into(),
+                now_ms: 0,
+            })
+        };
+        // (what, spec deployed, then a decision: replicas, based on replicas, version; accepted)
+        let table = [
+            ("as seen", auto, (3, 2, 1), true),
+            ("replicas changed since (a scale came first)", auto, (3, 4, 1), false),
+            ("another version since", auto, (3, 2, 0), false),
+            ("beyond max", auto, (6, 2, 1), false),
+            ("autoscale removed", "name: w\nimage: x\nreplicas: 2\n", (3, 2, 1), false),
+        ];
+        for (what, yaml, (replicas, based_on, version), accepted) in table {
+            let mut state = ClusterState::default();
+            let spec = parse_yaml(yaml).expect("spec");
+            state.apply(1, Command::PutWorkload { spec, expected_version: None }).expect("deploy");
+            let before = state.clone();
+            let result = state.apply(2, decision(replicas, based_on, version));
+            assert_eq!(result.is_ok(), accepted, "{what}: {result:?}");
+            if accepted {
+                assert_eq!(state.workload("w").map(|w| w.spec.replicas), Some(replicas));
+            } else {
+                assert_eq!(state, before, "{what}: a refused decision changes nothing");
+            }
+        }
+    }
+}
