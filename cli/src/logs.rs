@@ -25,7 +25,8 @@ pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
     };
     let allocation = allocations
         .iter()
-        .find(|a| a.state == AllocationState::Running)
+        .find(|a| a.is_replica() && a.state == AllocationState::Running)
+        .or_else(|| allocations.iter().find(|a| a.is_replica()))
         .or_else(|| allocations.first())
         .with_context(|| format!("no allocation of `{}` exists", args.target))?;
     let node = client

@@ -1,5 +1,6 @@
 //! Control-plane benchmark on a three-server cluster on loopback:
-//! committed writes per second with 1 and 64 clients, write latency, and
+//! committed writes per second with 1 and 64 clients (and with and without
+//! idempotency keys, side by side), write latency, and
 //! leader failover time (kill -9 of the leader until the next write is
 //! acknowledged). Run with `cargo bench -p flotilla-tests --bench raft`.
 
@@ -58,6 +59,33 @@ async fn many_clients(client: &Client, clients: usize, writes_each: usize) -> (f
     (rate, latencies)
 }
 
+/// 64 clients deploying over plain HTTP, each write with or without an
+/// `Idempotency-Key`: the same requests, so the difference is the key's
+/// cost (remembering the outcome in the state machine).
+async fn raw_writes(address: &str, clients: usize, writes_each: usize, keyed: bool, round: usize) -> f64 {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, address) = (http.clone(), address.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..writes_each {
+                let name = format!("raw-{keyed}-{round}-{c}-{i}");
+                let mut request = http.post(format!("http://{address}/v1/workloads")).json(&spec(&name));
+                if keyed {
+                    request = request.header("Idempotency-Key", flotilla_api::client::new_idempotency_key());
+                }
+                let response = request.send().await.expect("write");
+                assert!(response.status().is_success(), "{}", response.status());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    (clients * writes_each) as f64 / start.elapsed().as_secs_f64()
+}
+
 /// Tries every server in a tight loop until one acknowledges the write.
 async fn write_until_acknowledged(cluster: &TestCluster, name: &str) {
     let clients: Vec<Client> = cluster.servers.iter().map(|s| cluster.client_of(s.id)).collect();
@@ -106,6 +134,14 @@ async fn main() {
     let (rate64, lat64) = many_clients(&to_leader, 64, 300).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let (rate64f, _) = many_clients(&Client::new([cluster.address(follower)]), 64, 100).await;
+    // Keyed and unkeyed writes, alternated so that drift hits both alike.
+    let (mut keyed, mut unkeyed) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        unkeyed.push(raw_writes(&cluster.address(leader), 64, 100, false, round).await);
+        keyed.push(raw_writes(&cluster.address(leader), 64, 100, true, round).await);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (keyed, unkeyed) = (mean(&keyed), mean(&unkeyed));
     let failover = failover_trials(&mut cluster, 20).await;
 
     println!("flotilla control plane, 3 servers on loopback (fsync on every Raft write)");
@@ -115,6 +151,9 @@ async fn main() {
     println!("{:<44} {:>12.2}", "write latency p99 ms, 1 client", ms(percentile(&lat1, 0.99)));
     println!("{:<44} {:>12.0}", "writes/s, 64 clients (to the leader)", rate64);
     println!("{:<44} {:>12.0}", "writes/s, 64 clients (to a follower)", rate64f);
+    println!("{:<44} {:>12.0}", "writes/s, 64 clients, no idempotency key", unkeyed);
+    println!("{:<44} {:>12.0}", "writes/s, 64 clients, idempotency key", keyed);
+    println!("{:<44} {:>12.3}", "  keyed / unkeyed", keyed / unkeyed);
     println!("{:<44} {:>12.2}", "write latency p50 ms, 64 clients", ms(percentile(&lat64, 0.50)));
     println!("{:<44} {:>12.2}", "write latency p99 ms, 64 clients", ms(percentile(&lat64, 0.99)));
     println!(
