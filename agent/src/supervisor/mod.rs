@@ -14,7 +14,7 @@ mod orphans;
 mod starts;
 mod stops;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ pub struct Supervisor {
     /// What the runtimes ran when the agent started, until the servers say
     /// whether each is still wanted (adopt) or not (stop).
     found: HashMap<u64, (Driver, Observed)>,
+    /// Found containers being stopped: still held (a down node is not ready
+    /// before they are gone) until the stop ends, or the orphan collector
+    /// sees them gone.
+    stopping_found: BTreeSet<u64>,
     reports: BTreeMap<u64, AllocationUpdate>,
     handles: Handles,
     messages: mpsc::UnboundedSender<Message>,
@@ -103,6 +107,7 @@ impl Supervisor {
             holding,
             local: BTreeMap::new(),
             found: HashMap::new(),
+            stopping_found: BTreeSet::new(),
             reports: BTreeMap::new(),
             handles,
             messages,
@@ -146,9 +151,7 @@ impl Supervisor {
             Message::StopNow(ids) => {
                 for id in ids {
                     self.stop(id);
-                    if let Some((driver, observed)) = self.found.remove(&id) {
-                        self.spawn_stop(id, driver, observed.handle);
-                    }
+                    self.stop_found(id);
                 }
             }
             Message::Inventory(inventory) => self.collect_orphans(inventory, Instant::now()),
@@ -180,10 +183,8 @@ impl Supervisor {
         }
         let stray: Vec<u64> = self.found.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
         for id in stray {
-            if let Some((driver, observed)) = self.found.remove(&id) {
-                tracing::info!(allocation = id, "stopping a container that is no longer wanted here");
-                self.spawn_stop(id, driver, observed.handle);
-            }
+            tracing::info!(allocation = id, "stopping a container that is no longer wanted here");
+            self.stop_found(id);
         }
 
         for (id, allocation) in wanted {
@@ -253,6 +254,7 @@ impl Supervisor {
             .filter(|(_, l)| l.phase != Phase::Done)
             .map(|(id, _)| *id)
             .chain(self.found.iter().filter(|(_, (_, o))| o.running).map(|(id, _)| *id))
+            .chain(self.stopping_found.iter().copied())
             .collect();
         *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = holding;
         let due: Vec<u64> = self

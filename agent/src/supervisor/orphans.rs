@@ -46,6 +46,8 @@ impl Supervisor {
             return;
         }
         let grace = self.orphan_grace;
+        let present: std::collections::BTreeSet<u64> = inventory.iter().map(|(_, o)| o.allocation).collect();
+        self.stopping_found.retain(|id| present.contains(id));
         let mut unowned: HashMap<String, (Driver, u64)> = HashMap::new();
         for (driver, observed) in inventory {
             let owned = self

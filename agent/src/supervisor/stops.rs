@@ -49,6 +49,14 @@ impl Supervisor {
         });
     }
 
+    /// Stops a container found at start-up that is not (or no longer) wanted.
+    pub(super) fn stop_found(&mut self, id: u64) {
+        if let Some((driver, observed)) = self.found.remove(&id) {
+            self.stopping_found.insert(id);
+            self.spawn_stop(id, driver, observed.handle);
+        }
+    }
+
     /// The runtime's answer to a stop.
     pub(super) fn on_stopped(&mut self, id: u64, result: Result<(), String>) {
         let Err(error) = result else {
@@ -89,6 +97,7 @@ impl Supervisor {
     /// Nothing of the allocation runs any more: forget it, and tell the
     /// servers, which release what it booked.
     pub(super) fn stopped(&mut self, id: u64) {
+        self.stopping_found.remove(&id);
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let report = match self.local.remove(&id) {
             Some(local) => update(&local, AllocationState::Stopped, String::new()),

@@ -338,8 +338,8 @@ mod tests {
         assert_eq!(left[0].node, "big", "the replica on the fuller node (small, 50%) went first");
     }
 
-    #[test]
-    fn a_spec_change_rolls_out_one_replica_at_a_time() {
+    /// Four nodes and three running replicas of `web` at version 1.
+    fn three_running_replicas_on_four_nodes() -> ClusterState {
         let mut state = ClusterState::default();
         for n in ["a", "b", "c", "d"] {
             register(&mut state, n, 2000, 2048, "a", &[Driver::Docker]);
@@ -347,6 +347,12 @@ mod tests {
         deploy(&mut state, "name: web\nimage: v1\nreplicas: 3\n");
         converge(&mut state, 1);
         mark_running(&mut state);
+        state
+    }
+
+    #[test]
+    fn a_spec_change_rolls_out_one_replica_at_a_time() {
+        let mut state = three_running_replicas_on_four_nodes();
         deploy(&mut state, "name: web\nimage: v2\nreplicas: 3\n");
         let mut rounds = 0;
         loop {
@@ -367,13 +373,7 @@ mod tests {
 
     #[test]
     fn a_rollout_whose_new_replica_keeps_failing_goes_no_further_and_keeps_the_old_ones() {
-        let mut state = ClusterState::default();
-        for n in ["a", "b", "c", "d"] {
-            register(&mut state, n, 2000, 2048, "a", &[Driver::Docker]);
-        }
-        deploy(&mut state, "name: web\nimage: v1\nreplicas: 3\n");
-        converge(&mut state, 1);
-        mark_running(&mut state);
+        let mut state = three_running_replicas_on_four_nodes();
         deploy(&mut state, "name: web\nimage: missing\nreplicas: 3\n");
         converge(&mut state, 2);
         let new: Vec<Allocation> = live(&state, "web").into_iter().filter(|a| a.version == 2).collect();

@@ -100,6 +100,7 @@ pub enum CommandOutput {
     Node(Node),
     Planned(PlanOutcome),
     AllocationsUpdated(u32),
+    EventsRecorded(u32),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server

@@ -146,11 +146,11 @@ impl ClusterState {
         if !self.nodes.contains_key(node) {
             return Err(Rejection::NodeNotFound(node.to_owned()));
         }
-        let count = messages.len() as u32;
+        let recorded = messages.len().min(MAX_EVENTS_PER_REPORT);
         for message in messages.into_iter().take(MAX_EVENTS_PER_REPORT) {
             self.record_node_event(index, now_ms, node, message);
         }
-        Ok(CommandOutput::AllocationsUpdated(count))
+        Ok(CommandOutput::EventsRecorded(recorded as u32))
     }
 
     fn record_node_event(&mut self, index: u64, now_ms: u64, node: &str, message: String) {
