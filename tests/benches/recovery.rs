@@ -2,7 +2,10 @@
 //! 6 s, long enough to be marked down and have its replicas placed on the
 //! other agent, then resumed (SIGCONT). Measures the time from the resume
 //! until its node is ready again, and counts the replicas running twice
-//! once it is. Run with `cargo bench -p flotilla-tests --bench recovery`.
+//! once it is. The replicas exit on SIGTERM, as a well-behaved server does
+//! (one that ignores it costs the 5 s stop grace before SIGKILL, and the node
+//! is ready only once its lost replicas are gone).
+//! Run with `cargo bench -p flotilla-tests --bench recovery`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,7 +41,7 @@ async fn main() {
     let cluster = TestCluster::with_agents(&["a", "b", "c", "d"], &["--cpu", "8", "--memory", "8Gi"]).await;
     let client = cluster.client();
     let spec = parse_yaml(&format!(
-        "name: web\nimage: flotilla/busybox:latest\ncommand: [sleep, \"100000\"]\nreplicas: {REPLICAS}\nplacement: spread\nresources: {{cpu: 100m, memory: 16Mi}}\n"
+        "name: web\nimage: flotilla/busybox:latest\ncommand: [sh, -c, \"trap 'exit 0' TERM; sleep 100000 & wait\"]\nreplicas: {REPLICAS}\nplacement: spread\nresources: {{cpu: 100m, memory: 16Mi}}\n"
     ))
     .expect("spec");
     client.deploy(&spec, None).await.expect("deploy");

@@ -31,7 +31,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     loop {
         if raft.is_leader() {
             let (plan, unchanged) = {
-                let state = raft.state().clone();
+                let state = raft.state().planning_copy();
                 let seed = *applied.borrow_and_update();
                 let plan = reconcile(&state, seed, now_ms(), &config);
                 let unchanged = plan.changes_nothing();

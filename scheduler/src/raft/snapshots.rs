@@ -29,9 +29,12 @@ impl Node {
         {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(|e| corrupt_entry(index, e))?;
         let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
+        let bytes = data.len();
+        let serialized_ms = started.elapsed().as_millis() as u64;
         let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
@@ -39,7 +42,15 @@ impl Node {
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let keep_from = index.saturating_sub(every / 2) + 1;
         self.raw.mut_store().compact(snapshot, keep_from)?;
-        tracing::info!(index, keep_from, "took snapshot and compacted the log");
+        let total_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            index,
+            keep_from,
+            bytes,
+            serialized_ms,
+            total_ms,
+            "took snapshot and compacted the log"
+        );
         Ok(())
     }
 }

@@ -17,7 +17,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The snapshot, alone in its table: the hard state in `meta` is written with
+/// every batch of entries, and redb rewrites (and checksums) a whole leaf when
+/// one of its keys changes, so a snapshot of many megabytes beside the hard
+/// state would be copied on every write.
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const HARD_STATE_KEY: &str = "hard_state";
+/// The snapshot's key, in `snapshot` (and, in data dirs written before the
+/// snapshot had its own table, in `meta`).
 const SNAPSHOT_KEY: &str = "snapshot";
 /// Index and term of the last entry removed from the log by compaction.
 const TRUNCATED_KEY: &str = "truncated";
@@ -137,6 +144,17 @@ impl RaftStorage {
             hard_state = get(HARD_STATE_KEY)?;
             snapshot = get(SNAPSHOT_KEY)?;
             truncated = get(TRUNCATED_KEY)?;
+        }
+        match txn.open_table(SNAPSHOT) {
+            Ok(table) => {
+                if let Some(value) = table.get(SNAPSHOT_KEY).map_err(|e| self.read_error(e))? {
+                    let payload = unframe(value.value())
+                        .ok_or_else(|| self.corrupted("the snapshot fails its checksum"))?;
+                    snapshot = Some(payload.to_vec());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.read_error(e)),
         }
         if let Some(bytes) = hard_state {
             self.hard_state = HardState::parse_from_bytes(&bytes)
@@ -280,9 +298,11 @@ impl RaftStorage {
             let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
             let upto = if clear_log { u64::MAX } else { truncated.0 };
             log.retain_in(..=upto, |_, _| false).map_err(|e| self.write_error(e))?;
-            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
             let snap = snapshot.write_to_bytes().map_err(|e| self.write_error(e))?;
-            meta.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
+            let mut snapshots = txn.open_table(SNAPSHOT).map_err(|e| self.write_error(e))?;
+            snapshots.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
+            meta.remove(SNAPSHOT_KEY).map_err(|e| self.write_error(e))?;
             let mut mark = truncated.0.to_le_bytes().to_vec();
             mark.extend_from_slice(&truncated.1.to_le_bytes());
             meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| self.write_error(e))?;
@@ -366,6 +386,37 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, data: format!("command {index}").into_bytes().into(), ..Entry::default() }
+    }
+
+    #[test]
+    fn a_data_dir_with_the_snapshot_beside_the_hard_state_still_opens_and_moves_it_on_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        drop(storage);
+        // Rewrite it the way earlier versions stored it: in `meta`.
+        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut snapshots = txn.open_table(SNAPSHOT).expect("table");
+            let old = snapshots.remove(SNAPSHOT_KEY).expect("remove").expect("stored").value().to_vec();
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(SNAPSHOT_KEY, old.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        drop(db);
+        let mut storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.snapshot_index(), 1, "the snapshot is found where earlier versions kept it");
+        storage.persist(&(2..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
+        storage.compact(snapshot_at(8, 1), 5).expect("compact");
+        drop(storage);
+        let storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.snapshot_index(), 8);
+        drop(storage);
+        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let txn = db.begin_read().expect("txn");
+        let meta = txn.open_table(META).expect("meta");
+        assert!(meta.get(SNAPSHOT_KEY).expect("get").is_none(), "moved out of `meta`");
     }
 
     fn snapshot_at(index: u64, term: u64) -> Snapshot {

@@ -71,6 +71,24 @@ impl ClusterState {
         ClusterState { members, next_allocation_id: 1, ..ClusterState::default() }
     }
 
+    /// A copy of what planning reads: everything but the history kept for
+    /// others (events, the outcomes of keyed writes). The reconciler copies
+    /// the state on every pass, under the lock that applying entries needs.
+    pub fn planning_copy(&self) -> ClusterState {
+        ClusterState {
+            workloads: self.workloads.clone(),
+            members: self.members.clone(),
+            nodes: self.nodes.clone(),
+            allocations: self.allocations.clone(),
+            by_node: self.by_node.clone(),
+            by_workload: self.by_workload.clone(),
+            next_allocation_id: self.next_allocation_id,
+            unplaced: self.unplaced.clone(),
+            events: VecDeque::new(),
+            applied_keys: AppliedKeys::default(),
+        }
+    }
+
     /// Applies a committed write at most once per idempotency key: a write
     /// sent again with its key gets the first outcome, and changes nothing.
     pub fn apply_once(

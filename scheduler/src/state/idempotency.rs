@@ -5,6 +5,7 @@
 //! answered with the first outcome instead of applying it twice.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,19 +46,22 @@ struct Outcome {
     result: Result<CommandOutput, Rejection>,
 }
 
-/// The outcomes of the latest keyed writes.
+/// The outcomes of the latest keyed writes. Keys and outcomes are shared
+/// (`Arc`), never changed once stored: the leader's reconciler copies the
+/// whole state on every pass, and ten thousand remembered deploys must not
+/// make that copy deep.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedKeys {
-    outcomes: BTreeMap<String, Outcome>,
+    outcomes: BTreeMap<Arc<str>, Arc<Outcome>>,
     /// Keys oldest first, to forget beyond `REMEMBERED_KEYS`.
-    order: VecDeque<String>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl AppliedKeys {
     /// The first outcome of a write with this key, if it was applied; a
     /// different request under the same key is refused.
     pub fn replay(&self, once: &Idempotency) -> Option<Result<CommandOutput, Rejection>> {
-        let outcome = self.outcomes.get(&once.key)?;
+        let outcome = self.outcomes.get(once.key.as_str())?;
         if outcome.fingerprint != once.fingerprint {
             return Some(Err(Rejection::IdempotencyKeyReused(once.key.clone())));
         }
@@ -65,9 +69,10 @@ impl AppliedKeys {
     }
 
     pub fn remember(&mut self, once: Idempotency, result: &Result<CommandOutput, Rejection>) {
-        let outcome = Outcome { fingerprint: once.fingerprint, result: result.clone() };
-        if self.outcomes.insert(once.key.clone(), outcome).is_none() {
-            self.order.push_back(once.key);
+        let outcome = Arc::new(Outcome { fingerprint: once.fingerprint, result: result.clone() });
+        let key: Arc<str> = Arc::from(once.key);
+        if self.outcomes.insert(Arc::clone(&key), outcome).is_none() {
+            self.order.push_back(key);
         }
         while self.order.len() > REMEMBERED_KEYS {
             if let Some(oldest) = self.order.pop_front() {
