@@ -101,11 +101,12 @@ async fn replicas_slow_to_start_do_not_feed_the_next_scale_up() {
     let cluster = cluster().await;
     let client = cluster.client();
     // Every replica idles 12 s after it starts, then burns its whole CPU
-    // limit (100% of its request). One busy replica at a 50% target asks for
-    // ceil(100 / 50) = 2 replicas, and the second one adds no load for 12 s.
+    // limit (100% of its request; samples jitter a few percent above). One
+    // busy replica at a 60% target asks for ceil(100 / 60) = 2 replicas (up
+    // to 120% measured), and the second one adds no load for 12 s.
     let spec = "name: slow\nimage: flotilla/busybox:latest\nresources: {cpu: 100m, memory: 32Mi}\n\
         command: [\"sh\", \"-c\", \"sleep 12; while true; do :; done\"]\n\
-        autoscale: {min: 1, max: 10, cpu: 50%}\n";
+        autoscale: {min: 1, max: 10, cpu: 60%}\n";
     client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
     wait_until(Duration::from_secs(60), "the first scale-up", || async {
         (client.get("slow").await.ok()?.spec.replicas > 1).then_some(())
@@ -119,7 +120,7 @@ async fn replicas_slow_to_start_do_not_feed_the_next_scale_up() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(most, 2, "ceil(1 replica × 100% / 50%) = 2, while the new replica adds no load");
+    assert_eq!(most, 2, "ceil(1 replica × 100% / 60%) = 2, while the new replica adds no load");
     let events = client.events(0, Duration::ZERO).await.expect("events");
     let steps: Vec<&str> = events
         .events
