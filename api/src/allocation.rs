@@ -141,6 +141,11 @@ pub struct AllocationUpdate {
 }
 
 impl AllocationUpdate {
+    /// "It is stopped": nothing of it runs on its node any more.
+    pub fn stopped(id: u64) -> Self {
+        AllocationUpdate { state: AllocationState::Stopped, ..AllocationUpdate::running(id) }
+    }
+
     /// A plain "it runs" report, with nothing else to say.
     pub fn running(id: u64) -> Self {
         AllocationUpdate {

@@ -3,6 +3,7 @@
 
 pub mod allocation;
 pub mod client;
+pub mod clock;
 pub mod constraint;
 pub mod model;
 pub mod node;
@@ -15,6 +16,7 @@ pub use allocation::{
     NodeAllocations, PortBinding,
 };
 pub use client::{Client, ClientError};
+pub use clock::now_ms;
 pub use constraint::Constraint;
 pub use model::*;
 pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};

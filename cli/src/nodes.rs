@@ -1,9 +1,7 @@
 //! Node and allocation verbs: `nodes`, `ps`, `node drain|undrain`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clap::{Args, Subcommand};
-use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeStatus};
+use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeStatus, now_ms};
 
 use crate::output::{Format, print_json, table};
 
@@ -54,10 +52,6 @@ fn node_status(node: &flotilla_api::Node) -> String {
     text
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
     let nodes = client.nodes(false).await?;
     if args.output == Format::Json {
@@ -97,8 +91,7 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> anyhow::Result<()> {
 
 /// "45s", "12m", "3h", "2d": how long ago `ms` was.
 pub fn age(ms: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let seconds = now.saturating_sub(ms) / 1000;
+    let seconds = now_ms().saturating_sub(ms) / 1000;
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

@@ -39,7 +39,7 @@ pub async fn act_as_agents(client: &Client) -> u32 {
     let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
     for allocation in allocations {
         let update = if allocation.stopping && allocation.state.is_live() {
-            AllocationUpdate { state: AllocationState::Stopped, ..AllocationUpdate::running(allocation.id) }
+            AllocationUpdate::stopped(allocation.id)
         } else if allocation.state == AllocationState::Pending {
             AllocationUpdate::running(allocation.id)
         } else {

@@ -75,7 +75,7 @@ impl Supervisor {
         let mut report = update(local, state, message);
         if let Phase::Backoff(at) = phase {
             report.next_restart_at_ms =
-                Some(wall_clock_ms() + at.saturating_duration_since(now).as_millis() as u64);
+                Some(flotilla_api::now_ms() + at.saturating_duration_since(now).as_millis() as u64);
         }
         self.reports.insert(id, report);
         if phase == Phase::Done {
@@ -103,8 +103,4 @@ fn exit_text(exit_code: Option<i64>, oom_killed: bool) -> String {
         (Some(code), false) => format!("code {code}"),
         (None, false) => "unknown code".to_owned(),
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -101,10 +101,7 @@ impl Supervisor {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let report = match self.local.remove(&id) {
             Some(local) => update(&local, AllocationState::Stopped, String::new()),
-            None => flotilla_api::AllocationUpdate {
-                state: AllocationState::Stopped,
-                ..flotilla_api::AllocationUpdate::running(id)
-            },
+            None => flotilla_api::AllocationUpdate::stopped(id),
         };
         self.reports.insert(id, report);
     }

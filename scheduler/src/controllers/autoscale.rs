@@ -196,7 +196,7 @@ pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
             histories.clear();
             continue;
         }
-        let now_ms = super::now_ms();
+        let now_ms = flotilla_api::now_ms();
         let usage = liveness.usage(SAMPLE_MAX_AGE);
         let decisions: Vec<(WorkloadName, u64, u32, Decision)> = {
             let state = raft.state();

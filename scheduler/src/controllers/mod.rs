@@ -20,11 +20,6 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// the whole state, so under a stream of writes it runs per batch, not per write.
 const COALESCE: Duration = Duration::from_millis(100);
 
-/// The wall clock in ms since the epoch, as commands carry it.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs the reconciler whenever this server leads, until the Raft node stops.
 pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let mut applied = raft.applied_watch();
@@ -33,7 +28,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
             let (plan, unchanged) = {
                 let state = raft.state().planning_copy();
                 let seed = *applied.borrow_and_update();
-                let plan = reconcile(&state, seed, now_ms(), &config);
+                let plan = reconcile(&state, seed, flotilla_api::now_ms(), &config);
                 let unchanged = plan.changes_nothing();
                 (plan, unchanged)
             };

@@ -121,7 +121,8 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
                 continue;
             }
             tracing::warn!(node = %name, ready_index, "node missed its heartbeats; marking it down");
-            let command = Command::MarkNodeDown { name: name.clone(), ready_index, now_ms: super::now_ms() };
+            let command =
+                Command::MarkNodeDown { name: name.clone(), ready_index, now_ms: flotilla_api::now_ms() };
             if let Err(error) = raft.propose(command).await {
                 tracing::warn!(node = %name, %error, "node not marked down");
             }

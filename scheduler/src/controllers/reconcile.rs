@@ -282,13 +282,7 @@ mod tests {
                 m
             });
         for (node, ids) in by_node {
-            let updates = ids
-                .into_iter()
-                .map(|id| AllocationUpdate {
-                    state: AllocationState::Stopped,
-                    ..AllocationUpdate::running(id)
-                })
-                .collect();
+            let updates = ids.into_iter().map(AllocationUpdate::stopped).collect();
             state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
         }
     }

@@ -69,7 +69,7 @@ pub async fn set_status(
         ));
     }
     let once = idempotency(&headers, &("node status", &name, request.status))?;
-    let now_ms = crate::controllers::now_ms();
+    let now_ms = flotilla_api::now_ms();
     let output =
         app.raft.propose_once(Command::SetNodeStatus { name, status: request.status, now_ms }, once).await?;
     Ok(Json(expect_node(output)?))
@@ -83,7 +83,7 @@ pub async fn report(
 ) -> Result<Json<u32>, ApiError> {
     let updates: Vec<AllocationUpdate> = read_json(&headers, body).await?;
     let once = idempotency(&headers, &("report", &name, &updates))?;
-    let now_ms = crate::controllers::now_ms();
+    let now_ms = flotilla_api::now_ms();
     match app.raft.propose_once(Command::UpdateAllocations { node: name, updates, now_ms }, once).await? {
         CommandOutput::AllocationsUpdated(count) => Ok(Json(count)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
@@ -99,7 +99,7 @@ pub async fn record_events(
 ) -> Result<Json<()>, ApiError> {
     let messages: Vec<String> = read_json(&headers, body).await?;
     let once = idempotency(&headers, &("events", &name, &messages))?;
-    let now_ms = crate::controllers::now_ms();
+    let now_ms = flotilla_api::now_ms();
     app.raft.propose_once(Command::RecordNodeEvents { node: name, messages, now_ms }, once).await?;
     Ok(Json(()))
 }
@@ -129,7 +129,7 @@ pub async fn heartbeat(
     if !heartbeat.holding.is_empty() {
         return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding }));
     }
-    let now_ms = crate::controllers::now_ms();
+    let now_ms = flotilla_api::now_ms();
     let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
     Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new() }))
 }

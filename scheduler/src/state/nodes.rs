@@ -286,8 +286,7 @@ mod tests {
             .apply(6, Command::UpdateAllocations { node: "n".into(), updates: lost, now_ms: 0 })
             .expect("report");
         assert_eq!(state.allocations().next().map(|a| a.state), Some(AllocationState::Running));
-        let stopped =
-            vec![AllocationUpdate { state: AllocationState::Stopped, ..AllocationUpdate::running(1) }];
+        let stopped = vec![AllocationUpdate::stopped(1)];
         state
             .apply(7, Command::UpdateAllocations { node: "n".into(), updates: stopped, now_ms: 0 })
             .expect("report");
