@@ -1,0 +1,35 @@
+//! The workload spec: the YAML a user writes, and the one place where it is
+//! validated. The CLI validates before it sends (to show `file:line:column`),
+//! the server validates again on every write (it trusts no client), and both
+//! run exactly this code.
+//!
+//! Value-level rules (a quantity, a name, a constraint) live in `Deserialize`
+//! impls so that the parser reports them with their line and column;
+//! rules that relate several fields live in [`WorkloadSpec::validate`].
+
+mod autoscale;
+mod name;
+mod parse;
+mod ports;
+mod resources;
+mod validation;
+mod workload;
+
+pub use autoscale::{Autoscale, Percent};
+pub use name::WorkloadName;
+pub use parse::{parse_json, parse_yaml};
+pub use ports::{PortSpec, Protocol};
+pub use resources::Resources;
+pub use validation::FieldError;
+pub use workload::{Driver, PlacementStrategy, RestartPolicy, WorkloadSpec};
+
+/// Upper bound on replicas of one workload: a typo guard, not a scale limit.
+pub const MAX_REPLICAS: u32 = 100_000;
+
+/// One autoscaling step grows replicas by at most this percent (11×).
+pub const MAX_SCALE_UP_PERCENT: u32 = 1000;
+/// Largest spec document accepted, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}

@@ -1,0 +1,53 @@
+//! Workload names: DNS labels, because they become parts of container names
+//! and, later, DNS names.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A workload's name: an RFC 1123 DNS label, because it becomes part of
+/// container names and, later, DNS names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct WorkloadName(String);
+
+impl WorkloadName {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if text.is_empty() || text.len() > 63 {
+            return Err(format!("`{text}` must be 1 to 63 characters long"));
+        }
+        if !text.chars().all(valid_char) {
+            return Err(format!("`{text}` may contain only lowercase letters, digits and '-'"));
+        }
+        if text.starts_with('-') || text.ends_with('-') {
+            return Err(format!("`{text}` must start and end with a letter or digit"));
+        }
+        Ok(WorkloadName(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets maps keyed by name be searched with a plain `&str`; sound because
+/// the derived `Ord` and `Hash` are those of the inner string.
+impl std::borrow::Borrow<str> for WorkloadName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkloadName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkloadName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        WorkloadName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,26 @@
+//! Ports a replica listens on, and how they are published on its node.
+
+use serde::{Deserialize, Serialize};
+
+use super::is_default;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A port the replica listens on, and optionally the host port it is published on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// The port inside the container.
+    pub container: u16,
+    /// The port on the host; absent or 0 lets the agent choose a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+}

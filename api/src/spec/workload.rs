@@ -1,0 +1,90 @@
+//! The workload spec itself, and the small choices it is made of.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Autoscale, PortSpec, Protocol, Resources, WorkloadName, is_default};
+use crate::constraint::Constraint;
+
+/// Which runtime on the agent runs the replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Docker,
+    Process,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Docker => "docker",
+            Driver::Process => "process",
+        })
+    }
+}
+
+/// When an exited replica is started again (as Docker's and Kubernetes' policies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// How the scheduler ranks nodes that can hold a replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    /// Fill the fullest node that fits first, to keep whole nodes free.
+    #[default]
+    Binpack,
+    /// Prefer the emptiest node, to spread load and blast radius.
+    Spread,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// The desired state of one workload, as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    pub name: WorkloadName,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub driver: Driver,
+    /// The Docker image; required by the docker driver, refused by the process driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Program and arguments; for Docker it replaces the image's default command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: PlacementStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+impl WorkloadSpec {
+    /// Host ports this workload's replicas bind, which no two replicas on one node may share.
+    pub fn fixed_host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.ports.iter().filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))
+    }
+}
