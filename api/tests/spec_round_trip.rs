@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::spec::{
-    Autoscale, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources, RestartPolicy,
+    Autoscale, Check, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources, RestartPolicy,
+    UpdateStrategy,
 };
 use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 use proptest::prelude::*;
@@ -106,16 +107,46 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                     constraints,
                     placement: if spread { PlacementStrategy::Spread } else { PlacementStrategy::Binpack },
                     autoscale,
+                    checks: Vec::new(),
+                    update: UpdateStrategy::default(),
                 }
             },
         )
+}
+
+/// A spec with checks on its own ports and an update strategy within bounds.
+fn spec_with_health() -> impl Strategy<Value = WorkloadSpec> {
+    (spec(), 100..5000u64, 0..3u32, 1..4u32, any::<bool>(), 0..2u32).prop_map(
+        |(mut spec, interval_ms, surge, parallel, revert, canary)| {
+            let tcp_port = spec.ports.iter().find(|p| p.protocol == Protocol::Tcp).map(|p| p.container);
+            let check = |name: &str, kind: &str| {
+                let yaml = format!("name: {name}\n{kind}\ninterval: {interval_ms}ms\nstart_period: 1m30s\n");
+                serde_saphyr::from_str::<Check>(&yaml).expect("a valid check")
+            };
+            spec.checks.push(check("alive", "exec: [sh, -c, \"test -f /tmp/ready\"]\non_failure: restart"));
+            if let Some(port) = tcp_port {
+                spec.checks
+                    .push(check("web", &format!("http: {{path: /healthz, port: {port}, expect: 200-299}}")));
+                spec.checks.push(check("socket", &format!("tcp: {{port: {port}}}")));
+            }
+            spec.update = UpdateStrategy {
+                max_parallel: parallel,
+                max_surge: surge,
+                max_unavailable: u32::from(surge == 0),
+                auto_revert: revert,
+                canary,
+                ..UpdateStrategy::default()
+            };
+            spec
+        },
+    )
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn valid_specs_round_trip_through_yaml_and_json(spec in spec()) {
+    fn valid_specs_round_trip_through_yaml_and_json(spec in prop_oneof![spec(), spec_with_health()]) {
         prop_assert_eq!(spec.validate(), Ok(()));
         let yaml = serde_saphyr::to_string(&spec).expect("serializes to YAML");
         prop_assert_eq!(parse_yaml(&yaml).map_err(|e| e.to_string()), Ok(spec.clone()), "YAML:\n{}", yaml);

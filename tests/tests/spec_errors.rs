@@ -114,6 +114,60 @@ fn cases() -> Vec<Case> {
             "between 1% and 1000%",
             Some("autoscale.cpu"),
         ),
+        case(
+            "unknown check kind",
+            &format!("{base}checks:\n  - name: web\n    grpc: {{port: 80}}\n"),
+            "unknown field `grpc`",
+            Some("checks[0]"),
+        ),
+        case(
+            "check with two kinds",
+            &format!(
+                "{base}ports: [{{container: 80}}]\nchecks:\n  - name: web\n    tcp: {{port: 80}}\n    exec: [\"true\"]\n"
+            ),
+            "exactly one of",
+            Some("checks[0]"),
+        ),
+        case(
+            "check on a port the workload does not expose",
+            &format!(
+                "{base}ports:\n  - container: 80\nchecks:\n  - name: web\n    http:\n      port: 8080\n"
+            ),
+            "not one of the workload's TCP `ports`",
+            Some("checks[0].http.port"),
+        ),
+        case(
+            "check interval below its bound",
+            &format!("{base}checks:\n  - name: ready\n    exec: [\"true\"]\n    interval: 10ms\n"),
+            "not between 100ms and 1h",
+            Some("checks[0].interval"),
+        ),
+        case(
+            "duration without a unit",
+            &format!("{base}checks:\n  - name: ready\n    exec: [\"true\"]\n    timeout: 5\n"),
+            "needs a unit",
+            Some("checks[0].timeout"),
+        ),
+        case(
+            "check names twice",
+            &format!(
+                "{base}checks:\n  - name: ready\n    exec: [\"true\"]\n  - name: ready\n    exec: [\"true\"]\n"
+            ),
+            "names two checks",
+            Some("checks[1].name"),
+        ),
+        case(
+            "rollout that could never replace a replica",
+            &format!("{base}update:\n  max_surge: 0\n  max_unavailable: 0\n"),
+            "could never replace",
+            Some("update.max_unavailable"),
+        ),
+        case(
+            "healthy deadline shorter than min healthy time",
+            &format!("{base}update:\n  min_healthy_time: 1m\n  healthy_deadline: 30s\n"),
+            "longer than min_healthy_time",
+            Some("update.healthy_deadline"),
+        ),
         case("docker without an image", "name: web\n", "needs an image", Some("image")),
         case(
             "process driver with an image",

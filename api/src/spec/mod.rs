@@ -8,18 +8,27 @@
 //! rules that relate several fields live in [`WorkloadSpec::validate`].
 
 mod autoscale;
+mod checks;
+mod duration;
 mod name;
 mod parse;
 mod ports;
 mod resources;
+mod update;
 mod validation;
 mod workload;
 
 pub use autoscale::{Autoscale, Percent};
+pub use checks::{
+    Check, CheckName, HttpCheck, MAX_CHECKS, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, OnFailure, Probe,
+    StatusRange, TcpCheck,
+};
+pub use duration::SpecDuration;
 pub use name::WorkloadName;
 pub use parse::{parse_json, parse_yaml};
 pub use ports::{PortSpec, Protocol};
 pub use resources::Resources;
+pub use update::UpdateStrategy;
 pub use validation::FieldError;
 pub use workload::{Driver, PlacementStrategy, RestartPolicy, WorkloadSpec};
 

@@ -13,16 +13,7 @@ pub struct WorkloadName(String);
 
 impl WorkloadName {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-        if text.is_empty() || text.len() > 63 {
-            return Err(format!("`{text}` must be 1 to 63 characters long"));
-        }
-        if !text.chars().all(valid_char) {
-            return Err(format!("`{text}` may contain only lowercase letters, digits and '-'"));
-        }
-        if text.starts_with('-') || text.ends_with('-') {
-            return Err(format!("`{text}` must start and end with a letter or digit"));
-        }
+        dns_label(text)?;
         Ok(WorkloadName(text.to_owned()))
     }
 
@@ -50,4 +41,19 @@ impl<'de> Deserialize<'de> for WorkloadName {
         let text = String::deserialize(d)?;
         WorkloadName::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// Whether `text` is an RFC 1123 DNS label, saying what is wrong if not.
+pub(crate) fn dns_label(text: &str) -> Result<(), String> {
+    let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if text.is_empty() || text.len() > 63 {
+        return Err(format!("`{text}` must be 1 to 63 characters long"));
+    }
+    if !text.chars().all(valid_char) {
+        return Err(format!("`{text}` may contain only lowercase letters, digits and '-'"));
+    }
+    if text.starts_with('-') || text.ends_with('-') {
+        return Err(format!("`{text}` must start and end with a letter or digit"));
+    }
+    Ok(())
 }

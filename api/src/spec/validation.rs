@@ -2,7 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use super::{Driver, MAX_REPLICAS, MAX_SCALE_UP_PERCENT, WorkloadSpec};
+use super::{
+    Driver, MAX_CHECKS, MAX_REPLICAS, MAX_SCALE_UP_PERCENT, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, Probe,
+    Protocol, SpecDuration, WorkloadSpec,
+};
 
 /// A rule broken by a combination of fields, found after parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,8 @@ impl WorkloadSpec {
             ));
         }
         self.validate_ports()?;
+        self.validate_checks()?;
+        self.validate_update()?;
         if self.constraints.len() > 64 {
             return Err(field_error("constraints", "has more than 64 constraints"));
         }
@@ -145,4 +150,114 @@ impl WorkloadSpec {
         }
         Ok(())
     }
+
+    fn validate_checks(&self) -> Result<(), FieldError> {
+        if self.checks.len() > MAX_CHECKS {
+            return Err(field_error("checks", format!("has more than {MAX_CHECKS} checks")));
+        }
+        let mut names = BTreeSet::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            let at = |field: &str| format!("checks[{i}].{field}");
+            if !names.insert(check.name.as_str()) {
+                return Err(field_error(at("name"), format!("`{}` names two checks", check.name)));
+            }
+            let Some(probe) = check.probe() else {
+                return Err(field_error(
+                    format!("checks[{i}]"),
+                    "a check is exactly one of `http`, `tcp` or `exec`",
+                ));
+            };
+            match probe {
+                Probe::Http(http) => {
+                    if !http.path.starts_with('/')
+                        || http.path.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(field_error(at("http.path"), "must start with '/' and hold no spaces"));
+                    }
+                    self.check_port_exposed(http.port, at("http.port"))?;
+                }
+                Probe::Tcp(tcp) => self.check_port_exposed(tcp.port, at("tcp.port"))?,
+                Probe::Exec(command) => {
+                    if command.is_empty() || command[0].is_empty() {
+                        return Err(field_error(at("exec"), "needs a program to run"));
+                    }
+                    if command.iter().any(|a| a.contains('\0')) {
+                        return Err(field_error(at("exec"), "contains a NUL byte"));
+                    }
+                }
+            }
+            within(at("interval"), check.interval, MIN_CHECK_PERIOD)?;
+            within(at("timeout"), check.timeout, MIN_CHECK_PERIOD)?;
+            within(at("start_period"), check.start_period, SpecDuration(0))?;
+            for (field, count) in [("failures", check.failures), ("successes", check.successes)] {
+                if !(1..=100).contains(&count) {
+                    return Err(field_error(at(field), format!("{count} is not between 1 and 100")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// HTTP and TCP checks reach a port the replica listens on, so it must be one of `ports`.
+    fn check_port_exposed(&self, port: u16, path: String) -> Result<(), FieldError> {
+        if self.ports.iter().any(|p| p.container == port && p.protocol == Protocol::Tcp) {
+            return Ok(());
+        }
+        Err(field_error(path, format!("port {port} is not one of the workload's TCP `ports`")))
+    }
+
+    fn validate_update(&self) -> Result<(), FieldError> {
+        let update = &self.update;
+        if update.max_parallel == 0 {
+            return Err(field_error("update.max_parallel", "must be at least 1"));
+        }
+        if update.max_surge == 0 && update.max_unavailable == 0 {
+            return Err(field_error(
+                "update.max_unavailable",
+                "is 0 and so is max_surge: a rollout could never replace a replica",
+            ));
+        }
+        for (field, value) in [
+            ("update.max_surge", update.max_surge),
+            ("update.max_unavailable", update.max_unavailable),
+            ("update.canary", update.canary),
+        ] {
+            if value > MAX_REPLICAS {
+                return Err(field_error(
+                    field,
+                    format!("{value} is more than the maximum of {MAX_REPLICAS}"),
+                ));
+            }
+        }
+        within("update.min_healthy_time".into(), update.min_healthy_time, SpecDuration(0))?;
+        within("update.healthy_deadline".into(), update.healthy_deadline, MIN_CHECK_PERIOD)?;
+        within("update.progress_deadline".into(), update.progress_deadline, MIN_CHECK_PERIOD)?;
+        if update.healthy_deadline <= update.min_healthy_time {
+            return Err(field_error(
+                "update.healthy_deadline",
+                format!(
+                    "{} must be longer than min_healthy_time {}",
+                    update.healthy_deadline, update.min_healthy_time
+                ),
+            ));
+        }
+        if update.progress_deadline < update.healthy_deadline {
+            return Err(field_error(
+                "update.progress_deadline",
+                format!(
+                    "{} must be at least healthy_deadline {}",
+                    update.progress_deadline, update.healthy_deadline
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A duration field between `min` and [`MAX_SPEC_DURATION`].
+fn within(path: String, value: SpecDuration, min: SpecDuration) -> Result<(), FieldError> {
+    if value < min || value > MAX_SPEC_DURATION {
+        return Err(field_error(path, format!("{value} is not between {min} and {MAX_SPEC_DURATION}")));
+    }
+    Ok(())
 }

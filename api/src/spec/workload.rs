@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Autoscale, PortSpec, Protocol, Resources, WorkloadName, is_default};
+use super::{Autoscale, Check, PortSpec, Protocol, Resources, UpdateStrategy, WorkloadName, is_default};
 use crate::constraint::Constraint;
 
 /// Which runtime on the agent runs the replicas.
@@ -80,6 +80,12 @@ pub struct WorkloadSpec {
     pub placement: PlacementStrategy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// Health checks; all must pass for a replica to be healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+    /// How a changed spec rolls out.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub update: UpdateStrategy,
 }
 
 impl WorkloadSpec {
