@@ -65,7 +65,7 @@ impl fmt::Display for SpecDuration {
         let (unit, factor) = UNITS
             .iter()
             .rev()
-            .find(|(_, factor)| self.0 % factor == 0 && self.0 > 0)
+            .find(|(_, factor)| self.0.is_multiple_of(*factor) && self.0 > 0)
             .copied()
             .unwrap_or(("s", 1000));
         write!(f, "{}{unit}", self.0 / factor)
