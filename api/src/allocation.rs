@@ -57,6 +57,27 @@ impl std::fmt::Display for AllocationState {
     }
 }
 
+/// Whether a replica serves, by its checks (or, without checks, by running).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet since it (re)started, or its checks have not settled.
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
+}
+
 /// A container port published on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortBinding {
@@ -106,6 +127,15 @@ pub struct Allocation {
     pub oom_killed: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    #[serde(default)]
+    pub health: Health,
+    /// What the check that last changed its health said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_output: String,
+    /// Since when it has been healthy (by the clock of the server that took
+    /// the report): a rollout counts it after `min_healthy_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since_ms: Option<u64>,
 }
 
 impl Allocation {
@@ -138,6 +168,10 @@ pub struct AllocationUpdate {
     /// The container (or process) id it runs as, when the agent has one.
     #[serde(default)]
     pub runtime_id: Option<String>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub health_output: String,
 }
 
 impl AllocationUpdate {
@@ -158,6 +192,8 @@ impl AllocationUpdate {
             ports: Vec::new(),
             next_restart_at_ms: None,
             runtime_id: None,
+            health: Health::Unknown,
+            health_output: String::new(),
         }
     }
 }

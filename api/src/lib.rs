@@ -5,6 +5,7 @@ pub mod allocation;
 pub mod client;
 pub mod clock;
 pub mod constraint;
+pub mod deployment;
 pub mod model;
 pub mod node;
 pub mod quantity;
@@ -12,12 +13,13 @@ pub mod spec;
 pub mod spec_error;
 
 pub use allocation::{
-    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Heartbeat, HeartbeatAnswer,
+    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Health, Heartbeat, HeartbeatAnswer,
     NodeAllocations, PortBinding,
 };
 pub use client::{Client, ClientError};
 pub use clock::now_ms;
 pub use constraint::Constraint;
+pub use deployment::{Deployment, DeploymentStatus, RolloutAction, UndoRequest};
 pub use model::*;
 pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};

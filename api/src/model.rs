@@ -42,6 +42,9 @@ pub struct WorkloadStatus {
     /// failing, and the old ones are kept running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_failure: Option<String>,
+    /// Where the rollout of the current version stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::deployment::DeploymentStatus>,
 }
 
 /// What a deploy did, so that `flotilla deploy` can say so.

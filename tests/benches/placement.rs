@@ -56,7 +56,7 @@ fn placement_core() -> (f64, u64, u64) {
     }
     for i in 0..WORKLOADS {
         state
-            .apply(2, Command::PutWorkload { spec: workload_spec(i), expected_version: None })
+            .apply(2, Command::PutWorkload { spec: workload_spec(i), expected_version: None, now_ms: 0 })
             .expect("workload");
     }
     let before = proc_kib("self", "VmRSS:");

@@ -5,6 +5,7 @@
 pub mod autoscale;
 pub mod node_health;
 pub mod reconcile;
+pub mod rollout;
 
 use std::time::Duration;
 
@@ -20,11 +21,38 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// the whole state, so under a stream of writes it runs per batch, not per write.
 const COALESCE: Duration = Duration::from_millis(100);
 
-/// Runs the reconciler whenever this server leads, until the Raft node stops.
+/// Proposes the rollout verdicts due now; answers when one may next fall
+/// due on its own (ms since the epoch).
+async fn judge_rollouts(raft: &RaftHandle) -> Option<u64> {
+    let (verdicts, next) = rollout::judge(&raft.state(), flotilla_api::now_ms());
+    for verdict in verdicts {
+        let rollout::Verdict { workload, deployment, status, reason } = verdict;
+        tracing::info!(%workload, deployment, %status, ?reason, "rollout verdict");
+        let command = Command::SetDeploymentStatus {
+            name: workload,
+            deployment,
+            status,
+            reason,
+            now_ms: flotilla_api::now_ms(),
+        };
+        if let Err(error) = raft.propose(command).await {
+            tracing::debug!(%error, "rollout verdict not applied; judged again next pass");
+        }
+    }
+    next
+}
+
+/// Runs the reconciler and the rollout judge whenever this server leads,
+/// until the Raft node stops.
 pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let mut applied = raft.applied_watch();
     loop {
+        let mut recheck = IDLE_RECHECK;
         if raft.is_leader() {
+            if let Some(due) = judge_rollouts(&raft).await {
+                let wait = due.saturating_sub(flotilla_api::now_ms());
+                recheck = recheck.min(Duration::from_millis(wait.max(10)));
+            }
             let (plan, unchanged) = {
                 let state = raft.state().planning_copy();
                 let seed = *applied.borrow_and_update();
@@ -53,7 +81,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
             }
         }
         // A closed watch means the Raft node stopped: so does the reconciler.
-        match tokio::time::timeout(IDLE_RECHECK, applied.changed()).await {
+        match tokio::time::timeout(recheck, applied.changed()).await {
             Ok(Err(_)) => return,
             Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
             Err(_) => {}

@@ -3,16 +3,18 @@
 //! function of the state (and a seed), as kube-runtime's reconcilers are
 //! idempotent: running it again on the state it produced plans nothing.
 //!
-//! Rollouts replace one replica at a time (max surge 1, max unavailable 0):
-//! a replica of the new version is placed, and an old one is stopped only
-//! once a new one runs. Allocations on draining nodes count as old, so a
-//! drain is a rollout onto other nodes.
+//! Rollouts go as far as the workload's update strategy lets them each pass
+//! (see [`rollout::step`]): new replicas are placed within max_surge and
+//! max_parallel, and old ones stopped only while max_unavailable holds,
+//! counting new replicas once healthy for min_healthy_time. Allocations on
+//! draining nodes count as old, so a drain is a rollout onto other nodes.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload};
 
+use super::rollout;
 use crate::placement::{self, ClusterView, SplitMix64};
 use crate::state::{ClusterState, Placement, Plan, Unplaced, request_of};
 
@@ -86,25 +88,31 @@ fn reconcile_workload(
     plan.stops.extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
 
     let draining = |a: &Allocation| state.node(&a.node).is_some_and(|n| n.status == NodeStatus::Draining);
+    let outdated = |a: &Allocation| a.version < workload.version;
     let (mut old, mut new): (Vec<&Allocation>, Vec<&Allocation>) = allocations
         .iter()
         .copied()
         .filter(|a| a.is_replica() && !stopping_now.contains(&a.id))
-        .partition(|a| a.version < workload.version || draining(a));
+        .partition(|a| outdated(a) || draining(a));
     let desired = (workload.spec.replicas as usize).saturating_sub(completed);
-    let running_new = new.iter().filter(|a| a.state == AllocationState::Running).count();
+    let update = &workload.spec.update;
+    let counts = rollout::Counts {
+        desired,
+        old: old.len(),
+        old_serving: old.iter().filter(|a| rollout::serving(a)).count(),
+        old_stopping: allocations.iter().filter(|a| a.stopping && a.state.is_live() && outdated(a)).count(),
+        new: new.len(),
+        new_counted: new.iter().filter(|a| rollout::counted(a, update, plan.now_ms)).count(),
+    };
+    let mode = rollout::mode(state, workload, !old.is_empty(), old.iter().any(|a| outdated(a)));
+    let step = rollout::step(counts, update, mode);
 
-    // Stop what is more than wanted: old versions first, once enough new ones run.
-    let available = running_new + old.len();
-    let old_to_stop = available.saturating_sub(desired).min(old.len());
-    stop_most_loaded(&mut old, old_to_stop, view, plan);
+    // Stop what the step lets go, those that do not serve first; then what is more than wanted.
+    stop_most_loaded(&mut old, step.stop_old, view, plan);
     let new_to_stop = new.len().saturating_sub(desired);
     stop_most_loaded(&mut new, new_to_stop, view, plan);
 
-    // Place what is missing: up to one extra while old versions remain.
-    let new_target =
-        if old.is_empty() { desired } else { (desired + 1).saturating_sub(old.len()).min(desired) };
-    let missing = new_target.saturating_sub(new.len());
+    let missing = step.place_new;
     let count = missing.min(*budget);
     if missing == 0 {
         return;
@@ -148,9 +156,43 @@ fn reconcile_workload(
             ports: ports.clone(),
         });
     }
+    if placed.nodes.is_empty() && step.in_place_if_stuck {
+        replace_in_place(&mut old, &request, view, plan);
+    }
     if let Some(reason) = placed.unplaced_reason {
         let count = (missing - placed.nodes.len()) as u32;
         plan.unplaced.insert(name.clone(), Unplaced { count, reason });
+    }
+}
+
+/// No room to surge (a fixed host port on every fitting node, a full
+/// cluster): stops one old replica whose node would then fit a new one, so
+/// the rollout replaces in place. The new replica is placed once the old
+/// one's agent has released what it held.
+fn replace_in_place(
+    old: &mut Vec<&Allocation>,
+    request: &placement::Request,
+    view: &mut ClusterView,
+    plan: &mut Plan,
+) {
+    old.sort_by_key(|a| (rollout::serving(a), Reverse(a.id)));
+    let fits_without = |a: &Allocation| {
+        let Some(node) = view.position(&a.node).map(|i| &view.nodes[i]) else { return false };
+        let mut freed = node.clone();
+        freed.used_cpu = freed.used_cpu.saturating_sub(a.cpu);
+        freed.used_memory = freed.used_memory.saturating_sub(a.memory);
+        for port in crate::state::fixed_ports(a) {
+            freed.ports.remove(&port);
+        }
+        freed.stop_replica(&a.workload);
+        placement::feasibility::check(&freed, request).is_ok()
+    };
+    if let Some(position) = old.iter().position(|a| fits_without(a)) {
+        let victim = old.remove(position);
+        plan.stops.push(victim.id);
+        if let Some(node) = view.node_mut(&victim.node) {
+            node.stop_replica(&victim.workload);
+        }
     }
 }
 
@@ -183,8 +225,8 @@ fn forget_deleted(state: &ClusterState, plan: &mut Plan) {
     plan.stops.extend(gone);
 }
 
-/// Stops `count` of `allocations`, those on the most loaded nodes first
-/// (pending before running on equal load).
+/// Stops `count` of `allocations`: those that do not serve first, then
+/// those on the most loaded nodes (pending before running on equal load).
 fn stop_most_loaded(
     allocations: &mut Vec<&Allocation>,
     count: usize,
@@ -197,8 +239,9 @@ fn stop_most_loaded(
     let load =
         |a: &Allocation| view.position(&a.node).map_or(f64::MAX, |i| view.nodes[i].utilisation_with(0, 0));
     allocations.sort_by(|a, b| {
-        load(b)
-            .total_cmp(&load(a))
+        rollout::serving(a)
+            .cmp(&rollout::serving(b))
+            .then_with(|| load(b).total_cmp(&load(a)))
             .then_with(|| (a.state == AllocationState::Running).cmp(&(b.state == AllocationState::Running)))
             .then_with(|| b.id.cmp(&a.id))
     });
@@ -215,7 +258,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use flotilla_api::spec::Driver;
-    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
+    use flotilla_api::{AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, parse_yaml};
     use proptest::prelude::*;
 
     use super::*;
@@ -242,14 +285,18 @@ mod tests {
 
     fn deploy(state: &mut ClusterState, yaml: &str) {
         let spec = parse_yaml(yaml).expect("valid spec");
-        state.apply(1, Command::PutWorkload { spec, expected_version: None }).expect("deploy");
+        state.apply(1, Command::PutWorkload { spec, expected_version: None, now_ms: 0 }).expect("deploy");
     }
+
+    /// The tests' clock: late enough that replicas reported healthy at 0
+    /// have been healthy for the default min_healthy_time.
+    const NOW: u64 = 1_000_000;
 
     /// Reconciles and applies until the reconciler has nothing left to do.
     fn converge(state: &mut ClusterState, seed: u64) -> usize {
         let config = ReconcileConfig::default();
         for round in 0..50 {
-            let plan = reconcile(state, seed + round, 0, &config);
+            let plan = reconcile(state, seed + round, NOW, &config);
             if plan.changes_nothing() {
                 return round as usize;
             }
@@ -267,7 +314,10 @@ mod tests {
                 m
             });
         for (node, ids) in by_node {
-            let updates = ids.into_iter().map(AllocationUpdate::running).collect();
+            let updates = ids
+                .into_iter()
+                .map(|id| AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(id) })
+                .collect();
             state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
         }
     }
@@ -363,6 +413,84 @@ mod tests {
             assert!(rounds < 10, "the rollout finishes");
         }
         assert_eq!(rounds, 3, "three replicas, replaced one by one");
+    }
+
+    /// Rolls `yaml` out over what runs, marking new replicas running and
+    /// healthy pass by pass; returns the most new-but-not-counted replicas
+    /// seen at once, and the fewest running old-or-new replicas.
+    fn roll_out(state: &mut ClusterState, yaml: &str) -> (usize, usize) {
+        deploy(state, yaml);
+        let (mut most_in_flight, mut fewest_running) = (0, usize::MAX);
+        for round in 0..40 {
+            converge(state, round);
+            let all = live(state, "web");
+            let workload = state.workload("web").expect("web");
+            let (version, replicas) = (workload.version, workload.spec.replicas as usize);
+            most_in_flight = most_in_flight.max(
+                all.iter().filter(|a| a.version == version && a.state == AllocationState::Pending).count(),
+            );
+            fewest_running =
+                fewest_running.min(all.iter().filter(|a| a.state == AllocationState::Running).count());
+            if all.len() == replicas
+                && all.iter().all(|a| a.version == version && a.state == AllocationState::Running)
+            {
+                return (most_in_flight, fewest_running);
+            }
+            report_stopped(state);
+            mark_running(state);
+        }
+        panic!("the rollout did not finish");
+    }
+
+    #[test]
+    fn max_parallel_three_replaces_three_at_a_time() {
+        let mut state = ClusterState::default();
+        for n in ["a", "b", "c", "d"] {
+            register(&mut state, n, 8000, 8192, "a", &[Driver::Docker]);
+        }
+        let spec = |image: &str| {
+            format!("name: web\nimage: {image}\nreplicas: 9\nupdate: {{max_parallel: 3, max_surge: 3}}\n")
+        };
+        deploy(&mut state, &spec("v1"));
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        let (in_flight, running) = roll_out(&mut state, &spec("v2"));
+        assert_eq!(in_flight, 3, "three new replicas at once, never more");
+        assert!(running >= 9, "max_unavailable 0: never fewer than 9 running ({running})");
+    }
+
+    #[test]
+    fn a_fixed_host_port_on_one_node_rolls_out_in_place() {
+        let mut state = ClusterState::default();
+        register(&mut state, "only", 2000, 2048, "a", &[Driver::Docker]);
+        let spec =
+            |image: &str| format!("name: web\nimage: {image}\nports: [{{container: 80, host: 8080}}]\n");
+        deploy(&mut state, &spec("v1"));
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        let (in_flight, _) = roll_out(&mut state, &spec("v2"));
+        assert_eq!(in_flight, 1);
+        assert_eq!(live(&state, "web").len(), 1);
+    }
+
+    #[test]
+    fn canaries_wait_beside_the_old_replicas_until_promoted() {
+        let mut state = three_running_replicas_on_four_nodes();
+        deploy(&mut state, "name: web\nimage: v2\nreplicas: 3\nupdate: {canary: 1}\n");
+        for round in 0..5 {
+            converge(&mut state, round);
+            mark_running(&mut state);
+        }
+        let versions = |state: &ClusterState| {
+            let all = live(state, "web");
+            (all.iter().filter(|a| a.version == 1).count(), all.iter().filter(|a| a.version == 2).count())
+        };
+        assert_eq!(versions(&state), (3, 1), "one canary beside three old replicas");
+        let name = flotilla_api::WorkloadName::parse("web").expect("name");
+        let action = flotilla_api::RolloutAction::Promote;
+        state.apply(60, Command::Rollout { name, action, now_ms: 0 }).expect("promote");
+        roll_out(&mut state, "name: web\nimage: v2\nreplicas: 3\nupdate: {canary: 1}\n");
+        assert_eq!(versions(&state), (0, 3));
     }
 
     #[test]
@@ -573,7 +701,7 @@ mod tests {
                 }
             }
         }
-        let view = cluster_view(state, 0);
+        let view = cluster_view(state, NOW);
         for workload in state.workloads() {
             let status = state.with_status(workload.clone()).status;
             prop_assert!(status.placed <= workload.spec.replicas);

@@ -1,7 +1,7 @@
 //! Applying what changes allocations: plans from the reconciler and the
 //! state changes agents report, with the node bookkeeping that follows.
 
-use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, NodeStatus};
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus};
 
 use super::cluster_state::{ClusterState, request_of};
 use super::command::{CommandOutput, Rejection};
@@ -48,7 +48,9 @@ impl ClusterState {
         let live: Vec<&Allocation> =
             self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
         let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
-        let limit = workload.spec.replicas + u32::from(rolling);
+        let update = &workload.spec.update;
+        let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
+        let limit = workload.spec.replicas.saturating_add(extra);
         if live.len() as u32 >= limit {
             return false;
         }
@@ -104,6 +106,9 @@ impl ClusterState {
             exit_code: None,
             oom_killed: false,
             message: String::new(),
+            health: Health::Unknown,
+            health_output: String::new(),
+            healthy_since_ms: None,
         };
         if let Some(node) = self.nodes.get_mut(&allocation.node) {
             node.allocated_cpu += allocation.cpu;
@@ -180,7 +185,7 @@ impl ClusterState {
             {
                 continue;
             }
-            let before = (allocation.state, allocation.restarts, allocation.oom_killed);
+            let before = (allocation.state, allocation.restarts, allocation.oom_killed, allocation.health);
             self.set_allocation_state(index, update.id, update.state);
             if let Some(allocation) = self.allocations.get_mut(&update.id) {
                 if !update.state.is_live() {
@@ -195,6 +200,16 @@ impl ClusterState {
                 }
                 allocation.next_restart_at_ms =
                     update.next_restart_at_ms.filter(|_| update.state == AllocationState::Restarting);
+                // Only a running replica can be healthy; anything else starts over.
+                let health =
+                    if update.state == AllocationState::Running { update.health } else { Health::Unknown };
+                if health != allocation.health {
+                    allocation.healthy_since_ms = (health == Health::Healthy).then_some(now_ms);
+                    allocation.health_output = update.health_output;
+                } else if !update.health_output.is_empty() {
+                    allocation.health_output = update.health_output;
+                }
+                allocation.health = health;
                 for bound in update.ports {
                     if let Some(port) = allocation
                         .ports
@@ -209,10 +224,23 @@ impl ClusterState {
             if let Some(after) = self.allocations.get(&update.id) {
                 let failed = after.state == AllocationState::Failed && before.0 != AllocationState::Failed;
                 let oom = after.oom_killed && (!before.2 || after.restarts != before.1);
+                let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
+                let mut messages = Vec::new();
                 if failed || oom {
                     let what = if failed { "failed" } else { "was OOM-killed" };
-                    let message = format!("allocation {} {what}: {}", after.id, after.message);
-                    let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
+                    messages.push(format!("allocation {} {what}: {}", after.id, after.message));
+                }
+                // Health changes that checks found (not the reset of a restart).
+                if after.health != before.3 && after.health != Health::Unknown {
+                    let output = if after.health_output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", after.health_output)
+                    };
+                    messages.push(format!("allocation {} is {}{output}", after.id, after.health));
+                }
+                for message in messages {
+                    let (workload, node) = (workload.clone(), node.clone());
                     self.record(Event { index, at_ms: now_ms, workload, node, message });
                 }
             }

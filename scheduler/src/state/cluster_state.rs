@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_api::spec::Protocol;
 use flotilla_api::{
-    Allocation, AllocationState, Event, Member, Node, Workload, WorkloadName, WorkloadStatus,
+    Allocation, AllocationState, Deployment, DeploymentStatus, Event, Member, Node, Workload, WorkloadName,
+    WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,12 @@ pub struct ClusterState {
     /// Outcomes of the latest writes that carried an idempotency key.
     #[serde(default)]
     pub(super) applied_keys: AppliedKeys,
+    /// Each workload's deployments, oldest first, at most `MAX_HISTORY`:
+    /// its version history, and its rollout in progress (the last one).
+    #[serde(default)]
+    pub(super) deployments: BTreeMap<WorkloadName, VecDeque<Deployment>>,
+    #[serde(default)]
+    pub(super) next_deployment_id: u64,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -42,6 +49,12 @@ pub const ROLLOUT_FAILING_RESTARTS: u32 = 3;
 const MAX_EVENTS: usize = 1000;
 
 /// What one replica of a workload asks of a node, from its spec.
+/// Why a failing replica fails, for a rollout's failure.
+pub fn failing_reason(allocation: &Allocation) -> String {
+    let what = if allocation.state == AllocationState::Failed { "failed" } else { "keeps failing" };
+    format!("replica {} (allocation {}) {what}: {}", allocation.replica, allocation.id, allocation.message)
+}
+
 pub fn request_of(workload: &Workload) -> Request {
     let spec = &workload.spec;
     Request {
@@ -86,6 +99,13 @@ impl ClusterState {
             unplaced: self.unplaced.clone(),
             events: VecDeque::new(),
             applied_keys: AppliedKeys::default(),
+            // The reconciler needs each workload's rollout, not its history.
+            deployments: self
+                .deployments
+                .iter()
+                .filter_map(|(name, list)| Some((name.clone(), VecDeque::from([list.back()?.clone()]))))
+                .collect(),
+            next_deployment_id: self.next_deployment_id,
         }
     }
 
@@ -112,8 +132,8 @@ impl ClusterState {
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
-            Command::PutWorkload { spec, expected_version } => {
-                self.put_workload(index, spec, expected_version)
+            Command::PutWorkload { spec, expected_version, now_ms } => {
+                self.put_workload(index, spec, expected_version, now_ms)
             }
             Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
             Command::DeleteWorkload { name } => self.delete_workload(index, name),
@@ -132,6 +152,13 @@ impl ClusterState {
             }
             Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
+            Command::SetDeploymentStatus { name, deployment, status, reason, now_ms } => {
+                self.set_deployment_status(index, &name, deployment, status, reason, now_ms)
+            }
+            Command::Rollout { name, action, now_ms } => self.rollout_action(index, &name, action, now_ms),
+            Command::UndoRollout { name, to_version, now_ms } => {
+                self.undo_rollout(index, &name, to_version, now_ms)
+            }
             Command::UpdateAllocations { node, updates, now_ms } => {
                 self.update_allocations(index, &node, updates, now_ms)
             }
@@ -184,18 +211,27 @@ impl ClusterState {
                 status.outdated += 1;
             }
         }
-        if running_current < workload.spec.replicas {
-            status.rollout_failure = self.failing_replica(&workload).map(|a| {
-                let what = if a.state == AllocationState::Failed { "failed" } else { "keeps failing" };
-                format!("replica {} (allocation {}) {what}: {}", a.replica, a.id, a.message)
-            });
-        }
+        let deployment = self.current_deployment(&workload);
+        status.rollout_failure = match deployment {
+            Some(d) if d.status == DeploymentStatus::Failed => d.reason.clone(),
+            Some(d) if !d.status.is_active() => None,
+            _ if running_current < workload.spec.replicas => {
+                self.failing_replica(&workload).map(failing_reason)
+            }
+            _ => None,
+        };
+        status.rollout = deployment.map(|d| d.status);
         if let Some(unplaced) = self.unplaced.get(&workload.spec.name) {
             status.unplaced = unplaced.count;
             status.unplaced_reason = Some(unplaced.reason.clone());
         }
         workload.status = status;
         workload
+    }
+
+    /// The deployment of the workload's current version, if it is still in the history.
+    pub fn current_deployment(&self, workload: &Workload) -> Option<&Deployment> {
+        self.deployments.get(&workload.spec.name)?.back().filter(|d| d.to_version == workload.version)
     }
 
     /// A replica of the workload's current version that keeps failing: one
@@ -288,7 +324,7 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_api::{DeployChange, parse_yaml};
+    use flotilla_api::{DeployChange, RolloutAction, parse_yaml};
     use proptest::prelude::*;
 
     fn name(i: u8) -> WorkloadName {
@@ -299,17 +335,44 @@ mod tests {
         prop_oneof![
             (0..8u8, 0..5u32, proptest::option::of(0..3u64), any::<bool>()).prop_map(
                 |(i, replicas, version, auto)| {
-                    let autoscale = if auto { "autoscale: {min: 1, max: 3, cpu: 50}\n" } else { "" };
+                    let autoscale = if auto {
+                        "autoscale: {min: 1, max: 3, cpu: 50}\nupdate: {auto_revert: true, canary: 1}\n"
+                    } else {
+                        ""
+                    };
                     let yaml =
                         format!("name: {}\nimage: img:{}\nreplicas: {replicas}\n{autoscale}", name(i), i % 2);
                     Command::PutWorkload {
                         spec: parse_yaml(&yaml).expect("valid"),
                         expected_version: version,
+                        now_ms: 0,
                     }
                 }
             ),
             (0..8u8, 0..6u32).prop_map(|(i, replicas)| Command::ScaleWorkload { name: name(i), replicas }),
             (0..8u8).prop_map(|i| Command::DeleteWorkload { name: name(i) }),
+            (0..8u8, proptest::option::of(0..4u64)).prop_map(|(i, to_version)| Command::UndoRollout {
+                name: name(i),
+                to_version,
+                now_ms: 0
+            }),
+            (0..8u8, 0..3u8, 1..4u64, any::<bool>()).prop_map(|(i, action, deployment, good)| {
+                if good {
+                    let status =
+                        if action == 0 { DeploymentStatus::Successful } else { DeploymentStatus::Failed };
+                    Command::SetDeploymentStatus {
+                        name: name(i),
+                        deployment,
+                        status,
+                        reason: None,
+                        now_ms: 0,
+                    }
+                } else {
+                    let action = [RolloutAction::Promote, RolloutAction::Pause, RolloutAction::Resume]
+                        [action as usize];
+                    Command::Rollout { name: name(i), action, now_ms: 0 }
+                }
+            }),
         ]
     }
 
@@ -395,7 +458,7 @@ mod tests {
             (spec, Some(2), Ok((DeployChange::Updated, 3))),
         ];
         for (i, (spec, expected_version, want)) in table.into_iter().enumerate() {
-            let got = state.apply(i as u64 + 1, Command::PutWorkload { spec, expected_version });
+            let got = state.apply(i as u64 + 1, Command::PutWorkload { spec, expected_version, now_ms: 0 });
             let got = match got {
                 Ok(CommandOutput::Deployed(r)) => Ok((r.change, r.workload.version)),
                 _ => Err(()),

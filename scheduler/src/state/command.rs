@@ -1,7 +1,8 @@
 //! Commands: the only way the replicated state changes.
 
 use flotilla_api::{
-    AllocationUpdate, DeployResult, Node, NodeRegistration, NodeStatus, Workload, WorkloadName, WorkloadSpec,
+    AllocationUpdate, DeployResult, Deployment, DeploymentStatus, Node, NodeRegistration, NodeStatus,
+    RolloutAction, Workload, WorkloadName, WorkloadSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,9 @@ pub enum Command {
     PutWorkload {
         spec: WorkloadSpec,
         expected_version: Option<u64>,
+        /// The proposing server's clock: when the new version's rollout starts.
+        #[serde(default)]
+        now_ms: u64,
     },
     ScaleWorkload {
         name: WorkloadName,
@@ -50,6 +54,29 @@ pub enum Command {
     AutoscaleWorkload(AutoscaleDecision),
     ApplyPlan {
         plan: Plan,
+    },
+    /// The rollout controller's verdict on a deployment (successful, failed,
+    /// waiting for promotion), applied only if that deployment is still the
+    /// workload's active one. A failure with `auto_revert` deploys the last
+    /// good version in the same entry.
+    SetDeploymentStatus {
+        name: WorkloadName,
+        deployment: u64,
+        status: DeploymentStatus,
+        reason: Option<String>,
+        now_ms: u64,
+    },
+    /// `rollout promote|pause|resume`.
+    Rollout {
+        name: WorkloadName,
+        action: RolloutAction,
+        now_ms: u64,
+    },
+    /// `rollout undo`: deploys an earlier version's spec as a new version.
+    UndoRollout {
+        name: WorkloadName,
+        to_version: Option<u64>,
+        now_ms: u64,
     },
     /// What a node's agent did on its own (it removed an orphan), as events.
     RecordNodeEvents {
@@ -101,6 +128,7 @@ pub enum CommandOutput {
     Planned(PlanOutcome),
     AllocationsUpdated(u32),
     EventsRecorded(u32),
+    Deployment(Box<Deployment>),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -129,4 +157,12 @@ pub enum Rejection {
     NodeDown(String),
     #[error("node `{node}` changed since the decision (based on index {based_on}, now {current})")]
     StaleNodeDecision { node: String, based_on: u64, current: u64 },
+    #[error("workload `{0}` has no rollout in progress")]
+    NoActiveRollout(WorkloadName),
+    #[error("rollout of `{name}` cannot {action}: {reason}")]
+    RolloutRefused { name: WorkloadName, action: String, reason: String },
+    #[error("deployment {deployment} of `{name}` is no longer the active one")]
+    StaleDeployment { name: WorkloadName, deployment: u64 },
+    #[error("version {version} of `{name}` is not in its history (the last {kept} versions are kept)")]
+    VersionNotInHistory { name: WorkloadName, version: u64, kept: usize },
 }

@@ -5,12 +5,14 @@
 mod allocations;
 mod cluster_state;
 mod command;
+mod deployments;
 mod idempotency;
 mod nodes;
 mod plan;
 mod workloads;
 
-pub use cluster_state::{ClusterState, fixed_ports, request_of};
+pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of};
 pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection};
+pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};

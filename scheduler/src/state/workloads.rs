@@ -12,6 +12,7 @@ impl ClusterState {
         index: u64,
         spec: WorkloadSpec,
         expected_version: Option<u64>,
+        now_ms: u64,
     ) -> Result<CommandOutput, Rejection> {
         let existing = self.workloads.get(&spec.name);
         if let Some(expected) = expected_version {
@@ -47,7 +48,11 @@ impl ClusterState {
                 },
             ),
         };
+        let from_version = existing.map(|w| w.version);
         self.workloads.insert(workload.spec.name.clone(), workload.clone());
+        if from_version != Some(workload.version) {
+            self.begin_deployment(index, &workload, from_version, "deploy".into(), now_ms);
+        }
         let workload = self.with_status(workload);
         Ok(CommandOutput::Deployed(DeployResult { change, workload }))
     }
@@ -85,6 +90,7 @@ impl ClusterState {
             self.stop_allocation(index, id);
         }
         self.unplaced.remove(&name);
+        self.deployments.remove(&name);
         Ok(CommandOutput::Workload(workload))
     }
 
@@ -156,7 +162,7 @@ mod tests {
         for (what, yaml, (replicas, based_on, version), accepted) in table {
             let mut state = ClusterState::default();
             let spec = parse_yaml(yaml).expect("spec");
-            state.apply(1, Command::PutWorkload { spec, expected_version: None }).expect("deploy");
+            state.apply(1, Command::PutWorkload { spec, expected_version: None, now_ms: 0 }).expect("deploy");
             let before = state.clone();
             let result = state.apply(2, decision(replicas, based_on, version));
             assert_eq!(result.is_ok(), accepted, "{what}: {result:?}");

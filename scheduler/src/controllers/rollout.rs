@@ -1,0 +1,337 @@
+//! Rollouts: how far a workload's change may go in one reconcile pass, and
+//! the verdict on each deployment (successful, failed, waiting for
+//! promotion). Both are pure functions of the state and a clock, as the
+//! reconciler is; the leader proposes the verdicts as commands.
+//!
+//! The bounds follow Kubernetes' Deployments (replicas + max_surge at most,
+//! replicas - max_unavailable available at least) and Nomad's update block
+//! (max_parallel replicas in flight, min_healthy_time, healthy and progress
+//! deadlines, canaries, auto-revert).
+
+use flotilla_api::spec::UpdateStrategy;
+use flotilla_api::{
+    Allocation, AllocationState, Deployment, DeploymentStatus, Health, Workload, WorkloadName,
+};
+
+use crate::state::{ClusterState, failing_reason};
+
+/// Whether a replica of the new version counts: running, healthy, and
+/// healthy for `min_healthy_time`.
+pub fn counted(allocation: &Allocation, update: &UpdateStrategy, now_ms: u64) -> bool {
+    allocation.state == AllocationState::Running
+        && allocation.health == Health::Healthy
+        && allocation
+            .healthy_since_ms
+            .is_some_and(|since| since + update.min_healthy_time.as_millis() <= now_ms)
+}
+
+/// Whether a replica being replaced still serves: it counts against
+/// `max_unavailable` when the rollout stops it.
+pub fn serving(allocation: &Allocation) -> bool {
+    allocation.state == AllocationState::Running && allocation.health != Health::Unhealthy
+}
+
+/// What a workload's rollout allows this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing to replace: place what is missing, all at once.
+    Settled,
+    /// Canaries first, beside the old replicas, until promoted.
+    Canary { canary: usize },
+    /// Paused, or failed without a revert: nothing is replaced.
+    Frozen,
+    /// Old replicas are replaced within the update strategy's bounds.
+    Rolling,
+}
+
+/// Replica counts the step is decided on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub desired: usize,
+    /// Live replicas being replaced (older versions, or on draining nodes).
+    pub old: usize,
+    /// Of those, the ones still serving.
+    pub old_serving: usize,
+    /// Old replicas asked to stop whose agents have not yet said they did.
+    pub old_stopping: usize,
+    /// Live replicas of the current version.
+    pub new: usize,
+    /// Of those, the ones that count (healthy for min_healthy_time).
+    pub new_counted: usize,
+}
+
+/// What one pass does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Step {
+    pub stop_old: usize,
+    pub place_new: usize,
+    /// If none of `place_new` can be placed (no room to surge, as with a
+    /// fixed host port on every node), stop one old replica to make room.
+    pub in_place_if_stuck: bool,
+}
+
+/// How far the rollout goes this pass.
+pub fn step(counts: Counts, update: &UpdateStrategy, mode: Mode) -> Step {
+    let Counts { desired, old, old_serving, old_stopping, new, new_counted } = counts;
+    let surge = update.max_surge as usize;
+    let scale_down = old.saturating_sub(desired);
+    match mode {
+        Mode::Settled => {
+            Step { stop_old: old, place_new: desired.saturating_sub(new), in_place_if_stuck: false }
+        }
+        Mode::Canary { canary } => Step {
+            stop_old: scale_down,
+            place_new: canary.min(desired).saturating_sub(new),
+            in_place_if_stuck: false,
+        },
+        Mode::Frozen => Step {
+            stop_old: scale_down,
+            place_new: desired.saturating_sub(old + new),
+            in_place_if_stuck: false,
+        },
+        Mode::Rolling => {
+            let in_flight = new - new_counted.min(new);
+            let parallel_room = (update.max_parallel as usize).saturating_sub(in_flight);
+            let available = old_serving + new_counted;
+            let min_available = desired.saturating_sub(update.max_unavailable as usize);
+            let by_availability = available.saturating_sub(min_available).min(parallel_room);
+            // Old replicas that do not serve cost no availability (as
+            // Kubernetes' cleanup of unhealthy replicas), and free room.
+            let not_serving = old - old_serving.min(old);
+            let over_total = (old + new).saturating_sub(desired + surge);
+            let stop_old = (by_availability + not_serving).max(over_total).min(old);
+            let room_total = (desired + surge).saturating_sub(old - stop_old + new);
+            let place_new = desired.saturating_sub(new).min(room_total).min(parallel_room);
+            let in_place_if_stuck = place_new > 0 && stop_old == 0 && in_flight == 0 && old_stopping == 0;
+            Step { stop_old, place_new, in_place_if_stuck }
+        }
+    }
+}
+
+/// The rollout mode of a workload whose replicas include `old` ones.
+pub fn mode(state: &ClusterState, workload: &Workload, has_old: bool, has_outdated: bool) -> Mode {
+    if !has_old {
+        return Mode::Settled;
+    }
+    match state.current_deployment(workload) {
+        Some(d) if d.status == DeploymentStatus::Paused => Mode::Frozen,
+        // A failed rollout goes no further; replicas on draining nodes still move.
+        Some(d) if d.status == DeploymentStatus::Failed && has_outdated => Mode::Frozen,
+        Some(d) if d.status.is_active() && d.canary > 0 && !d.promoted && has_outdated => {
+            Mode::Canary { canary: d.canary as usize }
+        }
+        _ => Mode::Rolling,
+    }
+}
+
+/// A decision on a deployment, to propose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub workload: WorkloadName,
+    pub deployment: u64,
+    pub status: DeploymentStatus,
+    pub reason: Option<String>,
+}
+
+/// The verdicts due on every active deployment, and when (ms since the
+/// epoch) a verdict may next fall due without any state change: a
+/// `min_healthy_time` or a deadline running out.
+pub fn judge(state: &ClusterState, now_ms: u64) -> (Vec<Verdict>, Option<u64>) {
+    let mut verdicts = Vec::new();
+    let mut next: Option<u64> = None;
+    for workload in state.workloads() {
+        let Some(deployment) = state.active_deployment(&workload.spec.name) else { continue };
+        if deployment.to_version != workload.version || deployment.status == DeploymentStatus::Paused {
+            continue;
+        }
+        let (verdict, due) = judge_one(state, workload, deployment, now_ms);
+        if let Some((status, reason)) = verdict {
+            verdicts.push(Verdict {
+                workload: workload.spec.name.clone(),
+                deployment: deployment.id,
+                status,
+                reason,
+            });
+        }
+        if let Some(due) = due {
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+    }
+    (verdicts, next)
+}
+
+type Judgement = (Option<(DeploymentStatus, Option<String>)>, Option<u64>);
+
+fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment, now_ms: u64) -> Judgement {
+    let update = &workload.spec.update;
+    let failed = |reason: String| (Some((DeploymentStatus::Failed, Some(reason))), None);
+    if let Some(failing) = state.failing_replica(workload) {
+        return failed(failing_reason(failing));
+    }
+    let replicas: Vec<&Allocation> =
+        state.workload_allocations(&workload.spec.name).filter(|a| a.is_replica()).collect();
+    let new: Vec<&Allocation> =
+        replicas.iter().copied().filter(|a| a.version == deployment.to_version).collect();
+    let healthy_deadline = update.healthy_deadline.as_millis();
+    let late: Vec<&Allocation> = new
+        .iter()
+        .copied()
+        .filter(|a| a.health != Health::Healthy && a.created_at_ms + healthy_deadline <= now_ms)
+        .collect();
+    if let Some(first) = late.iter().find(|a| !a.health_output.is_empty()).or(late.first()) {
+        let what = if first.health_output.is_empty() {
+            format!("were not healthy within {}", update.healthy_deadline)
+        } else {
+            first.health_output.clone()
+        };
+        return failed(format!("{} of {} new replicas {what}", late.len(), new.len()));
+    }
+    let min_healthy = update.min_healthy_time.as_millis();
+    let counted_now = new.iter().filter(|a| counted(a, update, now_ms)).count();
+    let last_progress = new
+        .iter()
+        .filter(|a| counted(a, update, now_ms))
+        .filter_map(|a| a.healthy_since_ms.map(|s| s + min_healthy))
+        .fold(deployment.started_at_ms, u64::max);
+    let progress_due = last_progress + update.progress_deadline.as_millis();
+    if now_ms >= progress_due {
+        return failed(format!("no new replica became healthy for {}", update.progress_deadline));
+    }
+    // When something may change without any report: a healthy replica
+    // counts, a deadline passes.
+    let due = new
+        .iter()
+        .filter_map(|a| match a.healthy_since_ms {
+            Some(since) if a.health == Health::Healthy => Some(since + min_healthy).filter(|t| *t > now_ms),
+            _ => Some(a.created_at_ms + healthy_deadline),
+        })
+        .chain([progress_due])
+        .min();
+    let desired = workload.spec.replicas as usize;
+    let waiting_for_canaries =
+        deployment.canary > 0 && !deployment.promoted && deployment.from_version.is_some();
+    if waiting_for_canaries {
+        let canaries_healthy = counted_now >= (deployment.canary as usize).min(desired);
+        if deployment.status == DeploymentStatus::Running && canaries_healthy {
+            return (Some((DeploymentStatus::WaitingForPromotion, None)), None);
+        }
+        return (None, due);
+    }
+    let old_left = replicas.iter().any(|a| a.version < deployment.to_version);
+    if counted_now >= desired && !old_left {
+        return (Some((DeploymentStatus::Successful, None)), None);
+    }
+    (None, due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(parallel: u32, surge: u32, unavailable: u32) -> UpdateStrategy {
+        UpdateStrategy {
+            max_parallel: parallel,
+            max_surge: surge,
+            max_unavailable: unavailable,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_rolling_step_keeps_within_surge_unavailability_and_parallelism() {
+        let counts = |desired, old, old_serving, old_stopping, new, new_counted| Counts {
+            desired,
+            old,
+            old_serving,
+            old_stopping,
+            new,
+            new_counted,
+        };
+        // (what, counts, strategy (parallel, surge, unavailable), stop old, place new, in place if stuck)
+        let table = [
+            ("surge one: place one extra first", counts(3, 3, 3, 0, 0, 0), (1, 1, 0), 0, 1, true),
+            ("surge one: wait while it is not healthy", counts(3, 3, 3, 0, 1, 0), (1, 1, 0), 0, 0, false),
+            (
+                "surge one: once it counts, one old goes, the next comes",
+                counts(3, 3, 3, 0, 1, 1),
+                (1, 1, 0),
+                1,
+                1,
+                false,
+            ),
+            ("stop first: five down, five up", counts(20, 20, 20, 0, 0, 0), (5, 0, 5), 5, 5, false),
+            ("stop first: wait for the five", counts(20, 15, 15, 5, 5, 0), (5, 0, 5), 0, 0, false),
+            ("parallel three with surge three", counts(9, 9, 9, 0, 0, 0), (3, 3, 0), 0, 3, true),
+            (
+                "parallel three: one of three counts, one old goes, one more comes",
+                counts(9, 9, 9, 0, 3, 1),
+                (3, 3, 0),
+                1,
+                1,
+                false,
+            ),
+            (
+                "parallel three: three in flight, nothing more",
+                counts(9, 9, 9, 0, 3, 0),
+                (3, 3, 0),
+                0,
+                0,
+                false,
+            ),
+            (
+                "an unhealthy old replica goes first, costing nothing",
+                counts(3, 3, 2, 0, 1, 1),
+                (1, 1, 0),
+                1,
+                1,
+                false,
+            ),
+            (
+                "scale down mid rollout stops old beyond the total",
+                counts(2, 4, 4, 0, 1, 0),
+                (1, 1, 0),
+                2,
+                0,
+                false,
+            ),
+            (
+                "last old replica goes once the new ones count",
+                counts(3, 1, 1, 0, 3, 3),
+                (1, 1, 0),
+                1,
+                0,
+                false,
+            ),
+            (
+                "an old replica still stopping holds the in-place fallback",
+                counts(1, 0, 0, 1, 0, 0),
+                (1, 1, 0),
+                0,
+                1,
+                false,
+            ),
+        ];
+        for (what, counts, (parallel, surge, unavailable), stop_old, place_new, in_place) in table {
+            let got = step(counts, &strategy(parallel, surge, unavailable), Mode::Rolling);
+            assert_eq!(got, Step { stop_old, place_new, in_place_if_stuck: in_place }, "{what}");
+            let live_after = counts.old - got.stop_old + counts.new + got.place_new;
+            assert!(
+                live_after <= counts.desired + surge as usize || got.place_new == 0,
+                "{what}: surge kept"
+            );
+        }
+    }
+
+    #[test]
+    fn canary_frozen_and_settled_steps() {
+        let update = strategy(1, 1, 0);
+        let counts = Counts { desired: 3, old: 3, old_serving: 3, new: 0, ..Counts::default() };
+        assert_eq!(step(counts, &update, Mode::Canary { canary: 1 }).place_new, 1);
+        assert_eq!(step(Counts { new: 1, ..counts }, &update, Mode::Canary { canary: 1 }).place_new, 0);
+        assert_eq!(step(counts, &update, Mode::Frozen), Step::default(), "frozen: nothing moves");
+        let lost_one = Counts { old: 2, old_serving: 2, new: 0, ..counts };
+        assert_eq!(step(lost_one, &update, Mode::Frozen).place_new, 1, "frozen still restores the count");
+        let settled = Counts { desired: 5, new: 2, ..Counts::default() };
+        assert_eq!(step(settled, &update, Mode::Settled).place_new, 3, "a first version is placed at once");
+    }
+}
