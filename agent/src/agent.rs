@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// How long a container labelled with this node may stay unowned by
     /// any allocation before the agent removes it.
     pub orphan_grace: Duration,
+    /// The Docker network replicas join; the default bridge if none.
+    pub docker_network: Option<String>,
     /// Stop everything this agent runs when it shuts down (`flotilla dev`);
     /// a real agent leaves its containers running, to adopt them on restart.
     pub stop_on_exit: bool,
@@ -75,7 +77,7 @@ async fn build_runtimes(
     let kinds = wanted.unwrap_or_else(|| vec![RuntimeKind::Docker, RuntimeKind::Process]);
     for kind in kinds {
         match kind {
-            RuntimeKind::Docker => match DockerRuntime::connect().await {
+            RuntimeKind::Docker => match DockerRuntime::connect_on(config.docker_network.clone()).await {
                 Ok(docker) => {
                     if let Err(error) = docker.ensure_busybox_image().await {
                         tracing::warn!(%error, "the examples' base image is not available");

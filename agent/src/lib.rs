@@ -3,6 +3,7 @@
 //! what happens.
 
 pub mod agent;
+pub mod health;
 pub mod host;
 pub mod logs_api;
 pub mod restart;

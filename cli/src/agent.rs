@@ -68,6 +68,11 @@ pub struct AgentArgs {
     /// allocation may stay before the agent removes it.
     #[arg(long, default_value_t = 60_000)]
     orphan_grace_ms: u64,
+    /// The Docker network replicas join; the engine's default bridge if absent.
+    /// An agent that runs in a container names its own network, so that its
+    /// health checks reach the replicas.
+    #[arg(long, env = "FLOTILLA_DOCKER_NETWORK")]
+    docker_network: Option<String>,
 }
 
 fn host_name() -> String {
@@ -120,6 +125,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             ..RestartConfig::default()
         },
         orphan_grace: Duration::from_millis(args.orphan_grace_ms),
+        docker_network: args.docker_network,
         stop_on_exit: false,
     })
 }

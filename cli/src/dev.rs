@@ -68,6 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         sample_every: Duration::from_secs(1),
         restart: RestartConfig::default(),
         orphan_grace: std::time::Duration::from_secs(60),
+        docker_network: None,
         stop_on_exit: true,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));

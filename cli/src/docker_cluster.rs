@@ -110,6 +110,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         command.push(IMAGE.into());
         command.extend(agent_command(&server_addresses, Path::new("/data"), &node));
         command.extend(["--driver".into(), "docker".into(), "--listen".into(), format!("{container}:7100")]);
+        command.extend(["--docker-network".into(), network.clone()]);
         command.extend([
             "--cpu".to_owned(),
             args.agent_cpu.clone(),

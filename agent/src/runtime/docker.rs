@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig, PortBinding as DockerPortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
@@ -31,6 +32,9 @@ const STOP_GRACE_SECONDS: i32 = 5;
 
 pub struct DockerRuntime {
     docker: Docker,
+    /// The Docker network replicas join (a `cluster up --docker` cluster's
+    /// own, so that agents in containers reach them); the default bridge if none.
+    network: Option<String>,
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -60,13 +64,18 @@ fn container_name(node: &str, allocation: u64) -> String {
 impl DockerRuntime {
     /// Connects to the local engine at the API version it speaks.
     pub async fn connect() -> Result<Self, RuntimeError> {
+        Self::connect_on(None).await
+    }
+
+    /// Connects, with replicas joining `network`.
+    pub async fn connect_on(network: Option<String>) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(docker_error)?;
         let docker = tokio::time::timeout(Duration::from_secs(3), docker.negotiate_version())
             .await
             .map_err(|_| RuntimeError::Docker("the engine did not answer within 3 s".into()))?
             .map_err(docker_error)?;
         docker.ping().await.map_err(docker_error)?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, network })
     }
 
     /// The engine client, for callers that manage images and networks.
@@ -115,6 +124,7 @@ impl DockerRuntime {
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                network_mode: self.network.clone(),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -151,6 +161,71 @@ impl DockerRuntime {
         self.remove(handle).await
     }
 
+    /// Stops the container and keeps it, for a restart to start again.
+    pub async fn terminate(&self, handle: &str) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
+        match self.docker.stop_container(handle, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    /// `docker exec`: the command's exit code and its output.
+    pub async fn exec(
+        &self,
+        handle: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<(i64, String), RuntimeError> {
+        let run = async {
+            let options = CreateExecOptions {
+                cmd: Some(command.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..CreateExecOptions::default()
+            };
+            let exec = self.docker.create_exec(handle, options).await.map_err(docker_error)?;
+            let mut text = String::new();
+            if let StartExecResults::Attached { mut output, .. } =
+                self.docker.start_exec(&exec.id, None).await.map_err(docker_error)?
+            {
+                while let Some(Ok(chunk)) = output.next().await {
+                    if text.len() < 4096 {
+                        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                    }
+                }
+            }
+            let inspected = self.docker.inspect_exec(&exec.id).await.map_err(docker_error)?;
+            Ok((inspected.exit_code.unwrap_or(-1), text))
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| RuntimeError::Docker(format!("exec did not finish within {timeout:?}")))?
+    }
+
+    /// The status of the image's own HEALTHCHECK, with its last output.
+    pub async fn image_health(&self, handle: &str) -> Option<(flotilla_api::Health, String)> {
+        let details = self.docker.inspect_container(handle, None).await.ok()?;
+        let health = details.state?.health?;
+        let status = match health.status? {
+            HealthStatusEnum::HEALTHY => flotilla_api::Health::Healthy,
+            HealthStatusEnum::UNHEALTHY => flotilla_api::Health::Unhealthy,
+            HealthStatusEnum::STARTING => flotilla_api::Health::Unknown,
+            _ => return None,
+        };
+        let output = health
+            .log
+            .and_then(|log| log.last().cloned())
+            .map(|last| {
+                let text = last.output.unwrap_or_default();
+                format!("exit {}: {}", last.exit_code.unwrap_or(-1), text.trim())
+            })
+            .unwrap_or_default();
+        Some((status, output))
+    }
+
     async fn remove(&self, handle: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(handle, Some(options)).await {
@@ -172,8 +247,21 @@ impl DockerRuntime {
         };
         let state = details.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
+        let healthcheck = state
+            .health
+            .as_ref()
+            .and_then(|h| h.status)
+            .is_some_and(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE));
+        let settings = details.network_settings.unwrap_or_default();
+        let network = self.network.as_deref().unwrap_or("bridge");
+        let address = settings
+            .networks
+            .as_ref()
+            .and_then(|n| n.get(network).or_else(|| n.values().next()))
+            .and_then(|endpoint| endpoint.ip_address.as_deref())
+            .and_then(|ip| ip.parse().ok());
         let mut ports = Vec::new();
-        if let Some(map) = details.network_settings.and_then(|n| n.ports) {
+        if let Some(map) = settings.ports {
             for (key, bindings) in map {
                 let Some((port, protocol)) = key.split_once('/') else { continue };
                 let Ok(container) = port.parse() else { continue };
@@ -194,6 +282,8 @@ impl DockerRuntime {
             exit_code: (!running).then_some(state.exit_code).flatten(),
             oom_killed: state.oom_killed.unwrap_or(false),
             ports,
+            address,
+            healthcheck,
         }))
     }
 

@@ -34,6 +34,11 @@ pub struct Observed {
     pub oom_killed: bool,
     /// Published ports, with the host ports actually bound.
     pub ports: Vec<PortBinding>,
+    /// Where a client on this node reaches it: the container's address on
+    /// its network, or loopback for a process.
+    pub address: Option<std::net::IpAddr>,
+    /// Whether its image has a HEALTHCHECK of its own.
+    pub healthcheck: bool,
 }
 
 /// Resource use of one allocation, for autoscaling.
@@ -98,6 +103,43 @@ impl Runtime {
                 r.stop(handle);
                 Ok(())
             }
+        }
+    }
+
+    /// Stops it but keeps it, so a restart starts the same container again
+    /// (a liveness check failed).
+    pub async fn terminate(&self, handle: &str) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.terminate(handle).await,
+            Runtime::Process(r) => r.stop(handle).await,
+            Runtime::Sim(r) => {
+                r.stop(handle);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `command` inside the container (or beside the process, with the
+    /// spec's environment): its exit code and output.
+    pub async fn exec(
+        &self,
+        handle: &str,
+        command: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> Result<(i64, String), RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.exec(handle, command, timeout).await,
+            Runtime::Process(_) => process::exec(command, env, timeout).await,
+            Runtime::Sim(_) => Ok((0, String::new())),
+        }
+    }
+
+    /// What the image's own HEALTHCHECK says, if it has one.
+    pub async fn image_health(&self, handle: &str) -> Option<(flotilla_api::Health, String)> {
+        match self {
+            Runtime::Docker(r) => r.image_health(handle).await,
+            _ => None,
         }
     }
 

@@ -22,6 +22,36 @@ use tokio::sync::mpsc;
 
 use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
 
+/// Processes share the node's network: clients on the node reach them here.
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Runs an exec check's command beside the processes, with the spec's
+/// environment; killed when it outlasts `timeout`.
+pub async fn exec(
+    command: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(i64, String), RuntimeError> {
+    let (program, args) =
+        command.split_first().ok_or_else(|| RuntimeError::Process("the check has no command".into()))?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| process_error(&format!("cannot run `{program}`"), e))?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| RuntimeError::Process(format!("`{program}` did not finish within {timeout:?}")))?
+        .map_err(|e| process_error(&format!("`{program}`"), e))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.code().map_or(-1, i64::from), text))
+}
+
 /// What the runtime knows of one process.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -125,6 +155,8 @@ impl ProcessRuntime {
             exit_code: None,
             oom_killed: false,
             ports: launch.allocation.ports.clone(),
+            address: Some(LOOPBACK),
+            healthcheck: false,
         }))
     }
 
@@ -138,6 +170,8 @@ impl ProcessRuntime {
             exit_code: t.exit_code,
             oom_killed: false,
             ports: Vec::new(),
+            address: Some(LOOPBACK),
+            healthcheck: false,
         })
     }
 

@@ -21,6 +21,8 @@ impl SimRuntime {
             exit_code: None,
             oom_killed: false,
             ports: launch.allocation.ports.clone(),
+            address: None,
+            healthcheck: false,
         };
         self.running
             .lock()

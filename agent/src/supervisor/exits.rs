@@ -46,6 +46,12 @@ impl Supervisor {
         let ran_for = local.started_at.elapsed();
         let now = Instant::now();
         let decision = local.tracker.on_exit(local.spec.restart, exit_code, ran_for, now, &restart);
+        local.forget_health();
+        let message = match local.kill_reason.take() {
+            Some(reason) if message.is_empty() => format!("stopped: {reason}"),
+            Some(reason) => format!("stopped: {reason}; {message}"),
+            None => message,
+        };
         if exit_code.is_some() || oom_killed {
             local.last_exit = exit_code;
             local.oom_killed = oom_killed;

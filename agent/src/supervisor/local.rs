@@ -3,8 +3,9 @@
 use std::time::Instant;
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{Allocation, AllocationState, AllocationUpdate, WorkloadSpec};
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Health, WorkloadSpec};
 
+use crate::health::HealthWatch;
 use crate::restart::RestartTracker;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,6 +38,25 @@ pub(super) struct Local {
     /// An exit event arrived while it was still starting (a command that
     /// exits at once can beat the start call's answer); checked once started.
     pub(super) exit_seen_while_starting: bool,
+    /// Counts starts, so that a check's verdict on an earlier start is ignored.
+    pub(super) generation: u64,
+    /// The checks of the current start, while it runs; dropping it stops them.
+    pub(super) watch: Option<HealthWatch>,
+    pub(super) health: Health,
+    pub(super) health_output: String,
+    /// A liveness check failed and the replica is being stopped to restart:
+    /// why, for the restart's message.
+    pub(super) kill_reason: Option<String>,
+}
+
+impl Local {
+    /// A new start: nothing is known of its health yet.
+    pub(super) fn forget_health(&mut self) {
+        self.generation += 1;
+        self.watch = None;
+        self.health = Health::Unknown;
+        self.health_output.clear();
+    }
 }
 
 pub(super) fn update(local: &Local, state: AllocationState, message: String) -> AllocationUpdate {
@@ -50,5 +70,7 @@ pub(super) fn update(local: &Local, state: AllocationState, message: String) -> 
         ports: local.allocation.ports.clone(),
         next_restart_at_ms: None,
         runtime_id: local.handle.clone(),
+        health: local.health,
+        health_output: local.health_output.clone(),
     }
 }

@@ -9,6 +9,7 @@
 //! so one slow container never holds up the others.
 
 mod exits;
+mod health;
 mod local;
 mod orphans;
 mod starts;
@@ -50,6 +51,8 @@ pub enum Message {
     StopNow(Vec<u64>),
     /// What the runtimes hold for this node, for the orphan collector.
     Inventory(Vec<(Driver, Observed)>),
+    /// A check's verdict on a replica changed.
+    Health(crate::health::CheckChange),
 }
 
 pub struct Supervisor {
@@ -78,6 +81,8 @@ pub struct Supervisor {
     node_events: Vec<String>,
     /// Shared with the heartbeat, refreshed every tick.
     holding: Holding,
+    /// For HTTP checks: one connection pool for every replica's checks.
+    check_http: reqwest::Client,
 }
 
 /// How the supervisor is set up, beyond its runtimes.
@@ -105,6 +110,7 @@ impl Supervisor {
             orphans: orphans::OrphanWatch::default(),
             node_events: Vec::new(),
             holding,
+            check_http: crate::health::check_client(),
             local: BTreeMap::new(),
             found: HashMap::new(),
             stopping_found: BTreeSet::new(),
@@ -155,6 +161,7 @@ impl Supervisor {
                 }
             }
             Message::Inventory(inventory) => self.collect_orphans(inventory, Instant::now()),
+            Message::Health(change) => self.on_health(change),
         }
     }
 
@@ -212,6 +219,11 @@ impl Supervisor {
                 last_exit: allocation.exit_code,
                 oom_killed: allocation.oom_killed,
                 exit_seen_while_starting: false,
+                generation: 0,
+                watch: None,
+                health: flotilla_api::Health::Unknown,
+                health_output: String::new(),
+                kill_reason: None,
             };
             match self.found.remove(&id) {
                 Some((_, observed)) if observed.running => {
@@ -220,11 +232,14 @@ impl Supervisor {
                     local.phase = Phase::Running;
                     local.allocation.ports = observed.ports.clone();
                     self.handles_insert(id, driver, &observed.handle);
+                    self.local.insert(id, local);
+                    self.watch_health(id, &observed);
                     // Said even when the servers think it runs: they learn
                     // which container this agent adopted.
-                    let report = update(&local, AllocationState::Running, String::new());
-                    self.reports.insert(id, report);
-                    self.local.insert(id, local);
+                    if let Some(local) = self.local.get(&id) {
+                        let report = update(local, AllocationState::Running, String::new());
+                        self.reports.insert(id, report);
+                    }
                 }
                 Some((_, observed)) => {
                     local.handle = Some(observed.handle);

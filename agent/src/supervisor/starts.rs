@@ -16,6 +16,7 @@ impl Supervisor {
         let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
         local.phase = Phase::Starting;
         local.exit_seen_while_starting = false;
+        local.forget_health();
         let report = update(local, AllocationState::Starting, String::new());
         self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
@@ -58,6 +59,7 @@ impl Supervisor {
                 self.handles_insert(id, driver, &observed.handle);
                 if observed.running {
                     let mut exited_meanwhile = false;
+                    self.watch_health(id, &observed);
                     if let Some(local) = self.local.get_mut(&id) {
                         local.phase = Phase::Running;
                         exited_meanwhile = std::mem::take(&mut local.exit_seen_while_starting);

@@ -31,6 +31,7 @@ impl Supervisor {
             _ => {}
         }
         local.phase = Phase::Stopping;
+        local.watch = None;
         let (driver, handle) = (local.driver, local.handle.clone());
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         match handle {
