@@ -223,6 +223,26 @@ impl Client {
             .await
     }
 
+    /// The workload's deployments (its version history), newest first.
+    pub async fn deployments(&self, name: &str) -> Result<Vec<crate::Deployment>, ClientError> {
+        self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}/deployments"), None).await
+    }
+
+    /// `rollout promote|pause|resume`: the deployment as it stands after.
+    pub async fn rollout(
+        &self,
+        name: &str,
+        action: crate::RolloutAction,
+    ) -> Result<crate::Deployment, ClientError> {
+        self.write::<(), _>(Method::POST, &format!("/v1/workloads/{name}/rollout/{action}"), None).await
+    }
+
+    /// `rollout undo`: deploys an earlier version's spec as a new version.
+    pub async fn undo(&self, name: &str, to_version: Option<u64>) -> Result<Workload, ClientError> {
+        let body = crate::UndoRequest { to_version };
+        self.write(Method::POST, &format!("/v1/workloads/{name}/rollout/undo"), Some(&body)).await
+    }
+
     pub async fn delete(&self, name: &str) -> Result<Workload, ClientError> {
         self.write::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
     }

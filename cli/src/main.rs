@@ -7,6 +7,7 @@ mod events;
 mod logs;
 mod nodes;
 mod output;
+mod rollout;
 mod server;
 mod workloads;
 
@@ -52,6 +53,9 @@ enum Command {
     Scale(workloads::ScaleArgs),
     /// Delete a workload.
     Delete(workloads::DeleteArgs),
+    /// Follow and steer rollouts: status, history, undo, promote, pause, resume.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// List allocations: which replica runs where, and how.
     Ps(nodes::PsArgs),
     /// List nodes with their capacity and what is allocated.
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             Command::List(args) => workloads::list(&client, args).await,
             Command::Scale(args) => workloads::scale(&client, args).await,
             Command::Delete(args) => workloads::delete(&client, args).await,
+            Command::Rollout(command) => rollout::run(&client, command).await,
             Command::Ps(args) => nodes::ps(&client, args).await,
             Command::Nodes(args) => nodes::nodes(&client, args).await,
             Command::Node(command) => nodes::node(&client, command).await,

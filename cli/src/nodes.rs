@@ -108,8 +108,8 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
         return print_json(&allocations);
     }
     let mut t = table(&[
-        "ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "RESTARTS", "EXIT", "PORTS", "AGE",
-        "MESSAGE",
+        "ID", "WORKLOAD", "REPLICA", "VERSION", "NODE", "STATE", "HEALTH", "RESTARTS", "EXIT", "PORTS",
+        "AGE", "MESSAGE",
     ]);
     for a in &allocations {
         let exit = match (a.exit_code, a.oom_killed) {
@@ -132,6 +132,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
             a.version.to_string(),
             a.node.clone(),
             allocation_state(a),
+            health_text(a),
             a.restarts.to_string(),
             exit,
             ports,
@@ -141,6 +142,15 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
     }
     println!("{t}");
     Ok(())
+}
+
+/// The health, with what the check that last changed it said.
+fn health_text(a: &flotilla_api::Allocation) -> String {
+    if a.health_output.is_empty() || !a.state.is_live() {
+        a.health.to_string()
+    } else {
+        format!("{} ({})", a.health, a.health_output)
+    }
 }
 
 /// The state as `ps` shows it: a stop under way, and when a restart is due.

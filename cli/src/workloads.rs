@@ -16,12 +16,12 @@ pub struct DeployArgs {
     /// Only deploy if the stored workload is at this version (0: must be new).
     #[arg(long)]
     version: Option<u64>,
-    /// Wait, showing progress, until every replica of the new version runs;
-    /// exit non-zero if the rollout fails or times out.
+    /// Follow the rollout, a line per change, until it ends; exit 0 only if
+    /// it succeeded, 1 if it failed, was reverted or timed out.
     #[arg(long)]
     wait: bool,
     /// Seconds to wait with --wait.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 900)]
     timeout: u64,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
@@ -100,56 +100,68 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         print_json(&results)?;
     }
     if args.wait {
-        let names: Vec<String> = results.iter().map(|r| r.workload.spec.name.to_string()).collect();
-        wait_for_rollout(client, &names, std::time::Duration::from_secs(args.timeout)).await?;
+        let deployed: Vec<(String, u64)> =
+            results.iter().map(|r| (r.workload.spec.name.to_string(), r.workload.version)).collect();
+        wait_for_rollout(client, &deployed, std::time::Duration::from_secs(args.timeout)).await?;
     }
     Ok(())
 }
 
-/// Shows replicas running/pending until every workload has all its replicas
-/// of its current version running; fails on failed replicas or timeout.
+/// Follows each workload's rollout of the version just deployed, printing
+/// a line whenever it changes; succeeds only when every rollout did, and
+/// fails (with the reason) when one failed, was reverted or superseded, or
+/// did not end within `timeout`.
 async fn wait_for_rollout(
     client: &Client,
-    names: &[String],
+    deployed: &[(String, u64)],
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     use std::io::{IsTerminal as _, Write as _};
     let terminal = std::io::stderr().is_terminal();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    let end_line = || {
+        if terminal {
+            eprintln!();
+        }
+    };
     loop {
         let mut lines = Vec::new();
         let mut settled = true;
-        for name in names {
+        for (name, version) in deployed {
             let workload = client.get(name).await?;
+            let deployments = client.deployments(name).await?;
+            let Some(deployment) = deployments.iter().find(|d| d.to_version == *version) else {
+                bail!("the rollout of {name} version {version} is no longer in its history");
+            };
             let s = &workload.status;
-            let pending = s.placed.saturating_sub(s.running);
-            let mut line = format!(
-                "{name}: {}/{} running, {pending} pending, {} unplaced, {} outdated",
-                s.running, workload.spec.replicas, s.unplaced, s.outdated
-            );
+            let mut line = crate::rollout::describe(deployment, workload.spec.replicas);
+            if s.outdated > 0 {
+                line.push_str(&format!(", {} old", s.outdated));
+            }
             if let Some(reason) = &s.unplaced_reason {
-                line.push_str(&format!(" ({reason})"));
+                line.push_str(&format!(" ({} unplaced: {reason})", s.unplaced));
             }
-            if s.restarting > 0 {
-                line.push_str(&format!(", {} restarting", s.restarting));
-            }
-            if let Some(reason) = &s.rollout_failure {
-                if terminal {
-                    eprintln!();
+            match crate::rollout::outcome(deployment) {
+                Some(Ok(())) => {}
+                Some(Err(reason)) => {
+                    end_line();
+                    eprintln!("{line}");
+                    let what = match deployment.status {
+                        flotilla_api::DeploymentStatus::Reverted => "failed and was reverted",
+                        flotilla_api::DeploymentStatus::Cancelled => "was superseded",
+                        _ => "failed",
+                    };
+                    let kept =
+                        if s.outdated > 0 && deployment.status == flotilla_api::DeploymentStatus::Failed {
+                            format!("; {} replicas of the previous version keep running", s.outdated)
+                        } else {
+                            String::new()
+                        };
+                    bail!("rollout of {name} version {version} {what}: {reason}{kept}");
                 }
-                eprintln!("{line}");
-                let kept = if s.outdated > 0 {
-                    format!("; {} replicas of the previous version keep running", s.outdated)
-                } else {
-                    String::new()
-                };
-                bail!("rollout of {name} version {} failed: {reason}{kept}", workload.version);
+                None => settled = false,
             }
-            settled &= s.running == workload.spec.replicas
-                && s.outdated == 0
-                && s.unplaced == 0
-                && s.placed == workload.spec.replicas;
             lines.push(line);
         }
         let text = lines.join("; ");
@@ -163,17 +175,13 @@ async fn wait_for_rollout(
             last = text;
         }
         if settled {
-            if terminal {
-                eprintln!();
-            }
+            end_line();
             eprintln!("rollout complete");
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            if terminal {
-                eprintln!();
-            }
-            bail!("the rollout did not settle within {}s: {last}", timeout.as_secs());
+            end_line();
+            bail!("the rollout did not end within {}s: {last}", timeout.as_secs());
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

@@ -35,9 +35,11 @@ impl From<RaftError> for ApiError {
     fn from(error: RaftError) -> Self {
         let message = error.to_string();
         match error {
-            RaftError::Rejected(Rejection::WorkloadNotFound(_) | Rejection::NodeNotFound(_)) => {
-                ApiError::NotFound(message)
-            }
+            RaftError::Rejected(
+                Rejection::WorkloadNotFound(_)
+                | Rejection::NodeNotFound(_)
+                | Rejection::VersionNotInHistory { .. },
+            ) => ApiError::NotFound(message),
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
             RaftError::NoLeader => ApiError::Unavailable { code: "no_leader", message },
             RaftError::LeaderChanged => ApiError::Unavailable { code: "leader_changed", message },

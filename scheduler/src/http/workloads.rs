@@ -4,7 +4,9 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
-use flotilla_api::{DeployResult, ScaleRequest, Utilisation, Workload, WorkloadName};
+use flotilla_api::{
+    DeployResult, Deployment, RolloutAction, ScaleRequest, UndoRequest, Utilisation, Workload, WorkloadName,
+};
 use serde::Deserialize;
 
 use super::body::{read_json, read_spec};
@@ -98,6 +100,61 @@ pub async fn delete(
     let once = idempotency(&headers, &("delete", &name))?;
     let output = app.raft.propose_once(Command::DeleteWorkload { name }, once).await?;
     Ok(Json(expect_workload(output)?))
+}
+
+/// The workload's deployments, newest first: its version history.
+pub async fn deployments(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Vec<Deployment>>, ApiError> {
+    let name = workload_name(&name)?;
+    read_barrier(&app, query.stale).await?;
+    let state = app.raft.state();
+    if !state.has_workload(&name) {
+        return Err(ApiError::NotFound(format!("workload `{name}` does not exist")));
+    }
+    Ok(Json(state.deployments_of(&name)))
+}
+
+/// `rollout promote|pause|resume`.
+pub async fn rollout(
+    State(app): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Deployment>, ApiError> {
+    let name = workload_name(&name)?;
+    let action = match action.as_str() {
+        "promote" => RolloutAction::Promote,
+        "pause" => RolloutAction::Pause,
+        "resume" => RolloutAction::Resume,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no rollout action `{other}` (promote, pause, resume or undo)"
+            )));
+        }
+    };
+    let once = idempotency(&headers, &("rollout", &name, action))?;
+    let command = Command::Rollout { name, action, now_ms: flotilla_api::now_ms() };
+    match app.raft.propose_once(command, once).await? {
+        CommandOutput::Deployment(deployment) => Ok(Json(*deployment)),
+        other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
+    }
+}
+
+/// `rollout undo [--to VERSION]`.
+pub async fn undo(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Workload>, ApiError> {
+    let name = workload_name(&name)?;
+    let request: UndoRequest = read_json(&headers, body).await?;
+    let once = idempotency(&headers, &("undo", &name, request.to_version))?;
+    let command =
+        Command::UndoRollout { name, to_version: request.to_version, now_ms: flotilla_api::now_ms() };
+    Ok(Json(expect_workload(app.raft.propose_once(command, once).await?)?))
 }
 
 /// CPU and memory use of a workload's running replicas against their
