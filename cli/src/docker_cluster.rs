@@ -138,6 +138,8 @@ pub fn down(record: &ClusterRecord) -> anyhow::Result<()> {
         args.extend(ids);
         docker(&args)?;
     }
+    // Replicas joined the cluster's network: they go before it can.
+    crate::local_cluster::remove_workload_containers(&record.nodes);
     let networks = docker(&["network", "ls", "-q", "--filter", &format!("label={label}")])?;
     for network in networks.lines() {
         docker(&["network", "rm", network])?;

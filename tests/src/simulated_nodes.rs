@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{AllocationState, AllocationUpdate, Client, CpuMillis, MemoryBytes, NodeRegistration};
+use flotilla_api::{
+    AllocationState, AllocationUpdate, Client, CpuMillis, Health, MemoryBytes, NodeRegistration,
+};
 
 /// Registers `count` nodes named `{prefix}-{i}` with the given capacity and labels.
 pub async fn register_nodes(
@@ -41,7 +43,13 @@ pub async fn act_as_agents(client: &Client) -> u32 {
         let update = if allocation.stopping && allocation.state.is_live() {
             AllocationUpdate::stopped(allocation.id)
         } else if allocation.state == AllocationState::Pending {
-            AllocationUpdate::running(allocation.id)
+            // As a real agent says of a replica without checks.
+            let health_output = "running; no checks".to_owned();
+            AllocationUpdate {
+                health: Health::Healthy,
+                health_output,
+                ..AllocationUpdate::running(allocation.id)
+            }
         } else {
             continue;
         };

@@ -125,7 +125,7 @@ async fn replicas_slow_to_start_do_not_feed_the_next_scale_up() {
     let steps: Vec<&str> = events
         .events
         .iter()
-        .filter(|e| e.workload.as_deref() == Some("slow"))
+        .filter(|e| e.workload.as_deref() == Some("slow") && e.message.starts_with("autoscaled"))
         .map(|e| e.message.as_str())
         .collect();
     assert!(steps.first().is_some_and(|s| s.ends_with(": 1 → 2")), "{steps:?}");

@@ -75,12 +75,13 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
     let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
     register_nodes(&client, "node", 4, 2000, 2 * GI, &[]).await;
-    deploy(&client, "name: web\nimage: app:v1\nreplicas: 3\n").await;
+    let update = "update: {min_healthy_time: 200ms}\n";
+    deploy(&client, &format!("name: web\nimage: app:v1\nreplicas: 3\n{update}")).await;
     wait_for_status(&client, "web", "3 placed", |w| w.status.placed == 3).await;
     act_as_agents(&client).await;
     wait_for_status(&client, "web", "3 running", |w| w.status.running == 3).await;
 
-    deploy(&client, "name: web\nimage: app:v2\nreplicas: 3\n").await;
+    deploy(&client, &format!("name: web\nimage: app:v2\nreplicas: 3\n{update}")).await;
     let most_live = std::sync::atomic::AtomicUsize::new(0);
     wait_until(Duration::from_secs(30), "the rollout to finish", || async {
         let allocations = client.allocations(Some("web"), None).await.ok()?;

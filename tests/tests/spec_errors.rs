@@ -118,7 +118,7 @@ fn cases() -> Vec<Case> {
             "unknown check kind",
             &format!("{base}checks:\n  - name: web\n    grpc: {{port: 80}}\n"),
             "unknown field `grpc`",
-            Some("checks[0]"),
+            Some("checks[0].grpc"),
         ),
         case(
             "check with two kinds",

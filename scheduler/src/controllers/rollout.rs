@@ -226,7 +226,163 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
 
 #[cfg(test)]
 mod tests {
+    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
+
     use super::*;
+    use crate::state::{Command, Placement, Plan};
+
+    /// A workload at version 1 (successful, two healthy replicas since t=0)
+    /// then version 2 deployed at t=1000 with `update`, whose two replicas
+    /// were placed at t=1000 and report `health` (with `output`) at t=2000.
+    fn rollout_state(update: &str, health: Option<Health>, output: &str) -> ClusterState {
+        let mut state = ClusterState::default();
+        let registration = NodeRegistration {
+            name: "a".into(),
+            address: String::new(),
+            cpu: CpuMillis(8000),
+            memory: MemoryBytes(8 << 30),
+            labels: Default::default(),
+            drivers: [flotilla_api::spec::Driver::Docker].into(),
+        };
+        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        let deploy = |state: &mut ClusterState, index: u64, image: &str| {
+            let yaml = format!("name: web\nimage: {image}\nreplicas: 2\nupdate: {update}\n");
+            let spec = parse_yaml(&yaml).expect("spec");
+            state
+                .apply(index, Command::PutWorkload { spec, expected_version: None, now_ms: index })
+                .expect("deploy");
+        };
+        let place = |state: &mut ClusterState, index: u64, version: u64| {
+            let placements = (0..2)
+                .map(|replica| Placement {
+                    workload: WorkloadName::parse("web").expect("name"),
+                    replica,
+                    node: "a".into(),
+                    version,
+                    cpu: 100,
+                    memory: 64 << 20,
+                    ports: Vec::new(),
+                })
+                .collect();
+            state
+                .apply(
+                    index,
+                    Command::ApplyPlan { plan: Plan { placements, now_ms: index, ..Plan::default() } },
+                )
+                .expect("plan");
+        };
+        let report = |state: &mut ClusterState, ids: [u64; 2], health: Health, output: &str, at: u64| {
+            let updates = ids
+                .map(|id| AllocationUpdate {
+                    health,
+                    health_output: output.into(),
+                    ..AllocationUpdate::running(id)
+                })
+                .to_vec();
+            state
+                .apply(at, Command::UpdateAllocations { node: "a".into(), updates, now_ms: at })
+                .expect("report");
+        };
+        deploy(&mut state, 0, "v1");
+        place(&mut state, 2, 1);
+        report(&mut state, [1, 2], Health::Healthy, "", 0);
+        let id = state.active_deployment(&WorkloadName::parse("web").expect("name")).map_or(0, |d| d.id);
+        let name = WorkloadName::parse("web").expect("name");
+        let status = DeploymentStatus::Successful;
+        state
+            .apply(3, Command::SetDeploymentStatus { name, deployment: id, status, reason: None, now_ms: 3 })
+            .expect("v1");
+        deploy(&mut state, 1000, "v2");
+        place(&mut state, 1000, 2);
+        if let Some(health) = health {
+            report(&mut state, [3, 4], health, output, 2000);
+        }
+        state
+    }
+
+    #[test]
+    fn verdicts_follow_health_min_healthy_time_and_the_deadlines() {
+        let strategy = "{min_healthy_time: 1s, healthy_deadline: 5s, progress_deadline: 20s, max_surge: 2}";
+        let canary = "{min_healthy_time: 1s, canary: 1, max_surge: 2}";
+        let failed = |reason: &'static str| Some((DeploymentStatus::Failed, Some(reason)));
+        // (what, update, new replicas' health, output, now, verdict and a word of its reason, next look)
+        let table = [
+            (
+                "healthy, not yet for min_healthy_time",
+                strategy,
+                Some(Health::Healthy),
+                "",
+                2500,
+                None,
+                Some(3000),
+            ),
+            (
+                "healthy long enough, old ones still there",
+                strategy,
+                Some(Health::Healthy),
+                "",
+                3000,
+                None,
+                Some(23_000),
+            ),
+            ("unknown before the healthy deadline", strategy, None, "", 5999, None, Some(6000)),
+            (
+                "unhealthy at the healthy deadline",
+                strategy,
+                Some(Health::Unhealthy),
+                "failed check web: GET /healthz -> 500",
+                6000,
+                failed("2 of 2 new replicas failed check web: GET /healthz -> 500"),
+                None,
+            ),
+            (
+                "never answered by the deadline",
+                strategy,
+                None,
+                "",
+                6000,
+                failed("were not healthy within 5s"),
+                None,
+            ),
+            (
+                "canaries healthy: wait for promotion",
+                canary,
+                Some(Health::Healthy),
+                "",
+                3000,
+                Some((DeploymentStatus::WaitingForPromotion, None)),
+                None,
+            ),
+        ];
+        for (what, update, health, output, now, want, next) in table {
+            let state = rollout_state(update, health, output);
+            let (verdicts, due) = judge(&state, now);
+            match (verdicts.first(), want) {
+                (None, None) => {}
+                (Some(got), Some((status, None))) => {
+                    assert_eq!((got.status, &got.reason), (status, &None), "{what}");
+                }
+                (Some(got), Some((status, Some(reason)))) => {
+                    assert_eq!(got.status, status, "{what}");
+                    let said = got.reason.clone().unwrap_or_default();
+                    assert!(said.contains(reason), "{what}: {said:?} lacks {reason:?}");
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+            if want.is_none() {
+                assert_eq!(due, next, "{what}: when to look again");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rollout_succeeds_once_every_new_replica_counts_and_no_old_one_is_left() {
+        let mut state = rollout_state("{min_healthy_time: 1s, max_surge: 2}", Some(Health::Healthy), "");
+        let stops = Plan { stops: vec![1, 2], now_ms: 3000, ..Plan::default() };
+        state.apply(3001, Command::ApplyPlan { plan: stops }).expect("stop the old ones");
+        let (verdicts, _) = judge(&state, 3000);
+        assert_eq!(verdicts.first().map(|v| v.status), Some(DeploymentStatus::Successful));
+    }
 
     fn strategy(parallel: u32, surge: u32, unavailable: u32) -> UpdateStrategy {
         UpdateStrategy {

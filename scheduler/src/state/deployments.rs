@@ -4,6 +4,7 @@
 
 use flotilla_api::{
     AllocationState, Deployment, DeploymentStatus, Event, Health, RolloutAction, Workload, WorkloadName,
+    WorkloadSpec,
 };
 
 use super::cluster_state::ClusterState;
@@ -54,6 +55,49 @@ impl ClusterState {
         let from = from_version.map_or_else(String::new, |v| format!(" from version {v}"));
         let message = format!("rollout {id} of version {}{from} started ({cause})", workload.version);
         self.record(Event { index, at_ms: now_ms, workload: Some(name.to_string()), node: None, message });
+        let kept = self.keep_unchanged_replicas(index, workload);
+        if kept > 0 {
+            let message = format!("rollout {id}: {kept} replicas already run this spec and are kept");
+            self.record(Event {
+                index,
+                at_ms: now_ms,
+                workload: Some(name.to_string()),
+                node: None,
+                message,
+            });
+        }
+    }
+
+    /// Replicas of an earlier version whose spec is the new version's
+    /// (apart from the replica count) become replicas of the new version
+    /// as they stand, healthy ones included: going back to a version that
+    /// still runs (an automatic revert, `rollout undo`, a deploy of the old
+    /// file) replaces nothing, as Kubernetes scales the old ReplicaSet up
+    /// again and Nomad updates in place.
+    fn keep_unchanged_replicas(&mut self, index: u64, workload: &Workload) -> usize {
+        let name = &workload.spec.name;
+        let Some(history) = self.deployments.get(name) else { return 0 };
+        let same_spec: std::collections::BTreeSet<u64> = history
+            .iter()
+            .filter(|d| d.to_version != workload.version)
+            .filter(|d| WorkloadSpec { replicas: workload.spec.replicas, ..d.spec.clone() } == workload.spec)
+            .map(|d| d.to_version)
+            .collect();
+        if same_spec.is_empty() {
+            return 0;
+        }
+        let ids: Vec<u64> = self
+            .workload_allocations(name)
+            .filter(|a| a.state.is_live() && same_spec.contains(&a.version))
+            .map(|a| a.id)
+            .collect();
+        for id in &ids {
+            if let Some(allocation) = self.allocations.get_mut(id) {
+                allocation.version = workload.version;
+                allocation.modified_index = index;
+            }
+        }
+        ids.len()
     }
 
     /// Ends the workload's active deployment, if any, with its counts frozen.
@@ -372,6 +416,52 @@ mod tests {
             None,
             "version 4 has not failed"
         );
+    }
+
+    #[test]
+    fn going_back_to_a_version_that_still_runs_keeps_its_replicas_as_they_are() {
+        let mut state = ClusterState::default();
+        let registration = NodeRegistration {
+            name: "a".into(),
+            address: String::new(),
+            cpu: CpuMillis(4000),
+            memory: MemoryBytes(4 << 30),
+            labels: Default::default(),
+            drivers: [flotilla_api::spec::Driver::Docker].into(),
+        };
+        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        deploy(&mut state, 2, "v1", "update: {auto_revert: true}\n");
+        let placements = (0..2)
+            .map(|replica| crate::state::Placement {
+                workload: name(),
+                replica,
+                node: "a".into(),
+                version: 1,
+                cpu: 100,
+                memory: 64 << 20,
+                ports: Vec::new(),
+            })
+            .collect();
+        let plan = crate::state::Plan { placements, now_ms: 3, ..Default::default() };
+        state.apply(3, Command::ApplyPlan { plan }).expect("placed");
+        let updates = [1, 2]
+            .map(|id| flotilla_api::AllocationUpdate {
+                health: Health::Healthy,
+                ..flotilla_api::AllocationUpdate::running(id)
+            })
+            .to_vec();
+        state.apply(4, Command::UpdateAllocations { node: "a".into(), updates, now_ms: 4 }).expect("healthy");
+        verdict(&mut state, 5, DeploymentStatus::Successful).expect("v1 succeeds");
+        deploy(&mut state, 6, "v2", "update: {auto_revert: true}\n");
+        verdict(&mut state, 7, DeploymentStatus::Failed).expect("v2 fails and is reverted");
+        assert_eq!(image(&state), (3, "v1".to_owned()));
+        let kept: Vec<(u64, u64, Health, Option<u64>)> = state
+            .workload_allocations(&name())
+            .map(|a| (a.id, a.version, a.health, a.healthy_since_ms))
+            .collect();
+        assert_eq!(kept, vec![(1, 3, Health::Healthy, Some(4)), (2, 3, Health::Healthy, Some(4))]);
+        let said: Vec<String> = state.events_after(0).map(|e| e.message.clone()).collect();
+        assert!(said.iter().any(|m| m.contains("2 replicas already run this spec and are kept")), "{said:?}");
     }
 
     #[test]
