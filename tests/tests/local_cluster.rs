@@ -59,14 +59,33 @@ fn up_use_down(name: &str, docker: bool) {
             serde_json::from_str(&ok(flotilla(home.path(), &["nodes", "-o", "json"], Some(&addr)), "nodes"))
                 .expect("json");
         assert_eq!(nodes.as_array().map(Vec::len), Some(3));
-        let spec = home.path().join("sleep.yaml");
+        // The rollout succeeds only once every replica passes its HTTP
+        // check, which the agents (processes, or containers on the
+        // cluster's network) make the way a client on the node would.
+        let spec = home.path().join("web.yaml");
         std::fs::write(
             &spec,
-            "name: sleeper\nimage: flotilla/busybox:latest\ncommand: [sleep, \"100000\"]\nreplicas: 3\nresources: {cpu: 50m, memory: 16Mi}\n",
+            "name: web\nimage: flotilla/busybox:latest\n\
+             command: [sh, -c, \"mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www\"]\n\
+             replicas: 3\nresources: {cpu: 50m, memory: 16Mi}\nports: [{container: 80}]\n\
+             checks: [{name: web, http: {path: /index.html, port: 80}, interval: 500ms}]\n\
+             update: {min_healthy_time: 1s}\n",
         )
         .expect("spec");
         let deploy = ["deploy", "-f", spec.to_str().expect("path"), "--wait", "--timeout", "60"];
         ok(flotilla(home.path(), &deploy, Some(&addr)), "deploy --wait");
+        let ps: serde_json::Value =
+            serde_json::from_str(&ok(flotilla(home.path(), &["ps", "web", "-o", "json"], Some(&addr)), "ps"))
+                .expect("json");
+        let healthy = ps
+            .as_array()
+            .expect("allocations")
+            .iter()
+            .filter(|a| {
+                a["health"] == "healthy" && a["health_output"] == "passed check web: GET /index.html -> 200"
+            })
+            .count();
+        assert_eq!(healthy, 3, "{ps}");
     });
     let down = flotilla(home.path(), &["cluster", "down", "--name", name], None);
     if let Err(panic) = result {

@@ -189,10 +189,11 @@ async fn a_version_whose_check_fails_is_reverted_and_the_old_replicas_serve_thro
     let history = client.deployments("web").await.expect("history");
     assert_eq!(history[1].status, DeploymentStatus::Reverted, "{history:?}");
     assert_eq!(history[0].cause, "auto-revert to version 1 after version 2 failed");
+    // The revert replaced nothing: the old containers are version 3's replicas now.
     let all = client.allocations(Some("web"), None).await.expect("ps");
-    let v1_left: BTreeSet<String> =
-        replicas(&all).iter().filter(|a| a.version == 1).filter_map(|a| a.runtime_id.clone()).collect();
-    assert!(v1_left.is_subset(&old_containers));
+    let now: BTreeSet<String> = replicas(&all).iter().filter_map(|a| a.runtime_id.clone()).collect();
+    assert_eq!(now, old_containers, "{all:?}");
+    assert!(replicas(&all).iter().all(|a| a.version == 3));
 }
 
 #[tokio::test(flavor = "multi_thread")]
