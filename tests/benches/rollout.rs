@@ -10,8 +10,8 @@
 //! second flotilla row uses an HTTP check from the node instead. What
 //! differs: flotilla's replicas count once healthy (min_healthy_time 0s),
 //! Swarm's after its update monitor (set to its 1 ms floor); flotilla
-//! fails the bad rollout at its healthy deadline (3 s), Swarm when three
-//! checks a second apart have failed.
+//! fails the bad rollout at the bad version's healthy deadline (3 s), Swarm
+//! when three checks a second apart have failed.
 //! Run with `cargo bench -p flotilla-tests --bench rollout`.
 
 use std::process::Command;
@@ -69,8 +69,11 @@ fn flotilla_spec(version: u32, healthy: bool, order: Order, http_check: bool) ->
          resources: {{cpu: 100m, memory: 32Mi}}\nports: [{{container: 8080}}]\n\
          checks: [{{name: web, {check}, interval: 1s, timeout: 1s, failures: 3}}]\n\
          update: {{max_parallel: {PARALLEL}, max_surge: {surge}, max_unavailable: {unavailable}, \
-         min_healthy_time: 0s, healthy_deadline: 3s, progress_deadline: 60s, auto_revert: true}}\n",
-        serve(version, healthy)
+         min_healthy_time: 0s, healthy_deadline: {deadline}, progress_deadline: 60s, auto_revert: true}}\n",
+        serve(version, healthy),
+        // A good version gets time to start all its replicas; a bad one is
+        // given up on as soon as Swarm gives up on it (three failed checks).
+        deadline = if healthy { "30s" } else { "3s" },
     )
 }
 
@@ -270,9 +273,10 @@ async fn swarm() -> Option<Figures> {
     Some(figures)
 }
 
-/// `--args` takes one shell-quoted string: the service's command is `sh`.
+/// `--args` takes one shell-quoted string, which replaces the whole
+/// command line (the image has no entrypoint).
 fn args_line(command: &str) -> String {
-    format!("-c '{command}'")
+    format!("sh -c '{command}'")
 }
 
 #[tokio::main(flavor = "multi_thread")]

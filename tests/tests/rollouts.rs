@@ -214,6 +214,15 @@ async fn canaries_wait_for_promotion_then_the_rest_follow_and_undo_goes_back() {
     let status =
         String::from_utf8_lossy(&flotilla(&cluster, &["rollout", "status", "web"]).stdout).into_owned();
     assert!(status.contains("waiting for promotion"), "{status}");
+    // Paused, it cannot be promoted; resumed, it waits for promotion again.
+    let pause = flotilla(&cluster, &["rollout", "pause", "web"]);
+    assert!(String::from_utf8_lossy(&pause.stdout).contains("now paused"), "{pause:?}");
+    let refused = flotilla(&cluster, &["rollout", "promote", "web"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot promote: it is paused"), "{refused:?}");
+    let resume = flotilla(&cluster, &["rollout", "resume", "web"]);
+    assert!(resume.status.success(), "{}", String::from_utf8_lossy(&resume.stderr));
+    wait_rollout(&client, "web", 2, DeploymentStatus::WaitingForPromotion).await;
     let promote = flotilla(&cluster, &["rollout", "promote", "web"]);
     assert!(promote.status.success(), "{}", String::from_utf8_lossy(&promote.stderr));
     wait_rollout(&client, "web", 2, DeploymentStatus::Successful).await;

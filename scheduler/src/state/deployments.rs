@@ -68,19 +68,20 @@ impl ClusterState {
         }
     }
 
-    /// Replicas of an earlier version whose spec is the new version's
-    /// (apart from the replica count) become replicas of the new version
-    /// as they stand, healthy ones included: going back to a version that
-    /// still runs (an automatic revert, `rollout undo`, a deploy of the old
-    /// file) replaces nothing, as Kubernetes scales the old ReplicaSet up
-    /// again and Nomad updates in place.
+    /// Replicas of an earlier version that runs what the new version runs
+    /// ([`runs_the_same`]) become replicas of the new version as they
+    /// stand, healthy ones included: going back to a version that still
+    /// runs (an automatic revert, `rollout undo`, a deploy of the old file)
+    /// or changing only how the workload scales or rolls out replaces
+    /// nothing, as Kubernetes scales the old ReplicaSet up again and Nomad
+    /// updates in place.
     fn keep_unchanged_replicas(&mut self, index: u64, workload: &Workload) -> usize {
         let name = &workload.spec.name;
         let Some(history) = self.deployments.get(name) else { return 0 };
         let same_spec: std::collections::BTreeSet<u64> = history
             .iter()
             .filter(|d| d.to_version != workload.version)
-            .filter(|d| WorkloadSpec { replicas: workload.spec.replicas, ..d.spec.clone() } == workload.spec)
+            .filter(|d| runs_the_same(&d.spec, &workload.spec))
             .map(|d| d.to_version)
             .collect();
         if same_spec.is_empty() {
@@ -356,6 +357,19 @@ impl ClusterState {
     }
 }
 
+/// Whether replicas of one spec run exactly what replicas of the other
+/// would: equal but for how many there are, how they autoscale and how a
+/// change rolls out.
+pub fn runs_the_same(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
+    let replica_of = |spec: &WorkloadSpec| WorkloadSpec {
+        replicas: 0,
+        autoscale: None,
+        update: Default::default(),
+        ..spec.clone()
+    };
+    replica_of(a) == replica_of(b)
+}
+
 #[cfg(test)]
 mod tests {
     use flotilla_api::{CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
@@ -462,6 +476,10 @@ mod tests {
         assert_eq!(kept, vec![(1, 3, Health::Healthy, Some(4)), (2, 3, Health::Healthy, Some(4))]);
         let said: Vec<String> = state.events_after(0).map(|e| e.message.clone()).collect();
         assert!(said.iter().any(|m| m.contains("2 replicas already run this spec and are kept")), "{said:?}");
+        // A change of the update strategy alone replaces nothing either.
+        deploy(&mut state, 8, "v1", "update: {auto_revert: true, max_parallel: 2}\n");
+        let versions: Vec<u64> = state.workload_allocations(&name()).map(|a| a.version).collect();
+        assert_eq!(versions, vec![4, 4]);
     }
 
     #[test]
