@@ -230,36 +230,14 @@ async fn swarm() -> Option<Figures> {
             [("stop-first", &mut figures.stop_first), ("start-first", &mut figures.start_first)]
         {
             version += 1;
-            let args = serve(version, true);
             let start = Instant::now();
-            docker_cli(&[
-                "service",
-                "update",
-                "--detach",
-                "--quiet",
-                "--update-order",
-                order,
-                "--args",
-                &args_line(&args),
-                "swarm-rollout",
-            ]);
+            swarm_update(order, &serve(version, true));
             until_swarm("completed").await;
             samples.push(start.elapsed());
         }
         version += 1;
-        let args = serve(version, false);
         let start = Instant::now();
-        docker_cli(&[
-            "service",
-            "update",
-            "--detach",
-            "--quiet",
-            "--update-order",
-            "start-first",
-            "--args",
-            &args_line(&args),
-            "swarm-rollout",
-        ]);
+        swarm_update("start-first", &serve(version, false));
         until_swarm("rollback_completed").await;
         figures.failed.push(start.elapsed());
         // Let the rolled-back tasks settle before the next trial.
@@ -273,10 +251,22 @@ async fn swarm() -> Option<Figures> {
     Some(figures)
 }
 
-/// `--args` takes one shell-quoted string, which replaces the whole
-/// command line (the image has no entrypoint).
-fn args_line(command: &str) -> String {
-    format!("sh -c '{command}'")
+/// Starts a Swarm update to `command`, in `order`, without waiting for it.
+/// `--args` takes one shell-quoted string, which replaces the whole command
+/// line (the image has no entrypoint).
+fn swarm_update(order: &str, command: &str) {
+    let args = format!("sh -c '{command}'");
+    docker_cli(&[
+        "service",
+        "update",
+        "--detach",
+        "--quiet",
+        "--update-order",
+        order,
+        "--args",
+        &args,
+        "swarm-rollout",
+    ]);
 }
 
 #[tokio::main(flavor = "multi_thread")]

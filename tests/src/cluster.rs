@@ -80,6 +80,15 @@ impl TestCluster {
     }
 
     /// A client bound to one server, with no failover and no retries.
+    /// Runs the `flotilla` CLI against this cluster's servers.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::binary::flotilla_binary())
+            .args(args)
+            .args(["--addr", &self.client().addresses().join(",")])
+            .output()
+            .expect("flotilla runs")
+    }
+
     pub fn client_of(&self, id: u64) -> Client {
         Client::new([self.address(id)]).with_retry_for(Duration::ZERO)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flotilla_api::AllocationState;
 use flotilla_tests::containers::is_running;
 use flotilla_tests::workloads::{SLEEPER, deploy, replicas, wait_running};
-use flotilla_tests::{TestCluster, flotilla_binary, wait_until};
+use flotilla_tests::{TestCluster, wait_until};
 
 const AGENT_FLAGS: [&str; 4] = ["--cpu", "2", "--memory", "2Gi"];
 
@@ -20,11 +20,7 @@ fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn flotilla(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    Command::new(flotilla_binary())
-        .args(args)
-        .args(["--addr", &cluster.client().addresses().join(",")])
-        .output()
-        .expect("flotilla runs")
+    cluster.cli(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use flotilla_api::{Allocation, AllocationState, Client, DeploymentStatus, Health};
 use flotilla_tests::workloads::{deploy, replicas};
-use flotilla_tests::{TestCluster, flotilla_binary, free_port, wait_until};
+use flotilla_tests::{TestCluster, free_port, wait_until};
 
 const AGENT_FLAGS: [&str; 6] = ["--cpu", "4", "--memory", "4Gi", "--restart-backoff-ms", "200"];
 
@@ -29,11 +29,7 @@ fn web(version: &str, healthy: bool, extra: &str) -> String {
 }
 
 fn flotilla(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    Command::new(flotilla_binary())
-        .args(args)
-        .args(["--addr", &cluster.client().addresses().join(",")])
-        .output()
-        .expect("flotilla runs")
+    cluster.cli(args)
 }
 
 fn write_spec(cluster: &TestCluster, name: &str, yaml: &str) -> String {

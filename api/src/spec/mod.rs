@@ -42,3 +42,19 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
+
+/// A value written either as a number or as text (`50` or `"50%"`, `200`
+/// or `200-399`), as text for the field's own parser, which reports the
+/// error with its line and column.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+    Ok(match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Number(n) => n.to_string(),
+        Raw::Text(t) => t,
+    })
+}
