@@ -83,6 +83,10 @@ pub struct Deployment {
     pub started_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// When `rollout resume` last let it go on: its deadlines count from
+    /// then, not from before the pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at_ms: Option<u64>,
     /// The spec of `to_version`, which `rollout undo` deploys again.
     pub spec: WorkloadSpec,
 }

@@ -245,6 +245,11 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             }
             if let Some(reason) = &status.rollout_failure {
                 println!("rollout of version {} failed: {reason}", workload.version);
+            } else if let Some(rollout) = status.rollout {
+                println!(
+                    "rollout of version {}: {rollout} (see `flotilla rollout status {}`)",
+                    workload.version, args.name
+                );
             }
             if let Some(reason) = &status.unplaced_reason {
                 println!("pending: {} replicas cannot be placed: {reason}", status.unplaced);

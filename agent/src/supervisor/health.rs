@@ -55,7 +55,7 @@ impl Supervisor {
             else {
                 return;
             };
-            let (id, permits) = (change.allocation, Arc::clone(&self.permits));
+            let (id, permits) = (change.allocation, Arc::clone(&self.stop_permits));
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 if let Err(error) = runtime.terminate(&handle).await {

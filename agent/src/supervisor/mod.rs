@@ -27,7 +27,7 @@ use crate::restart::{RestartConfig, RestartTracker};
 use crate::runtime::{Observed, Runtime, RuntimeEvent};
 use local::{Local, Phase, update};
 
-/// Containers started (or stopped) at once; the engine slows down past a few.
+/// Containers started at once, and stopped at once; the engine slows down past a few.
 const PARALLEL_RUNTIME_CALLS: usize = 8;
 
 /// Where each running allocation is, for the logs endpoint and usage sampling.
@@ -70,7 +70,12 @@ pub struct Supervisor {
     reports: BTreeMap<u64, AllocationUpdate>,
     handles: Handles,
     messages: mpsc::UnboundedSender<Message>,
+    /// Bounds the starts in flight at once.
     permits: Arc<Semaphore>,
+    /// Bounds the stops in flight at once: a pool of their own, because a
+    /// stop mostly waits out its replica's grace after SIGTERM, and five
+    /// slow stops must not hold up the starts that replace them.
+    stop_permits: Arc<Semaphore>,
     /// Whether the servers have said what this node should run: before
     /// that, nothing found is unowned.
     desired_seen: bool,
@@ -118,6 +123,7 @@ impl Supervisor {
             handles,
             messages,
             permits: Arc::new(Semaphore::new(PARALLEL_RUNTIME_CALLS)),
+            stop_permits: Arc::new(Semaphore::new(PARALLEL_RUNTIME_CALLS)),
         }
     }
 

@@ -80,7 +80,7 @@ impl Supervisor {
 
     fn spawn_remove_orphan(&self, driver: Driver, handle: String) {
         let Some(runtime) = self.runtimes.get(&driver).cloned() else { return };
-        let permits = Arc::clone(&self.permits);
+        let permits = Arc::clone(&self.stop_permits);
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             if let Err(error) = runtime.stop(&handle).await {

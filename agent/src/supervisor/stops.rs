@@ -42,7 +42,7 @@ impl Supervisor {
 
     pub(super) fn spawn_stop(&self, id: u64, driver: Driver, handle: String) {
         let Some(runtime) = self.runtimes.get(&driver).cloned() else { return };
-        let (messages, permits) = (self.messages.clone(), Arc::clone(&self.permits));
+        let (messages, permits) = (self.messages.clone(), Arc::clone(&self.stop_permits));
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let result = runtime.stop(&handle).await.map_err(|e| e.to_string());

@@ -172,11 +172,14 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
         state.workload_allocations(&workload.spec.name).filter(|a| a.is_replica()).collect();
     let new: Vec<&Allocation> =
         replicas.iter().copied().filter(|a| a.version == deployment.to_version).collect();
+    // Deadlines count from the placement, or from the resume of a pause.
+    let resumed = deployment.resumed_at_ms.unwrap_or(0);
+    let placed_at = |a: &Allocation| a.created_at_ms.max(resumed);
     let healthy_deadline = update.healthy_deadline.as_millis();
     let late: Vec<&Allocation> = new
         .iter()
         .copied()
-        .filter(|a| a.health != Health::Healthy && a.created_at_ms + healthy_deadline <= now_ms)
+        .filter(|a| a.health != Health::Healthy && placed_at(a) + healthy_deadline <= now_ms)
         .collect();
     if let Some(first) = late.iter().find(|a| !a.health_output.is_empty()).or(late.first()) {
         let what = if first.health_output.is_empty() {
@@ -192,7 +195,7 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
         .iter()
         .filter(|a| counted(a, update, now_ms))
         .filter_map(|a| a.healthy_since_ms.map(|s| s + min_healthy))
-        .fold(deployment.started_at_ms, u64::max);
+        .fold(deployment.started_at_ms.max(resumed), u64::max);
     let progress_due = last_progress + update.progress_deadline.as_millis();
     if now_ms >= progress_due {
         return failed(format!("no new replica became healthy for {}", update.progress_deadline));
@@ -203,7 +206,7 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
         .iter()
         .filter_map(|a| match a.healthy_since_ms {
             Some(since) if a.health == Health::Healthy => Some(since + min_healthy).filter(|t| *t > now_ms),
-            _ => Some(a.created_at_ms + healthy_deadline),
+            _ => Some(placed_at(a) + healthy_deadline),
         })
         .chain([progress_due])
         .min();
@@ -226,7 +229,9 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
+    use flotilla_api::{
+        AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, RolloutAction, parse_yaml,
+    };
 
     use super::*;
     use crate::state::{Command, Placement, Plan};
@@ -373,6 +378,23 @@ mod tests {
                 assert_eq!(due, next, "{what}: when to look again");
             }
         }
+    }
+
+    #[test]
+    fn deadlines_count_from_the_resume_of_a_pause() {
+        let strategy = "{min_healthy_time: 1s, healthy_deadline: 5s, progress_deadline: 20s, max_surge: 2}";
+        let mut state = rollout_state(strategy, None, "");
+        let name = WorkloadName::parse("web").expect("name");
+        for (at, action) in [(2000, RolloutAction::Pause), (30_000, RolloutAction::Resume)] {
+            state
+                .apply(at, Command::Rollout { name: name.clone(), action, now_ms: at })
+                .expect("rollout action");
+        }
+        let (verdicts, due) = judge(&state, 31_000);
+        assert_eq!(verdicts, Vec::new(), "long past both deadlines by the placement, not by the resume");
+        assert_eq!(due, Some(35_000), "the healthy deadline, from the resume");
+        let (verdicts, _) = judge(&state, 35_000);
+        assert_eq!(verdicts.first().map(|v| v.status), Some(DeploymentStatus::Failed));
     }
 
     #[test]

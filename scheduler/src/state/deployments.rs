@@ -45,6 +45,7 @@ impl ClusterState {
             promoted: false,
             started_at_ms: now_ms,
             finished_at_ms: None,
+            resumed_at_ms: None,
             spec: workload.spec.clone(),
         };
         let history = self.deployments.entry(name.clone()).or_default();
@@ -315,6 +316,9 @@ impl ClusterState {
         if let Some(last) = self.deployments.get_mut(name).and_then(|d| d.back_mut()) {
             last.status = status;
             last.promoted = promoted;
+            if action == RolloutAction::Resume {
+                last.resumed_at_ms = Some(now_ms);
+            }
         }
         let message = format!("rollout {id}: {action}d");
         self.record(Event { index, at_ms: now_ms, workload: Some(name.to_string()), node: None, message });
