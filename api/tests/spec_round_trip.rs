@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::spec::{
-    Autoscale, Check, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources, RestartPolicy,
-    UpdateStrategy,
+    Autoscale, Balance, Check, DnsLabel, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources,
+    RestartPolicy, ServiceSpec, SpecDuration, UpdateStrategy,
 };
 use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 use proptest::prelude::*;
@@ -43,7 +43,11 @@ fn ports() -> impl Strategy<Value = Vec<PortSpec>> {
                 .map(|(container, (host, udp))| {
                     let host = host.filter(|h| *h == 0 || used_hosts.insert(*h));
                     let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-                    PortSpec { container, host, protocol }
+                    // Every other port is named, some published on every node.
+                    let name = (container % 2 == 0)
+                        .then(|| DnsLabel::parse(&format!("p{container}")).expect("label"));
+                    let ingress = name.as_ref().filter(|_| container % 4 == 0).map(|_| container);
+                    PortSpec { name, container, host, protocol, ingress }
                 })
                 .collect()
         })
@@ -109,6 +113,7 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                     autoscale,
                     checks: Vec::new(),
                     update: UpdateStrategy::default(),
+                    service: ServiceSpec::default(),
                 }
             },
         )
@@ -128,6 +133,9 @@ fn spec_with_health() -> impl Strategy<Value = WorkloadSpec> {
                 spec.checks
                     .push(check("web", &format!("http: {{path: /healthz, port: {port}, expect: 200-299}}")));
                 spec.checks.push(check("socket", &format!("tcp: {{port: {port}}}")));
+            }
+            if spec.service_ports().next().is_some() {
+                spec.service = ServiceSpec { balance: Balance::RoundRobin, drain: SpecDuration(1500) };
             }
             spec.update = UpdateStrategy {
                 max_parallel: parallel,

@@ -56,7 +56,10 @@ fn placement_core() -> (f64, u64, u64) {
     }
     for i in 0..WORKLOADS {
         state
-            .apply(2, Command::PutWorkload { spec: workload_spec(i), expected_version: None, now_ms: 0 })
+            .apply(
+                2,
+                Command::PutWorkload { spec: Box::new(workload_spec(i)), expected_version: None, now_ms: 0 },
+            )
             .expect("workload");
     }
     let before = proc_kib("self", "VmRSS:");

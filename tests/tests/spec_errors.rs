@@ -168,6 +168,30 @@ fn cases() -> Vec<Case> {
             "longer than min_healthy_time",
             Some("update.healthy_deadline"),
         ),
+        case(
+            "port name that is not a DNS label",
+            &format!("{base}ports:\n  - name: HTTP_Port\n    container: 80\n"),
+            "lowercase",
+            Some("ports[0].name"),
+        ),
+        case(
+            "ingress on an unnamed port",
+            &format!("{base}ports:\n  - container: 80\n    ingress: 30080\n"),
+            "needs a `name`",
+            Some("ports[0].ingress"),
+        ),
+        case(
+            "service block without a named port",
+            &format!("{base}service:\n  balance: round_robin\n"),
+            "names none",
+            Some("service"),
+        ),
+        case(
+            "unknown balance",
+            &format!("{base}ports: [{{name: http, container: 80}}]\nservice:\n  balance: random\n"),
+            "random",
+            Some("service.balance"),
+        ),
         case("docker without an image", "name: web\n", "needs an image", Some("image")),
         case(
             "process driver with an image",

@@ -5,8 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::SpecDuration;
-use super::name::dns_label;
+use super::{DnsLabel, SpecDuration};
 
 /// Shortest interval and timeout a check may have: probing faster than
 /// this costs more than it tells.
@@ -15,32 +14,6 @@ pub const MIN_CHECK_PERIOD: SpecDuration = SpecDuration::from_millis(100);
 pub const MAX_SPEC_DURATION: SpecDuration = SpecDuration::from_secs(3600);
 /// Checks one workload may have.
 pub const MAX_CHECKS: usize = 16;
-
-/// A check's name: a DNS label, unique within its workload, shown in `ps`
-/// and in rollout failures.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct CheckName(String);
-
-impl CheckName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CheckName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for CheckName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        dns_label(&text).map_err(serde::de::Error::custom)?;
-        Ok(CheckName(text))
-    }
-}
 
 /// What a failing check does to its replica.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,7 +109,8 @@ pub struct TcpCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
-    pub name: CheckName,
+    /// Unique within the workload; shown in `ps` and in rollout failures.
+    pub name: DnsLabel,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

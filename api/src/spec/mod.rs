@@ -14,20 +14,22 @@ mod name;
 mod parse;
 mod ports;
 mod resources;
+mod service;
 mod update;
 mod validation;
 mod workload;
 
 pub use autoscale::{Autoscale, Percent};
 pub use checks::{
-    Check, CheckName, HttpCheck, MAX_CHECKS, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, OnFailure, Probe,
-    StatusRange, TcpCheck,
+    Check, HttpCheck, MAX_CHECKS, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, OnFailure, Probe, StatusRange,
+    TcpCheck,
 };
 pub use duration::SpecDuration;
-pub use name::WorkloadName;
+pub use name::{DnsLabel, WorkloadName};
 pub use parse::{parse_json, parse_yaml};
 pub use ports::{PortSpec, Protocol};
 pub use resources::Resources;
+pub use service::{Balance, ServiceSpec};
 pub use update::UpdateStrategy;
 pub use validation::FieldError;
 pub use workload::{Driver, PlacementStrategy, RestartPolicy, WorkloadSpec};

@@ -43,6 +43,36 @@ impl<'de> Deserialize<'de> for WorkloadName {
     }
 }
 
+/// A name that becomes part of DNS names or is shown beside them (a check's
+/// name, a port's): an RFC 1123 label, unique within its workload.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct DnsLabel(String);
+
+impl DnsLabel {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        dns_label(text)?;
+        Ok(DnsLabel(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DnsLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DnsLabel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DnsLabel::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether `text` is an RFC 1123 DNS label, saying what is wrong if not.
 pub(crate) fn dns_label(text: &str) -> Result<(), String> {
     let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';

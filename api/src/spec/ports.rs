@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::is_default;
+use super::{DnsLabel, is_default};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +16,10 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
+    /// A named port makes the workload a service: other workloads reach it
+    /// by this name through the routing mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<DnsLabel>,
     /// The port inside the container.
     pub container: u16,
     /// The port on the host; absent or 0 lets the agent choose a free one.
@@ -23,4 +27,8 @@ pub struct PortSpec {
     pub host: Option<u16>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
+    /// Published on every node on this port by the routing mesh (a named
+    /// port without it gets a service port from the cluster's range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<u16>,
 }

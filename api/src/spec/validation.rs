@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::{
     Driver, MAX_CHECKS, MAX_REPLICAS, MAX_SCALE_UP_PERCENT, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, Probe,
-    Protocol, SpecDuration, WorkloadSpec,
+    Protocol, ServiceSpec, SpecDuration, WorkloadSpec,
 };
 
 /// A rule broken by a combination of fields, found after parsing.
@@ -73,6 +73,13 @@ impl WorkloadSpec {
         self.validate_ports()?;
         self.validate_checks()?;
         self.validate_update()?;
+        if self.service != ServiceSpec::default() && self.service_ports().next().is_none() {
+            return Err(field_error(
+                "service",
+                "balances the traffic of named ports, and `ports` names none",
+            ));
+        }
+        within("service.drain".into(), self.service.drain, SpecDuration(0))?;
         if self.constraints.len() > 64 {
             return Err(field_error("constraints", "has more than 64 constraints"));
         }
@@ -129,6 +136,8 @@ impl WorkloadSpec {
         }
         let mut container_ports = BTreeSet::new();
         let mut host_ports = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        let mut ingress_ports = BTreeSet::new();
         for (i, port) in self.ports.iter().enumerate() {
             if port.container == 0 {
                 return Err(field_error(format!("ports[{i}].container"), "must be between 1 and 65535"));
@@ -138,6 +147,29 @@ impl WorkloadSpec {
                     format!("ports[{i}].container"),
                     format!("port {} is listed twice", port.container),
                 ));
+            }
+            if let Some(name) = &port.name
+                && !names.insert(name.as_str())
+            {
+                return Err(field_error(format!("ports[{i}].name"), format!("`{name}` names two ports")));
+            }
+            match port.ingress {
+                Some(_) if port.name.is_none() => {
+                    return Err(field_error(
+                        format!("ports[{i}].ingress"),
+                        "a port published on every node needs a `name`",
+                    ));
+                }
+                Some(0) => {
+                    return Err(field_error(format!("ports[{i}].ingress"), "must be between 1 and 65535"));
+                }
+                Some(ingress) if !ingress_ports.insert((ingress, port.protocol)) => {
+                    return Err(field_error(
+                        format!("ports[{i}].ingress"),
+                        format!("ingress port {ingress} is listed twice"),
+                    ));
+                }
+                _ => {}
             }
             if let Some(host) = port.host.filter(|h| *h != 0)
                 && !host_ports.insert((host, port.protocol))

@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Autoscale, Check, PortSpec, Protocol, Resources, UpdateStrategy, WorkloadName, is_default};
+use super::{
+    Autoscale, Check, PortSpec, Protocol, Resources, ServiceSpec, UpdateStrategy, WorkloadName, is_default,
+};
 use crate::constraint::Constraint;
 
 /// Which runtime on the agent runs the replicas.
@@ -86,9 +88,17 @@ pub struct WorkloadSpec {
     /// How a changed spec rolls out.
     #[serde(default, skip_serializing_if = "is_default")]
     pub update: UpdateStrategy,
+    /// How the routing mesh balances the named ports' traffic.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub service: ServiceSpec,
 }
 
 impl WorkloadSpec {
+    /// The ports that make it a service: those with a name.
+    pub fn service_ports(&self) -> impl Iterator<Item = (&super::DnsLabel, &PortSpec)> + '_ {
+        self.ports.iter().filter_map(|p| p.name.as_ref().map(|name| (name, p)))
+    }
+
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.
     pub fn fixed_host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
         self.ports.iter().filter_map(|p| p.host.filter(|h| *h != 0).map(|h| (h, p.protocol)))

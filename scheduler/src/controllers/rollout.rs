@@ -254,7 +254,10 @@ mod tests {
             let yaml = format!("name: web\nimage: {image}\nreplicas: 2\nupdate: {update}\n");
             let spec = parse_yaml(&yaml).expect("spec");
             state
-                .apply(index, Command::PutWorkload { spec, expected_version: None, now_ms: index })
+                .apply(
+                    index,
+                    Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: index },
+                )
                 .expect("deploy");
         };
         let place = |state: &mut ClusterState, index: u64, version: u64| {

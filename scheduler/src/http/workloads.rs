@@ -41,8 +41,11 @@ pub async fn deploy(
 ) -> Result<Json<DeployResult>, ApiError> {
     let spec = read_spec(&headers, body).await?;
     let once = idempotency(&headers, &("deploy", &spec, query.version))?;
-    let command =
-        Command::PutWorkload { spec, expected_version: query.version, now_ms: flotilla_api::now_ms() };
+    let command = Command::PutWorkload {
+        spec: Box::new(spec),
+        expected_version: query.version,
+        now_ms: flotilla_api::now_ms(),
+    };
     let output = app.raft.propose_once(command, once).await?;
     match output {
         CommandOutput::Deployed(result) => Ok(Json(result)),

@@ -133,7 +133,7 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
             Command::PutWorkload { spec, expected_version, now_ms } => {
-                self.put_workload(index, spec, expected_version, now_ms)
+                self.put_workload(index, *spec, expected_version, now_ms)
             }
             Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
             Command::DeleteWorkload { name } => self.delete_workload(index, name),
@@ -343,7 +343,7 @@ mod tests {
                     let yaml =
                         format!("name: {}\nimage: img:{}\nreplicas: {replicas}\n{autoscale}", name(i), i % 2);
                     Command::PutWorkload {
-                        spec: parse_yaml(&yaml).expect("valid"),
+                        spec: Box::new(parse_yaml(&yaml).expect("valid")),
                         expected_version: version,
                         now_ms: 0,
                     }
@@ -458,7 +458,10 @@ mod tests {
             (spec, Some(2), Ok((DeployChange::Updated, 3))),
         ];
         for (i, (spec, expected_version, want)) in table.into_iter().enumerate() {
-            let got = state.apply(i as u64 + 1, Command::PutWorkload { spec, expected_version, now_ms: 0 });
+            let got = state.apply(
+                i as u64 + 1,
+                Command::PutWorkload { spec: Box::new(spec), expected_version, now_ms: 0 },
+            );
             let got = match got {
                 Ok(CommandOutput::Deployed(r)) => Ok((r.change, r.workload.version)),
                 _ => Err(()),

@@ -13,7 +13,8 @@ pub enum Command {
     /// Create or replace a workload's spec (apply semantics). With
     /// `expected_version` it is refused unless the stored version matches.
     PutWorkload {
-        spec: WorkloadSpec,
+        /// Boxed: a spec is much larger than any other command.
+        spec: Box<WorkloadSpec>,
         expected_version: Option<u64>,
         /// The proposing server's clock: when the new version's rollout starts.
         #[serde(default)]

@@ -388,7 +388,10 @@ mod tests {
     fn deploy(state: &mut ClusterState, index: u64, image: &str, extra: &str) {
         let spec = parse_yaml(&format!("name: web\nimage: {image}\nreplicas: 2\n{extra}")).expect("spec");
         state
-            .apply(index, Command::PutWorkload { spec, expected_version: None, now_ms: index })
+            .apply(
+                index,
+                Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: index },
+            )
             .expect("deploy");
     }
 
