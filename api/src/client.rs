@@ -223,6 +223,16 @@ impl Client {
             .await
     }
 
+    /// Every service, once the state is past `index` (or `wait` passes).
+    pub async fn services(
+        &self,
+        index: u64,
+        wait: std::time::Duration,
+    ) -> Result<crate::ServicePage, ClientError> {
+        let path = format!("/v1/services?index={index}&wait_ms={}", wait.as_millis());
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
     /// The workload's deployments (its version history), newest first.
     pub async fn deployments(&self, name: &str) -> Result<Vec<crate::Deployment>, ClientError> {
         self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}/deployments"), None).await

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod model;
 pub mod node;
 pub mod quantity;
+pub mod service;
 pub mod spec;
 pub mod spec_error;
 
@@ -23,5 +24,6 @@ pub use deployment::{Deployment, DeploymentStatus, RolloutAction, UndoRequest};
 pub use model::*;
 pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};
+pub use service::{Endpoint, Service, ServicePage, ServicePort};
 pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 pub use spec_error::SpecError;

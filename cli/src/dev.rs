@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         node: NodeConfig::new(1),
         health: Default::default(),
         fault_injection: false,
+        service_ports: Default::default(),
     };
     let mut server = tokio::spawn(flotilla_scheduler::run(server, stopped(stop_rx.clone())));
     let agent = AgentConfig {

@@ -9,6 +9,7 @@ mod nodes;
 mod output;
 mod rollout;
 mod server;
+mod services;
 mod workloads;
 
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// List allocations: which replica runs where, and how.
     Ps(nodes::PsArgs),
+    /// List services: the port every node serves each on, and its replicas.
+    Services(services::ServicesArgs),
     /// List nodes with their capacity and what is allocated.
     Nodes(nodes::NodesArgs),
     /// Drain or undrain a node.
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Rollout(command) => rollout::run(&client, command).await,
             Command::Ps(args) => nodes::ps(&client, args).await,
             Command::Nodes(args) => nodes::nodes(&client, args).await,
+            Command::Services(args) => services::services(&client, args).await,
             Command::Node(command) => nodes::node(&client, command).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

@@ -9,6 +9,7 @@ use clap::Args;
 use flotilla_scheduler::ServerConfig;
 use flotilla_scheduler::controllers::node_health::HealthConfig;
 use flotilla_scheduler::raft::NodeConfig;
+use flotilla_scheduler::state::ServicePortRange;
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -41,6 +42,9 @@ pub struct ServerArgs {
     /// Allow tests to cut this server off from peers through /debug/v1/faults.
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// Ports the cluster chooses service ports from, for named ports without an ingress.
+    #[arg(long, default_value = "20000-29999")]
+    service_ports: String,
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -117,6 +121,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             grace: Duration::from_millis(args.node_grace_ms),
         },
         fault_injection: args.fault_injection,
+        service_ports: ServicePortRange::parse(&args.service_ports)
+            .map_err(|reason| anyhow::anyhow!("--service-ports: {reason}"))?,
     };
     flotilla_scheduler::run(config, shutdown_signal()).await?;
     Ok(())

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     pub health: HealthConfig,
     pub fault_injection: bool,
+    /// Where the cluster chooses service ports for named ports without an ingress.
+    pub service_ports: crate::state::ServicePortRange,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,7 @@ pub async fn run(
         raft: raft.clone(),
         transport,
         fault_injection: config.fault_injection,
+        service_ports: config.service_ports,
     });
     let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
     let raft_thread = std::thread::spawn(move || {

@@ -58,7 +58,12 @@ fn placement_core() -> (f64, u64, u64) {
         state
             .apply(
                 2,
-                Command::PutWorkload { spec: Box::new(workload_spec(i)), expected_version: None, now_ms: 0 },
+                Command::PutWorkload {
+                    spec: Box::new(workload_spec(i)),
+                    expected_version: None,
+                    now_ms: 0,
+                    service_ports: None,
+                },
             )
             .expect("workload");
     }

@@ -286,7 +286,15 @@ mod tests {
     fn deploy(state: &mut ClusterState, yaml: &str) {
         let spec = parse_yaml(yaml).expect("valid spec");
         state
-            .apply(1, Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: 0 })
+            .apply(
+                1,
+                Command::PutWorkload {
+                    spec: Box::new(spec),
+                    expected_version: None,
+                    now_ms: 0,
+                    service_ports: None,
+                },
+            )
             .expect("deploy");
     }
 

@@ -256,7 +256,12 @@ mod tests {
             state
                 .apply(
                     index,
-                    Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: index },
+                    Command::PutWorkload {
+                        spec: Box::new(spec),
+                        expected_version: None,
+                        now_ms: index,
+                        service_ports: None,
+                    },
                 )
                 .expect("deploy");
         };

@@ -10,6 +10,7 @@ mod leader;
 mod metrics;
 mod nodes;
 mod peer;
+mod services;
 mod workloads;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub liveness: Arc<Liveness>,
     /// For forwarding heartbeats from a follower to the leader.
     pub http: reqwest::Client,
+    /// Where this server's deploys choose service ports (`--service-ports`).
+    pub service_ports: crate::state::ServicePortRange,
 }
 
 /// `?stale=true`: serve this server's state without confirming it is current.
@@ -61,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workloads/{name}/deployments", get(workloads::deployments))
         .route("/v1/workloads/{name}/rollout/undo", post(workloads::undo))
         .route("/v1/workloads/{name}/rollout/{action}", post(workloads::rollout))
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{name}", get(services::get_one))
         .route("/v1/events", get(events::events))
         .route("/v1/nodes", get(nodes::list).post(nodes::register))
         .route("/v1/nodes/{name}/status", put(nodes::set_status))

@@ -144,18 +144,10 @@ pub struct BlockingQuery {
     wait_ms: u64,
 }
 
-/// A node's allocations, as a blocking query: with `index`, the answer waits
-/// until the state has moved past it (or `wait_ms` passes), so an agent
-/// learns of new work at once without polling. Any server can answer, but
-/// only once it has confirmed with the leader that its state is current
-/// (ReadIndex): an agent must never act on a state older than one it has
-/// seen, nor on the frozen state of a server cut off from the majority,
-/// which answers 503 instead so that the agent moves on to another server.
-pub async fn node_allocations(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    Query(query): Query<BlockingQuery>,
-) -> Result<Json<NodeAllocations>, ApiError> {
+/// A blocking query's wait: until the state index is past the query's (or
+/// its wait ends), then until this server's state is confirmed current.
+/// Answers the index the answer is at; 503 while this server knows no leader.
+pub(super) async fn wait_past(app: &AppState, query: &BlockingQuery) -> Result<u64, ApiError> {
     let mut applied = app.raft.applied_watch();
     let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
@@ -175,7 +167,22 @@ pub async fn node_allocations(
         }
     }
     app.raft.read_barrier().await?;
-    let index = *applied.borrow();
+    Ok(*applied.borrow())
+}
+
+/// A node's allocations, as a blocking query: with `index`, the answer waits
+/// until the state has moved past it (or `wait_ms` passes), so an agent
+/// learns of new work at once without polling. Any server can answer, but
+/// only once it has confirmed with the leader that its state is current
+/// (ReadIndex): an agent must never act on a state older than one it has
+/// seen, nor on the frozen state of a server cut off from the majority,
+/// which answers 503 instead so that the agent moves on to another server.
+pub async fn node_allocations(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<BlockingQuery>,
+) -> Result<Json<NodeAllocations>, ApiError> {
+    let index = wait_past(&app, &query).await?;
     let state = app.raft.state();
     if state.node(&name).is_none() {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));

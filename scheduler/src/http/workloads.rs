@@ -45,6 +45,7 @@ pub async fn deploy(
         spec: Box::new(spec),
         expected_version: query.version,
         now_ms: flotilla_api::now_ms(),
+        service_ports: Some(app.service_ports),
     };
     let output = app.raft.propose_once(command, once).await?;
     match output {

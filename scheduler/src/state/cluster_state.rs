@@ -40,6 +40,13 @@ pub struct ClusterState {
     pub(super) deployments: BTreeMap<WorkloadName, VecDeque<Deployment>>,
     #[serde(default)]
     pub(super) next_deployment_id: u64,
+    /// Each service's ports on every node, by port name.
+    #[serde(default)]
+    pub(super) service_ports: BTreeMap<WorkloadName, super::services::ServicePorts>,
+    /// Where service ports are chosen from: the range the last deploy's
+    /// server was given.
+    #[serde(default)]
+    pub(super) service_port_range: super::services::ServicePortRange,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -106,6 +113,8 @@ impl ClusterState {
                 .filter_map(|(name, list)| Some((name.clone(), VecDeque::from([list.back()?.clone()]))))
                 .collect(),
             next_deployment_id: self.next_deployment_id,
+            service_ports: self.service_ports.clone(),
+            service_port_range: self.service_port_range,
         }
     }
 
@@ -132,8 +141,8 @@ impl ClusterState {
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
-            Command::PutWorkload { spec, expected_version, now_ms } => {
-                self.put_workload(index, *spec, expected_version, now_ms)
+            Command::PutWorkload { spec, expected_version, now_ms, service_ports } => {
+                self.put_workload(index, *spec, expected_version, now_ms, service_ports)
             }
             Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
             Command::DeleteWorkload { name } => self.delete_workload(index, name),
@@ -346,6 +355,7 @@ mod tests {
                         spec: Box::new(parse_yaml(&yaml).expect("valid")),
                         expected_version: version,
                         now_ms: 0,
+                        service_ports: None,
                     }
                 }
             ),
@@ -460,7 +470,12 @@ mod tests {
         for (i, (spec, expected_version, want)) in table.into_iter().enumerate() {
             let got = state.apply(
                 i as u64 + 1,
-                Command::PutWorkload { spec: Box::new(spec), expected_version, now_ms: 0 },
+                Command::PutWorkload {
+                    spec: Box::new(spec),
+                    expected_version,
+                    now_ms: 0,
+                    service_ports: None,
+                },
             );
             let got = match got {
                 Ok(CommandOutput::Deployed(r)) => Ok((r.change, r.workload.version)),

@@ -19,6 +19,9 @@ pub enum Command {
         /// The proposing server's clock: when the new version's rollout starts.
         #[serde(default)]
         now_ms: u64,
+        /// The proposing server's range for service ports (`--service-ports`).
+        #[serde(default)]
+        service_ports: Option<super::services::ServicePortRange>,
     },
     ScaleWorkload {
         name: WorkloadName,
@@ -166,4 +169,8 @@ pub enum Rejection {
     StaleDeployment { name: WorkloadName, deployment: u64 },
     #[error("version {version} of `{name}` is not in its history (the last {kept} versions are kept)")]
     VersionNotInHistory { name: WorkloadName, version: u64, kept: usize },
+    #[error("field `{field}`: port {port} is already the service port of workload `{owner}`")]
+    ServicePortTaken { field: String, port: u16, owner: WorkloadName },
+    #[error("every service port from {low} to {high} is taken")]
+    NoServicePortLeft { low: u16, high: u16 },
 }

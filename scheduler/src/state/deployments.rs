@@ -268,6 +268,8 @@ impl ClusterState {
                 reason: "it has the same spec as the current version".into(),
             });
         }
+        let chosen = self.choose_service_ports(&spec, self.service_port_range)?;
+        self.set_service_ports(name, chosen);
         let updated = Workload {
             spec,
             version: workload.version + 1,
@@ -390,7 +392,12 @@ mod tests {
         state
             .apply(
                 index,
-                Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: index },
+                Command::PutWorkload {
+                    spec: Box::new(spec),
+                    expected_version: None,
+                    now_ms: index,
+                    service_ports: None,
+                },
             )
             .expect("deploy");
     }

@@ -9,6 +9,7 @@ mod deployments;
 mod idempotency;
 mod nodes;
 mod plan;
+mod services;
 mod workloads;
 
 pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of};
@@ -16,3 +17,4 @@ pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection
 pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};
+pub use services::{DEFAULT_SERVICE_PORTS, ServicePortRange};

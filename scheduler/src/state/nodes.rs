@@ -183,7 +183,15 @@ mod tests {
         state.apply(1, Command::RegisterNode { registration: registration(1000) }).expect("register");
         let spec = parse_yaml("name: web\nimage: x\nresources: {cpu: 500m, memory: 64Mi}\n").expect("spec");
         state
-            .apply(2, Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: 0 })
+            .apply(
+                2,
+                Command::PutWorkload {
+                    spec: Box::new(spec),
+                    expected_version: None,
+                    now_ms: 0,
+                    service_ports: None,
+                },
+            )
             .expect("deploy");
         let placement = Placement {
             workload: flotilla_api::WorkloadName::parse("web").expect("name"),

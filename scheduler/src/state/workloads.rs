@@ -5,6 +5,7 @@ use flotilla_api::{DeployChange, DeployResult, Event, Workload, WorkloadName, Wo
 
 use super::cluster_state::ClusterState;
 use super::command::{AutoscaleDecision, CommandOutput, Rejection};
+use super::services::ServicePortRange;
 
 impl ClusterState {
     pub(super) fn put_workload(
@@ -13,7 +14,10 @@ impl ClusterState {
         spec: WorkloadSpec,
         expected_version: Option<u64>,
         now_ms: u64,
+        service_ports: Option<ServicePortRange>,
     ) -> Result<CommandOutput, Rejection> {
+        let range = service_ports.unwrap_or(self.service_port_range);
+        let chosen = self.choose_service_ports(&spec, range)?;
         let existing = self.workloads.get(&spec.name);
         if let Some(expected) = expected_version {
             let actual = existing.map_or(0, |w| w.version);
@@ -49,6 +53,8 @@ impl ClusterState {
             ),
         };
         let from_version = existing.map(|w| w.version);
+        self.service_port_range = range;
+        self.set_service_ports(&workload.spec.name, chosen);
         self.workloads.insert(workload.spec.name.clone(), workload.clone());
         if from_version != Some(workload.version) {
             self.begin_deployment(index, &workload, from_version, "deploy".into(), now_ms);
@@ -91,6 +97,7 @@ impl ClusterState {
         }
         self.unplaced.remove(&name);
         self.deployments.remove(&name);
+        self.service_ports.remove(&name);
         Ok(CommandOutput::Workload(workload))
     }
 
@@ -163,7 +170,15 @@ mod tests {
             let mut state = ClusterState::default();
             let spec = parse_yaml(yaml).expect("spec");
             state
-                .apply(1, Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms: 0 })
+                .apply(
+                    1,
+                    Command::PutWorkload {
+                        spec: Box::new(spec),
+                        expected_version: None,
+                        now_ms: 0,
+                        service_ports: None,
+                    },
+                )
                 .expect("deploy");
             let before = state.clone();
             let result = state.apply(2, decision(replicas, based_on, version));

@@ -1,0 +1,51 @@
+//! Services: workloads with named ports, as the registry shows them: the
+//! port every node serves them on, and the replicas behind it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::allocation::Health;
+use crate::spec::{Balance, Protocol, SpecDuration, WorkloadName};
+
+/// One named port of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    /// The port inside the replicas.
+    pub container: u16,
+    /// The port the routing mesh serves it on, on every node.
+    pub port: u16,
+    /// Whether `port` is the spec's `ingress` (else the cluster chose it).
+    pub ingress: bool,
+}
+
+/// One replica behind a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub allocation: u64,
+    pub node: String,
+    /// The node's address (host name or IP), where the replica's host ports are.
+    pub address: String,
+    /// Each named port's host port on the node, by port name.
+    pub ports: Vec<(String, u16)>,
+    pub health: Health,
+    /// Whether it takes new connections: running, healthy, not stopping.
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: WorkloadName,
+    pub ports: Vec<ServicePort>,
+    pub balance: Balance,
+    pub drain: SpecDuration,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Every service at a state index: the answer to `GET /v1/services`, a
+/// blocking query like the agents' (`?index=N&wait_ms=M`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePage {
+    pub index: u64,
+    pub services: Vec<Service>,
+}
