@@ -55,17 +55,7 @@ fn placement_core() -> (f64, u64, u64) {
         state.apply(1, Command::RegisterNode { registration: registration(i) }).expect("node");
     }
     for i in 0..WORKLOADS {
-        state
-            .apply(
-                2,
-                Command::PutWorkload {
-                    spec: Box::new(workload_spec(i)),
-                    expected_version: None,
-                    now_ms: 0,
-                    service_ports: None,
-                },
-            )
-            .expect("workload");
+        state.apply(2, Command::put_workload(workload_spec(i), 0)).expect("workload");
     }
     let before = proc_kib("self", "VmRSS:");
     let config = ReconcileConfig { max_placements: usize::MAX, ..ReconcileConfig::default() };

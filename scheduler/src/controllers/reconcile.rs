@@ -285,17 +285,7 @@ mod tests {
 
     fn deploy(state: &mut ClusterState, yaml: &str) {
         let spec = parse_yaml(yaml).expect("valid spec");
-        state
-            .apply(
-                1,
-                Command::PutWorkload {
-                    spec: Box::new(spec),
-                    expected_version: None,
-                    now_ms: 0,
-                    service_ports: None,
-                },
-            )
-            .expect("deploy");
+        state.apply(1, Command::put_workload(spec, 0)).expect("deploy");
     }
 
     /// The tests' clock: late enough that replicas reported healthy at 0

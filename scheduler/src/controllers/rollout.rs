@@ -253,17 +253,7 @@ mod tests {
         let deploy = |state: &mut ClusterState, index: u64, image: &str| {
             let yaml = format!("name: web\nimage: {image}\nreplicas: 2\nupdate: {update}\n");
             let spec = parse_yaml(&yaml).expect("spec");
-            state
-                .apply(
-                    index,
-                    Command::PutWorkload {
-                        spec: Box::new(spec),
-                        expected_version: None,
-                        now_ms: index,
-                        service_ports: None,
-                    },
-                )
-                .expect("deploy");
+            state.apply(index, Command::put_workload(spec, index)).expect("deploy");
         };
         let place = |state: &mut ClusterState, index: u64, version: u64| {
             let placements = (0..2)

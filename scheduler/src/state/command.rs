@@ -97,6 +97,14 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// A deploy of `spec` with no version check and the default service
+    /// port range, as tests, benchmarks and tools make them.
+    pub fn put_workload(spec: WorkloadSpec, now_ms: u64) -> Self {
+        Command::PutWorkload { spec: Box::new(spec), expected_version: None, now_ms, service_ports: None }
+    }
+}
+
 /// What the autoscaler decided, and on what it based the decision: it is
 /// refused if the workload has changed since.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

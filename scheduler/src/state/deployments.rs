@@ -389,17 +389,7 @@ mod tests {
 
     fn deploy(state: &mut ClusterState, index: u64, image: &str, extra: &str) {
         let spec = parse_yaml(&format!("name: web\nimage: {image}\nreplicas: 2\n{extra}")).expect("spec");
-        state
-            .apply(
-                index,
-                Command::PutWorkload {
-                    spec: Box::new(spec),
-                    expected_version: None,
-                    now_ms: index,
-                    service_ports: None,
-                },
-            )
-            .expect("deploy");
+        state.apply(index, Command::put_workload(spec, index)).expect("deploy");
     }
 
     fn verdict(

@@ -182,17 +182,7 @@ mod tests {
         let mut state = ClusterState::default();
         state.apply(1, Command::RegisterNode { registration: registration(1000) }).expect("register");
         let spec = parse_yaml("name: web\nimage: x\nresources: {cpu: 500m, memory: 64Mi}\n").expect("spec");
-        state
-            .apply(
-                2,
-                Command::PutWorkload {
-                    spec: Box::new(spec),
-                    expected_version: None,
-                    now_ms: 0,
-                    service_ports: None,
-                },
-            )
-            .expect("deploy");
+        state.apply(2, Command::put_workload(spec, 0)).expect("deploy");
         let placement = Placement {
             workload: flotilla_api::WorkloadName::parse("web").expect("name"),
             replica: 0,

@@ -169,17 +169,7 @@ mod tests {
         for (what, yaml, (replicas, based_on, version), accepted) in table {
             let mut state = ClusterState::default();
             let spec = parse_yaml(yaml).expect("spec");
-            state
-                .apply(
-                    1,
-                    Command::PutWorkload {
-                        spec: Box::new(spec),
-                        expected_version: None,
-                        now_ms: 0,
-                        service_ports: None,
-                    },
-                )
-                .expect("deploy");
+            state.apply(1, Command::put_workload(spec, 0)).expect("deploy");
             let before = state.clone();
             let result = state.apply(2, decision(replicas, based_on, version));
             assert_eq!(result.is_ok(), accepted, "{what}: {result:?}");
