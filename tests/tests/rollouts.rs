@@ -290,3 +290,31 @@ async fn a_fixed_host_port_workload_on_one_node_rolls_out_in_place() {
         .expect("body");
     assert_eq!(body.trim(), "v2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
+async fn a_rollout_goes_on_under_a_new_leader_when_the_leader_is_killed_mid_way() {
+    let mut cluster = TestCluster::with_agents(&["a", "b"], &AGENT_FLAGS).await;
+    let client = cluster.client();
+    let update = "replicas: 3\nupdate: {min_healthy_time: 1s}\n";
+    deploy(&client, &web("v1", true, update)).await;
+    wait_rollout(&client, "web", 1, DeploymentStatus::Successful).await;
+    deploy(&client, &web("v2", true, update)).await;
+    // Once the first new replica is placed, the leader dies; the rollout's
+    // judge and reconciler are nothing but the replicated state and a clock,
+    // so the next leader carries on where it stood.
+    wait_until(Duration::from_secs(30), "a first replica of version 2", || async {
+        let all = client.allocations(Some("web"), None).await.ok()?;
+        replicas(&all).iter().any(|a| a.version == 2).then_some(())
+    })
+    .await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.server(leader).kill();
+    let next = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(next, leader);
+    wait_rollout(&client, "web", 2, DeploymentStatus::Successful).await;
+    let all = client.allocations(Some("web"), None).await.expect("ps");
+    let live = replicas(&all);
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|a| a.version == 2 && a.health == Health::Healthy), "{live:?}");
+}
