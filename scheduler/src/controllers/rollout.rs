@@ -229,9 +229,7 @@ fn judge_one(state: &ClusterState, workload: &Workload, deployment: &Deployment,
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::{
-        AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, RolloutAction, parse_yaml,
-    };
+    use flotilla_api::{AllocationUpdate, RolloutAction, parse_yaml};
 
     use super::*;
     use crate::state::{Command, Placement, Plan};
@@ -241,15 +239,7 @@ mod tests {
     /// were placed at t=1000 and report `health` (with `output`) at t=2000.
     fn rollout_state(update: &str, health: Option<Health>, output: &str) -> ClusterState {
         let mut state = ClusterState::default();
-        let registration = NodeRegistration {
-            name: "a".into(),
-            address: String::new(),
-            cpu: CpuMillis(8000),
-            memory: MemoryBytes(8 << 30),
-            labels: Default::default(),
-            drivers: [flotilla_api::spec::Driver::Docker].into(),
-        };
-        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        state.apply(1, Command::register_docker_node("a", "", 8000, 8 << 30)).expect("node");
         let deploy = |state: &mut ClusterState, index: u64, image: &str| {
             let yaml = format!("name: web\nimage: {image}\nreplicas: 2\nupdate: {update}\n");
             let spec = parse_yaml(&yaml).expect("spec");

@@ -113,7 +113,8 @@ impl ClusterState {
                 .filter_map(|(name, list)| Some((name.clone(), VecDeque::from([list.back()?.clone()]))))
                 .collect(),
             next_deployment_id: self.next_deployment_id,
-            service_ports: self.service_ports.clone(),
+            // Placement does not read service ports.
+            service_ports: BTreeMap::new(),
             service_port_range: self.service_port_range,
         }
     }

@@ -105,6 +105,24 @@ impl Command {
     }
 }
 
+#[cfg(test)]
+impl Command {
+    /// A Docker node registering with `cpu` millicores and `memory` bytes,
+    /// for tests that need somewhere to place replicas.
+    pub fn register_docker_node(name: &str, address: &str, cpu: u64, memory: u64) -> Self {
+        Command::RegisterNode {
+            registration: NodeRegistration {
+                name: name.into(),
+                address: address.into(),
+                cpu: flotilla_api::CpuMillis(cpu),
+                memory: flotilla_api::MemoryBytes(memory),
+                labels: Default::default(),
+                drivers: [flotilla_api::spec::Driver::Docker].into(),
+            },
+        }
+    }
+}
+
 /// What the autoscaler decided, and on what it based the decision: it is
 /// refused if the workload has changed since.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

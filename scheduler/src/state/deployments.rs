@@ -378,7 +378,7 @@ pub fn runs_the_same(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::{CpuMillis, MemoryBytes, NodeRegistration, parse_yaml};
+    use flotilla_api::parse_yaml;
 
     use super::*;
     use crate::state::Command;
@@ -439,15 +439,7 @@ mod tests {
     #[test]
     fn going_back_to_a_version_that_still_runs_keeps_its_replicas_as_they_are() {
         let mut state = ClusterState::default();
-        let registration = NodeRegistration {
-            name: "a".into(),
-            address: String::new(),
-            cpu: CpuMillis(4000),
-            memory: MemoryBytes(4 << 30),
-            labels: Default::default(),
-            drivers: [flotilla_api::spec::Driver::Docker].into(),
-        };
-        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        state.apply(1, Command::register_docker_node("a", "", 4000, 4 << 30)).expect("node");
         deploy(&mut state, 2, "v1", "update: {auto_revert: true}\n");
         let placements = (0..2)
             .map(|replica| crate::state::Placement {
@@ -546,15 +538,7 @@ mod tests {
     #[test]
     fn promote_pause_and_resume_move_only_from_the_states_they_name() {
         let mut state = ClusterState::default();
-        let registration = NodeRegistration {
-            name: "a".into(),
-            address: String::new(),
-            cpu: CpuMillis(1000),
-            memory: MemoryBytes(1 << 30),
-            labels: Default::default(),
-            drivers: [flotilla_api::spec::Driver::Docker].into(),
-        };
-        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        state.apply(1, Command::register_docker_node("a", "", 1000, 1 << 30)).expect("node");
         deploy(&mut state, 2, "v1", "update: {canary: 1}\n");
         let act = |state: &mut ClusterState, action| {
             state.apply(9, Command::Rollout { name: name(), action, now_ms: 9 })

@@ -165,7 +165,7 @@ fn node_host(address: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::{AllocationUpdate, CpuMillis, MemoryBytes, NodeRegistration, PortBinding, parse_yaml};
+    use flotilla_api::{AllocationUpdate, PortBinding, parse_yaml};
 
     use super::*;
     use crate::state::{Command, Placement, Plan};
@@ -232,15 +232,7 @@ mod tests {
     #[test]
     fn endpoints_are_the_replicas_with_their_node_address_host_ports_and_readiness() {
         let mut state = ClusterState::default();
-        let registration = NodeRegistration {
-            name: "n".into(),
-            address: "10.0.0.5:7100".into(),
-            cpu: CpuMillis(1000),
-            memory: MemoryBytes(1 << 30),
-            labels: Default::default(),
-            drivers: [Driver::Docker].into(),
-        };
-        state.apply(1, Command::RegisterNode { registration }).expect("node");
+        state.apply(1, Command::register_docker_node("n", "10.0.0.5:7100", 1000, 1 << 30)).expect("node");
         put(&mut state, "name: web\nimage: a\nreplicas: 2\nports: [{name: http, container: 80}]\n", None)
             .expect("web");
         let placements = (0..2)
