@@ -135,7 +135,10 @@ impl Node {
     /// A learner becomes a voter once it is within `PROMOTE_WITHIN` entries
     /// of the leader's log: close enough that it will not hold up commits,
     /// and reachable under a steady stream of writes (where "holds all that
-    /// is committed" may never be true at the instant of a tick).
+    /// is committed" may never be true at the instant of a tick). It must
+    /// also have acknowledged something and be heard from lately: in a
+    /// young log a learner that never answered is "within" reach too, and
+    /// promoting it would make a voter that can only cost the quorum.
     pub(super) fn promote_caught_up_learner(&mut self) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader || raft.has_pending_conf() || !self.membership.is_empty() {
@@ -143,9 +146,11 @@ impl Node {
         }
         let last = raft.raft_log.last_index();
         let learners = raft.prs().conf().to_conf_state().learners;
-        let ready = learners
-            .into_iter()
-            .find(|id| raft.prs().get(*id).is_some_and(|p| p.matched + PROMOTE_WITHIN >= last));
+        let ready = learners.into_iter().find(|id| {
+            raft.prs()
+                .get(*id)
+                .is_some_and(|p| p.matched > 0 && p.recent_active && p.matched + PROMOTE_WITHIN >= last)
+        });
         if let Some(id) = ready {
             tracing::info!(member = id, "promoting caught-up learner to voter");
             let context = ConfChangeContext { origin: 0, request_id: 0, address: None };
