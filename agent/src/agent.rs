@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub orphan_grace: Duration,
     /// The Docker network replicas join; the default bridge if none.
     pub docker_network: Option<String>,
+    /// Where the routing mesh serves every service port; empty: no mesh
+    /// (simulated nodes in benchmarks).
+    pub mesh_listen: Vec<std::net::IpAddr>,
     /// Stop everything this agent runs when it shuts down (`flotilla dev`);
     /// a real agent leaves its containers running, to adopt them on restart.
     pub stop_on_exit: bool,
@@ -153,12 +156,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
     register(&client, &registration).await;
 
+    let (node_events_tx, node_events_rx) = mpsc::unbounded_channel();
+    let mesh = start_mesh(&config, &runtimes, &client, &node_events_tx).await;
     let (messages_tx, mut messages_rx) = mpsc::unbounded_channel();
     let holding: Holding = Arc::default();
     let supervisor_config = SupervisorConfig {
         node: config.name.clone(),
         restart: config.restart.clone(),
         orphan_grace: config.orphan_grace,
+        directory: mesh.as_ref().map(|(directory, _)| directory.clone()),
     };
     let mut supervisor = Supervisor::new(
         supervisor_config,
@@ -181,7 +187,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let sampler = tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
-    let (node_events_tx, node_events_rx) = mpsc::unbounded_channel();
     let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));
 
     tokio::pin!(shutdown);
@@ -207,6 +212,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     }
     event_sender.abort();
+    if let Some((_, task)) = mesh {
+        task.abort();
+    }
     poller.abort();
     beater.abort();
     sampler.abort();
@@ -216,6 +224,45 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     drop(reports_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
     Ok(())
+}
+
+/// Starts the routing mesh, unless it has no address to serve on. With
+/// Docker replicas on a network of their own, it also serves on this
+/// host's address there (the gateway, or this agent's address when the
+/// agent is itself a container on that network), where the replicas'
+/// DNS questions and connections come.
+async fn start_mesh(
+    config: &AgentConfig,
+    runtimes: &HashMap<Driver, Arc<Runtime>>,
+    client: &Client,
+    node_events: &mpsc::UnboundedSender<Vec<String>>,
+) -> Option<(crate::mesh::Directory, tokio::task::JoinHandle<()>)> {
+    if config.mesh_listen.is_empty() {
+        return None;
+    }
+    let docker = runtimes.get(&Driver::Docker).filter(|r| matches!(***r, Runtime::Docker(_)));
+    let (mut container_facing, mut engine) = (None, None);
+    if let Some(docker) = docker {
+        if let Some(gateway) = docker.network_gateway().await {
+            container_facing = local_address_towards(gateway);
+        }
+        if let Runtime::Docker(d) = &**docker {
+            engine = Some(d.engine().to_owned());
+        }
+    }
+    let mesh_config =
+        crate::mesh::MeshConfig { listen: config.mesh_listen.clone(), container_facing, engine };
+    tracing::info!(listen = ?mesh_config.listen, ?container_facing, "routing mesh");
+    Some(crate::mesh::start(mesh_config, client.clone(), node_events.clone()))
+}
+
+/// The address this host sends from to reach `peer`: on the host, the
+/// gateway itself; in a container on the gateway's network, its own
+/// address there. (A connected UDP socket sends nothing.)
+fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    socket.connect((peer, 53)).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
 }
 
 /// Long-polls the servers for this node's allocations; a blocking query

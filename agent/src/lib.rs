@@ -6,6 +6,7 @@ pub mod agent;
 pub mod health;
 pub mod host;
 pub mod logs_api;
+pub mod mesh;
 pub mod restart;
 pub mod runtime;
 pub mod supervisor;

@@ -78,6 +78,17 @@ impl std::fmt::Display for Health {
     }
 }
 
+/// Where a container answers on its own network. Container addresses are
+/// only routable from the host of the engine that made them (and from its
+/// containers), so the engine's id travels with the address: a mesh on
+/// another host uses the node's address and host port instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerAddress {
+    /// The Docker engine's id (`docker info`'s `ID`).
+    pub engine: String,
+    pub ip: std::net::IpAddr,
+}
+
 /// A container port published on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortBinding {
@@ -111,6 +122,10 @@ pub struct Allocation {
     /// The container (or process) id its agent runs it as, once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_id: Option<String>,
+    /// Its own address on its Docker network, for routing meshes that can
+    /// reach it there (skipping the host port's extra hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_address: Option<ContainerAddress>,
     /// Raft index at which it was placed: its age, without clocks in the state.
     pub created_index: u64,
     pub modified_index: u64,
@@ -169,6 +184,8 @@ pub struct AllocationUpdate {
     #[serde(default)]
     pub runtime_id: Option<String>,
     #[serde(default)]
+    pub container_address: Option<ContainerAddress>,
+    #[serde(default)]
     pub health: Health,
     #[serde(default)]
     pub health_output: String,
@@ -192,6 +209,7 @@ impl AllocationUpdate {
             ports: Vec::new(),
             next_restart_at_ms: None,
             runtime_id: None,
+            container_address: None,
             health: Health::Unknown,
             health_output: String::new(),
         }

@@ -233,6 +233,11 @@ impl Client {
         self.request::<(), _>(Method::GET, &path, None).await
     }
 
+    /// One service: its ports and the replicas behind them.
+    pub async fn service(&self, name: &str) -> Result<crate::Service, ClientError> {
+        self.request::<(), _>(Method::GET, &format!("/v1/services/{name}"), None).await
+    }
+
     /// The workload's deployments (its version history), newest first.
     pub async fn deployments(&self, name: &str) -> Result<Vec<crate::Deployment>, ClientError> {
         self.request::<(), _>(Method::GET, &format!("/v1/workloads/{name}/deployments"), None).await

@@ -14,8 +14,8 @@ pub mod spec;
 pub mod spec_error;
 
 pub use allocation::{
-    Allocation, AllocationState, AllocationUpdate, AllocationUsage, Health, Heartbeat, HeartbeatAnswer,
-    NodeAllocations, PortBinding,
+    Allocation, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress, Health, Heartbeat,
+    HeartbeatAnswer, NodeAllocations, PortBinding,
 };
 pub use client::{Client, ClientError};
 pub use clock::now_ms;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::allocation::Health;
+use crate::allocation::{ContainerAddress, Health};
 use crate::spec::{Balance, Protocol, SpecDuration, WorkloadName};
 
 /// One named port of a service.
@@ -31,6 +31,14 @@ pub struct Endpoint {
     pub health: Health,
     /// Whether it takes new connections: running, healthy, not stopping.
     pub ready: bool,
+    /// Its address on its Docker network, where it listens on the
+    /// container ports: a mesh on the same engine dials it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_address: Option<ContainerAddress>,
+    /// Since when it has been healthy: a mesh re-admits an endpoint it
+    /// ejected once this moves on (the replica passed its checks anew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,26 @@ pub struct AgentArgs {
     /// health checks reach the replicas.
     #[arg(long, env = "FLOTILLA_DOCKER_NETWORK")]
     docker_network: Option<String>,
+    /// Addresses the routing mesh serves every service port on (ingress
+    /// and assigned), comma-separated; `none` for no mesh. Several agents on
+    /// one host may share them. With --docker-network the mesh (and the DNS
+    /// for `*.flotilla`) also serves on this host's address on that network.
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0", value_parser = mesh_address)]
+    mesh_listen: Vec<MeshAddress>,
+}
+
+/// One `--mesh-listen` value.
+#[derive(Debug, Clone, Copy)]
+enum MeshAddress {
+    Ip(std::net::IpAddr),
+    None,
+}
+
+fn mesh_address(text: &str) -> Result<MeshAddress, String> {
+    if text == "none" {
+        return Ok(MeshAddress::None);
+    }
+    text.parse().map(MeshAddress::Ip).map_err(|_| format!("`{text}` is not an IP address (or `none`)"))
 }
 
 fn host_name() -> String {
@@ -104,6 +124,18 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             })
             .collect()
     });
+    let simulated = args.drivers.iter().all(|d| matches!(d, DriverArg::Sim)) && !args.drivers.is_empty();
+    let mesh_listen = if simulated {
+        Vec::new()
+    } else {
+        args.mesh_listen
+            .iter()
+            .filter_map(|a| match a {
+                MeshAddress::Ip(ip) => Some(*ip),
+                MeshAddress::None => None,
+            })
+            .collect()
+    };
     Ok(AgentConfig {
         servers: args.servers,
         data_dir: args.data_dir,
@@ -126,6 +158,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         },
         orphan_grace: Duration::from_millis(args.orphan_grace_ms),
         docker_network: args.docker_network,
+        mesh_listen,
         stop_on_exit: false,
     })
 }

@@ -70,6 +70,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         restart: RestartConfig::default(),
         orphan_grace: std::time::Duration::from_secs(60),
         docker_network: None,
+        mesh_listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
         stop_on_exit: true,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));

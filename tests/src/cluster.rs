@@ -39,7 +39,19 @@ pub struct TestCluster {
     pub dir: TempDir,
     pub servers: Vec<ServerProcess>,
     pub agents: Vec<AgentProcess>,
+    /// The loopback address this cluster's agents serve service ports on:
+    /// its own, so clusters of tests running at once never share a mesh.
+    pub mesh: std::net::IpAddr,
     options: ClusterOptions,
+}
+
+/// A loopback address no other test cluster uses: 127.128.0.0/9, from the
+/// test process's id and a count of the clusters it made.
+fn unique_loopback() -> std::net::IpAddr {
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x3f;
+    let bits = ((std::process::id() & 0x1ffff) << 6) | count;
+    std::net::Ipv4Addr::from((127 << 24) | (1 << 23) | bits).into()
 }
 
 impl TestCluster {
@@ -58,7 +70,7 @@ impl TestCluster {
                 ServerProcess::new(id, address, dir.path(), args)
             })
             .collect();
-        let mut cluster = TestCluster { dir, servers, agents: Vec::new(), options };
+        let mut cluster = TestCluster { dir, servers, agents: Vec::new(), mesh: unique_loopback(), options };
         for server in &mut cluster.servers {
             server.start();
         }
@@ -182,7 +194,12 @@ impl TestCluster {
         if let Some(position) = self.servers.iter().position(|s| s.id == first) {
             servers[..=position].rotate_right(1);
         }
-        self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), extra));
+        let mesh = self.mesh.to_string();
+        let mut flags: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--mesh-listen") {
+            flags.extend(["--mesh-listen", mesh.as_str()]);
+        }
+        self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), &flags));
         let agent = self.agents.last_mut().expect("just pushed");
         agent.start();
         agent

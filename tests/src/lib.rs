@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod containers;
 pub mod daemon;
 pub mod docker_available;
+pub mod docker_network;
+pub mod http_load;
 pub mod server_process;
 pub mod simulated_nodes;
 pub mod wait;

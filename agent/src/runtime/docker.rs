@@ -35,6 +35,9 @@ pub struct DockerRuntime {
     /// The Docker network replicas join (a `cluster up --docker` cluster's
     /// own, so that agents in containers reach them); the default bridge if none.
     network: Option<String>,
+    /// The engine's id, sent with replicas' container addresses: a routing
+    /// mesh dials those only on the same engine's host.
+    engine: String,
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -75,7 +78,19 @@ impl DockerRuntime {
             .map_err(|_| RuntimeError::Docker("the engine did not answer within 3 s".into()))?
             .map_err(docker_error)?;
         docker.ping().await.map_err(docker_error)?;
-        Ok(DockerRuntime { docker, network })
+        let engine = docker.info().await.map_err(docker_error)?.id.unwrap_or_default();
+        Ok(DockerRuntime { docker, network, engine })
+    }
+
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// The gateway of the replicas' own network (none on the default
+    /// bridge, which the host shares with everything else).
+    pub async fn network_gateway(&self) -> Option<std::net::IpAddr> {
+        let network = self.docker.inspect_network(self.network.as_deref()?, None).await.ok()?;
+        network.ipam?.config?.into_iter().find_map(|c| c.gateway?.parse().ok())
     }
 
     /// The engine client, for callers that manage images and networks.
@@ -116,7 +131,7 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             host_config: Some(HostConfig {
@@ -125,6 +140,7 @@ impl DockerRuntime {
                 memory_swap: Some(memory),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 network_mode: self.network.clone(),
+                dns: launch.dns.map(|ip| vec![ip.to_string()]),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

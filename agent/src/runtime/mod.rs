@@ -21,6 +21,12 @@ pub struct Launch<'a> {
     /// The node's name, written on what the runtime creates so that a
     /// restarted agent finds (and only finds) its own.
     pub node: &'a str,
+    /// Its whole environment: the spec's, over what flotilla tells every
+    /// replica (its allocation id, where the services are).
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    /// The DNS server for a container: this agent's responder, which
+    /// answers `*.flotilla` (and passes other names on).
+    pub dns: Option<std::net::IpAddr>,
 }
 
 /// An allocation's runtime object (container or process) as last seen.
@@ -78,6 +84,15 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// The engine's address on the replicas' network, where containers
+    /// reach this host, if the replicas have a network of their own.
+    pub async fn network_gateway(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Runtime::Docker(r) => r.network_gateway().await,
+            _ => None,
+        }
+    }
+
     pub async fn start(&self, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
         match self {
             Runtime::Docker(r) => r.start(launch).await,
@@ -132,6 +147,17 @@ impl Runtime {
             Runtime::Docker(r) => r.exec(handle, command, timeout).await,
             Runtime::Process(_) => process::exec(command, env, timeout).await,
             Runtime::Sim(_) => Ok((0, String::new())),
+        }
+    }
+
+    /// Where a replica answers on its own network, for the routing meshes
+    /// on the same engine; processes answer on their node's address.
+    pub fn container_address(&self, observed: &Observed) -> Option<flotilla_api::ContainerAddress> {
+        match self {
+            Runtime::Docker(r) => {
+                Some(flotilla_api::ContainerAddress { engine: r.engine().to_owned(), ip: observed.address? })
+            }
+            _ => None,
         }
     }
 

@@ -115,7 +115,7 @@ impl ProcessRuntime {
         let stderr = log.try_clone().map_err(|e| process_error("cannot open its log", e))?;
         let mut child = tokio::process::Command::new(program)
             .args(args)
-            .envs(&launch.spec.env)
+            .envs(launch.env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)

@@ -14,6 +14,10 @@ pub(super) enum Phase {
     Running,
     /// Exited; starts again at this instant.
     Backoff(Instant),
+    /// A replica of a service, told to stop: it still runs, so that
+    /// connections in flight finish, while the meshes send it no new ones;
+    /// it is signalled at this instant.
+    Draining(Instant),
     Stopping,
     /// A stop failed; it is tried again at `at`.
     StopRetry {
@@ -70,6 +74,7 @@ pub(super) fn update(local: &Local, state: AllocationState, message: String) -> 
         ports: local.allocation.ports.clone(),
         next_restart_at_ms: None,
         runtime_id: local.handle.clone(),
+        container_address: local.allocation.container_address.clone(),
         health: local.health,
         health_output: local.health_output.clone(),
     }

@@ -88,6 +88,8 @@ pub struct Supervisor {
     holding: Holding,
     /// For HTTP checks: one connection pool for every replica's checks.
     check_http: reqwest::Client,
+    /// The services, for the environment and DNS of replicas it starts.
+    directory: Option<crate::mesh::Directory>,
 }
 
 /// How the supervisor is set up, beyond its runtimes.
@@ -96,6 +98,8 @@ pub struct SupervisorConfig {
     pub node: String,
     pub restart: RestartConfig,
     pub orphan_grace: Duration,
+    /// The mesh's view of the services; `None` where no mesh runs.
+    pub directory: Option<crate::mesh::Directory>,
 }
 
 impl Supervisor {
@@ -116,6 +120,7 @@ impl Supervisor {
             node_events: Vec::new(),
             holding,
             check_http: crate::health::check_client(),
+            directory: config.directory,
             local: BTreeMap::new(),
             found: HashMap::new(),
             stopping_found: BTreeSet::new(),
@@ -162,7 +167,7 @@ impl Supervisor {
             Message::Stopped { allocation, result } => self.on_stopped(allocation, result),
             Message::StopNow(ids) => {
                 for id in ids {
-                    self.stop(id);
+                    self.stop_at_once(id);
                     self.stop_found(id);
                 }
             }
@@ -237,6 +242,8 @@ impl Supervisor {
                     local.handle = Some(observed.handle.clone());
                     local.phase = Phase::Running;
                     local.allocation.ports = observed.ports.clone();
+                    local.allocation.container_address =
+                        self.runtimes.get(&driver).and_then(|r| r.container_address(&observed));
                     self.handles_insert(id, driver, &observed.handle);
                     self.local.insert(id, local);
                     self.watch_health(id, &observed);
@@ -268,6 +275,7 @@ impl Supervisor {
     /// refreshes what the heartbeat says this node holds.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        self.end_drains(now);
         self.retry_stops(now);
         let holding: Vec<u64> = self
             .local

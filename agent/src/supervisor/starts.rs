@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use flotilla_api::AllocationState;
+use std::collections::BTreeMap;
+
+use flotilla_api::spec::Driver;
+use flotilla_api::{Allocation, AllocationState, WorkloadSpec};
 
 use super::local::{Phase, update};
 use super::{Message, Supervisor};
@@ -21,9 +24,11 @@ impl Supervisor {
         self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
+        let env = self.environment(&allocation, &spec);
+        let dns = self.directory.as_ref().and_then(|d| d.dns()).filter(|_| spec.driver == Driver::Docker);
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let launch = Launch { allocation: &allocation, spec: &spec, node: &node };
+            let launch = Launch { allocation: &allocation, spec: &spec, node: &node, env: &env, dns };
             let result = match handle {
                 Some(handle) => runtime.restart(&handle, launch).await,
                 None => runtime.start(launch).await,
@@ -31,6 +36,16 @@ impl Supervisor {
             let _ =
                 messages.send(Message::Started { allocation: id, result: result.map_err(|e| e.to_string()) });
         });
+    }
+
+    /// A replica's environment: its allocation id and the services known
+    /// now, under what its spec sets (the spec has the last word).
+    fn environment(&self, allocation: &Allocation, spec: &WorkloadSpec) -> BTreeMap<String, String> {
+        let mut env = self.directory.as_ref().map(|d| d.environment(spec.driver)).unwrap_or_default();
+        env.insert("FLOTILLA_ALLOCATION_ID".into(), allocation.id.to_string());
+        env.insert("FLOTILLA_WORKLOAD".into(), allocation.workload.to_string());
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
     }
 
     pub(super) async fn on_started(&mut self, id: u64, result: Result<Observed, String>) {
@@ -56,6 +71,8 @@ impl Supervisor {
                 local.started_at = Instant::now();
                 local.allocation.ports = observed.ports.clone();
                 let driver = local.driver;
+                local.allocation.container_address =
+                    self.runtimes.get(&driver).and_then(|r| r.container_address(&observed));
                 self.handles_insert(id, driver, &observed.handle);
                 if observed.running {
                     let mut exited_meanwhile = false;

@@ -18,7 +18,28 @@ const STOP_RETRY_FIRST: Duration = Duration::from_millis(500);
 const STOP_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Supervisor {
+    /// Stops an allocation the servers no longer want here. A running
+    /// replica of a service drains first: the servers already mark it
+    /// stopping, so every mesh drops it from its pool at once, and it gets
+    /// the service's `drain` to finish what it serves before the signal.
     pub(super) fn stop(&mut self, id: u64) {
+        let Some(local) = self.local.get_mut(&id) else { return };
+        if matches!(local.phase, Phase::Draining(_)) {
+            return;
+        }
+        let drain = local.spec.service.drain.to_std();
+        let serves = local.spec.service_ports().next().is_some();
+        if local.phase == Phase::Running && serves && !drain.is_zero() {
+            tracing::info!(allocation = id, ?drain, "draining before the stop");
+            local.phase = Phase::Draining(Instant::now() + drain);
+            return;
+        }
+        self.stop_at_once(id);
+    }
+
+    /// Stops an allocation without draining it (its node was lost, so it
+    /// is served elsewhere already; or its drain is over).
+    pub(super) fn stop_at_once(&mut self, id: u64) {
         let Some(local) = self.local.get_mut(&id) else { return };
         match local.phase {
             Phase::Stopping | Phase::StopRetry { .. } => return,
@@ -77,6 +98,19 @@ impl Supervisor {
         let wait = STOP_RETRY_FIRST.saturating_mul(1 << (attempts - 1).min(16)).min(STOP_RETRY_MAX);
         tracing::warn!(allocation = id, %error, attempts, retry_in = ?wait, "stop failed; trying again");
         local.phase = Phase::StopRetry { at: Instant::now() + wait, attempts };
+    }
+
+    /// Stops the replicas whose drain is over.
+    pub(super) fn end_drains(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .local
+            .iter()
+            .filter(|(_, l)| matches!(l.phase, Phase::Draining(at) if at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.stop_at_once(id);
+        }
     }
 
     /// Tries again the stops whose retry time has come.

@@ -98,6 +98,7 @@ impl ClusterState {
             stopping: false,
             next_restart_at_ms: None,
             runtime_id: None,
+            container_address: None,
             created_index: index,
             modified_index: index,
             created_at_ms: now_ms,
@@ -197,6 +198,10 @@ impl ClusterState {
                 allocation.message = update.message;
                 if update.runtime_id.is_some() {
                     allocation.runtime_id = update.runtime_id;
+                }
+                // A restarted container may come back at another address.
+                if update.state == AllocationState::Running || !update.state.is_live() {
+                    allocation.container_address = update.container_address;
                 }
                 allocation.next_restart_at_ms =
                     update.next_restart_at_ms.filter(|_| update.state == AllocationState::Restarting);

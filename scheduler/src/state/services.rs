@@ -145,6 +145,8 @@ impl ClusterState {
                     ports: host_ports,
                     health: a.health,
                     ready: a.state == AllocationState::Running && a.health == Health::Healthy && !a.stopping,
+                    container_address: a.container_address.clone(),
+                    healthy_since_ms: a.healthy_since_ms,
                 }
             })
             .collect();
