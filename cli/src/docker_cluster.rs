@@ -64,7 +64,7 @@ async fn build_image() -> anyhow::Result<()> {
 pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     build_image().await?;
     let name = &args.name;
-    let network = format!("flotilla-{name}");
+    let network = network_name(name);
     let label = format!("{CLUSTER_LABEL}={name}");
     let mut record = ClusterRecord {
         name: name.clone(),
@@ -74,7 +74,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         docker: true,
     };
     save(&record)?;
-    docker(&["network", "create", "--label", &label, &network])?;
+    create_network(name)?;
     let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
     let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
     for (i, server) in servers.iter().enumerate() {
@@ -140,7 +140,24 @@ pub fn down(record: &ClusterRecord) -> anyhow::Result<()> {
     }
     // Replicas joined the cluster's network: they go before it can.
     crate::local_cluster::remove_workload_containers(&record.nodes);
-    let networks = docker(&["network", "ls", "-q", "--filter", &format!("label={label}")])?;
+    remove_networks(&record.name)
+}
+
+/// The Docker network of cluster `name`, where its replicas (and in docker
+/// mode its servers and agents) are, and where replicas reach the mesh.
+pub fn network_name(name: &str) -> String {
+    format!("flotilla-{name}")
+}
+
+pub fn create_network(name: &str) -> anyhow::Result<String> {
+    let network = network_name(name);
+    docker(&["network", "create", "--label", &format!("{CLUSTER_LABEL}={name}"), &network])?;
+    Ok(network)
+}
+
+/// Removes the networks cluster `name` made (after its containers).
+pub fn remove_networks(name: &str) -> anyhow::Result<()> {
+    let networks = docker(&["network", "ls", "-q", "--filter", &format!("label={CLUSTER_LABEL}={name}")])?;
     for network in networks.lines() {
         docker(&["network", "rm", network])?;
     }

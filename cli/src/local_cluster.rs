@@ -180,6 +180,17 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         record.addresses.push(format!("127.0.0.1:{}", free_port()?));
     }
     save(&record)?;
+    // Replicas get a network of their own, where they reach the agents'
+    // mesh and DNS by name; without Docker, processes need none.
+    let network = match docker_cluster::create_network(&args.name) {
+        Ok(network) => Some(network),
+        Err(error) => {
+            eprintln!(
+                "no Docker network for the replicas ({error}); containers will not find services by name"
+            );
+            None
+        }
+    };
     for (i, address) in record.addresses.clone().iter().enumerate() {
         let id = i as u64 + 1;
         let mut args = server_command(id, address, &dir.join(format!("server-{id}")));
@@ -191,6 +202,10 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let node = format!("{}-agent-{}", args.name, i + 1);
         let mut agent = agent_command(&record.addresses, &dir.join(format!("agent-{}", i + 1)), &node);
         agent.extend(["--cpu".into(), args.agent_cpu.clone(), "--memory".into(), args.agent_memory.clone()]);
+        agent.extend(["--mesh-listen".into(), "127.0.0.1".into()]);
+        if let Some(network) = &network {
+            agent.extend(["--docker-network".into(), network.clone()]);
+        }
         for label in agent_labels(&args.agent_labels, i) {
             agent.extend(["--label".into(), label]);
         }
@@ -243,6 +258,9 @@ pub async fn down(args: NameArgs) -> anyhow::Result<()> {
         }
     }
     remove_workload_containers(&record.nodes);
+    if !record.docker {
+        let _ = docker_cluster::remove_networks(&record.name);
+    }
     let dir = clusters_dir().join(&record.name);
     std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     println!("cluster `{}` is down; nothing of it is left", record.name);

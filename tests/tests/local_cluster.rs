@@ -2,7 +2,10 @@
 //! processes, and as containers on a private Docker network; `down` leaves
 //! nothing behind.
 
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use flotilla_tests::flotilla_binary;
 
@@ -28,6 +31,65 @@ fn ok(output: Output, what: &str) -> String {
 fn docker_ids(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().expect("docker");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A replica on one agent reaches every replica of `web`, two of them on
+/// other agents, by name through the mesh; and a client on the host
+/// reaches them through one agent's ingress port.
+fn through_the_mesh(
+    home: &std::path::Path,
+    addr: &str,
+    name: &str,
+    docker: bool,
+    ingress: u16,
+    web_hosts: &BTreeSet<String>,
+) {
+    let spec = home.join("caller.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: caller\nimage: flotilla/busybox:latest\nresources: {{cpu: 50m, memory: 16Mi}}\n\
+             command: [sh, -c, \"while true; do wget -q -O - http://web.flotilla:{ingress}/; sleep 0.1; done\"]\n"
+        ),
+    )
+    .expect("spec");
+    ok(
+        flotilla(home, &["deploy", "-f", spec.to_str().expect("path"), "--wait"], Some(addr)),
+        "deploy caller",
+    );
+    let ps: serde_json::Value =
+        serde_json::from_str(&ok(flotilla(home, &["ps", "caller", "-o", "json"], Some(addr)), "ps"))
+            .expect("json");
+    let container = ps[0]["runtime_id"].as_str().expect("the caller's container").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reached = BTreeSet::new();
+    while !web_hosts.is_subset(&reached) {
+        assert!(Instant::now() < deadline, "by name, the caller reached only {reached:?} of {web_hosts:?}");
+        let logs = Command::new("docker").args(["logs", &container]).output().expect("docker logs");
+        reached = String::from_utf8_lossy(&logs.stdout).lines().map(str::to_owned).collect();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // From the host: the ingress port of the first agent.
+    let host = if docker {
+        docker_ids(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &format!("flotilla-{name}-agent-1"),
+        ])
+    } else {
+        "127.0.0.1".to_owned()
+    };
+    let mut seen = BTreeSet::new();
+    while !web_hosts.is_subset(&seen) {
+        assert!(Instant::now() < deadline, "through the ingress, only {seen:?} of {web_hosts:?}");
+        let mut stream =
+            std::net::TcpStream::connect((host.as_str(), ingress)).expect("the ingress port answers");
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("reply");
+        seen.insert(reply.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_owned());
+    }
 }
 
 /// Ups a cluster, deploys and checks it, downs it, and checks nothing is left.
@@ -63,13 +125,17 @@ fn up_use_down(name: &str, docker: bool) {
         // check, which the agents (processes, or containers on the
         // cluster's network) make the way a client on the node would.
         let spec = home.path().join("web.yaml");
+        let ingress = flotilla_tests::free_port();
         std::fs::write(
             &spec,
-            "name: web\nimage: flotilla/busybox:latest\n\
-             command: [sh, -c, \"mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www\"]\n\
-             replicas: 3\nresources: {cpu: 50m, memory: 16Mi}\nports: [{container: 80}]\n\
-             checks: [{name: web, http: {path: /index.html, port: 80}, interval: 500ms}]\n\
-             update: {min_healthy_time: 1s}\n",
+            format!(
+                "name: web\nimage: flotilla/busybox:latest\n\
+                 command: [sh, -c, \"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www\"]\n\
+                 replicas: 3\nresources: {{cpu: 50m, memory: 16Mi}}\n\
+                 ports: [{{name: http, container: 80, ingress: {ingress}}}]\n\
+                 checks: [{{name: web, http: {{path: /index.html, port: 80}}, interval: 500ms}}]\n\
+                 update: {{min_healthy_time: 1s}}\n"
+            ),
         )
         .expect("spec");
         let deploy = ["deploy", "-f", spec.to_str().expect("path"), "--wait", "--timeout", "60"];
@@ -86,6 +152,13 @@ fn up_use_down(name: &str, docker: bool) {
             })
             .count();
         assert_eq!(healthy, 3, "{ps}");
+        let web_hosts: BTreeSet<String> = ps
+            .as_array()
+            .expect("allocations")
+            .iter()
+            .filter_map(|a| Some(a["runtime_id"].as_str()?.chars().take(12).collect()))
+            .collect();
+        through_the_mesh(home.path(), &addr, name, docker, ingress, &web_hosts);
     });
     let down = flotilla(home.path(), &["cluster", "down", "--name", name], None);
     if let Err(panic) = result {
