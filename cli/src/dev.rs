@@ -80,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let result = client.deploy(spec, None).await?;
         eprintln!("workload/{} deployed (version {})", result.workload.spec.name, result.workload.version);
     }
+    print_service_addresses(&client).await;
     let watching = show_progress(&client, Duration::from_secs(args.wait));
     tokio::select! {
         () = shutdown_signal() => {}
@@ -92,6 +93,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     agent.await.context("agent task")??;
     server.await.context("server task")??;
     Ok(())
+}
+
+/// Where each service answers: the mesh serves every service port on
+/// 127.0.0.1 here.
+async fn print_service_addresses(client: &Client) {
+    let Ok(page) = client.services(0, Duration::ZERO).await else { return };
+    for service in &page.services {
+        for port in &service.ports {
+            let scheme = match port.protocol {
+                flotilla_api::spec::Protocol::Tcp if port.name.starts_with("http") => "http",
+                flotilla_api::spec::Protocol::Tcp => "tcp",
+                flotilla_api::spec::Protocol::Udp => "udp",
+            };
+            eprintln!("  {} ({}): {scheme}://127.0.0.1:{}", service.name, port.name, port.port);
+        }
+    }
 }
 
 /// Prints each workload's replicas as they come up, until all run.

@@ -111,6 +111,10 @@ fn flotilla_dev_serves_the_hello_example_and_cleans_up_on_ctrl_c() {
         let _ = pipe.read_to_string(&mut stderr);
     }
     assert!(answer.is_some(), "hello answered on 8080:\n{stderr}");
+    assert!(
+        stderr.contains("hello (http): http://127.0.0.1:8080"),
+        "the service's address is shown:\n{stderr}"
+    );
     assert!(status.success(), "a clean exit:\n{stderr}");
     assert_eq!(docker_leftovers("flotilla.node=dev"), "", "Ctrl-C stopped the containers:\n{stderr}");
 }
