@@ -253,7 +253,7 @@ async fn start_mesh(
     let mesh_config =
         crate::mesh::MeshConfig { listen: config.mesh_listen.clone(), container_facing, engine };
     tracing::info!(listen = ?mesh_config.listen, ?container_facing, "routing mesh");
-    Some(crate::mesh::start(mesh_config, client.clone(), node_events.clone()))
+    Some(crate::mesh::start(mesh_config, client.clone(), config.name.clone(), node_events.clone()))
 }
 
 /// The address this host sends from to reach `peer`: on the host, the

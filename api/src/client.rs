@@ -233,6 +233,15 @@ impl Client {
         self.request::<(), _>(Method::GET, &path, None).await
     }
 
+    /// The service ports this node's mesh cannot serve (empty: it serves all).
+    pub async fn report_unserved(
+        &self,
+        node: &str,
+        ports: &[crate::UnservedPort],
+    ) -> Result<(), ClientError> {
+        self.write(Method::PUT, &format!("/v1/nodes/{node}/unserved"), Some(&ports)).await
+    }
+
     /// One service: its ports and the replicas behind them.
     pub async fn service(&self, name: &str) -> Result<crate::Service, ClientError> {
         self.request::<(), _>(Method::GET, &format!("/v1/services/{name}"), None).await

@@ -24,6 +24,6 @@ pub use deployment::{Deployment, DeploymentStatus, RolloutAction, UndoRequest};
 pub use model::*;
 pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};
-pub use service::{Endpoint, Service, ServicePage, ServicePort};
+pub use service::{Endpoint, Service, ServicePage, ServicePort, UnservedPort};
 pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 pub use spec_error::SpecError;

@@ -99,6 +99,9 @@ pub struct Node {
     /// this time (ms since the epoch); 0: no such wait.
     #[serde(default)]
     pub eligible_at_ms: u64,
+    /// Service ports its mesh cannot serve, as its agent last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unserved_ports: Vec<crate::UnservedPort>,
 }
 
 impl Node {

@@ -41,6 +41,20 @@ pub struct Endpoint {
     pub healthy_since_ms: Option<u64>,
 }
 
+/// A service port a node's mesh cannot serve: another program holds it
+/// there. The agent keeps trying, and clears this once it serves the port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnservedPort {
+    /// The node; filled in by the server from the reporting agent.
+    #[serde(default)]
+    pub node: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The address the mesh failed to bind.
+    pub address: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub name: WorkloadName,
@@ -48,6 +62,9 @@ pub struct Service {
     pub balance: Balance,
     pub drain: SpecDuration,
     pub endpoints: Vec<Endpoint>,
+    /// Nodes whose mesh cannot serve one of its ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unserved: Vec<UnservedPort>,
 }
 
 /// Every service at a state index: the answer to `GET /v1/services`, a

@@ -33,7 +33,7 @@ pub async fn services(client: &Client, args: ServicesArgs) -> anyhow::Result<()>
                 if port.ingress { format!("{} (ingress)", port.port) } else { port.port.to_string() };
             t.add_row(vec![
                 service.name.to_string(),
-                format!("{}/{}", port.name, protocol_name(port.protocol)),
+                format!("{}/{}", port.name, port.protocol),
                 published,
                 format!("{ready}/{}", service.endpoints.len()),
                 balance_name(service.balance).to_owned(),
@@ -41,6 +41,12 @@ pub async fn services(client: &Client, args: ServicesArgs) -> anyhow::Result<()>
         }
     }
     println!("{t}");
+    for unserved in services.iter().flat_map(|s| &s.unserved) {
+        println!(
+            "! node {} cannot serve port {}/{} on {}: {}",
+            unserved.node, unserved.port, unserved.protocol, unserved.address, unserved.reason
+        );
+    }
     if args.name.is_some() {
         let mut e = table(&["ALLOCATION", "NODE", "ADDRESS", "HOST PORTS", "HEALTH", "READY"]);
         for service in &services {
@@ -60,13 +66,6 @@ pub async fn services(client: &Client, args: ServicesArgs) -> anyhow::Result<()>
         println!("{e}");
     }
     Ok(())
-}
-
-fn protocol_name(protocol: flotilla_api::spec::Protocol) -> &'static str {
-    match protocol {
-        flotilla_api::spec::Protocol::Tcp => "tcp",
-        flotilla_api::spec::Protocol::Udp => "udp",
-    }
 }
 
 fn balance_name(balance: flotilla_api::spec::Balance) -> &'static str {

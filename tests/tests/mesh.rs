@@ -282,3 +282,37 @@ async fn a_failing_readiness_check_takes_a_replica_out_of_the_pool_without_resta
     assert!(exec.expect("docker exec").status.success());
     mesh_reaches(address, &[unready.to_string()].into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
+async fn an_ingress_port_another_program_holds_marks_the_node_until_it_is_free() {
+    let network = DockerNetwork::create("flotilla-mesh-bind");
+    let cluster = cluster_on(&network, &["a"]).await;
+    let client = cluster.client();
+    let ingress = free_port();
+    let squatter =
+        std::net::TcpListener::bind((cluster.mesh, ingress)).expect("another program takes the port");
+    deploy(&client, &web(1, ingress, "round_robin", "v1")).await;
+    let node = cluster.agents[0].name.clone();
+    let unserved =
+        wait_until(Duration::from_secs(30), "the node marked unable to serve the port", || async {
+            let service = client.service("web").await.ok()?;
+            service.unserved.into_iter().find(|u| u.node == node && u.port == ingress)
+        })
+        .await;
+    assert_eq!(unserved.address, cluster.mesh.to_string());
+    assert!(unserved.reason.to_lowercase().contains("in use"), "{unserved:?}");
+    let events = client.events(0, Duration::ZERO).await.expect("events");
+    let said = format!("cannot serve service port {ingress}/tcp of `web` on {}", cluster.mesh);
+    assert!(events.events.iter().any(|e| e.message.starts_with(&said)), "{:?}", events.events);
+    let services = String::from_utf8_lossy(&cluster.cli(&["services"]).stdout).into_owned();
+    assert!(services.contains(&format!("! node {node} cannot serve port {ingress}/tcp")), "{services}");
+
+    drop(squatter);
+    wait_until(Duration::from_secs(30), "the port served and the mark cleared", || async {
+        let service = client.service("web").await.ok()?;
+        (service.unserved.is_empty() && service.endpoints.iter().any(|e| e.ready)).then_some(())
+    })
+    .await;
+    fetch(SocketAddr::new(cluster.mesh, ingress)).await.expect("served through the mesh once free");
+}

@@ -183,6 +183,7 @@ mod tests {
             balance: Balance::RoundRobin,
             drain: Default::default(),
             endpoints: Vec::new(),
+            unserved: Vec::new(),
         }
     }
 

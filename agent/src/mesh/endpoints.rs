@@ -185,6 +185,7 @@ mod tests {
             balance: Balance::RoundRobin,
             drain: Default::default(),
             endpoints,
+            unserved: Vec::new(),
         }
     }
 

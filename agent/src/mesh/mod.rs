@@ -13,13 +13,13 @@ pub mod endpoints;
 pub mod tcp;
 pub mod udp;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::spec::{Driver, Protocol};
-use flotilla_api::{Client, Service};
+use flotilla_api::{Client, Service, UnservedPort};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -27,6 +27,9 @@ use endpoints::{Dialling, HostNames, Pools, build_pools};
 
 /// How long one blocking query for the registry waits for a change.
 const REGISTRY_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a port another program holds is tried again.
+const REBIND_EVERY: Duration = Duration::from_secs(2);
 
 /// How the mesh of one agent is set up.
 #[derive(Debug, Clone)]
@@ -90,10 +93,12 @@ fn env_part(name: &str) -> String {
 pub fn start(
     config: MeshConfig,
     client: Client,
+    node: String,
     node_events: mpsc::UnboundedSender<Vec<String>>,
 ) -> (Directory, JoinHandle<()>) {
     let (services_tx, services_rx) = watch::channel(Arc::new(Vec::new()));
     let (pools_tx, pools_rx) = watch::channel(Arc::new(Pools::new()));
+    let (unserved_tx, unserved_rx) = watch::channel(Vec::new());
     let process_facing = config
         .listen
         .iter()
@@ -111,14 +116,17 @@ pub fn start(
         pools: pools_tx,
         pools_rx,
         listeners: HashMap::new(),
-        unbound: HashSet::new(),
+        unbound: BTreeMap::new(),
+        unserved: unserved_tx,
         node_events,
         hosts: HostNames::new(),
         dns: None,
     };
     let task = tokio::spawn(async move {
+        let reporter = tokio::spawn(report_unserved(client.clone(), node, unserved_rx));
         mesh.start_dns(services_rx);
         mesh.follow(client).await;
+        reporter.abort();
     });
     (directory, task)
 }
@@ -134,9 +142,12 @@ struct Mesh {
     pools_rx: watch::Receiver<Arc<Pools>>,
     /// The listener tasks serving now; aborted when their port goes.
     listeners: HashMap<ListenerKey, JoinHandle<()>>,
-    /// Listeners that could not bind, said once in `flotilla events`, and
-    /// tried again with every registry answer.
-    unbound: HashSet<ListenerKey>,
+    /// Listeners that could not bind, with the service and why: said once
+    /// in `flotilla events`, reported on the node, and tried again every
+    /// `REBIND_EVERY`.
+    unbound: BTreeMap<ListenerKey, (String, String)>,
+    /// What the servers are told this node cannot serve.
+    unserved: watch::Sender<Vec<UnservedPort>>,
     node_events: mpsc::UnboundedSender<Vec<String>>,
     /// Node names resolved, for endpoints on nodes registered by name.
     hosts: HostNames,
@@ -172,7 +183,8 @@ impl Mesh {
     async fn follow(&mut self, client: Client) {
         let mut index = 0;
         loop {
-            match client.services(index, REGISTRY_WAIT).await {
+            let wait = if self.unbound.is_empty() { REGISTRY_WAIT } else { REBIND_EVERY };
+            match client.services(index, wait).await {
                 Ok(page) if page.index > index => {
                     index = page.index;
                     self.apply(page.services).await;
@@ -223,7 +235,7 @@ impl Mesh {
             }
             keep
         });
-        self.unbound.retain(|key| wanted.contains_key(key));
+        self.unbound.retain(|key, _| wanted.contains_key(key));
         for (key, service) in wanted {
             if self.listeners.contains_key(&key) {
                 continue;
@@ -237,7 +249,7 @@ impl Mesh {
             };
             match bound {
                 Ok(task) => {
-                    if self.unbound.remove(&key) {
+                    if self.unbound.remove(&key).is_some() {
                         let _ = self.node_events.send(vec![format!(
                             "serves service port {port}/{protocol} of `{service}` on {ip} again"
                         )]);
@@ -246,12 +258,46 @@ impl Mesh {
                     self.listeners.insert(key, task);
                 }
                 Err(error) => {
-                    if self.unbound.insert(key) {
+                    if !self.unbound.contains_key(&key) {
                         tracing::warn!(%address, %protocol, %service, %error, "cannot serve a service port");
                         let _ = self.node_events.send(vec![format!(
                             "cannot serve service port {port}/{protocol} of `{service}` on {ip}: {error}"
                         )]);
                     }
+                    self.unbound.insert(key, (service, error.to_string()));
+                }
+            }
+        }
+        let unserved: Vec<UnservedPort> = self
+            .unbound
+            .iter()
+            .map(|((ip, port, protocol), (_, reason))| UnservedPort {
+                node: String::new(),
+                port: *port,
+                protocol: *protocol,
+                address: ip.to_string(),
+                reason: reason.clone(),
+            })
+            .collect();
+        self.unserved.send_if_modified(|before| {
+            let changed = *before != unserved;
+            *before = unserved;
+            changed
+        });
+    }
+}
+
+/// Tells the servers what this node's mesh cannot serve, each time that
+/// changes, until they have heard it.
+async fn report_unserved(client: Client, node: String, mut unserved: watch::Receiver<Vec<UnservedPort>>) {
+    while unserved.changed().await.is_ok() {
+        loop {
+            let ports = unserved.borrow_and_update().clone();
+            match client.report_unserved(&node, &ports).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot report the service ports this node cannot serve; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }

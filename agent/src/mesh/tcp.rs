@@ -73,3 +73,59 @@ async fn proxy(mut client: TcpStream, pool: &super::endpoints::Pool) {
     }
     tracing::debug!(service = %pool.service, "no replica took the connection");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use flotilla_api::spec::Balance;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::mesh::endpoints::{Pool, Target};
+
+    /// A TCP server that writes its name to every connection and closes it.
+    async fn answering(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(name.as_bytes()).await;
+            }
+        });
+        address
+    }
+
+    /// A port nothing listens on: connections to it are refused.
+    fn refusing() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    }
+
+    #[tokio::test]
+    async fn a_refusing_replica_is_ejected_and_the_client_served_by_the_next() {
+        let dead = refusing();
+        let alive = answering("alive").await;
+        let pool = Pool {
+            service: "web".into(),
+            balance: Balance::RoundRobin,
+            targets: vec![Arc::new(Target::new(1, dead, None)), Arc::new(Target::new(2, alive, None))],
+            turn: AtomicUsize::new(0),
+        };
+        let dead_target = Arc::clone(&pool.targets[0]);
+        let pools: Pools = [((80, Protocol::Tcp), Arc::new(pool))].into();
+        let (_tx, pools) = watch::channel(Arc::new(pools));
+        let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let mesh = listener.local_addr().expect("address");
+        let serving = tokio::spawn(serve(listener, 80, pools));
+
+        for _ in 0..10 {
+            let mut client = TcpStream::connect(mesh).await.expect("the mesh accepts");
+            let mut reply = String::new();
+            client.read_to_string(&mut reply).await.expect("read");
+            assert_eq!(reply, "alive", "every connection is served, the refusal never seen");
+        }
+        assert!(!dead_target.admitted(Instant::now()), "the refusing replica is out of the pool");
+        serving.abort();
+    }
+}

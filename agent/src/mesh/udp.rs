@@ -120,3 +120,66 @@ async fn relay_answers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use flotilla_api::spec::Balance;
+
+    use super::*;
+    use crate::mesh::endpoints::{Pool, Target};
+
+    /// A UDP server that answers every datagram with its name.
+    async fn answering(name: &'static str) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let address = socket.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            while let Ok((_, from)) = socket.recv_from(&mut buffer).await {
+                let _ = socket.send_to(name.as_bytes(), from).await;
+            }
+        });
+        address
+    }
+
+    async fn ask(client: &UdpSocket) -> String {
+        client.send(b"?").await.expect("send");
+        let mut buffer = [0u8; 512];
+        let len = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buffer))
+            .await
+            .expect("an answer in time")
+            .expect("recv");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn each_client_is_a_flow_pinned_to_one_replica_and_flows_are_balanced() {
+        let (a, b) = (answering("a").await, answering("b").await);
+        let pool = Pool {
+            service: "dns".into(),
+            balance: Balance::RoundRobin,
+            targets: vec![Arc::new(Target::new(1, a, None)), Arc::new(Target::new(2, b, None))],
+            turn: AtomicUsize::new(0),
+        };
+        let pools: Pools = [((53, Protocol::Udp), Arc::new(pool))].into();
+        let (_tx, pools) = watch::channel(Arc::new(pools));
+        let socket = bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let mesh = socket.local_addr().expect("address");
+        let serving = tokio::spawn(serve(socket, 53, pools));
+
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+            client.connect(mesh).await.expect("connect");
+            let first = ask(&client).await;
+            for _ in 0..3 {
+                assert_eq!(ask(&client).await, first, "a client's datagrams stay with its replica");
+            }
+            answers.push(first);
+        }
+        answers.sort();
+        assert_eq!(answers, vec!["a", "b"], "two clients, two replicas");
+        serving.abort();
+    }
+}

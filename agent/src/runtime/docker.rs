@@ -48,13 +48,6 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
 /// A container name Docker accepts: `flotilla-<node>-<alloc>`.
 fn container_name(node: &str, allocation: u64) -> String {
     let node: String = node
@@ -119,7 +112,7 @@ impl DockerRuntime {
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
         for port in &allocation.ports {
-            let key = format!("{}/{}", port.container, protocol_name(port.protocol));
+            let key = format!("{}/{}", port.container, port.protocol);
             let host_port = if port.host == 0 { String::new() } else { port.host.to_string() };
             port_bindings.insert(
                 key.clone(),

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/status", put(nodes::set_status))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/events", post(nodes::record_events))
+        .route("/v1/nodes/{name}/unserved", put(nodes::report_unserved))
         .route("/v1/nodes/{name}/allocations", get(nodes::node_allocations).post(nodes::report))
         .route("/v1/allocations", get(nodes::allocations))
         .route("/v1/cluster/status", get(cluster::status))

@@ -104,6 +104,19 @@ pub async fn record_events(
     Ok(Json(()))
 }
 
+/// The service ports a node's mesh cannot serve (another program holds them).
+pub async fn report_unserved(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<()>, ApiError> {
+    let ports: Vec<flotilla_api::UnservedPort> = read_json(&headers, body).await?;
+    let once = idempotency(&headers, &("unserved", &name, &ports))?;
+    app.raft.propose_once(Command::SetUnservedPorts { node: name, ports }, once).await?;
+    Ok(Json(()))
+}
+
 /// A node's heartbeat. Liveness is the leader's memory, so a follower
 /// passes the heartbeat on to the leader. A down node's agent is told to
 /// stop what it still holds (all of it was lost and placed elsewhere); once

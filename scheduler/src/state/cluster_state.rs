@@ -160,6 +160,7 @@ impl ClusterState {
             Command::RecordNodeEvents { node, messages, now_ms } => {
                 self.record_node_events(index, &node, messages, now_ms)
             }
+            Command::SetUnservedPorts { node, ports } => self.set_unserved_ports(&node, ports),
             Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::SetDeploymentStatus { name, deployment, status, reason, now_ms } => {

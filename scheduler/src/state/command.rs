@@ -88,6 +88,11 @@ pub enum Command {
         messages: Vec<String>,
         now_ms: u64,
     },
+    /// The service ports a node's mesh cannot serve, replacing what it said before.
+    SetUnservedPorts {
+        node: String,
+        ports: Vec<flotilla_api::UnservedPort>,
+    },
     /// State changes an agent reported; `now_ms` is the receiving server's
     /// clock, recorded as the time an allocation finished.
     UpdateAllocations {

@@ -38,6 +38,7 @@ impl ClusterState {
             ready_index: index,
             recent_downs_ms: Vec::new(),
             eligible_at_ms: 0,
+            unserved_ports: Vec::new(),
         });
         node.address = registration.address;
         node.capacity_cpu = registration.cpu;
@@ -151,6 +152,20 @@ impl ClusterState {
             self.record_node_event(index, now_ms, node, message);
         }
         Ok(CommandOutput::EventsRecorded(recorded as u32))
+    }
+
+    /// What a node's mesh cannot serve, as its agent reports it.
+    pub(super) fn set_unserved_ports(
+        &mut self,
+        node: &str,
+        mut ports: Vec<flotilla_api::UnservedPort>,
+    ) -> Result<CommandOutput, Rejection> {
+        let entry = self.nodes.get_mut(node).ok_or_else(|| Rejection::NodeNotFound(node.to_owned()))?;
+        for port in &mut ports {
+            port.node = node.to_owned();
+        }
+        entry.unserved_ports = ports;
+        Ok(CommandOutput::Node(entry.clone()))
     }
 
     fn record_node_event(&mut self, index: u64, now_ms: u64, node: &str, message: String) {

@@ -150,12 +150,20 @@ impl ClusterState {
                 }
             })
             .collect();
+        let unserved = self
+            .nodes
+            .values()
+            .flat_map(|n| &n.unserved_ports)
+            .filter(|u| ports.iter().any(|p| p.port == u.port && p.protocol == u.protocol))
+            .cloned()
+            .collect();
         Some(Service {
             name: name.clone(),
             ports,
             balance: spec.service.balance,
             drain: spec.service.drain,
             endpoints,
+            unserved,
         })
     }
 }
@@ -272,5 +280,37 @@ mod tests {
                 (2, "10.0.0.5", vec![("http".into(), 32769)], false)
             ]
         );
+    }
+
+    #[test]
+    fn a_node_that_cannot_serve_a_port_is_shown_on_that_service_until_it_can() {
+        let mut state = ClusterState::default();
+        state.apply(1, Command::register_docker_node("n", "10.0.0.5:7100", 1000, 1 << 30)).expect("node");
+        put(&mut state, "name: web\nimage: a\nports: [{name: http, container: 80, ingress: 30080}]\n", None)
+            .expect("web");
+        put(&mut state, "name: api\nimage: a\nports: [{name: http, container: 80}]\n", None).expect("api");
+        let held = flotilla_api::UnservedPort {
+            node: String::new(),
+            port: 30080,
+            protocol: Protocol::Tcp,
+            address: "0.0.0.0".into(),
+            reason: "Address in use".into(),
+        };
+        state.apply(4, Command::SetUnservedPorts { node: "n".into(), ports: vec![held] }).expect("report");
+        let unserved = state.service(&name("web")).expect("web").unserved;
+        assert_eq!(unserved.len(), 1);
+        assert_eq!(
+            (unserved[0].node.as_str(), unserved[0].port),
+            ("n", 30080),
+            "named after the reporting node"
+        );
+        assert!(
+            state.service(&name("api")).expect("api").unserved.is_empty(),
+            "only the service of that port"
+        );
+        state.apply(5, Command::SetUnservedPorts { node: "n".into(), ports: Vec::new() }).expect("report");
+        assert!(state.service(&name("web")).expect("web").unserved.is_empty());
+        let unknown = Command::SetUnservedPorts { node: "ghost".into(), ports: Vec::new() };
+        assert!(matches!(state.apply(6, unknown), Err(Rejection::NodeNotFound(_))));
     }
 }
