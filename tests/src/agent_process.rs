@@ -37,6 +37,19 @@ impl AgentProcess {
             .unwrap_or_default()
     }
 
+    /// Kills the process groups of the process-driver replicas this agent
+    /// recorded (`<data>/process/<alloc>.pid`): killing the agent leaves them
+    /// running, for a restarted agent to adopt.
+    pub fn kill_replica_processes(&self) {
+        let Ok(records) = std::fs::read_dir(self.data_dir.join("process")) else { return };
+        for record in records.flatten() {
+            let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+            if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
+            }
+        }
+    }
+
     /// Removes this node's containers.
     pub fn remove_containers(&self) {
         let containers = self.containers();
@@ -63,6 +76,7 @@ impl DerefMut for AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.daemon.kill();
+        self.kill_replica_processes();
         self.remove_containers();
     }
 }

@@ -239,6 +239,7 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for agent in &mut self.agents {
             agent.kill();
+            agent.kill_replica_processes();
             agent.remove_containers();
         }
         for server in &mut self.servers {

@@ -16,6 +16,12 @@ use flotilla_api::{Endpoint, Service, ServicePort};
 /// again (a refusal costs no request: the mesh moves on to the next one).
 pub const EJECTION: Duration = Duration::from_secs(10);
 
+/// Connects in a row that time out before a replica is ejected. One slow
+/// connect is a busy replica dropping SYNs (busybox httpd's backlog is
+/// nine): the client goes to the next, but the replica stays in; a replica
+/// that never answers (a dead container's address) is out after a few.
+pub const TIMEOUTS_TO_EJECT: u32 = 3;
+
 /// One replica behind one service port, as the mesh dials it.
 #[derive(Debug)]
 pub struct Target {
@@ -25,6 +31,8 @@ pub struct Target {
     pub active: AtomicUsize,
     /// When a connection to it was last refused, while that keeps it out.
     ejected_at: std::sync::Mutex<Option<Instant>>,
+    /// Connects that timed out since the last one that succeeded.
+    timeouts: std::sync::atomic::AtomicU32,
     /// The registry's `healthy_since_ms` when the target was made: a new
     /// value means it passed its checks anew, which re-admits it.
     healthy_since_ms: Option<u64>,
@@ -37,6 +45,7 @@ impl Target {
             address,
             active: AtomicUsize::new(0),
             ejected_at: std::sync::Mutex::new(None),
+            timeouts: std::sync::atomic::AtomicU32::new(0),
             healthy_since_ms,
         }
     }
@@ -45,6 +54,21 @@ impl Target {
     /// a check passes anew or `EJECTION` is over.
     pub fn eject(&self) {
         *self.ejected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// A connect to it timed out: ejected once that happened
+    /// `TIMEOUTS_TO_EJECT` times in a row. Whether it was.
+    pub fn timed_out(&self) -> bool {
+        let in_a_row = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= TIMEOUTS_TO_EJECT {
+            self.eject();
+        }
+        in_a_row >= TIMEOUTS_TO_EJECT
+    }
+
+    /// A connect to it succeeded.
+    pub fn connected(&self) {
+        self.timeouts.store(0, Ordering::Relaxed);
     }
 
     pub fn admitted(&self, now: Instant) -> bool {
@@ -213,6 +237,14 @@ mod tests {
         target.eject();
         assert!(!target.admitted(Instant::now()));
         assert!(target.admitted(Instant::now() + EJECTION));
+
+        let slow = Target::new(2, ([10, 0, 0, 2], 80).into(), None);
+        assert!(!slow.timed_out() && !slow.timed_out(), "a slow connect or two is a busy replica");
+        slow.connected();
+        assert!(!slow.timed_out() && !slow.timed_out());
+        assert!(slow.admitted(Instant::now()));
+        assert!(slow.timed_out(), "three in a row: it does not answer at all");
+        assert!(!slow.admitted(Instant::now()));
 
         let same = build_pools(&[service(vec![endpoint(1, true, 5)])], &first, &local, &HostNames::new());
         assert!(!same[&(20000, Protocol::Tcp)].targets[0].admitted(Instant::now()), "kept, ejection and all");

@@ -49,6 +49,8 @@ pub struct MeshConfig {
 #[derive(Debug, Clone)]
 pub struct Directory {
     services: watch::Receiver<Arc<Vec<Service>>>,
+    /// This agent's pools, for ejecting a replica it saw exit.
+    pools: watch::Receiver<Arc<Pools>>,
     /// Where containers reach the mesh, if they can.
     container_facing: Option<IpAddr>,
     /// Where processes on this host reach it.
@@ -76,6 +78,16 @@ impl Directory {
                 (name, SocketAddr::new(host, port.port).to_string())
             })
             .collect()
+    }
+
+    /// A replica of this node exited: this mesh sends it nothing more at
+    /// once, without waiting for the registry (which tells the others).
+    pub fn eject(&self, allocation: u64) {
+        for pool in self.pools.borrow().values() {
+            for target in pool.targets.iter().filter(|t| t.allocation == allocation) {
+                target.eject();
+            }
+        }
     }
 
     /// The DNS server a container should use: this agent's responder.
@@ -107,6 +119,7 @@ pub fn start(
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let directory = Directory {
         services: services_rx.clone(),
+        pools: pools_rx.clone(),
         container_facing: config.container_facing,
         process_facing,
     };
@@ -301,5 +314,68 @@ async fn report_unserved(client: Client, node: String, mut unserved: watch::Rece
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::spec::Balance;
+    use flotilla_api::{ServicePort, WorkloadName};
+
+    use super::*;
+
+    fn directory(container_facing: Option<IpAddr>) -> (watch::Sender<Arc<Vec<Service>>>, Directory) {
+        let service = Service {
+            name: WorkloadName::parse("my-api").expect("name"),
+            ports: vec![
+                ServicePort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    container: 80,
+                    port: 20000,
+                    ingress: false,
+                },
+                ServicePort {
+                    name: "stats-udp".into(),
+                    protocol: Protocol::Udp,
+                    container: 81,
+                    port: 30081,
+                    ingress: true,
+                },
+            ],
+            balance: Balance::RoundRobin,
+            drain: Default::default(),
+            endpoints: Vec::new(),
+            unserved: Vec::new(),
+        };
+        let (tx, rx) = watch::channel(Arc::new(vec![service]));
+        let (_, pools) = watch::channel(Arc::new(Pools::new()));
+        let directory =
+            Directory { services: rx, pools, container_facing, process_facing: [127, 0, 0, 1].into() };
+        (tx, directory)
+    }
+
+    #[test]
+    fn replicas_are_told_each_service_port_at_the_mesh_address_they_reach() {
+        let (_tx, directory) = directory(Some([172, 20, 0, 1].into()));
+        let docker: Vec<(String, String)> = directory.environment(Driver::Docker).into_iter().collect();
+        assert_eq!(
+            docker,
+            vec![
+                ("FLOTILLA_SERVICE_MY_API_HTTP".into(), "172.20.0.1:20000".into()),
+                ("FLOTILLA_SERVICE_MY_API_STATS_UDP".into(), "172.20.0.1:30081".into()),
+            ]
+        );
+        let process = directory.environment(Driver::Process);
+        assert_eq!(process.get("FLOTILLA_SERVICE_MY_API_HTTP").map(String::as_str), Some("127.0.0.1:20000"));
+        assert_eq!(directory.dns(), Some([172, 20, 0, 1].into()));
+    }
+
+    #[test]
+    fn containers_without_a_network_of_their_own_get_no_address_they_cannot_reach() {
+        let (_tx, directory) = directory(None);
+        assert!(directory.environment(Driver::Docker).is_empty());
+        assert_eq!(directory.environment(Driver::Process).len(), 2);
+        assert_eq!(directory.dns(), None);
     }
 }

@@ -16,8 +16,14 @@ use super::endpoints::Pools;
 
 /// How long a replica gets to accept a connection before the next is tried.
 /// A container that has just died leaves an address nobody answers ARP
-/// for, which would otherwise hold the client for seconds.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// for, which would otherwise hold the client for seconds; a live replica
+/// in the cluster's network accepts in well under a millisecond.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The connect timeout when no other replica is left to try: a busy
+/// replica whose backlog dropped the SYN answers the retransmission a
+/// second later, which beats failing the client.
+const LAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds a service port so that every agent on this host can bind it too
 /// (`SO_REUSEPORT`: the kernel spreads connections over them, and each
@@ -54,10 +60,15 @@ async fn proxy(mut client: TcpStream, pool: &super::endpoints::Pool) {
     let mut tried = Vec::new();
     while let Some(target) = pick(pool, &tried, Instant::now()) {
         tried.push(target.allocation);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.address)).await {
+        let last = pool.targets.iter().all(|t| tried.contains(&t.allocation));
+        let timeout = if last { LAST_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT };
+        // Counted from the connect on: a replica slow to accept is busy,
+        // and least_connections sends the next clients elsewhere.
+        let _active = target.connection();
+        match tokio::time::timeout(timeout, TcpStream::connect(target.address)).await {
             Ok(Ok(mut upstream)) => {
+                target.connected();
                 let _ = upstream.set_nodelay(true);
-                let _active = target.connection();
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 return;
             }
@@ -66,8 +77,10 @@ async fn proxy(mut client: TcpStream, pool: &super::endpoints::Pool) {
                 target.eject();
             }
             Err(_) => {
-                tracing::info!(service = %pool.service, allocation = target.allocation, address = %target.address, "ejected: connection timed out");
-                target.eject();
+                tracing::debug!(service = %pool.service, allocation = target.allocation, "connect timed out; trying the next");
+                if target.timed_out() {
+                    tracing::info!(service = %pool.service, allocation = target.allocation, address = %target.address, "ejected: connections time out");
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ impl Supervisor {
         let ran_for = local.started_at.elapsed();
         let now = Instant::now();
         let decision = local.tracker.on_exit(local.spec.restart, exit_code, ran_for, now, &restart);
+        if let Some(directory) = &self.directory {
+            directory.eject(id);
+        }
         local.forget_health();
         let message = match local.kill_reason.take() {
             Some(reason) if message.is_empty() => format!("stopped: {reason}"),
