@@ -8,15 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{AllocationUsage, Client, CpuMillis, Heartbeat, MemoryBytes, NodeRegistration};
+use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeRegistration};
 use tokio::sync::mpsc;
 
+use crate::mesh::setup::start_mesh;
 use crate::restart::RestartConfig;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::sim::SimRuntime;
 use crate::runtime::{Runtime, RuntimeEvent};
+use crate::server_link::{Beat, heartbeat, poll_allocations, register, report, send_node_events};
 use crate::supervisor::{Handles, Holding, Message, Supervisor, SupervisorConfig};
+use crate::usage::{Samples, sample};
 
 /// Which runtimes an agent offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,19 +111,6 @@ async fn build_runtimes(
         return Err(AgentError::NoRuntime);
     }
     Ok(runtimes)
-}
-
-async fn register(client: &Client, registration: &NodeRegistration) {
-    loop {
-        match client.register_node(registration).await {
-            Ok(node) => {
-                tracing::info!(node = %node.name, cpu = %node.capacity_cpu, memory = %node.capacity_memory, "registered");
-                return;
-            }
-            Err(error) => tracing::warn!(%error, "cannot register yet; retrying"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -224,193 +214,4 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     drop(reports_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
     Ok(())
-}
-
-/// Starts the routing mesh, unless it has no address to serve on. With
-/// Docker replicas on a network of their own, it also serves on this
-/// host's address there (the gateway, or this agent's address when the
-/// agent is itself a container on that network), where the replicas'
-/// DNS questions and connections come.
-async fn start_mesh(
-    config: &AgentConfig,
-    runtimes: &HashMap<Driver, Arc<Runtime>>,
-    client: &Client,
-    node_events: &mpsc::UnboundedSender<Vec<String>>,
-) -> Option<(crate::mesh::Directory, tokio::task::JoinHandle<()>)> {
-    if config.mesh_listen.is_empty() {
-        return None;
-    }
-    let docker = runtimes.get(&Driver::Docker).filter(|r| matches!(***r, Runtime::Docker(_)));
-    let (mut container_facing, mut engine) = (None, None);
-    if let Some(docker) = docker {
-        if let Some(gateway) = docker.network_gateway().await {
-            container_facing = local_address_towards(gateway);
-        }
-        if let Runtime::Docker(d) = &**docker {
-            engine = Some(d.engine().to_owned());
-        }
-    }
-    let mesh_config =
-        crate::mesh::MeshConfig { listen: config.mesh_listen.clone(), container_facing, engine };
-    tracing::info!(listen = ?mesh_config.listen, ?container_facing, "routing mesh");
-    Some(crate::mesh::start(mesh_config, client.clone(), config.name.clone(), node_events.clone()))
-}
-
-/// The address this host sends from to reach `peer`: on the host, the
-/// gateway itself; in a container on the gateway's network, its own
-/// address there. (A connected UDP socket sends nothing.)
-fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr> {
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
-    socket.connect((peer, 53)).ok()?;
-    socket.local_addr().ok().map(|a| a.ip())
-}
-
-/// Long-polls the servers for this node's allocations; a blocking query
-/// answers as soon as the state changes, so new work starts at once.
-async fn poll_allocations(
-    client: Client,
-    registration: NodeRegistration,
-    messages: mpsc::UnboundedSender<Message>,
-) {
-    // The highest state index seen: an answer older than it (from a server
-    // that lags) is ignored, and every query asks for newer.
-    let mut index = 0;
-    loop {
-        match client.node_allocations(&registration.name, index, Duration::from_secs(20)).await {
-            Ok(desired) => {
-                if desired.index > index {
-                    index = desired.index;
-                    if messages.send(Message::Desired(desired)).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(error) => {
-                if error.code() == Some("not_found") {
-                    register(&client, &registration).await;
-                } else {
-                    tracing::warn!(%error, "cannot fetch this node's allocations; retrying");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// What the heartbeat task needs besides the client.
-struct Beat {
-    every: Duration,
-    samples: Samples,
-    holding: Holding,
-    /// To pass on the servers' word to stop allocations lost while down.
-    messages: mpsc::UnboundedSender<Message>,
-}
-
-/// Tells the leader this node lives, with the latest usage samples and what
-/// it holds. It never waits on sampling (a Docker stats call takes a
-/// second), so a slow engine cannot make a healthy node miss its heartbeats.
-async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
-    let mut interval = tokio::time::interval(beat.every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
-        let holding = beat.holding.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match client.heartbeat(&registration.name, &Heartbeat { usage, holding }).await {
-            Ok(answer) if !answer.stop.is_empty() => {
-                tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
-                let _ = beat.messages.send(Message::StopNow(answer.stop));
-            }
-            Ok(_) => {}
-            Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
-            Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
-        }
-    }
-}
-
-/// Sends what the agent did on its own (orphans removed) to `flotilla events`.
-async fn send_node_events(client: Client, node: String, mut events: mpsc::UnboundedReceiver<Vec<String>>) {
-    while let Some(messages) = events.recv().await {
-        if let Err(error) = client.record_node_events(&node, &messages).await {
-            tracing::warn!(%error, "cannot record node events");
-        }
-    }
-}
-
-/// The latest usage samples, waiting for the next heartbeat.
-type Samples = Arc<std::sync::Mutex<Vec<AllocationUsage>>>;
-
-/// Samples every running allocation's usage, every `every`.
-async fn sample(
-    every: Duration,
-    handles: Handles,
-    runtimes: HashMap<Driver, Arc<Runtime>>,
-    samples: Samples,
-) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        let fresh = sample_usage(&handles, &runtimes).await;
-        if !fresh.is_empty() {
-            *samples.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-        }
-    }
-}
-
-/// One usage sample of every running allocation, taken in parallel.
-async fn sample_usage(handles: &Handles, runtimes: &HashMap<Driver, Arc<Runtime>>) -> Vec<AllocationUsage> {
-    let running: Vec<(u64, Driver, String)> = handles
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(id, (driver, handle))| (*id, *driver, handle.clone()))
-        .collect();
-    let mut tasks = Vec::new();
-    for (id, driver, handle) in running {
-        let Some(runtime) = runtimes.get(&driver).cloned() else { continue };
-        tasks.push(tokio::spawn(async move {
-            runtime.usage(&handle).await.map(|u| AllocationUsage {
-                id,
-                cpu_millis: u.cpu_millis,
-                memory_bytes: u.memory_bytes,
-            })
-        }));
-    }
-    let mut samples = Vec::new();
-    for task in tasks {
-        if let Ok(Some(sample)) = task.await {
-            samples.push(sample);
-        }
-    }
-    samples
-}
-
-/// Sends allocation state changes to the servers, batching what piles up
-/// while a report is in flight into the next one.
-async fn report(
-    client: Client,
-    node: String,
-    mut reports: mpsc::UnboundedReceiver<Vec<flotilla_api::AllocationUpdate>>,
-) {
-    let mut pending: BTreeMap<u64, flotilla_api::AllocationUpdate> = BTreeMap::new();
-    loop {
-        if pending.is_empty() {
-            match reports.recv().await {
-                Some(batch) => pending.extend(batch.into_iter().map(|u| (u.id, u))),
-                None => return,
-            }
-        }
-        while let Ok(batch) = reports.try_recv() {
-            pending.extend(batch.into_iter().map(|u| (u.id, u)));
-        }
-        let batch: Vec<_> = pending.values().cloned().collect();
-        match client.report_allocations(&node, &batch).await {
-            Ok(_) => pending.clear(),
-            Err(error) => {
-                tracing::warn!(%error, "cannot report allocation states; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
 }

@@ -9,6 +9,8 @@ pub mod logs_api;
 pub mod mesh;
 pub mod restart;
 pub mod runtime;
+mod server_link;
 pub mod supervisor;
+mod usage;
 
 pub use agent::{AgentConfig, AgentError, RuntimeKind, run};

@@ -10,6 +10,7 @@
 pub mod balancer;
 pub mod dns;
 pub mod endpoints;
+pub(crate) mod setup;
 pub mod tcp;
 pub mod udp;
 

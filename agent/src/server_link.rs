@@ -1,0 +1,131 @@
+//! The agent's side of its conversation with the servers: registering,
+//! following its allocations, heartbeats, and reporting what happened.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_api::{Client, Heartbeat, NodeRegistration};
+use tokio::sync::mpsc;
+
+use crate::supervisor::{Holding, Message};
+use crate::usage::Samples;
+
+pub(crate) async fn register(client: &Client, registration: &NodeRegistration) {
+    loop {
+        match client.register_node(registration).await {
+            Ok(node) => {
+                tracing::info!(node = %node.name, cpu = %node.capacity_cpu, memory = %node.capacity_memory, "registered");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot register yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Long-polls the servers for this node's allocations; a blocking query
+/// answers as soon as the state changes, so new work starts at once.
+pub(crate) async fn poll_allocations(
+    client: Client,
+    registration: NodeRegistration,
+    messages: mpsc::UnboundedSender<Message>,
+) {
+    // The highest state index seen: an answer older than it (from a server
+    // that lags) is ignored, and every query asks for newer.
+    let mut index = 0;
+    loop {
+        match client.node_allocations(&registration.name, index, Duration::from_secs(20)).await {
+            Ok(desired) => {
+                if desired.index > index {
+                    index = desired.index;
+                    if messages.send(Message::Desired(desired)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                if error.code() == Some("not_found") {
+                    register(&client, &registration).await;
+                } else {
+                    tracing::warn!(%error, "cannot fetch this node's allocations; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// What the heartbeat task needs besides the client.
+pub(crate) struct Beat {
+    pub(crate) every: Duration,
+    /// Usage taken since the last heartbeat, sent with the next.
+    pub(crate) samples: Samples,
+    /// What the node still holds, for a node coming back from down.
+    pub(crate) holding: Holding,
+    /// To pass on the servers' word to stop allocations lost while down.
+    pub(crate) messages: mpsc::UnboundedSender<Message>,
+}
+
+/// Tells the leader this node lives, with the latest usage samples and what
+/// it holds. It never waits on sampling (a Docker stats call takes a
+/// second), so a slow engine cannot make a healthy node miss its heartbeats.
+pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
+    let mut interval = tokio::time::interval(beat.every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let holding = beat.holding.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match client.heartbeat(&registration.name, &Heartbeat { usage, holding }).await {
+            Ok(answer) if !answer.stop.is_empty() => {
+                tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
+                let _ = beat.messages.send(Message::StopNow(answer.stop));
+            }
+            Ok(_) => {}
+            Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
+            Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
+        }
+    }
+}
+
+/// Sends what the agent did on its own (orphans removed) to `flotilla events`.
+pub(crate) async fn send_node_events(
+    client: Client,
+    node: String,
+    mut events: mpsc::UnboundedReceiver<Vec<String>>,
+) {
+    while let Some(messages) = events.recv().await {
+        if let Err(error) = client.record_node_events(&node, &messages).await {
+            tracing::warn!(%error, "cannot record node events");
+        }
+    }
+}
+
+/// Sends allocation state changes to the servers, batching what piles up
+/// while a report is in flight into the next one.
+pub(crate) async fn report(
+    client: Client,
+    node: String,
+    mut reports: mpsc::UnboundedReceiver<Vec<flotilla_api::AllocationUpdate>>,
+) {
+    let mut pending: BTreeMap<u64, flotilla_api::AllocationUpdate> = BTreeMap::new();
+    loop {
+        if pending.is_empty() {
+            match reports.recv().await {
+                Some(batch) => pending.extend(batch.into_iter().map(|u| (u.id, u))),
+                None => return,
+            }
+        }
+        while let Ok(batch) = reports.try_recv() {
+            pending.extend(batch.into_iter().map(|u| (u.id, u)));
+        }
+        let batch: Vec<_> = pending.values().cloned().collect();
+        match client.report_allocations(&node, &batch).await {
+            Ok(_) => pending.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot report allocation states; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
