@@ -40,8 +40,14 @@ pub struct AgentConfig {
     pub memory: Option<MemoryBytes>,
     pub reserve_cpu: CpuMillis,
     pub reserve_memory: MemoryBytes,
-    /// Runtimes to offer; `None`: docker if the engine answers, and process.
+    /// Runtimes to offer; `None`: docker if the engine answers, and process
+    /// if it is allowed.
     pub runtimes: Option<Vec<RuntimeKind>>,
+    /// Whether the process driver may run here: it runs any command a spec
+    /// names on this host, so it is off unless the operator says so.
+    pub allow_process: bool,
+    /// Who process replicas run as, when the agent is root.
+    pub process_user: String,
     /// Where the agent's own API (logs) listens; port 0 picks a free one.
     pub listen: String,
     pub heartbeat: Duration,
@@ -67,8 +73,14 @@ pub enum AgentError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("{0}")]
     Capacity(String),
-    #[error("no runtime is available on this host")]
+    #[error(
+        "no runtime is available on this host (Docker does not answer, and the process driver needs --allow-driver process)"
+    )]
     NoRuntime,
+    #[error(
+        "the process driver runs any command a spec names on this host; start the agent with --allow-driver process to offer it"
+    )]
+    ProcessNotAllowed,
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: String, reason: String },
 }
@@ -80,7 +92,13 @@ async fn build_runtimes(
     let mut runtimes = HashMap::new();
     let wanted = config.runtimes.clone();
     let explicit = wanted.is_some();
-    let kinds = wanted.unwrap_or_else(|| vec![RuntimeKind::Docker, RuntimeKind::Process]);
+    let kinds = wanted.unwrap_or_else(|| {
+        if config.allow_process {
+            vec![RuntimeKind::Docker, RuntimeKind::Process]
+        } else {
+            vec![RuntimeKind::Docker]
+        }
+    });
     for kind in kinds {
         match kind {
             RuntimeKind::Docker => match DockerRuntime::connect_on(config.docker_network.clone()).await {
@@ -97,7 +115,11 @@ async fn build_runtimes(
                 }
             },
             RuntimeKind::Process => {
-                let process = ProcessRuntime::new(&config.data_dir, events.clone())?;
+                if !config.allow_process {
+                    return Err(AgentError::ProcessNotAllowed);
+                }
+                let user = crate::runtime::process_user::ProcessUser::for_replicas(&config.process_user)?;
+                let process = ProcessRuntime::new(&config.data_dir, user, events.clone())?;
                 runtimes.insert(Driver::Process, Arc::new(Runtime::Process(process)));
             }
             RuntimeKind::Sim => {

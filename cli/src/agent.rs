@@ -73,12 +73,26 @@ pub struct AgentArgs {
     /// health checks reach the replicas.
     #[arg(long, env = "FLOTILLA_DOCKER_NETWORK")]
     docker_network: Option<String>,
+    /// Drivers that are off unless allowed: `process` runs any command a
+    /// spec names on this host (as --process-user).
+    #[arg(long = "allow-driver", value_enum, value_delimiter = ',')]
+    allow_drivers: Vec<AllowedDriver>,
+    /// The user process replicas run as (the agent must be root to switch;
+    /// otherwise they run as the agent's user).
+    #[arg(long, default_value = "nobody")]
+    process_user: String,
     /// Addresses the routing mesh serves every service port on (ingress
     /// and assigned), comma-separated; `none` for no mesh. Several agents on
     /// one host may share them. With --docker-network the mesh (and the DNS
     /// for `*.flotilla`) also serves on this host's address on that network.
     #[arg(long, value_delimiter = ',', default_value = "0.0.0.0", value_parser = mesh_address)]
     mesh_listen: Vec<MeshAddress>,
+}
+
+/// A driver that `--allow-driver` can turn on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AllowedDriver {
+    Process,
 }
 
 /// One `--mesh-listen` value.
@@ -146,6 +160,8 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         reserve_cpu: args.reserve_cpu,
         reserve_memory: args.reserve_memory,
         runtimes,
+        allow_process: args.allow_drivers.contains(&AllowedDriver::Process),
+        process_user: args.process_user,
         listen: args.listen,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
         sample_every: Duration::from_millis(args.sample_ms.max(100)),

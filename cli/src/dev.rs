@@ -64,6 +64,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         reserve_cpu: CpuMillis(100),
         reserve_memory: MemoryBytes(256 << 20),
         runtimes: None,
+        // A playground on the user's own machine: where Docker does not
+        // answer, specs run as processes (as the user who ran `dev`).
+        allow_process: true,
+        process_user: "nobody".into(),
         listen: "127.0.0.1:0".into(),
         heartbeat: Duration::from_secs(1),
         sample_every: Duration::from_secs(1),

@@ -203,6 +203,8 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let mut agent = agent_command(&record.addresses, &dir.join(format!("agent-{}", i + 1)), &node);
         agent.extend(["--cpu".into(), args.agent_cpu.clone(), "--memory".into(), args.agent_memory.clone()]);
         agent.extend(["--mesh-listen".into(), "127.0.0.1".into()]);
+        // A local test cluster runs the README's process example.
+        agent.extend(["--allow-driver".into(), "process".into()]);
         if let Some(network) = &network {
             agent.extend(["--docker-network".into(), network.clone()]);
         }

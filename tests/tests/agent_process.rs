@@ -24,7 +24,10 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_process_runtime_runs_restarts_logs_and_stops_processes() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
-    cluster.add_agent("p", &["--driver", "process", "--cpu", "2", "--memory", "2Gi"]);
+    cluster.add_agent(
+        "p",
+        &["--driver", "process", "--allow-driver", "process", "--cpu", "2", "--memory", "2Gi"],
+    );
     let client = cluster.client();
     let spec = "name: proc\ndriver: process\nreplicas: 2\ncommand: [\"sh\", \"-c\", \"echo started; sleep 100000 & wait\"]\n";
     client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
@@ -69,6 +72,8 @@ async fn a_replica_failing_too_often_is_failed_and_replaced_on_another_node() {
     let flags = [
         "--driver",
         "process",
+        "--allow-driver",
+        "process",
         "--cpu",
         "1",
         "--memory",
@@ -103,5 +108,66 @@ async fn a_replica_failing_too_often_is_failed_and_replaced_on_another_node() {
         events.events.iter().any(|e| e.message.starts_with(&format!("allocation {} failed", failed.id))),
         "{:?}",
         events.events
+    );
+}
+
+#[test]
+fn an_agent_refuses_to_offer_the_process_driver_unless_allowed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("agent");
+    let output = Command::new(flotilla_binary())
+        .args(["agent", "--servers", "127.0.0.1:9", "--data-dir", data.to_str().expect("path")])
+        .args(["--driver", "process", "--mesh-listen", "none"])
+        .output()
+        .expect("flotilla agent runs");
+    assert!(!output.status.success(), "the agent must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("start the agent with --allow-driver process"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_default_agent_offers_docker_only_and_an_allowed_one_runs_replicas_as_nobody_with_their_own_environment()
+ {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.add_agent("d", &["--cpu", "1", "--memory", "1Gi"]);
+    cluster.add_agent(
+        "p",
+        &["--driver", "process", "--allow-driver", "process", "--cpu", "1", "--memory", "1Gi"],
+    );
+    let client = cluster.client();
+    let nodes = wait_until(Duration::from_secs(20), "both agents registered", || async {
+        let nodes = client.nodes(false).await.ok()?;
+        (nodes.len() == 2).then_some(nodes)
+    })
+    .await;
+    let default = nodes.iter().find(|n| n.name.ends_with("-d")).expect("the default agent");
+    assert!(
+        !default.drivers.contains(&flotilla_api::spec::Driver::Process),
+        "a default agent does not offer the process driver: {:?}",
+        default.drivers
+    );
+
+    let spec = "name: who\ndriver: process\nenv: {GREETING: hi}\n\
+                command: [\"sh\", \"-c\", \"id -u; env; sleep 100000 & wait\"]\n";
+    client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
+    let running = wait_until(Duration::from_secs(30), "the replica runs", || async {
+        let all = client.allocations(Some("who"), None).await.ok()?;
+        all.into_iter().find(|a| a.state == AllocationState::Running)
+    })
+    .await;
+    let agent = cluster.agents.iter().find(|a| a.name == running.node).expect("its agent");
+    let log_path = agent.data_dir.join("process").join(format!("{}.log", running.id));
+    let output = wait_until(Duration::from_secs(10), "the replica's output", || async {
+        let text = std::fs::read_to_string(&log_path).ok()?;
+        text.contains("GREETING=").then_some(text)
+    })
+    .await;
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.first().copied(), Some("65534"), "it runs as nobody: {output}");
+    assert!(lines.contains(&"GREETING=hi"), "the spec's environment: {output}");
+    assert!(lines.iter().any(|l| l.starts_with("FLOTILLA_ALLOCATION_ID=")), "{output}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("FLOTILLA_LOG=") || l.starts_with("CARGO")),
+        "nothing of the agent's own environment: {output}"
     );
 }

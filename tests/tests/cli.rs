@@ -43,7 +43,21 @@ impl Cli {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_verb_works_and_reads_give_json() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
-    cluster.add_agent("p", &["--driver", "process", "--cpu", "2", "--memory", "2Gi", "--label", "zone=a"]);
+    cluster.add_agent(
+        "p",
+        &[
+            "--driver",
+            "process",
+            "--allow-driver",
+            "process",
+            "--cpu",
+            "2",
+            "--memory",
+            "2Gi",
+            "--label",
+            "zone=a",
+        ],
+    );
     let cli = Cli { addr: cluster.client().addresses().join(",") };
     let client = cluster.client();
     wait_until(Duration::from_secs(20), "the agent registered", || async {

@@ -21,11 +21,18 @@ async fn wait_health(client: &Client, workload: &str, health: Health, output: &s
 #[tokio::test(flavor = "multi_thread")]
 async fn process_replicas_are_checked_on_loopback_and_exec_checks_run_beside_them() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
-    cluster.add_agent("p", &["--driver", "process", "--cpu", "2", "--memory", "2Gi"]);
+    cluster.add_agent(
+        "p",
+        &["--driver", "process", "--allow-driver", "process", "--cpu", "2", "--memory", "2Gi"],
+    );
     let client = cluster.client();
     let port = free_port();
     let www = cluster.dir.path().join("www");
     std::fs::create_dir_all(&www).expect("www");
+    // The replica runs as nobody: it may pass through the cluster's dir and read www.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::write(www.join("healthz"), "ok").expect("healthz");
     let www = www.display();
     let spec = format!(

@@ -15,7 +15,11 @@ async fn a_server_cut_off_from_the_majority_stops_serving_agents_and_they_carry_
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let cut = cluster.servers.iter().map(|s| s.id).find(|id| *id != leader).expect("a follower");
     let agent = cluster
-        .add_agent_talking_first_to(cut, "p", &["--driver", "process", "--cpu", "2", "--memory", "2Gi"])
+        .add_agent_talking_first_to(
+            cut,
+            "p",
+            &["--driver", "process", "--allow-driver", "process", "--cpu", "2", "--memory", "2Gi"],
+        )
         .name
         .clone();
     let client = cluster.client();

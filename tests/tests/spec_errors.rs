@@ -193,6 +193,17 @@ fn cases() -> Vec<Case> {
             Some("service.balance"),
         ),
         case("docker without an image", "name: web\n", "needs an image", Some("image")),
+        // What would hand a replica the host: no spec field exists for it.
+        case(
+            "privileged container",
+            &format!("{base}privileged: true\n"),
+            "unknown field `privileged`",
+            None,
+        ),
+        case("host network", &format!("{base}network_mode: host\n"), "unknown field `network_mode`", None),
+        case("host PID namespace", &format!("{base}pid: host\n"), "unknown field `pid`", None),
+        case("added capabilities", &format!("{base}cap_add: [SYS_ADMIN]\n"), "unknown field `cap_add`", None),
+        case("host mount", &format!("{base}volumes: [\"/:/host\"]\n"), "unknown field `volumes`", None),
         case(
             "process driver with an image",
             "name: web\ndriver: process\nimage: busybox\ncommand: [sleep, \"1\"]\n",

@@ -7,6 +7,7 @@
 pub mod docker;
 pub mod image;
 pub mod process;
+pub mod process_user;
 pub mod sim;
 
 use bytes::Bytes;
@@ -145,7 +146,7 @@ impl Runtime {
     ) -> Result<(i64, String), RuntimeError> {
         match self {
             Runtime::Docker(r) => r.exec(handle, command, timeout).await,
-            Runtime::Process(_) => process::exec(command, env, timeout).await,
+            Runtime::Process(r) => r.exec(command, env, timeout).await,
             Runtime::Sim(_) => Ok((0, String::new())),
         }
     }

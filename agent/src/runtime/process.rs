@@ -20,36 +20,30 @@ use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
+use super::process_user::ProcessUser;
 use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
 
 /// Processes share the node's network: clients on the node reach them here.
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-/// Runs an exec check's command beside the processes, with the spec's
-/// environment; killed when it outlasts `timeout`.
-pub async fn exec(
-    command: &[String],
+/// What a replica's environment starts from when its spec sets no PATH:
+/// the agent's own environment is never passed on.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A replica's (or its exec check's) command: only its own environment,
+/// as the replicas' user.
+fn replica_command(
+    program: &str,
+    args: &[String],
     env: &std::collections::BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<(i64, String), RuntimeError> {
-    let (program, args) =
-        command.split_first().ok_or_else(|| RuntimeError::Process("the check has no command".into()))?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| process_error(&format!("cannot run `{program}`"), e))?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| RuntimeError::Process(format!("`{program}` did not finish within {timeout:?}")))?
-        .map_err(|e| process_error(&format!("`{program}`"), e))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok((output.status.code().map_or(-1, i64::from), text))
+    user: Option<&ProcessUser>,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).env_clear().env("PATH", DEFAULT_PATH).envs(env);
+    if let Some(user) = user {
+        command.uid(user.uid).gid(user.gid);
+    }
+    command
 }
 
 /// What the runtime knows of one process.
@@ -65,6 +59,8 @@ struct Tracked {
 
 pub struct ProcessRuntime {
     dir: PathBuf,
+    /// Who replicas run as; `None`: the agent's own (non-root) user.
+    user: Option<ProcessUser>,
     tracked: Arc<Mutex<HashMap<u32, Tracked>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
 }
@@ -82,10 +78,40 @@ fn alive(pid: u32) -> bool {
 }
 
 impl ProcessRuntime {
-    pub fn new(data_dir: &Path, events: mpsc::UnboundedSender<RuntimeEvent>) -> Result<Self, RuntimeError> {
+    pub fn new(
+        data_dir: &Path,
+        user: Option<ProcessUser>,
+        events: mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<Self, RuntimeError> {
         let dir = data_dir.join("process");
         std::fs::create_dir_all(&dir).map_err(|e| process_error("cannot create its directory", e))?;
-        Ok(ProcessRuntime { dir, tracked: Arc::default(), events })
+        Ok(ProcessRuntime { dir, user, tracked: Arc::default(), events })
+    }
+
+    /// Runs an exec check's command beside the processes, as they run;
+    /// killed when it outlasts `timeout`.
+    pub async fn exec(
+        &self,
+        command: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<(i64, String), RuntimeError> {
+        let (program, args) =
+            command.split_first().ok_or_else(|| RuntimeError::Process("the check has no command".into()))?;
+        let child = replica_command(program, args, env, self.user.as_ref())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| process_error(&format!("cannot run `{program}`"), e))?;
+        let output = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| RuntimeError::Process(format!("`{program}` did not finish within {timeout:?}")))?
+            .map_err(|e| process_error(&format!("`{program}`"), e))?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Ok((output.status.code().map_or(-1, i64::from), text))
     }
 
     fn log_path(&self, allocation: u64) -> PathBuf {
@@ -113,9 +139,7 @@ impl ProcessRuntime {
             .open(self.log_path(allocation))
             .map_err(|e| process_error("cannot open its log", e))?;
         let stderr = log.try_clone().map_err(|e| process_error("cannot open its log", e))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .envs(launch.env)
+        let mut child = replica_command(program, args, launch.env, self.user.as_ref())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
