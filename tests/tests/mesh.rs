@@ -81,6 +81,32 @@ async fn allocation_by_id(client: &Client, id: u64) -> flotilla_api::Allocation 
     all.into_iter().find(|a| a.id == id).expect("the allocation")
 }
 
+/// A cluster on a Docker network of its own, serving `web` (version v1)
+/// through every agent's mesh, with the mesh already reaching every replica.
+/// Tests bind `_network` first: bindings drop in reverse, so the cluster
+/// (and its containers) goes before the network can.
+struct Serving {
+    _network: DockerNetwork,
+    cluster: TestCluster,
+    client: Client,
+    ingress: u16,
+    /// The first agent's mesh, on the ingress port.
+    address: SocketAddr,
+    service: Service,
+}
+
+async fn serving_web(test: &str, nodes: &[&str], replicas: u32, balance: &str) -> Serving {
+    let network = DockerNetwork::create(&format!("flotilla-mesh-{test}"));
+    let cluster = cluster_on(&network, nodes).await;
+    let client = cluster.client();
+    let ingress = free_port();
+    deploy(&client, &web(replicas, ingress, balance, "v1")).await;
+    let service = ready_service(&client, replicas as usize).await;
+    let address = SocketAddr::new(cluster.mesh, ingress);
+    mesh_reaches(address, &ids(&service)).await;
+    Serving { cluster, _network: network, client, ingress, address, service }
+}
+
 fn ids(service: &Service) -> BTreeSet<String> {
     service.endpoints.iter().map(|e| e.allocation.to_string()).collect()
 }
@@ -92,14 +118,8 @@ fn first_word(body: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn round_robin_spreads_300_requests_evenly_over_three_replicas() {
-    let network = DockerNetwork::create("flotilla-mesh-rr");
-    let cluster = cluster_on(&network, &["a", "b", "c"]).await;
-    let client = cluster.client();
-    let ingress = free_port();
-    deploy(&client, &web(3, ingress, "round_robin", "v1")).await;
-    let service = ready_service(&client, 3).await;
-    let address = SocketAddr::new(cluster.mesh, ingress);
-    mesh_reaches(address, &ids(&service)).await;
+    let Serving { _network, cluster: _cluster, client: _client, ingress: _, address, service } =
+        serving_web("rr", &["a", "b", "c"], 3, "round_robin").await;
 
     let mut counts = std::collections::BTreeMap::new();
     for _ in 0..300 {
@@ -155,14 +175,8 @@ async fn a_replica_on_another_node_reaches_a_service_by_name() {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn killing_a_replica_under_load_fails_at_most_the_requests_in_flight() {
-    let network = DockerNetwork::create("flotilla-mesh-kill");
-    let cluster = cluster_on(&network, &["a", "b"]).await;
-    let client = cluster.client();
-    let ingress = free_port();
-    deploy(&client, &web(3, ingress, "least_connections", "v1")).await;
-    let service = ready_service(&client, 3).await;
-    let address = SocketAddr::new(cluster.mesh, ingress);
-    mesh_reaches(address, &ids(&service)).await;
+    let Serving { _network, cluster: _cluster, client, ingress: _, address, service } =
+        serving_web("kill", &["a", "b"], 3, "least_connections").await;
 
     const CLIENTS: usize = 4;
     let load = Load::start(address, CLIENTS);
@@ -190,7 +204,7 @@ async fn killing_a_replica_under_load_fails_at_most_the_requests_in_flight() {
     })
     .await;
     let tally = load.stop().await;
-    let failures = cluster_failures(&tally);
+    let failures = tally.failures;
     assert!(
         failures.len() <= CLIENTS,
         "{} failures, more than the {CLIENTS} in flight: {failures:?}",
@@ -198,21 +212,11 @@ async fn killing_a_replica_under_load_fails_at_most_the_requests_in_flight() {
     );
 }
 
-fn cluster_failures(tally: &flotilla_tests::http_load::Tally) -> Vec<String> {
-    tally.failures.clone()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn a_rolling_update_under_load_with_drain_fails_no_request() {
-    let network = DockerNetwork::create("flotilla-mesh-roll");
-    let cluster = cluster_on(&network, &["a", "b"]).await;
-    let client = cluster.client();
-    let ingress = free_port();
-    deploy(&client, &web(3, ingress, "least_connections", "v1")).await;
-    let service = ready_service(&client, 3).await;
-    let address = SocketAddr::new(cluster.mesh, ingress);
-    mesh_reaches(address, &ids(&service)).await;
+    let Serving { _network, cluster: _cluster, client, ingress, address, service } =
+        serving_web("roll", &["a", "b"], 3, "least_connections").await;
 
     let load = Load::start(address, 4);
     deploy(&client, &web(3, ingress, "least_connections", "v2")).await;
@@ -239,14 +243,8 @@ async fn a_rolling_update_under_load_with_drain_fails_no_request() {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 async fn a_failing_readiness_check_takes_a_replica_out_of_the_pool_without_restarting_it() {
-    let network = DockerNetwork::create("flotilla-mesh-ready");
-    let cluster = cluster_on(&network, &["a", "b"]).await;
-    let client = cluster.client();
-    let ingress = free_port();
-    deploy(&client, &web(2, ingress, "round_robin", "v1")).await;
-    let service = ready_service(&client, 2).await;
-    let address = SocketAddr::new(cluster.mesh, ingress);
-    mesh_reaches(address, &ids(&service)).await;
+    let Serving { _network, cluster: _cluster, client, ingress: _, address, service } =
+        serving_web("ready", &["a", "b"], 2, "round_robin").await;
 
     let unready = service.endpoints[0].allocation;
     let allocation = allocation_by_id(&client, unready).await;

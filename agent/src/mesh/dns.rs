@@ -165,26 +165,10 @@ pub fn host_resolver() -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::spec::Balance;
-    use flotilla_api::{ServicePort, WorkloadName};
-
     use super::*;
 
     fn web() -> Service {
-        Service {
-            name: WorkloadName::parse("web").expect("name"),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                container: 80,
-                port: 20005,
-                ingress: false,
-            }],
-            balance: Balance::RoundRobin,
-            drain: Default::default(),
-            endpoints: Vec::new(),
-            unserved: Vec::new(),
-        }
+        crate::mesh::web_service(20005, Vec::new())
     }
 
     fn ask(name: &str, kind: RecordType) -> Vec<u8> {

@@ -176,7 +176,7 @@ pub fn build_pools(services: &[Service], previous: &Pools, dialling: &Dialling, 
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::{ContainerAddress, Health, WorkloadName};
+    use flotilla_api::{ContainerAddress, Health};
 
     use super::*;
 
@@ -197,20 +197,7 @@ mod tests {
     }
 
     fn service(endpoints: Vec<Endpoint>) -> Service {
-        Service {
-            name: WorkloadName::parse("web").expect("name"),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                container: 80,
-                port: 20000,
-                ingress: false,
-            }],
-            balance: Balance::RoundRobin,
-            drain: Default::default(),
-            endpoints,
-            unserved: Vec::new(),
-        }
+        crate::mesh::web_service(20000, endpoints)
     }
 
     fn addresses(pools: &Pools) -> Vec<String> {

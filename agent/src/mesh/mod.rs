@@ -318,6 +318,26 @@ async fn report_unserved(client: Client, node: String, mut unserved: watch::Rece
     }
 }
 
+/// A service for the mesh's tests: `web`, round robin, whose port `http`
+/// (container 80) is served on `port`.
+#[cfg(test)]
+pub(crate) fn web_service(port: u16, endpoints: Vec<flotilla_api::Endpoint>) -> Service {
+    Service {
+        name: flotilla_api::WorkloadName::parse("web").expect("name"),
+        ports: vec![flotilla_api::ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            container: 80,
+            port,
+            ingress: false,
+        }],
+        balance: flotilla_api::spec::Balance::RoundRobin,
+        drain: Default::default(),
+        endpoints,
+        unserved: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use flotilla_api::spec::Balance;
