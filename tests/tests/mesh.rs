@@ -312,5 +312,9 @@ async fn an_ingress_port_another_program_holds_marks_the_node_until_it_is_free()
         (service.unserved.is_empty() && service.endpoints.iter().any(|e| e.ready)).then_some(())
     })
     .await;
-    fetch(SocketAddr::new(cluster.mesh, ingress)).await.expect("served through the mesh once free");
+    // The registry may be a moment ahead of the mesh, which follows it.
+    wait_until(Duration::from_secs(10), "web served through the mesh once the port is free", || async {
+        fetch(SocketAddr::new(cluster.mesh, ingress)).await.ok()
+    })
+    .await;
 }

@@ -9,9 +9,14 @@ use flotilla_api::spec::Driver;
 use super::Supervisor;
 use super::local::{Phase, update};
 use crate::restart::Decision;
+use crate::runtime::Observed;
 
 impl Supervisor {
-    pub(super) async fn on_exit(&mut self, id: u64) {
+    /// The runtime says a replica exited. Before anything else it leaves
+    /// this node's mesh, and the servers hear that its health is unknown (so
+    /// every other mesh drops it too); how it ended is learnt by inspecting
+    /// it in a task of its own, which a loaded engine can make slow.
+    pub(super) fn on_exit(&mut self, id: u64) {
         let Some(local) = self.local.get_mut(&id) else { return };
         if local.phase == Phase::Starting {
             local.exit_seen_while_starting = true;
@@ -20,18 +25,59 @@ impl Supervisor {
         if local.phase != Phase::Running {
             return;
         }
+        if local.health != flotilla_api::Health::Unknown {
+            local.health = flotilla_api::Health::Unknown;
+            let report = update(local, AllocationState::Running, String::new());
+            self.reports.insert(id, report);
+        }
+        if let Some(directory) = &self.directory {
+            directory.eject(id);
+        }
+        self.spawn_inspect(id, true);
+    }
+
+    /// Inspects a running replica in a task of its own; the answer comes
+    /// back as `Message::Inspected`.
+    fn spawn_inspect(&self, id: u64, exited: bool) {
+        let Some(local) = self.local.get(&id) else { return };
         let (Some(runtime), Some(handle)) = (self.runtimes.get(&local.driver).cloned(), local.handle.clone())
         else {
             return;
         };
-        let observed = match runtime.inspect(&handle).await {
-            Ok(observed) => observed,
-            Err(error) => {
-                tracing::warn!(allocation = id, %error, "cannot inspect an exited allocation");
-                None
-            }
-        };
+        let (generation, messages) = (local.generation, self.messages.clone());
+        tokio::spawn(async move {
+            let result = runtime.inspect(&handle).await.map_err(|e| e.to_string());
+            let _ = messages.send(super::Message::Inspected { allocation: id, generation, exited, result });
+        });
+    }
+
+    /// What inspecting a replica found.
+    pub(super) fn on_inspected(
+        &mut self,
+        id: u64,
+        generation: u64,
+        exited: bool,
+        result: Result<Option<Observed>, String>,
+    ) {
+        let Some(local) = self.local.get(&id) else { return };
+        if local.phase != Phase::Running || local.generation != generation {
+            return;
+        }
+        let observed = result.unwrap_or_else(|error| {
+            tracing::warn!(allocation = id, %error, "cannot inspect an allocation");
+            None
+        });
         if observed.as_ref().is_some_and(|o| o.running) {
+            // Running after all. If its exit was reported its health was
+            // set aside: checks start over and say it again.
+            if exited {
+                if let Some(local) = self.local.get_mut(&id) {
+                    local.forget_health();
+                }
+                if let Some(observed) = observed {
+                    self.watch_health(id, &observed);
+                }
+            }
             return;
         }
         let (exit_code, oom) = observed.map_or((None, false), |o| (o.exit_code, o.oom_killed));
@@ -46,9 +92,6 @@ impl Supervisor {
         let ran_for = local.started_at.elapsed();
         let now = Instant::now();
         let decision = local.tracker.on_exit(local.spec.restart, exit_code, ran_for, now, &restart);
-        if let Some(directory) = &self.directory {
-            directory.eject(id);
-        }
         local.forget_health();
         let message = match local.kill_reason.take() {
             Some(reason) if message.is_empty() => format!("stopped: {reason}"),
@@ -92,8 +135,8 @@ impl Supervisor {
         }
     }
 
-    /// Compares with a fresh list after the event stream broke.
-    pub(super) async fn resync(&mut self) {
+    /// Looks at every running replica again after the event stream broke.
+    pub(super) fn resync(&mut self) {
         let running: Vec<(u64, Driver)> = self
             .local
             .iter()
@@ -101,7 +144,7 @@ impl Supervisor {
             .map(|(id, l)| (*id, l.driver))
             .collect();
         for (id, _) in running {
-            self.on_exit(id).await;
+            self.spawn_inspect(id, false);
         }
     }
 }

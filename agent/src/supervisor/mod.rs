@@ -47,6 +47,15 @@ pub enum Message {
         allocation: u64,
         result: Result<(), String>,
     },
+    /// What the runtime says of a running allocation, for the start
+    /// (`generation`) that was running then; `exited`: it had reported its
+    /// exit (else the event stream broke and every replica is looked at).
+    Inspected {
+        allocation: u64,
+        generation: u64,
+        exited: bool,
+        result: Result<Option<Observed>, String>,
+    },
     /// The servers say these were placed elsewhere: stop them now.
     StopNow(Vec<u64>),
     /// What the runtimes hold for this node, for the orphan collector.
@@ -161,8 +170,11 @@ impl Supervisor {
     pub async fn handle(&mut self, message: Message) {
         match message {
             Message::Desired(desired) => self.reconcile(desired),
-            Message::Runtime(RuntimeEvent::Exited { allocation }) => self.on_exit(allocation).await,
-            Message::Runtime(RuntimeEvent::Resync) => self.resync().await,
+            Message::Runtime(RuntimeEvent::Exited { allocation }) => self.on_exit(allocation),
+            Message::Inspected { allocation, generation, exited, result } => {
+                self.on_inspected(allocation, generation, exited, result)
+            }
+            Message::Runtime(RuntimeEvent::Resync) => self.resync(),
             Message::Started { allocation, result } => self.on_started(allocation, result).await,
             Message::Stopped { allocation, result } => self.on_stopped(allocation, result),
             Message::StopNow(ids) => {

@@ -84,7 +84,7 @@ impl Supervisor {
                         self.reports.insert(id, report);
                     }
                     if exited_meanwhile {
-                        self.on_exit(id).await;
+                        self.on_exit(id);
                     }
                 } else {
                     self.after_exit(id, observed.exit_code, observed.oom_killed, String::new());
