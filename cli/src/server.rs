@@ -39,6 +39,10 @@ pub struct ServerArgs {
     node_ttl_ms: u64,
     #[arg(long, default_value_t = 500)]
     node_grace_ms: u64,
+    /// Bytes per request to a peer; bigger snapshots go in chunks of this
+    /// size (tests make it small to send even small snapshots in chunks).
+    #[arg(long, hide = true, default_value_t = 8 << 20)]
+    raft_chunk_bytes: usize,
     /// Allow tests to cut this server off from peers through /debug/v1/faults.
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -108,6 +112,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let mut node = NodeConfig::new(args.id);
     node.snapshot_every = args.snapshot_every;
+    if args.raft_chunk_bytes < 1024 {
+        bail!("--raft-chunk-bytes: must be at least 1024");
+    }
+    node.peer_request_bytes = args.raft_chunk_bytes;
     node.tick = Duration::from_millis(args.tick_ms.max(1));
     let config = ServerConfig {
         id: args.id,

@@ -97,8 +97,14 @@ pub async fn run(
     let members: Vec<_> = state.members().cloned().collect();
     let state = Arc::new(RwLock::new(state));
     let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, |inputs| {
-        let transport =
-            Arc::new(PeerTransport::new(config.id, config.listen.clone(), runtime, inputs, faults));
+        let transport = Arc::new(PeerTransport::new(
+            config.id,
+            config.listen.clone(),
+            runtime,
+            inputs,
+            faults,
+            config.node.peer_request_bytes,
+        ));
         transport.learn_members(members.iter());
         for (id, address) in &config.peers {
             transport.learn_sender(*id, address);

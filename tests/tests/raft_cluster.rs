@@ -140,9 +140,22 @@ async fn all_three_restarted_from_their_data_dirs_hold_identical_state() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_stopped_during_2000_writes_catches_up_through_a_snapshot() {
+    let cluster = catch_up_through_a_snapshot(Vec::new()).await;
+    assert!(!cluster.logs().contains("sent a snapshot in chunks"), "a small snapshot goes in one request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_bigger_than_a_peer_request_arrives_in_chunks() {
+    let cluster = catch_up_through_a_snapshot(vec!["--raft-chunk-bytes".into(), "4096".into()]).await;
+    assert!(cluster.logs().contains("sent a snapshot in chunks"), "the leader cut the snapshot into chunks");
+}
+
+/// Stops a follower, writes 2000 workloads (the leader compacts its log),
+/// starts the follower again and waits until it has every write, which it
+/// can only get from a snapshot.
+async fn catch_up_through_a_snapshot(server_args: Vec<String>) -> TestCluster {
     let mut cluster =
-        TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200, ..ClusterOptions::default() })
-            .await;
+        TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200, server_args }).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.server(follower).stop();
@@ -156,6 +169,7 @@ async fn a_follower_stopped_during_2000_writes_catches_up_through_a_snapshot() {
         cluster.server(follower).log_text().contains("installed snapshot from leader"),
         "the follower caught up through a snapshot"
     );
+    cluster
 }
 
 #[tokio::test(flavor = "multi_thread")]

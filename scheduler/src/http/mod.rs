@@ -21,7 +21,7 @@ use axum::routing::{delete, get, post, put};
 pub use error::ApiError;
 
 use crate::controllers::node_health::Liveness;
-use crate::raft::{PEER_PATH, PeerTransport, RaftHandle};
+use crate::raft::{PEER_PATH, PeerTransport, RaftHandle, SNAPSHOT_PATH};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/debug/v1/faults", put(cluster::set_faults))
         .route(PEER_PATH, post(peer::messages))
+        .route(SNAPSHOT_PATH, post(peer::snapshot_chunk))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .with_state(state)
 }

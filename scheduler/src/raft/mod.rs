@@ -7,6 +7,7 @@ mod membership;
 mod node;
 mod pending;
 mod slog_bridge;
+mod snapshot_chunks;
 mod snapshots;
 mod storage;
 mod transport;
@@ -17,4 +18,6 @@ pub use membership::MembershipChange;
 pub use node::NodeConfig;
 pub(crate) use node::spawn;
 pub use storage::{RaftStorage, StorageError};
-pub use transport::{FaultRules, PEER_PATH, PeerTransport, SENDER_HEADER, decode_batch};
+pub use transport::{
+    FaultRules, MAX_PEER_BODY, PEER_PATH, PeerTransport, SENDER_HEADER, SNAPSHOT_PATH, decode_batch,
+};

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// How long a proposal or read may wait to commit before it fails.
     pub request_timeout: Duration,
+    /// How big one request to a peer gets; bigger snapshots go in chunks.
+    pub peer_request_bytes: usize,
 }
 
 impl NodeConfig {
@@ -50,6 +52,7 @@ impl NodeConfig {
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
             request_timeout: Duration::from_secs(5),
+            peer_request_bytes: 8 << 20,
         }
     }
 }

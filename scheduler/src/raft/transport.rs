@@ -17,9 +17,18 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
 use super::handle::Input;
+use super::snapshot_chunks::SnapshotAssembly;
 
 /// Path of the peer endpoint on every server.
 pub const PEER_PATH: &str = "/raft/v1/messages";
+/// Where snapshots too big for one request arrive, a chunk per request
+/// (`?id=..&offset=..&total=..`).
+pub const SNAPSHOT_PATH: &str = "/raft/v1/snapshot";
+/// The largest body either peer route takes. Batches are cut to the
+/// sender's `request_bytes` (8 MiB by default) and bigger snapshots go in
+/// chunks of that size; a single message can still be bigger (a plan for
+/// thousands of replicas is one entry), so the limit leaves room for that.
+pub const MAX_PEER_BODY: usize = 64 << 20;
 /// Header naming the sender as `id=host:port`, so a server can answer a
 /// peer it has not yet learned about from the replicated state (a server
 /// that is joining, before its first snapshot).
@@ -56,6 +65,11 @@ pub struct PeerTransport {
     /// Back into the Raft thread, for unreachable and snapshot reports.
     inputs: Sender<Input>,
     faults: Arc<FaultRules>,
+    /// How big one request to a peer gets: a batch is cut there, and a
+    /// snapshot bigger than this goes in chunks of this size.
+    request_bytes: usize,
+    /// The snapshot this server is receiving in chunks.
+    assembly: Mutex<SnapshotAssembly>,
 }
 
 pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
@@ -67,6 +81,24 @@ pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `messages` as batches of at most `limit` bytes each (a message bigger
+/// than that on its own goes alone).
+pub fn encode_batches(messages: &[Message], limit: usize) -> Vec<Vec<u8>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    for message in messages {
+        let encoded = encode_batch(std::slice::from_ref(message));
+        if !current.is_empty() && current.len() + encoded.len() > limit {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.extend_from_slice(&encoded);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<Message>, String> {
@@ -88,6 +120,7 @@ impl PeerTransport {
         runtime: tokio::runtime::Handle,
         inputs: Sender<Input>,
         faults: Arc<FaultRules>,
+        request_bytes: usize,
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
@@ -105,7 +138,26 @@ impl PeerTransport {
             queues: Mutex::default(),
             inputs,
             faults,
+            request_bytes: request_bytes.max(1),
+            assembly: Mutex::default(),
         }
+    }
+
+    /// Takes one chunk of a snapshot; the snapshot's message once whole.
+    pub fn receive_snapshot_chunk(
+        &self,
+        sender: u64,
+        id: &str,
+        offset: u64,
+        total: u64,
+        chunk: &[u8],
+    ) -> Result<Option<Message>, String> {
+        let mut assembly = self.assembly.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bytes) = assembly.receive(sender, id, offset, total, chunk).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        Message::parse_from_bytes(&bytes).map(Some).map_err(|e| e.to_string())
     }
 
     pub fn own_address(&self) -> &str {
@@ -165,7 +217,7 @@ impl PeerTransport {
             let has_snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let address = self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned();
             let delivered = match address {
-                Some(address) => self.post(&address, &batch).await,
+                Some(address) => self.post_all(&address, batch).await,
                 None => false,
             };
             if !delivered {
@@ -177,23 +229,63 @@ impl PeerTransport {
         }
     }
 
-    async fn post(&self, address: &str, batch: &[Message]) -> bool {
+    /// Posts a batch, cut into requests of at most `request_bytes`, with
+    /// snapshots bigger than that in chunks; whether all of it arrived.
+    async fn post_all(&self, address: &str, batch: Vec<Message>) -> bool {
+        let (large, small): (Vec<Message>, Vec<Message>) = batch.into_iter().partition(|m| {
+            m.get_msg_type() == MessageType::MsgSnapshot && m.compute_size() as usize > self.request_bytes
+        });
+        for body in encode_batches(&small, self.request_bytes) {
+            if !self.post(&format!("http://{address}{PEER_PATH}"), body).await {
+                return false;
+            }
+        }
+        for snapshot in large {
+            if !self.post_snapshot(address, &snapshot).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn post_snapshot(&self, address: &str, snapshot: &Message) -> bool {
+        let Ok(bytes) = snapshot.write_to_bytes() else { return false };
+        let metadata = snapshot.get_snapshot().get_metadata();
+        let id = format!("{}-{}", metadata.term, metadata.index);
+        let total = bytes.len();
+        for (i, chunk) in bytes.chunks(self.request_bytes).enumerate() {
+            let offset = i * self.request_bytes;
+            let url = format!("http://{address}{SNAPSHOT_PATH}?id={id}&offset={offset}&total={total}");
+            if !self.post(&url, chunk.to_vec()).await {
+                return false;
+            }
+        }
+        tracing::info!(
+            address,
+            bytes = total,
+            chunks = total.div_ceil(self.request_bytes),
+            "sent a snapshot in chunks"
+        );
+        true
+    }
+
+    async fn post(&self, url: &str, body: Vec<u8>) -> bool {
         let result = self
             .http
-            .post(format!("http://{address}{PEER_PATH}"))
+            .post(url)
             .header(SENDER_HEADER, self.sender_header())
             .header("content-type", "application/octet-stream")
-            .body(encode_batch(batch))
+            .body(body)
             .send()
             .await;
         match result {
             Ok(response) if response.status().is_success() => true,
             Ok(response) => {
-                tracing::debug!(address, status = %response.status(), "peer refused messages");
+                tracing::debug!(url, status = %response.status(), "peer refused messages");
                 false
             }
             Err(error) => {
-                tracing::debug!(address, %error, "peer unreachable");
+                tracing::debug!(url, %error, "peer unreachable");
                 false
             }
         }
@@ -216,5 +308,12 @@ mod tests {
         let bytes = encode_batch(&messages);
         assert_eq!(decode_batch(&bytes).expect("decode"), messages);
         assert!(decode_batch(&bytes[..bytes.len() - 1]).is_err());
+
+        let one = encode_batch(&messages[..1]).len();
+        let cut = encode_batches(&messages, 2 * one);
+        assert_eq!(cut.len(), 2, "two messages fit a request, the third starts another");
+        let rejoined: Vec<Message> = cut.iter().flat_map(|b| decode_batch(b).expect("decode")).collect();
+        assert_eq!(rejoined, messages);
+        assert_eq!(encode_batches(&messages, 1).len(), 3, "a message bigger than the limit goes alone");
     }
 }
