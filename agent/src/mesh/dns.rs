@@ -144,9 +144,7 @@ fn failure(question: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
 }
 
 async fn forward(question: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
-    let local: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let socket = UdpSocket::bind(local).await.ok()?;
-    socket.connect(upstream).await.ok()?;
+    let socket = super::udp::connect(upstream).await.ok()?;
     socket.send(question).await.ok()?;
     let mut buffer = vec![0u8; 65_535];
     let len = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buffer)).await.ok()?.ok()?;

@@ -25,15 +25,12 @@ pub(crate) async fn start_mesh(
     if config.mesh_listen.is_empty() {
         return None;
     }
-    let docker = runtimes.get(&Driver::Docker).filter(|r| matches!(***r, Runtime::Docker(_)));
     let (mut container_facing, mut engine) = (None, None);
-    if let Some(docker) = docker {
-        if let Some(gateway) = docker.network_gateway().await {
-            container_facing = local_address_towards(gateway);
-        }
-        if let Runtime::Docker(d) = &**docker {
-            engine = Some(d.engine().to_owned());
-        }
+    if let Some(runtime) = runtimes.get(&Driver::Docker)
+        && let Runtime::Docker(docker) = &**runtime
+    {
+        engine = Some(docker.engine().to_owned());
+        container_facing = docker.network_gateway().await.and_then(local_address_towards);
     }
     let mesh_config =
         crate::mesh::MeshConfig { listen: config.mesh_listen.clone(), container_facing, engine };

@@ -31,6 +31,14 @@ pub fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
+/// A UDP socket of its own, connected to `peer` (so only its answers arrive).
+pub async fn connect(peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(peer).await?;
+    Ok(socket)
+}
+
 /// One client's flow: the socket connected to its replica.
 struct Flow {
     upstream: Arc<UdpSocket>,
@@ -87,10 +95,7 @@ async fn open_flow(
     listener: Arc<UdpSocket>,
 ) -> Option<Flow> {
     let target = pick(pool, &[], Instant::now())?;
-    let local: SocketAddr =
-        if target.address.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let upstream = Arc::new(UdpSocket::bind(local).await.ok()?);
-    upstream.connect(target.address).await.ok()?;
+    let upstream = Arc::new(connect(target.address).await.ok()?);
     let active = target.connection();
     let relay = tokio::spawn(relay_answers(Arc::clone(&upstream), listener, client, target, active));
     Some(Flow { upstream, last_seen: Instant::now(), relay })

@@ -85,15 +85,6 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// The engine's address on the replicas' network, where containers
-    /// reach this host, if the replicas have a network of their own.
-    pub async fn network_gateway(&self) -> Option<std::net::IpAddr> {
-        match self {
-            Runtime::Docker(r) => r.network_gateway().await,
-            _ => None,
-        }
-    }
-
     pub async fn start(&self, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
         match self {
             Runtime::Docker(r) => r.start(launch).await,
