@@ -1,0 +1,21 @@
+//! flotilla's security: the cluster CA and the certificates it issues, the
+//! TLS configurations every daemon and client speaks, join tokens that pin
+//! the CA, and API tokens with roles. Pure functions over bytes: reading and
+//! writing files is the daemons' business.
+
+mod ca;
+mod error;
+mod identity;
+mod pem;
+mod random;
+mod role;
+mod tls;
+mod token;
+
+pub use ca::{CERTIFICATE_LIFETIME, ClusterCa, IssuedCertificate, PublicKey, new_key};
+pub use error::SecurityError;
+pub use identity::{Identity, NODE_ROLE_NAME, SERVER_ROLE_NAME, validate_node_name};
+pub use pem::{Credentials, Trust};
+pub use role::{Access, Role};
+pub use tls::{ExpectedPeer, client_config, peer_vouches_for, pinned_client_config, server_config};
+pub use token::{ApiToken, JoinToken, Secret, TokenRole, hash_secret, secrets_match};
