@@ -5,6 +5,7 @@
 //! under way), is skipped, and the whole list is retried for a short while
 //! before the client gives up with an error that names every address tried.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -29,6 +30,8 @@ pub enum ClientError {
     Api { status: u16, body: ApiErrorBody },
     #[error("unexpected answer from {address}: {reason}")]
     Protocol { address: String, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -52,6 +55,11 @@ pub struct Client {
     /// The idempotency key every write of this client sends, when the
     /// caller chose one; otherwise each write gets a fresh key.
     idempotency_key: Option<String>,
+    /// `https` once the client speaks TLS; `http` only towards servers
+    /// started `--insecure`.
+    scheme: &'static str,
+    /// The API token sent as `Authorization: Bearer`, if any.
+    token: Option<Arc<str>>,
 }
 
 /// The header under which a write carries its idempotency key.
@@ -72,20 +80,73 @@ pub fn new_idempotency_key() -> String {
     format!("{:016x}{:016x}", half(), half())
 }
 
+fn http_client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, reqwest::Error> {
+    flotilla_security::install_crypto_provider();
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .no_proxy();
+    let builder = match tls {
+        Some(config) => builder.tls_backend_preconfigured(config),
+        None => builder,
+    };
+    builder.build()
+}
+
 impl Client {
+    /// A client speaking plain HTTP: only servers started `--insecure` answer it.
     pub fn new(addresses: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let addresses: Vec<String> = addresses
             .into_iter()
-            .map(|a| a.into().trim().trim_start_matches("http://").trim_end_matches('/').to_owned())
+            .map(|a| {
+                let a = a.into();
+                let a = a.trim();
+                let a = a.strip_prefix("https://").or_else(|| a.strip_prefix("http://")).unwrap_or(a);
+                a.trim_end_matches('/').to_owned()
+            })
             .filter(|a| !a.is_empty())
             .collect();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        Client { addresses, http, retry_for: Duration::from_secs(5), idempotency_key: None }
+        Client {
+            addresses,
+            http: http_client(None).unwrap_or_default(),
+            retry_for: Duration::from_secs(5),
+            idempotency_key: None,
+            scheme: "http",
+            token: None,
+        }
+    }
+
+    /// Speaks TLS with `config` (from `flotilla_security::client_config`).
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+        self.http = http_client(Some(config))?;
+        self.scheme = "https";
+        Ok(self)
+    }
+
+    /// Sends `token` with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(Arc::from);
+        self
+    }
+
+    /// The URL of `path` on `address`, in this client's scheme.
+    pub fn url(&self, address: &str, path: &str) -> String {
+        format!("{}://{address}{path}", self.scheme)
+    }
+
+    /// The underlying HTTP client (its TLS), for streams the typed
+    /// methods do not cover; send `authorize` on what it builds.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Adds this client's token to a request built on `http()`.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Sets how long requests keep retrying while no server can serve them.
@@ -105,6 +166,8 @@ impl Client {
             http: self.http.clone(),
             retry_for: Duration::ZERO,
             idempotency_key: self.idempotency_key.clone(),
+            scheme: self.scheme,
+            token: self.token.clone(),
         }
     }
 
@@ -147,8 +210,7 @@ impl Client {
         loop {
             let mut last_error = String::from("no address given");
             for address in &self.addresses {
-                let url = format!("http://{address}{path}");
-                let mut request = self.http.request(method.clone(), &url);
+                let mut request = self.authorize(self.http.request(method.clone(), self.url(address, path)));
                 if let Some(body) = body {
                     request = request.json(body);
                 }
@@ -360,9 +422,16 @@ impl Client {
     }
 }
 
-fn describe_send_error(error: &reqwest::Error) -> String {
+/// Why a request got no answer, with the innermost cause (a refused
+/// connection, or the TLS handshake's reason: an unknown CA, a certificate
+/// for another identity) rather than reqwest's outermost wrapper.
+pub(crate) fn describe_send_error(error: &reqwest::Error) -> String {
     if error.is_connect() {
-        "connection refused or unreachable".to_owned()
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        format!("cannot connect: {cause}")
     } else if error.is_timeout() {
         "timed out".to_owned()
     } else {

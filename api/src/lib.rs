@@ -6,12 +6,14 @@ pub mod client;
 pub mod clock;
 pub mod constraint;
 pub mod deployment;
+pub mod join;
 pub mod model;
 pub mod node;
 pub mod quantity;
 pub mod service;
 pub mod spec;
 pub mod spec_error;
+pub mod token;
 
 pub use allocation::{
     Allocation, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress, Health, Heartbeat,
@@ -27,3 +29,6 @@ pub use quantity::{CpuMillis, MemoryBytes};
 pub use service::{Endpoint, Service, ServicePage, ServicePort, UnservedPort};
 pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 pub use spec_error::SpecError;
+pub use token::{
+    BootstrapAnswer, CreateTokenRequest, CreatedToken, JoinAnswer, JoinRequest, Joiner, TokenInfo,
+};

@@ -52,6 +52,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         health: Default::default(),
         fault_injection: false,
         service_ports: Default::default(),
+        tls: None,
     };
     let mut server = tokio::spawn(flotilla_scheduler::run(server, stopped(stop_rx.clone())));
     let agent = AgentConfig {

@@ -15,6 +15,7 @@ pub fn server_command(id: u64, listen: &str, data_dir: &Path) -> Vec<String> {
         listen.to_owned(),
         "--data-dir".into(),
         data_dir.display().to_string(),
+        "--insecure".into(),
     ]
 }
 
@@ -46,7 +47,7 @@ mod tests {
         let dir = Path::new("/tmp/x");
         assert_eq!(
             server_command(2, "127.0.0.1:7002", dir).join(" "),
-            "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x"
+            "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x --insecure"
         );
         assert_eq!(peers_flag(&["a:1".into(), "b:2".into()]).join(" "), "--peers 1=a:1,2=b:2");
         assert_eq!(

@@ -9,7 +9,9 @@ use clap::Args;
 use flotilla_scheduler::ServerConfig;
 use flotilla_scheduler::controllers::node_health::HealthConfig;
 use flotilla_scheduler::raft::NodeConfig;
+use flotilla_scheduler::server::{CaSource, TlsSetup};
 use flotilla_scheduler::state::ServicePortRange;
+use flotilla_security::JoinToken;
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -49,6 +51,58 @@ pub struct ServerArgs {
     /// Ports the cluster chooses service ports from, for named ports without an ingress.
     #[arg(long, default_value = "20000-29999")]
     service_ports: String,
+    /// Plain HTTP, no certificates, no tokens: anyone who reaches the port
+    /// owns the cluster. For trying things out and measuring TLS's cost.
+    #[arg(long)]
+    insecure: bool,
+    /// A CA made by `flotilla ca create`, shared by the founders of a
+    /// cluster of several servers (one founder alone makes its own).
+    #[arg(long, conflicts_with = "insecure")]
+    ca_dir: Option<PathBuf>,
+    /// A server join token (`flotilla token create --role server`), with --join.
+    #[arg(
+        long,
+        env = "FLOTILLA_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join",
+        conflicts_with = "insecure"
+    )]
+    token: Option<String>,
+    /// How long the certificates this server issues last, in seconds; they
+    /// are renewed after two thirds of that.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    cert_lifetime_secs: u64,
+}
+
+/// Where this server gets the cluster CA if its data dir has none yet.
+fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSetup>> {
+    if args.insecure {
+        return Ok(None);
+    }
+    if args.cert_lifetime_secs < 60 {
+        bail!("--cert-lifetime-secs: must be at least 60");
+    }
+    let source = match (&args.ca_dir, &args.join, &args.token) {
+        (Some(dir), _, _) => CaSource::Directory(dir.clone()),
+        (None, Some(seed), Some(token)) => CaSource::Join {
+            seed: seed.clone(),
+            token: JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?,
+        },
+        (None, None, _) if founders <= 1 => CaSource::Create,
+        (None, None, _) => bail!(
+            "--peers: founding a secure cluster of {founders} servers needs one CA for all: run `flotilla ca create DIR` and give each founder --ca-dir DIR (or found with one server and --join the others with a server token)"
+        ),
+        (None, Some(_), None) => {
+            let data_has_tls = args.data_dir.join("tls/ca.pem").exists();
+            if !data_has_tls {
+                bail!(
+                    "--join: a secure cluster admits a server with a join token; pass --token (from `flotilla token create --role server`) or --ca-dir"
+                );
+            }
+            CaSource::Create
+        }
+    };
+    Ok(Some(TlsSetup { source, lifetime: Duration::from_secs(args.cert_lifetime_secs) }))
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -117,12 +171,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     node.peer_request_bytes = args.raft_chunk_bytes;
     node.tick = Duration::from_millis(args.tick_ms.max(1));
+    let peers = parse_peers(&args.peers)?;
+    let tls = ca_source(&args, peers.len())?;
     let config = ServerConfig {
         id: args.id,
         listen: args.listen,
         data_dir: args.data_dir,
-        peers: parse_peers(&args.peers)?,
+        peers,
         join: args.join,
+        tls,
         node,
         health: HealthConfig {
             ttl: Duration::from_millis(args.node_ttl_ms),

@@ -3,9 +3,11 @@
 
 pub mod controllers;
 pub mod http;
+mod member_http;
 pub mod placement;
 pub mod raft;
 pub mod server;
+pub mod server_tls;
 pub mod state;
 
 pub use server::{ServerConfig, ServerError, run};

@@ -11,7 +11,12 @@ use raft::eraftpb::Snapshot;
 
 use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
 use crate::http::{AppState, router};
+use flotilla_security::{Peer, TlsListener};
+
+use crate::member_http::MemberHttp;
 use crate::raft::{FaultRules, NodeConfig, PeerTransport, RaftStorage, StorageError};
+pub use crate::server_tls::CaSource;
+use crate::server_tls::ServerTls;
 use crate::state::ClusterState;
 
 #[derive(Debug, Clone)]
@@ -30,6 +35,26 @@ pub struct ServerConfig {
     pub fault_injection: bool,
     /// Where the cluster chooses service ports for named ports without an ingress.
     pub service_ports: crate::state::ServicePortRange,
+    /// Mutual TLS and tokens; `None` only for `--insecure`.
+    pub tls: Option<TlsSetup>,
+}
+
+/// How a secure server gets its TLS material on its first start, and how
+/// long the certificates it issues last.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub source: CaSource,
+    pub lifetime: Duration,
+}
+
+/// The names a server's certificate carries besides its identity: the
+/// host it listens on, unless that is every address.
+fn certificate_addresses(listen: &str) -> Vec<String> {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host).trim_matches(['[', ']']);
+    match host {
+        "" | "0.0.0.0" | "::" => Vec::new(),
+        host => vec![host.to_owned()],
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +113,30 @@ pub async fn run(
     } else {
         ClusterState::default()
     };
+    let tls = match &config.tls {
+        Some(setup) => Some(
+            ServerTls::prepare(
+                &config.data_dir,
+                config.id,
+                certificate_addresses(&config.listen),
+                setup.source.clone(),
+                setup.lifetime,
+            )
+            .await?,
+        ),
+        None => {
+            tracing::warn!(
+                "INSECURE: this server speaks plain HTTP and checks no certificate or token; anyone who reaches {} controls the cluster",
+                config.listen
+            );
+            None
+        }
+    };
+    let member_tls = tls.as_ref().map(|tls| tls.member_client_config()).transpose()?;
+    let raft_http =
+        MemberHttp::for_raft(member_tls.clone()).map_err(|e| ServerError::Config(e.to_string()))?;
+    let request_http =
+        MemberHttp::for_requests(member_tls.clone()).map_err(|e| ServerError::Config(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
@@ -104,6 +153,7 @@ pub async fn run(
             inputs,
             faults,
             config.node.peer_request_bytes,
+            raft_http,
         ));
         transport.learn_members(members.iter());
         for (id, address) in &config.peers {
@@ -116,7 +166,14 @@ pub async fn run(
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "server started");
 
     if let Some(seed) = config.join.clone() {
-        tokio::spawn(ask_to_join(seed, config.id, config.listen.clone()));
+        let mut client = flotilla_api::Client::new([seed.clone()]).with_retry_for(Duration::from_secs(2));
+        if let Some(tls) = member_tls {
+            client = client.with_tls(tls).map_err(|e| ServerError::Config(e.to_string()))?;
+        }
+        tokio::spawn(ask_to_join(client, seed, config.id, config.listen.clone()));
+    }
+    if let Some(tls) = &tls {
+        tokio::spawn(Arc::clone(tls).renew_when_due());
     }
 
     tokio::spawn(crate::controllers::run_reconciler(raft.clone(), Default::default()));
@@ -125,7 +182,8 @@ pub async fn run(
     tokio::spawn(crate::controllers::autoscale::run_autoscaler(raft.clone(), Arc::clone(&liveness)));
     let app = router(AppState {
         liveness,
-        http: reqwest::Client::new(),
+        http: request_http,
+        tls: tls.clone(),
         raft: raft.clone(),
         transport,
         fault_injection: config.fault_injection,
@@ -143,7 +201,16 @@ pub async fn run(
             _ = raft_stopped_rx => {}
         }
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    let served = match &tls {
+        Some(tls) => {
+            let (_config_sender, tls_config) = tokio::sync::watch::channel(Arc::new(tls.server_config()?));
+            let listener = TlsListener::new(listener, tls_config)
+                .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+    };
     raft.shutdown();
     let raft_result = tokio::task::spawn_blocking(move || raft_thread.join())
         .await
@@ -154,8 +221,7 @@ pub async fn run(
 }
 
 /// Asks a member of the existing cluster to add this server, until it does.
-async fn ask_to_join(seed: String, id: u64, address: String) {
-    let client = flotilla_api::Client::new([seed.clone()]).with_retry_for(Duration::from_secs(2));
+async fn ask_to_join(client: flotilla_api::Client, seed: String, id: u64, address: String) {
     loop {
         match client.add_member(id, &address).await {
             Ok(_) => {

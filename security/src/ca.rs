@@ -90,12 +90,12 @@ pub struct IssuedCertificate {
     pub not_after_unix: u64,
 }
 
-/// A new private key for a party that asks for a certificate: the key
-/// stays with it, the public half goes to the CA.
-pub fn new_key() -> Result<(KeyPair, PublicKey), SecurityError> {
+/// A new private key (PKCS#8 PEM) for a party that asks for a
+/// certificate: the key stays with it, the public half goes to the CA.
+pub fn new_key() -> Result<(String, PublicKey), SecurityError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
     let public = PublicKey { p256_hex: hex(key.public_key_raw()) };
-    Ok((key, public))
+    Ok((key.serialize_pem(), public))
 }
 
 fn certificate_error(error: rcgen::Error) -> SecurityError {
@@ -216,12 +216,9 @@ impl ClusterCa {
         addresses: &[String],
         lifetime: Duration,
     ) -> Result<(Credentials, u64), SecurityError> {
-        let (key, public) = new_key()?;
+        let (key_pem, public) = new_key()?;
         let issued = self.issue(identity, &public, addresses, lifetime)?;
-        Ok((
-            Credentials { certificate_pem: issued.certificate_pem, key_pem: key.serialize_pem() },
-            issued.not_after_unix,
-        ))
+        Ok((Credentials { certificate_pem: issued.certificate_pem, key_pem }, issued.not_after_unix))
     }
 }
 

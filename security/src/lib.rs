@@ -1,11 +1,13 @@
 //! flotilla's security: the cluster CA and the certificates it issues, the
-//! TLS configurations every daemon and client speaks, join tokens that pin
-//! the CA, and API tokens with roles. Pure functions over bytes: reading and
-//! writing files is the daemons' business.
+//! TLS configurations and the listener every daemon and client speaks, join
+//! tokens that pin the CA, and API tokens with roles. Reading and writing
+//! files is the daemons' business.
 
 mod ca;
+mod current;
 mod error;
 mod identity;
+mod listener;
 mod pem;
 mod random;
 mod role;
@@ -13,9 +15,14 @@ mod tls;
 mod token;
 
 pub use ca::{CERTIFICATE_LIFETIME, ClusterCa, IssuedCertificate, PublicKey, new_key};
+pub use current::CurrentCertificate;
 pub use error::SecurityError;
 pub use identity::{Identity, NODE_ROLE_NAME, SERVER_ROLE_NAME, validate_node_name};
+pub use listener::{Peer, TlsListener};
 pub use pem::{Credentials, Trust};
 pub use role::{Access, Role};
-pub use tls::{ExpectedPeer, client_config, peer_vouches_for, pinned_client_config, server_config};
+pub use tls::{
+    ExpectedPeer, client_config, install_crypto_provider, peer_vouches_for, pinned_client_config,
+    server_config,
+};
 pub use token::{ApiToken, JoinToken, Secret, TokenRole, hash_secret, secrets_match};

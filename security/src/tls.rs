@@ -13,7 +13,14 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::{Credentials, SecurityError, Trust};
+use crate::{CurrentCertificate, SecurityError, Trust};
+
+/// Makes ring the process's TLS crypto for HTTP clients built without a
+/// configuration of ours (plain-HTTP clients: health checks, tests), which
+/// reqwest builds from the process default. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -33,7 +40,10 @@ fn roots(trust: &Trust) -> Result<Arc<RootCertStore>, SecurityError> {
 
 /// A server's (or agent's API's) TLS: its own certificate, and client
 /// certificates from the cluster CA verified when offered.
-pub fn server_config(credentials: &Credentials, trust: &Trust) -> Result<ServerConfig, SecurityError> {
+pub fn server_config(
+    certificate: Arc<CurrentCertificate>,
+    trust: &Trust,
+) -> Result<ServerConfig, SecurityError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(trust)?, provider())
         .allow_unauthenticated()
         .build()
@@ -42,8 +52,7 @@ pub fn server_config(credentials: &Credentials, trust: &Trust) -> Result<ServerC
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(credentials.chain()?, credentials.key()?)
-        .map_err(tls_error)?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -67,16 +76,16 @@ impl ExpectedPeer {
 }
 
 /// A client's TLS: trusts the cluster CA, checks the peer's identity
-/// rather than the dialled address, and presents `credentials` if given.
+/// rather than the dialled address, and presents `certificate` if given.
 pub fn client_config(
     trust: &Trust,
-    credentials: Option<&Credentials>,
+    certificate: Option<Arc<CurrentCertificate>>,
     expected: ExpectedPeer,
 ) -> Result<ClientConfig, SecurityError> {
     let inner =
         WebPkiServerVerifier::builder_with_provider(roots(trust)?, provider()).build().map_err(tls_error)?;
     let name = ServerName::try_from(expected.name()).map_err(tls_error)?;
-    finish_client(Arc::new(ExpectIdentity { inner, name }), credentials)
+    finish_client(Arc::new(ExpectIdentity { inner, name }), certificate)
 }
 
 /// A joining party's TLS before it trusts anything: it accepts a server
@@ -89,17 +98,15 @@ pub fn pinned_client_config(ca_digest: &str) -> Result<ClientConfig, SecurityErr
 
 fn finish_client(
     verifier: Arc<dyn ServerCertVerifier>,
-    credentials: Option<&Credentials>,
+    certificate: Option<Arc<CurrentCertificate>>,
 ) -> Result<ClientConfig, SecurityError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let mut config = match credentials {
-        Some(credentials) => {
-            builder.with_client_auth_cert(credentials.chain()?, credentials.key()?).map_err(tls_error)?
-        }
+    let mut config = match certificate {
+        Some(certificate) => builder.with_client_cert_resolver(certificate),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -143,5 +143,6 @@ impl HealthWatch {
 
 /// The HTTP client checks use: never through a proxy (replicas are local).
 pub fn check_client() -> reqwest::Client {
+    flotilla_security::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -17,6 +17,10 @@ pub enum ApiError {
     BadRequest(String),
     NotFound(String),
     Conflict(String),
+    /// No credential, or one the cluster does not know: 401.
+    Unauthorized(String),
+    /// A credential that does not allow this: 403.
+    Forbidden(String),
     PayloadTooLarge(usize),
     UnsupportedMediaType(String),
     /// A server bug, never a client's mistake.
@@ -38,6 +42,7 @@ impl From<RaftError> for ApiError {
             RaftError::Rejected(
                 Rejection::WorkloadNotFound(_)
                 | Rejection::NodeNotFound(_)
+                | Rejection::TokenNotFound(_)
                 | Rejection::VersionNotInHistory { .. },
             ) => ApiError::NotFound(message),
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
@@ -60,6 +65,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None),
             ApiError::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

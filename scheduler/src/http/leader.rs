@@ -25,7 +25,7 @@ pub async fn forward<B: Serialize, T: DeserializeOwned>(
             message: "no leader is elected right now".into(),
         });
     };
-    let mut request = app.http.request(method, format!("http://{leader}{path}"));
+    let mut request = app.http.client.request(method, app.http.url(&leader, path));
     if let Some(body) = body {
         request = request.json(body);
     }

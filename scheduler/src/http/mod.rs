@@ -1,6 +1,7 @@
 //! The server's HTTP surface: the public API under `/v1/`, the Raft peer
 //! endpoint, and (only when enabled) fault injection for tests.
 
+mod access;
 mod body;
 mod cluster;
 mod error;
@@ -11,6 +12,7 @@ mod metrics;
 mod nodes;
 mod peer;
 mod services;
+mod tokens;
 mod workloads;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{delete, get, post, put};
 
+pub use access::{Caller, ROUTES};
 pub use error::ApiError;
 
 use crate::controllers::node_health::Liveness;
@@ -32,8 +35,10 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Heartbeats heard while leader.
     pub liveness: Arc<Liveness>,
-    /// For forwarding heartbeats from a follower to the leader.
-    pub http: reqwest::Client,
+    /// For passing requests only the leader can answer on to it.
+    pub http: crate::member_http::MemberHttp,
+    /// The CA and this server's certificate; `None` under `--insecure`.
+    pub tls: Option<Arc<crate::server_tls::ServerTls>>,
     /// Where this server's deploys choose service ports (`--service-ports`).
     pub service_ports: crate::state::ServicePortRange,
 }
@@ -78,8 +83,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/debug/v1/faults", put(cluster::set_faults))
+        .route("/v1/acl/bootstrap", post(tokens::bootstrap))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/join", post(tokens::join))
         .route(PEER_PATH, post(peer::messages))
         .route(SNAPSHOT_PATH, post(peer::snapshot_chunk))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .with_state(state)
 }

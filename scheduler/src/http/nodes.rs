@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
+use axum::{Extension, Json};
 use flotilla_api::{
     Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations, NodeRegistration,
     NodeStatus, NodeStatusRequest,
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::body::read_json;
 use super::error::ApiError;
 use super::idempotency::idempotency;
-use super::{AppState, ReadQuery, read_barrier};
+use super::{AppState, Caller, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
 
 /// How often a blocking query checks that its server still knows a leader.
@@ -34,11 +34,18 @@ fn expect_node(output: CommandOutput) -> Result<Node, ApiError> {
 
 pub async fn register(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Node>, ApiError> {
     let registration: NodeRegistration = read_json(&headers, body).await?;
     registration.validate().map_err(ApiError::BadRequest)?;
+    if !caller.speaks_for_node(&registration.name) {
+        return Err(ApiError::Forbidden(format!(
+            "this agent's certificate is not for node `{}`",
+            registration.name
+        )));
+    }
     let name = registration.name.clone();
     let once = idempotency(&headers, &("register", &registration))?;
     let output = app.raft.propose_once(Command::RegisterNode { registration }, once).await?;

@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use flotilla_api::Member;
 use protobuf::Message as _;
@@ -58,7 +57,7 @@ impl FaultRules {
 pub struct PeerTransport {
     own_id: u64,
     own_address: String,
-    http: reqwest::Client,
+    http: crate::member_http::MemberHttp,
     runtime: tokio::runtime::Handle,
     addresses: RwLock<HashMap<u64, String>>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
@@ -121,14 +120,8 @@ impl PeerTransport {
         inputs: Sender<Input>,
         faults: Arc<FaultRules>,
         request_bytes: usize,
+        http: crate::member_http::MemberHttp,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(2)
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
         PeerTransport {
             own_id,
             own_address,
@@ -236,7 +229,7 @@ impl PeerTransport {
             m.get_msg_type() == MessageType::MsgSnapshot && m.compute_size() as usize > self.request_bytes
         });
         for body in encode_batches(&small, self.request_bytes) {
-            if !self.post(&format!("http://{address}{PEER_PATH}"), body).await {
+            if !self.post(&self.http.url(address, PEER_PATH), body).await {
                 return false;
             }
         }
@@ -255,7 +248,8 @@ impl PeerTransport {
         let total = bytes.len();
         for (i, chunk) in bytes.chunks(self.request_bytes).enumerate() {
             let offset = i * self.request_bytes;
-            let url = format!("http://{address}{SNAPSHOT_PATH}?id={id}&offset={offset}&total={total}");
+            let url =
+                self.http.url(address, &format!("{SNAPSHOT_PATH}?id={id}&offset={offset}&total={total}"));
             if !self.post(&url, chunk.to_vec()).await {
                 return false;
             }
@@ -272,6 +266,7 @@ impl PeerTransport {
     async fn post(&self, url: &str, body: Vec<u8>) -> bool {
         let result = self
             .http
+            .client
             .post(url)
             .header(SENDER_HEADER, self.sender_header())
             .header("content-type", "application/octet-stream")

@@ -47,6 +47,12 @@ pub struct ClusterState {
     /// server was given.
     #[serde(default)]
     pub(super) service_port_range: super::services::ServicePortRange,
+    /// API and join tokens by id, as hashes.
+    #[serde(default)]
+    pub(super) tokens: BTreeMap<String, super::tokens::StoredToken>,
+    /// Whether `acl bootstrap` has made the management token.
+    #[serde(default)]
+    pub(super) acl_bootstrapped: bool,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -116,6 +122,9 @@ impl ClusterState {
             // Placement does not read service ports.
             service_ports: BTreeMap::new(),
             service_port_range: self.service_port_range,
+            // Placement does not read tokens.
+            tokens: BTreeMap::new(),
+            acl_bootstrapped: self.acl_bootstrapped,
         }
     }
 
@@ -161,6 +170,9 @@ impl ClusterState {
                 self.record_node_events(index, &node, messages, now_ms)
             }
             Command::SetUnservedPorts { node, ports } => self.set_unserved_ports(&node, ports),
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(&id),
+            Command::BootstrapAcl { token } => self.bootstrap_acl(token),
             Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::SetDeploymentStatus { name, deployment, status, reason, now_ms } => {

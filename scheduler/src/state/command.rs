@@ -88,6 +88,17 @@ pub enum Command {
         messages: Vec<String>,
         now_ms: u64,
     },
+    /// A new API or join token (its hash; the secret never enters the log).
+    CreateToken {
+        token: super::tokens::StoredToken,
+    },
+    RevokeToken {
+        id: String,
+    },
+    /// The management token, accepted once in the cluster's life.
+    BootstrapAcl {
+        token: super::tokens::StoredToken,
+    },
     /// The service ports a node's mesh cannot serve, replacing what it said before.
     SetUnservedPorts {
         node: String,
@@ -164,6 +175,7 @@ pub enum CommandOutput {
     AllocationsUpdated(u32),
     EventsRecorded(u32),
     Deployment(Box<Deployment>),
+    Token(flotilla_api::TokenInfo),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -204,4 +216,10 @@ pub enum Rejection {
     ServicePortTaken { field: String, port: u16, owner: WorkloadName },
     #[error("every service port from {low} to {high} is taken")]
     NoServicePortLeft { low: u16, high: u16 },
+    #[error("token `{0}` does not exist")]
+    TokenNotFound(String),
+    #[error("a token with id `{0}` exists already")]
+    TokenExists(String),
+    #[error("the ACL is bootstrapped already; ask an admin for a token")]
+    AclAlreadyBootstrapped,
 }

@@ -10,6 +10,7 @@ mod idempotency;
 mod nodes;
 mod plan;
 mod services;
+mod tokens;
 mod workloads;
 
 pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of};
@@ -18,3 +19,4 @@ pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};
 pub use services::{DEFAULT_SERVICE_PORTS, ServicePortRange};
+pub use tokens::StoredToken;

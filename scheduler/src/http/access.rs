@@ -1,0 +1,245 @@
+//! Who may call which route. Every route has one entry in `ROUTES`; the
+//! middleware refuses a route without one (so a route added without a
+//! decision fails its own tests), answers 401 to a caller with no
+//! credential or an unknown token and 403 to one whose credential does not
+//! allow the route. Servers, by their certificates, may call everything;
+//! an agent's certificate opens its own node's routes; users bring API
+//! tokens. A server started `--insecure` checks nothing.
+
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flotilla_security::{
+    Access, ApiToken, Identity, NODE_ROLE_NAME, Peer, Role, SERVER_ROLE_NAME, TokenRole, peer_vouches_for,
+};
+use rustls_pki_types::CertificateDer;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::raft::{PEER_PATH, SENDER_HEADER, SNAPSHOT_PATH};
+
+/// Every route, its method, and what it asks of the caller.
+pub const ROUTES: &[(Method, &str, Access)] = &[
+    (Method::GET, "/metrics", Access::Role(Role::Read)),
+    (Method::GET, "/v1/workloads", Access::Role(Role::Read)),
+    (Method::POST, "/v1/workloads", Access::Role(Role::Deploy)),
+    (Method::GET, "/v1/workloads/{name}", Access::Role(Role::Read)),
+    (Method::DELETE, "/v1/workloads/{name}", Access::Role(Role::Deploy)),
+    (Method::POST, "/v1/workloads/{name}/scale", Access::Role(Role::Deploy)),
+    (Method::GET, "/v1/workloads/{name}/utilisation", Access::Role(Role::Read)),
+    (Method::GET, "/v1/workloads/{name}/deployments", Access::Role(Role::Read)),
+    (Method::POST, "/v1/workloads/{name}/rollout/undo", Access::Role(Role::Deploy)),
+    (Method::POST, "/v1/workloads/{name}/rollout/{action}", Access::Role(Role::Deploy)),
+    (Method::GET, "/v1/services", Access::AnyNodeOrRole(Role::Read)),
+    (Method::GET, "/v1/services/{name}", Access::Role(Role::Read)),
+    (Method::GET, "/v1/events", Access::Role(Role::Read)),
+    (Method::GET, "/v1/nodes", Access::Role(Role::Read)),
+    (Method::POST, "/v1/nodes", Access::OwnNode),
+    (Method::PUT, "/v1/nodes/{name}/status", Access::Role(Role::Admin)),
+    (Method::POST, "/v1/nodes/{name}/heartbeat", Access::OwnNode),
+    (Method::POST, "/v1/nodes/{name}/events", Access::OwnNode),
+    (Method::PUT, "/v1/nodes/{name}/unserved", Access::OwnNode),
+    (Method::GET, "/v1/nodes/{name}/allocations", Access::OwnNode),
+    (Method::POST, "/v1/nodes/{name}/allocations", Access::OwnNode),
+    (Method::GET, "/v1/allocations", Access::Role(Role::Read)),
+    (Method::GET, "/v1/cluster/status", Access::Role(Role::Read)),
+    (Method::POST, "/v1/cluster/members", Access::Role(Role::Admin)),
+    (Method::DELETE, "/v1/cluster/members/{id}", Access::Role(Role::Admin)),
+    (Method::PUT, "/debug/v1/faults", Access::Role(Role::Admin)),
+    (Method::POST, "/v1/acl/bootstrap", Access::Public),
+    (Method::GET, "/v1/tokens", Access::Role(Role::Admin)),
+    (Method::POST, "/v1/tokens", Access::Role(Role::Admin)),
+    (Method::DELETE, "/v1/tokens/{id}", Access::Role(Role::Admin)),
+    (Method::POST, "/v1/join", Access::Public),
+    (Method::POST, PEER_PATH, Access::Members),
+    (Method::POST, SNAPSHOT_PATH, Access::Members),
+];
+
+/// Who made a request, once checked; handlers that need more than the
+/// route's access (registration checks the body's node name) read it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The server runs `--insecure`: nobody is checked.
+    Unchecked,
+    Server,
+    /// An agent, by its certificate.
+    Node(Arc<CertificateDer<'static>>),
+    User(Role),
+    Anonymous,
+}
+
+impl Caller {
+    /// Whether this caller may act for node `name`.
+    pub fn speaks_for_node(&self, name: &str) -> bool {
+        match self {
+            Caller::Unchecked | Caller::Server => true,
+            Caller::Node(certificate) => {
+                peer_vouches_for(certificate, &Identity::Node(name.to_owned()).dns_name())
+            }
+            Caller::User(_) | Caller::Anonymous => false,
+        }
+    }
+}
+
+fn access_of(method: &Method, path: &str) -> Option<Access> {
+    ROUTES.iter().find(|(m, p, _)| m == method && *p == path).map(|(_, _, access)| *access)
+}
+
+/// The `{name}` segment of `uri_path` under the route `pattern`.
+fn path_param<'a>(pattern: &str, uri_path: &'a str, param: &str) -> Option<&'a str> {
+    let wanted = format!("{{{param}}}");
+    pattern.split('/').zip(uri_path.split('/')).find(|(p, _)| *p == wanted).map(|(_, value)| value)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if !peer.secure {
+        return Ok(Caller::Unchecked);
+    }
+    if let Some(text) = bearer(headers) {
+        let unknown = || {
+            ApiError::Unauthorized(
+                "the token is not recognised: revoked, expired, mistyped or another cluster's".into(),
+            )
+        };
+        let token = ApiToken::parse(text).map_err(|_| unknown())?;
+        let roles = [TokenRole::Read, TokenRole::Deploy, TokenRole::Admin];
+        let state = app.raft.state();
+        let info =
+            state.find_token(&token.secret.hash(), &roles, flotilla_api::now_ms()).ok_or_else(unknown)?;
+        return Role::from_token(info.role).map(Caller::User).ok_or_else(unknown);
+    }
+    Ok(match &peer.certificate {
+        Some(certificate) if peer_vouches_for(certificate, SERVER_ROLE_NAME) => Caller::Server,
+        Some(certificate) if peer_vouches_for(certificate, NODE_ROLE_NAME) => {
+            Caller::Node(Arc::clone(certificate))
+        }
+        _ => Caller::Anonymous,
+    })
+}
+
+/// Whether `caller` may call a route with `access`; `Err` says why not.
+fn check(
+    access: Access,
+    caller: &Caller,
+    node_in_path: Option<&str>,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    let refuse = |needs: &str| match caller {
+        Caller::Anonymous => ApiError::Unauthorized(format!(
+            "{method} {path} needs {needs}; send an API token (FLOTILLA_TOKEN)"
+        )),
+        Caller::User(role) => ApiError::Forbidden(format!(
+            "{method} {path} needs {needs}; this token's role is {}",
+            role_name(*role)
+        )),
+        Caller::Node(_) => ApiError::Forbidden(format!(
+            "{method} {path} needs {needs}; an agent's certificate does not allow it"
+        )),
+        Caller::Unchecked | Caller::Server => ApiError::Forbidden(format!("{method} {path} needs {needs}")),
+    };
+    match (access, caller) {
+        (Access::Public, _) | (_, Caller::Unchecked | Caller::Server) => Ok(()),
+        (Access::Role(needed) | Access::AnyNodeOrRole(needed), Caller::User(role))
+            if role.includes(needed) =>
+        {
+            Ok(())
+        }
+        (Access::AnyNodeOrRole(_), Caller::Node(_)) => Ok(()),
+        (Access::OwnNode, Caller::Node(_)) => match node_in_path {
+            Some(name) if !caller.speaks_for_node(name) => {
+                Err(ApiError::Forbidden(format!("this agent's certificate is not for node `{name}`")))
+            }
+            _ => Ok(()),
+        },
+        (Access::Role(needed) | Access::AnyNodeOrRole(needed), _) => {
+            Err(refuse(&format!("the {} role", role_name(needed))))
+        }
+        (Access::OwnNode, _) => Err(refuse("the node's own agent certificate")),
+        (Access::Members, _) => Err(refuse("a server certificate of this cluster")),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Read => "read",
+        Role::Deploy => "deploy",
+        Role::Admin => "admin",
+    }
+}
+
+/// Raft traffic must come from the server it says it comes from.
+fn check_sender(peer: &Peer, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(sender) = headers.get(SENDER_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let id = sender.split_once('=').and_then(|(id, _)| id.parse::<u64>().ok());
+    let vouched = match (id, &peer.certificate) {
+        (Some(id), Some(certificate)) => peer_vouches_for(certificate, &Identity::Server(id).dns_name()),
+        _ => false,
+    };
+    if vouched {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("the certificate is not that of the sender `{sender}`")))
+    }
+}
+
+pub async fn authorize(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    matched: MatchedPath,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let pattern = matched.as_str();
+    let Some(access) = access_of(&method, pattern) else {
+        return ApiError::Internal(format!("{method} {pattern} has no access rule")).into_response();
+    };
+    let caller = match caller_of(&app, &peer, request.headers()) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let node = path_param(pattern, request.uri().path(), "name");
+    if let Err(error) = check(access, &caller, node.filter(|_| access == Access::OwnNode), &method, pattern) {
+        return error.into_response();
+    }
+    if access == Access::Members
+        && peer.secure
+        && let Err(error) = check_sender(&peer, request.headers())
+    {
+        return error.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_parameters_are_read_by_their_place_in_the_pattern() {
+        assert_eq!(
+            path_param("/v1/nodes/{name}/heartbeat", "/v1/nodes/web-1/heartbeat", "name"),
+            Some("web-1")
+        );
+        assert_eq!(path_param("/v1/nodes", "/v1/nodes", "name"), None);
+    }
+
+    #[test]
+    fn every_route_has_one_rule() {
+        for (i, (method, path, _)) in ROUTES.iter().enumerate() {
+            let same = ROUTES.iter().skip(i + 1).filter(|(m, p, _)| m == method && p == path).count();
+            assert_eq!(same, 0, "{method} {path} is listed twice");
+        }
+    }
+}

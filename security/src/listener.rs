@@ -1,0 +1,123 @@
+//! The listener servers and agents serve their HTTP on: TLS handshakes run
+//! in tasks of their own (a slow or silent client holds up nobody), and a
+//! connection reaches the router only once its handshake is done, with the
+//! client's certificate, if it offered one, attached. Plain HTTP sent to it
+//! gets no answer: the handshake fails and the connection is dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+
+/// A handshake that has not finished in this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finished handshakes waiting for the server to take them.
+const READY_QUEUE: usize = 256;
+
+/// Who is at the other end of a connection, as the router sees it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// The client's certificate, verified against the cluster CA during
+    /// the handshake; `None` over plain HTTP or when none was offered.
+    pub certificate: Option<Arc<CertificateDer<'static>>>,
+    /// Whether the connection is TLS; a plain one exists only on a daemon
+    /// started `--insecure`.
+    pub secure: bool,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer { address: *stream.remote_addr(), certificate: None, secure: false }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    local: SocketAddr,
+    /// Ends the accept task when the listener is dropped.
+    _accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Serves TLS on `listener` with whatever configuration `config` holds
+    /// when each connection arrives, so renewed certificates and a rotated
+    /// CA take effect without a restart.
+    pub fn new(listener: TcpListener, config: watch::Receiver<Arc<ServerConfig>>) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (sender, ready) = mpsc::channel(READY_QUEUE);
+        let accepting = tokio::spawn(accept_loop(listener, config, sender));
+        Ok(TlsListener { ready, local, _accepting: accepting })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self._accepting.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<ServerConfig>>,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
+) {
+    loop {
+        let (stream, address) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config.borrow()));
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let certificate = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| Arc::new(c.clone()));
+                    let _ = ready.send((tls, Peer { address, certificate, secure: true })).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%address, %error, "TLS handshake refused"),
+                Err(_) => tracing::debug!(%address, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Peer> {
+        Ok(Peer { address: self.local, certificate: None, secure: true })
+    }
+}
