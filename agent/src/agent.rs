@@ -11,7 +11,10 @@ use flotilla_api::spec::Driver;
 use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeRegistration};
 use tokio::sync::mpsc;
 
+use flotilla_security::{Peer, TlsListener};
+
 use crate::mesh::setup::start_mesh;
+use crate::node_tls::{NodeTls, NodeTlsError};
 use crate::restart::RestartConfig;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
@@ -65,6 +68,11 @@ pub struct AgentConfig {
     /// Stop everything this agent runs when it shuts down (`flotilla dev`);
     /// a real agent leaves its containers running, to adopt them on restart.
     pub stop_on_exit: bool,
+    /// Plain HTTP to servers started `--insecure`; no certificate.
+    pub insecure: bool,
+    /// An agent join token, needed until the agent holds a certificate
+    /// for its node.
+    pub join_token: Option<flotilla_security::JoinToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,8 @@ pub enum AgentError {
     ProcessNotAllowed,
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::node_tls::NodeTlsError),
 }
 
 async fn build_runtimes(
@@ -148,14 +158,39 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             .map_err(AgentError::Capacity)?;
     let handles: Handles = Arc::default();
 
+    let tls = if config.insecure {
+        tracing::warn!("INSECURE: this agent speaks plain HTTP to the servers and serves logs to anyone");
+        None
+    } else {
+        Some(
+            NodeTls::prepare(&config.data_dir, &config.name, &config.servers, config.join_token.as_ref())
+                .await?,
+        )
+    };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| AgentError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, logs_app).await;
-    });
+    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone())
+        .into_make_service_with_connect_info::<Peer>();
+    let tls_error = |e: flotilla_security::SecurityError| AgentError::Tls(e.into());
+    match &tls {
+        Some(tls) => {
+            let (config_sender, tls_config) =
+                tokio::sync::watch::channel(Arc::new(tls.server_config().map_err(tls_error)?));
+            let listener = TlsListener::new(listener, tls_config)
+                .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
+            tokio::spawn(async move {
+                let _keep_config = config_sender;
+                let _ = axum::serve(listener, logs_app).await;
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, logs_app).await;
+            });
+        }
+    }
 
     let registration = NodeRegistration {
         name: config.name.clone(),
@@ -165,7 +200,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         labels: config.labels.clone(),
         drivers: runtimes.keys().copied().collect(),
     };
-    let client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    if let Some(tls) = &tls {
+        client = client
+            .with_tls(tls.client_config().map_err(tls_error)?)
+            .map_err(|e| AgentError::Tls(NodeTlsError::Join(e.to_string())))?;
+        tokio::spawn(Arc::clone(tls).renew_when_due(client.clone()));
+    }
     register(&client, &registration).await;
 
     let (node_events_tx, node_events_rx) = mpsc::unbounded_channel();

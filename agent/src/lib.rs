@@ -7,6 +7,7 @@ pub mod health;
 pub mod host;
 pub mod logs_api;
 pub mod mesh;
+pub mod node_tls;
 pub mod restart;
 pub mod runtime;
 mod server_link;

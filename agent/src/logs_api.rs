@@ -1,16 +1,19 @@
 //! The agent's own HTTP API: an allocation's output, streamed, for
-//! `flotilla logs`. Output never passes through the Raft servers.
+//! `flotilla logs`. The servers fetch it and pass it on to users; over TLS
+//! only a server's certificate is answered. Output never enters the Raft log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flotilla_api::spec::Driver;
+use flotilla_security::{Peer, SERVER_ROLE_NAME, peer_vouches_for};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
@@ -30,7 +33,21 @@ struct LogsQuery {
 }
 
 pub fn router(handles: Handles, runtimes: HashMap<Driver, Arc<Runtime>>) -> Router {
-    Router::new().route("/v1/allocations/{id}/logs", get(logs)).with_state(LogsState { handles, runtimes })
+    Router::new()
+        .route("/v1/allocations/{id}/logs", get(logs))
+        .route_layer(axum::middleware::from_fn(servers_only))
+        .with_state(LogsState { handles, runtimes })
+}
+
+/// Over TLS, only the cluster's servers may read logs here: users go
+/// through them, with their tokens and roles.
+async fn servers_only(ConnectInfo(peer): ConnectInfo<Peer>, request: Request, next: Next) -> Response {
+    let server = peer.certificate.as_ref().is_some_and(|c| peer_vouches_for(c, SERVER_ROLE_NAME));
+    if peer.secure && !server {
+        return (StatusCode::FORBIDDEN, "only the cluster's servers read logs here; ask a server\n")
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn logs(

@@ -87,11 +87,13 @@ fn http_client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, req
         .timeout(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(30))
         .no_proxy();
-    let builder = match tls {
-        Some(config) => builder.tls_backend_preconfigured(config),
-        None => builder,
-    };
-    builder.build()
+    // Plain clients get a configuration too, which trusts nothing: left to
+    // itself reqwest looks for the system's CAs, and a scratch container
+    // has none.
+    match tls.or_else(|| flotilla_security::plain_client_config().ok()) {
+        Some(config) => builder.tls_backend_preconfigured(config).build(),
+        None => builder.build(),
+    }
 }
 
 impl Client {
@@ -343,12 +345,77 @@ impl Client {
         self.write(Method::POST, "/v1/cluster/members", Some(&body)).await
     }
 
+    /// A new certificate for this agent's node, over the public half of a
+    /// key it just made; the request is authenticated by its current one.
+    pub async fn renew_node_certificate(
+        &self,
+        node: &str,
+        public_key: &flotilla_security::PublicKey,
+    ) -> Result<flotilla_security::IssuedCertificate, ClientError> {
+        let body = crate::RenewRequest { public_key: public_key.clone() };
+        self.request(Method::POST, &format!("/v1/nodes/{node}/certificate"), Some(&body)).await
+    }
+
+    /// `acl bootstrap`: the management token, once in a cluster's life.
+    pub async fn bootstrap_acl(&self) -> Result<crate::BootstrapAnswer, ClientError> {
+        self.request::<(), _>(Method::POST, "/v1/acl/bootstrap", None).await
+    }
+
+    pub async fn create_token(
+        &self,
+        request: &crate::CreateTokenRequest,
+    ) -> Result<crate::CreatedToken, ClientError> {
+        self.request(Method::POST, "/v1/tokens", Some(request)).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<crate::TokenInfo>, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/tokens", None).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<crate::TokenInfo, ClientError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/tokens/{id}"), None).await
+    }
+
     pub async fn remove_member(&self, id: u64) -> Result<Member, ClientError> {
         self.write::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
     }
 }
 
 impl Client {
+    /// An allocation's output, through a server (which reads it from the
+    /// agent). `follow` keeps the stream open as the allocation writes, so
+    /// it has no overall timeout.
+    pub async fn logs(&self, allocation: u64, follow: bool) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/allocations/{allocation}/logs?follow={follow}");
+        let mut last = String::from("no address given");
+        for address in &self.addresses {
+            let request = self.authorize(self.http.get(self.url(address, &path)));
+            let response = match request.timeout(Duration::from_secs(365 * 24 * 3600)).send().await {
+                Ok(response) => response,
+                Err(error) => {
+                    last = format!("{address}: {}", describe_send_error(&error));
+                    continue;
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            let bytes = response.bytes().await.unwrap_or_default();
+            let body: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiErrorBody {
+                code: "http".into(),
+                message: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+                spec: None,
+            });
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                last = format!("{address}: {}", body.message);
+                continue;
+            }
+            return Err(ClientError::Api { status: status.as_u16(), body });
+        }
+        Err(ClientError::Unreachable { tried: self.addresses.join(", "), last })
+    }
+
     pub async fn register_node(&self, registration: &NodeRegistration) -> Result<Node, ClientError> {
         self.write(Method::POST, "/v1/nodes", Some(registration)).await
     }

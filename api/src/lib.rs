@@ -30,5 +30,6 @@ pub use service::{Endpoint, Service, ServicePage, ServicePort, UnservedPort};
 pub use spec::{WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 pub use spec_error::SpecError;
 pub use token::{
-    BootstrapAnswer, CreateTokenRequest, CreatedToken, JoinAnswer, JoinRequest, Joiner, TokenInfo,
+    BootstrapAnswer, CreateTokenRequest, CreatedToken, JoinAnswer, JoinRequest, Joiner, RenewRequest,
+    TokenInfo,
 };

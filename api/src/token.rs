@@ -86,3 +86,11 @@ pub struct JoinAnswer {
 pub struct BootstrapAnswer {
     pub token: CreatedToken,
 }
+
+/// `POST /v1/nodes/{name}/certificate`: an agent renewing its certificate,
+/// authenticated by the one it still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub public_key: PublicKey,
+}

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use flotilla_agent::restart::RestartConfig;
 use flotilla_agent::{AgentConfig, RuntimeKind};
 use flotilla_api::{CpuMillis, MemoryBytes};
+use flotilla_security::JoinToken;
 
 use crate::server::{init_logging, shutdown_signal};
 
@@ -87,6 +88,14 @@ pub struct AgentArgs {
     /// for `*.flotilla`) also serves on this host's address on that network.
     #[arg(long, value_delimiter = ',', default_value = "0.0.0.0", value_parser = mesh_address)]
     mesh_listen: Vec<MeshAddress>,
+    /// An agent join token (`flotilla token create --role agent`), needed
+    /// until the agent holds a certificate for its node.
+    #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true, conflicts_with = "insecure")]
+    join_token: Option<String>,
+    /// Plain HTTP to servers started --insecure: no certificate, and logs
+    /// served to anyone.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A driver that `--allow-driver` can turn on.
@@ -176,6 +185,13 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         docker_network: args.docker_network,
         mesh_listen,
         stop_on_exit: false,
+        insecure: args.insecure,
+        join_token: args
+            .join_token
+            .as_deref()
+            .map(JoinToken::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?,
     })
 }
 

@@ -109,10 +109,12 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
     Ok(ClusterView { leader: leader_view.leader, term: leader_view.term, members })
 }
 
-pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()> {
+/// `client` is made only for the verbs that talk to a cluster: `up`,
+/// `down` and `env` work without one.
+pub async fn run(client: impl Fn() -> anyhow::Result<Client>, command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Status { output } => {
-            let view = cluster_view(client).await?;
+            let view = cluster_view(&client()?).await?;
             if output == Format::Json {
                 return print_json(&view);
             }
@@ -142,6 +144,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             let (id, address) =
                 member.split_once('=').context("expected id=host:port, as 4=127.0.0.1:7004")?;
             let id: u64 = id.parse().with_context(|| format!("`{id}` is not a server id"))?;
+            let client = client()?;
             client.add_member(id, address).await?;
             println!("server {id} added as a learner");
             if no_wait {
@@ -164,7 +167,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
         ClusterCommand::Down(args) => flotilla_cli::local_cluster::down(args).await,
         ClusterCommand::Env(args) => flotilla_cli::local_cluster::env(args),
         ClusterCommand::Remove { id } => {
-            client.remove_member(id).await?;
+            client()?.remove_member(id).await?;
             println!("server {id} removed");
             Ok(())
         }

@@ -11,8 +11,11 @@ use clap::Args;
 use flotilla_agent::AgentConfig;
 use flotilla_agent::restart::RestartConfig;
 use flotilla_api::{Client, CpuMillis, MemoryBytes};
+use flotilla_cli::cluster_credentials::{bootstrap, secure_client};
 use flotilla_scheduler::ServerConfig;
 use flotilla_scheduler::raft::NodeConfig;
+use flotilla_scheduler::server::{CaSource, TlsSetup};
+use flotilla_security::{CERTIFICATE_LIFETIME, JoinToken};
 use tokio::sync::watch;
 
 use crate::server::{init_logging, shutdown_signal};
@@ -28,6 +31,10 @@ pub struct DevArgs {
     /// How long to wait for the replicas to run before saying so, in seconds.
     #[arg(long, default_value_t = 60)]
     wait: u64,
+    /// Plain HTTP, no certificates, no tokens: anyone who reaches the port
+    /// owns this cluster and, through the process driver, this user's account.
+    #[arg(long)]
+    insecure: bool,
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -52,9 +59,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         health: Default::default(),
         fault_injection: false,
         service_ports: Default::default(),
-        tls: None,
+        tls: (!args.insecure)
+            .then_some(TlsSetup { source: CaSource::Create, lifetime: CERTIFICATE_LIFETIME }),
     };
     let mut server = tokio::spawn(flotilla_scheduler::run(server, stopped(stop_rx.clone())));
+    let ca_dir = data.path().join("server/tls");
+    let (client, join_token) = if args.insecure {
+        eprintln!("INSECURE: plain HTTP, no tokens; export FLOTILLA_ADDR=http://{}", args.listen);
+        (Client::new([format!("http://{}", args.listen)]), None)
+    } else {
+        let addresses = [args.listen.clone()];
+        let tokens = tokio::select! {
+            tokens = bootstrap(&addresses, &ca_dir, Duration::from_secs(30)) => tokens?,
+            result = &mut server => { result.context("server task")??; anyhow::bail!("the server stopped") }
+        };
+        eprintln!("to use this cluster from another shell:");
+        eprintln!("  export FLOTILLA_ADDR={}", args.listen);
+        eprintln!("  export FLOTILLA_CACERT={}", ca_dir.join("ca.pem").display());
+        eprintln!("  export FLOTILLA_TOKEN={}", tokens.admin);
+        (secure_client(&addresses, &ca_dir, Some(&tokens.admin))?, Some(tokens.agent_join))
+    };
+    let join_token = join_token.as_deref().map(JoinToken::parse).transpose()?;
     let agent = AgentConfig {
         servers: vec![args.listen.clone()],
         data_dir: data.path().join("agent"),
@@ -77,10 +102,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         docker_network: None,
         mesh_listen: vec![std::net::Ipv4Addr::LOCALHOST.into()],
         stop_on_exit: true,
+        insecure: args.insecure,
+        join_token,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));
 
-    let client = Client::new([args.listen.clone()]).with_retry_for(Duration::from_secs(10));
+    let client = client.with_retry_for(Duration::from_secs(10));
     for spec in &specs {
         let result = client.deploy(spec, None).await?;
         eprintln!("workload/{} deployed (version {})", result.workload.spec.name, result.workload.version);

@@ -72,7 +72,11 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         pids: Vec::new(),
         nodes: Vec::new(),
         docker: true,
+        ca_cert: None,
     };
+    let dir = crate::local_cluster::clusters_dir().join(name);
+    let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };
+    record.ca_cert = ca_dir.as_ref().map(|d| d.join("ca.pem"));
     save(&record)?;
     create_network(name)?;
     let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
@@ -84,8 +88,13 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
-        command.extend(["--label".into(), label.clone(), "-p".into(), publish, IMAGE.into()]);
-        command.extend(server_command(i as u64 + 1, &server_addresses[i], Path::new("/data")));
+        command.extend(["--label".into(), label.clone(), "-p".into(), publish]);
+        if let Some(ca_dir) = &ca_dir {
+            command.extend(["-v".into(), format!("{}:/ca:ro", ca_dir.display())]);
+        }
+        command.push(IMAGE.into());
+        let container_ca = ca_dir.as_ref().map(|_| Path::new("/ca"));
+        command.extend(server_command(i as u64 + 1, &server_addresses[i], Path::new("/data"), container_ca));
         command.extend(peers_flag(&server_addresses));
         docker(&command.iter().map(String::as_str).collect::<Vec<_>>())?;
         let port = docker(&["port", server, &SERVER_PORT.to_string()])?;
@@ -93,6 +102,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         record.addresses.push(host);
         save(&record)?;
     }
+    let join_token = crate::local_cluster::bootstrap_tokens(&record).await?;
     for i in 0..args.agents as usize {
         let node = format!("{name}-agent-{}", i + 1);
         let container = format!("flotilla-{node}");
@@ -108,7 +118,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
             "/var/run/docker.sock:/var/run/docker.sock".into(),
         ]);
         command.push(IMAGE.into());
-        command.extend(agent_command(&server_addresses, Path::new("/data"), &node));
+        command.extend(agent_command(&server_addresses, Path::new("/data"), &node, join_token.as_deref()));
         command.extend(["--driver".into(), "docker".into(), "--listen".into(), format!("{container}:7100")]);
         command.extend(["--docker-network".into(), network.clone()]);
         command.extend([
@@ -125,7 +135,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         record.nodes.push(node);
         save(&record)?;
     }
-    wait_ready(&record.addresses, args.agents as usize).await?;
+    wait_ready(&crate::local_cluster::record_client(&record)?, args.agents as usize).await?;
     Ok(record)
 }
 

@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// agents (default: zone=a, zone=b, zone=c).
     #[arg(long, default_value = "zone=a;zone=b;zone=c")]
     pub agent_labels: String,
+    /// Plain HTTP, no certificates, no tokens (for measuring TLS's cost).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +66,44 @@ pub struct ClusterRecord {
     /// Docker mode: the network and the label on everything made.
     #[serde(default)]
     pub docker: bool,
+    /// The CA certificate the CLI trusts; `None`: an `--insecure` cluster.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// The management token of a secure local cluster, kept beside its record
+/// and readable by its owner alone.
+fn token_path(name: &str) -> PathBuf {
+    clusters_dir().join(name).join("token")
+}
+
+/// A client for the cluster `record` describes, with its management token.
+pub fn record_client(record: &ClusterRecord) -> anyhow::Result<Client> {
+    match &record.ca_cert {
+        Some(ca_cert) => {
+            let token = std::fs::read_to_string(token_path(&record.name)).ok();
+            let ca_dir = ca_cert.parent().context("the CA certificate's directory")?;
+            crate::cluster_credentials::secure_client(
+                &record.addresses,
+                ca_dir,
+                token.as_deref().map(str::trim),
+            )
+        }
+        None => Ok(Client::new(record.addresses.iter().map(|a| format!("http://{a}")))),
+    }
+}
+
+/// For a secure cluster: bootstraps its ACL, keeps the management token,
+/// and returns the agents' join token.
+pub async fn bootstrap_tokens(record: &ClusterRecord) -> anyhow::Result<Option<String>> {
+    let Some(ca_cert) = &record.ca_cert else {
+        return Ok(None);
+    };
+    let ca_dir = ca_cert.parent().context("the CA certificate's directory")?;
+    let tokens =
+        crate::cluster_credentials::bootstrap(&record.addresses, ca_dir, Duration::from_secs(60)).await?;
+    flotilla_scheduler::server_tls::write_private(&token_path(&record.name), &tokens.admin)?;
+    Ok(Some(tokens.agent_join))
 }
 
 pub fn clusters_dir() -> PathBuf {
@@ -134,8 +175,8 @@ fn spawn_background(args: &[String], log: PathBuf) -> anyhow::Result<u32> {
 }
 
 /// Waits until the servers agree on a leader and every agent has registered.
-pub async fn wait_ready(addresses: &[String], agents: usize) -> anyhow::Result<()> {
-    let client = Client::new(addresses.iter().cloned()).with_retry_for(Duration::from_secs(1));
+pub async fn wait_ready(client: &Client, agents: usize) -> anyhow::Result<()> {
+    let client = client.clone().with_retry_for(Duration::from_secs(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let leader = client.server_status().await.ok().and_then(|s| s.leader);
@@ -162,8 +203,24 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let record = if args.docker { docker_cluster::up(&args).await? } else { up_processes(&args).await? };
     println!("cluster `{}` is up: {} servers, {} agents", record.name, args.servers, args.agents);
-    println!("export FLOTILLA_ADDR={}", record.addresses.join(","));
+    print_env(&record);
     Ok(())
+}
+
+fn print_env(record: &ClusterRecord) {
+    match &record.ca_cert {
+        Some(ca_cert) => {
+            println!("export FLOTILLA_ADDR={}", record.addresses.join(","));
+            println!("export FLOTILLA_CACERT={}", ca_cert.display());
+            let token = std::fs::read_to_string(token_path(&record.name)).unwrap_or_default();
+            println!("export FLOTILLA_TOKEN={}", token.trim());
+        }
+        None => {
+            let plain: Vec<String> = record.addresses.iter().map(|a| format!("http://{a}")).collect();
+            println!("export FLOTILLA_ADDR={}", plain.join(","));
+            println!("unset FLOTILLA_CACERT FLOTILLA_TOKEN");
+        }
+    }
 }
 
 async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
@@ -175,7 +232,10 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         pids: Vec::new(),
         nodes: Vec::new(),
         docker: false,
+        ca_cert: None,
     };
+    let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };
+    record.ca_cert = ca_dir.as_ref().map(|d| d.join("ca.pem"));
     for _ in 0..args.servers {
         record.addresses.push(format!("127.0.0.1:{}", free_port()?));
     }
@@ -193,14 +253,17 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     };
     for (i, address) in record.addresses.clone().iter().enumerate() {
         let id = i as u64 + 1;
-        let mut args = server_command(id, address, &dir.join(format!("server-{id}")));
+        let mut args = server_command(id, address, &dir.join(format!("server-{id}")), ca_dir.as_deref());
         args.extend(peers_flag(&record.addresses));
         record.pids.push(spawn_background(&args, dir.join(format!("server-{id}.log")))?);
         save(&record)?;
     }
+    let join_token =
+        bootstrap_tokens(&record).await.inspect_err(|_| eprintln!("logs are in {}", dir.display()))?;
     for i in 0..args.agents as usize {
         let node = format!("{}-agent-{}", args.name, i + 1);
-        let mut agent = agent_command(&record.addresses, &dir.join(format!("agent-{}", i + 1)), &node);
+        let agent_dir = dir.join(format!("agent-{}", i + 1));
+        let mut agent = agent_command(&record.addresses, &agent_dir, &node, join_token.as_deref());
         agent.extend(["--cpu".into(), args.agent_cpu.clone(), "--memory".into(), args.agent_memory.clone()]);
         agent.extend(["--mesh-listen".into(), "127.0.0.1".into()]);
         // A local test cluster runs the README's process example.
@@ -215,7 +278,7 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         record.nodes.push(node);
         save(&record)?;
     }
-    if let Err(error) = wait_ready(&record.addresses, args.agents as usize).await {
+    if let Err(error) = wait_ready(&record_client(&record)?, args.agents as usize).await {
         eprintln!("logs are in {}", dir.display());
         return Err(error);
     }
@@ -270,7 +333,6 @@ pub async fn down(args: NameArgs) -> anyhow::Result<()> {
 }
 
 pub fn env(args: NameArgs) -> anyhow::Result<()> {
-    let record = load(&args.name)?;
-    println!("export FLOTILLA_ADDR={}", record.addresses.join(","));
+    print_env(&load(&args.name)?);
     Ok(())
 }

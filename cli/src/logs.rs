@@ -1,8 +1,9 @@
-//! `flotilla logs`: an allocation's output, streamed from its node's agent.
+//! `flotilla logs`: an allocation's output, streamed from its node's agent
+//! through a server.
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use flotilla_api::{AllocationState, Client};
 use futures_util::StreamExt;
@@ -29,21 +30,7 @@ pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
         .or_else(|| allocations.iter().find(|a| a.is_replica()))
         .or_else(|| allocations.first())
         .with_context(|| format!("no allocation of `{}` exists", args.target))?;
-    let node = client
-        .nodes(false)
-        .await?
-        .into_iter()
-        .find(|n| n.name == allocation.node)
-        .with_context(|| format!("node `{}` is not registered", allocation.node))?;
-    if node.address.is_empty() {
-        bail!("node `{}` has no agent API to read logs from", node.name);
-    }
-    let url = format!("http://{}/v1/allocations/{}/logs?follow={}", node.address, allocation.id, args.follow);
-    let response =
-        reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {}", node.address))?;
-    if !response.status().is_success() {
-        bail!("agent at {}: {}", node.address, response.text().await.unwrap_or_default().trim());
-    }
+    let response = client.logs(allocation.id, args.follow).await?;
     let mut stream = response.bytes_stream();
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = stream.next().await {

@@ -2,6 +2,7 @@
 
 mod agent;
 mod cluster;
+mod connection;
 mod dev;
 mod events;
 mod logs;
@@ -10,6 +11,7 @@ mod output;
 mod rollout;
 mod server;
 mod services;
+mod tokens;
 mod workloads;
 
 use std::process::ExitCode;
@@ -28,6 +30,13 @@ struct Cli {
         default_value = "127.0.0.1:7001"
     )]
     addr: Vec<String>,
+    /// API token sent to the servers (from `acl bootstrap`, `token create`
+    /// or `cluster env`).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA's certificate (PEM) to check the servers against.
+    #[arg(long, global = true, env = "FLOTILLA_CACERT")]
+    cacert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +80,15 @@ enum Command {
     /// Inspect and change the server cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// The cluster's access control: `acl bootstrap` makes the management token.
+    #[command(subcommand)]
+    Acl(tokens::AclCommand),
+    /// API tokens (roles admin, deploy, read) and join tokens (agent, server).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
+    /// The cluster CA: `ca create DIR` for the founders of a cluster of several servers.
+    #[command(subcommand)]
+    Ca(tokens::CaCommand),
 }
 
 fn main() -> ExitCode {
@@ -82,30 +100,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = flotilla_api::Client::new(cli.addr.iter().cloned());
-    let result = runtime.block_on(async move {
+    let client = || connection::client(&cli.addr, cli.token.as_deref(), cli.cacert.as_deref());
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
-            Command::Events(args) => events::events(&client, args).await,
-            Command::Logs(args) => logs::logs(&client, args).await,
-            Command::Deploy(args) => workloads::deploy(&client, args).await,
-            Command::Get(args) => workloads::get(&client, args).await,
-            Command::List(args) => workloads::list(&client, args).await,
-            Command::Scale(args) => workloads::scale(&client, args).await,
-            Command::Delete(args) => workloads::delete(&client, args).await,
-            Command::Rollout(command) => rollout::run(&client, command).await,
-            Command::Ps(args) => nodes::ps(&client, args).await,
-            Command::Nodes(args) => nodes::nodes(&client, args).await,
-            Command::Services(args) => services::services(&client, args).await,
-            Command::Node(command) => nodes::node(&client, command).await,
+            Command::Events(args) => events::events(&client()?, args).await,
+            Command::Logs(args) => logs::logs(&client()?, args).await,
+            Command::Deploy(args) => workloads::deploy(&client()?, args).await,
+            Command::Get(args) => workloads::get(&client()?, args).await,
+            Command::List(args) => workloads::list(&client()?, args).await,
+            Command::Scale(args) => workloads::scale(&client()?, args).await,
+            Command::Delete(args) => workloads::delete(&client()?, args).await,
+            Command::Rollout(command) => rollout::run(&client()?, command).await,
+            Command::Ps(args) => nodes::ps(&client()?, args).await,
+            Command::Nodes(args) => nodes::nodes(&client()?, args).await,
+            Command::Services(args) => services::services(&client()?, args).await,
+            Command::Node(command) => nodes::node(&client()?, command).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;
                 clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
                 Ok(())
             }
-            Command::Cluster(command) => cluster::run(&client, command).await,
+            Command::Cluster(command) => cluster::run(client, command).await,
+            Command::Acl(command) => tokens::acl(&client()?, command).await,
+            Command::Token(command) => tokens::token(&client()?, command).await,
+            Command::Ca(command) => tokens::ca(command),
         }
     });
     match result {

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-/// `flotilla server` for one member; the caller adds `--peers` or `--join`
-/// and any tuning flags.
-pub fn server_command(id: u64, listen: &str, data_dir: &Path) -> Vec<String> {
-    vec![
+/// `flotilla server` for one member of a cluster whose founders share the
+/// CA in `ca_dir` (`None`: an `--insecure` cluster); the caller adds
+/// `--peers` or `--join` and any tuning flags.
+pub fn server_command(id: u64, listen: &str, data_dir: &Path, ca_dir: Option<&Path>) -> Vec<String> {
+    let mut command = vec![
         "server".into(),
         "--id".into(),
         id.to_string(),
@@ -15,8 +16,12 @@ pub fn server_command(id: u64, listen: &str, data_dir: &Path) -> Vec<String> {
         listen.to_owned(),
         "--data-dir".into(),
         data_dir.display().to_string(),
-        "--insecure".into(),
-    ]
+    ];
+    match ca_dir {
+        Some(dir) => command.extend(["--ca-dir".into(), dir.display().to_string()]),
+        None => command.push("--insecure".into()),
+    }
+    command
 }
 
 /// `--peers 1=ADDR,2=ADDR,...` for founding members numbered from 1.
@@ -25,9 +30,15 @@ pub fn peers_flag(addresses: &[String]) -> Vec<String> {
     vec!["--peers".into(), peers.join(",")]
 }
 
-/// `flotilla agent` for one node; the caller adds capacity, labels and drivers.
-pub fn agent_command(servers: &[String], data_dir: &Path, name: &str) -> Vec<String> {
-    vec![
+/// `flotilla agent` for one node, joining with `join_token` (`None`: an
+/// `--insecure` cluster); the caller adds capacity, labels and drivers.
+pub fn agent_command(
+    servers: &[String],
+    data_dir: &Path,
+    name: &str,
+    join_token: Option<&str>,
+) -> Vec<String> {
+    let mut command = vec![
         "agent".into(),
         "--servers".into(),
         servers.join(","),
@@ -35,7 +46,12 @@ pub fn agent_command(servers: &[String], data_dir: &Path, name: &str) -> Vec<Str
         data_dir.display().to_string(),
         "--name".into(),
         name.to_owned(),
-    ]
+    ];
+    match join_token {
+        Some(token) => command.extend(["--join-token".into(), token.to_owned()]),
+        None => command.push("--insecure".into()),
+    }
+    command
 }
 
 #[cfg(test)]
@@ -46,13 +62,21 @@ mod tests {
     fn command_lines() {
         let dir = Path::new("/tmp/x");
         assert_eq!(
-            server_command(2, "127.0.0.1:7002", dir).join(" "),
+            server_command(2, "127.0.0.1:7002", dir, Some(Path::new("/tmp/ca"))).join(" "),
+            "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x --ca-dir /tmp/ca"
+        );
+        assert_eq!(
+            server_command(2, "127.0.0.1:7002", dir, None).join(" "),
             "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x --insecure"
         );
         assert_eq!(peers_flag(&["a:1".into(), "b:2".into()]).join(" "), "--peers 1=a:1,2=b:2");
         assert_eq!(
-            agent_command(&["a:1".into(), "b:2".into()], dir, "n1").join(" "),
-            "agent --servers a:1,b:2 --data-dir /tmp/x --name n1"
+            agent_command(&["a:1".into(), "b:2".into()], dir, "n1", Some("FLT1-x")).join(" "),
+            "agent --servers a:1,b:2 --data-dir /tmp/x --name n1 --join-token FLT1-x"
+        );
+        assert_eq!(
+            agent_command(&["a:1".into()], dir, "n1", None).join(" "),
+            "agent --servers a:1 --data-dir /tmp/x --name n1 --insecure"
         );
     }
 }

@@ -67,7 +67,7 @@ pub struct ServerArgs {
         requires = "join",
         conflicts_with = "insecure"
     )]
-    token: Option<String>,
+    join_token: Option<String>,
     /// How long the certificates this server issues last, in seconds; they
     /// are renewed after two thirds of that.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
@@ -82,11 +82,11 @@ fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSet
     if args.cert_lifetime_secs < 60 {
         bail!("--cert-lifetime-secs: must be at least 60");
     }
-    let source = match (&args.ca_dir, &args.join, &args.token) {
+    let source = match (&args.ca_dir, &args.join, &args.join_token) {
         (Some(dir), _, _) => CaSource::Directory(dir.clone()),
         (None, Some(seed), Some(token)) => CaSource::Join {
             seed: seed.clone(),
-            token: JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?,
+            token: JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--join-token: {e}"))?,
         },
         (None, None, _) if founders <= 1 => CaSource::Create,
         (None, None, _) => bail!(
@@ -96,7 +96,7 @@ fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSet
             let data_has_tls = args.data_dir.join("tls/ca.pem").exists();
             if !data_has_tls {
                 bail!(
-                    "--join: a secure cluster admits a server with a join token; pass --token (from `flotilla token create --role server`) or --ca-dir"
+                    "--join: a secure cluster admits a server with a join token; pass --join-token (from `flotilla token create --role server`) or --ca-dir"
                 );
             }
             CaSource::Create

@@ -1,6 +1,6 @@
 //! How a server speaks HTTP to the other servers (Raft traffic, requests
-//! only the leader can answer): TLS presenting its own certificate and
-//! expecting a server of the cluster, or plain HTTP under `--insecure`.
+//! only the leader can answer) and to agents (logs): TLS presenting its
+//! own certificate, or plain HTTP under `--insecure`.
 
 use std::time::Duration;
 
@@ -22,6 +22,12 @@ impl MemberHttp {
         Self::new(builder, tls)
     }
 
+    /// For reading logs from agents: a followed log streams for as long
+    /// as the user watches, so there is no overall timeout.
+    pub fn for_agents(tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
+        Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls)
+    }
+
     /// For requests passed on to the leader.
     pub fn for_requests(tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
         Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls)
@@ -31,14 +37,15 @@ impl MemberHttp {
         builder: reqwest::ClientBuilder,
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, reqwest::Error> {
-        flotilla_security::install_crypto_provider();
         let builder = builder.no_proxy();
-        Ok(match tls {
-            Some(config) => {
-                MemberHttp { client: builder.tls_backend_preconfigured(config).build()?, scheme: "https" }
-            }
-            None => MemberHttp { client: builder.build()?, scheme: "http" },
-        })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Plain HTTP too gets a configuration (one that trusts nothing), so
+        // reqwest never looks for the system's CAs: a container has none.
+        let builder = match tls.or_else(|| flotilla_security::plain_client_config().ok()) {
+            Some(config) => builder.tls_backend_preconfigured(config),
+            None => builder,
+        };
+        Ok(MemberHttp { client: builder.build()?, scheme })
     }
 
     pub fn url(&self, address: &str, path: &str) -> String {

@@ -137,6 +137,8 @@ pub async fn run(
         MemberHttp::for_raft(member_tls.clone()).map_err(|e| ServerError::Config(e.to_string()))?;
     let request_http =
         MemberHttp::for_requests(member_tls.clone()).map_err(|e| ServerError::Config(e.to_string()))?;
+    let agent_tls = tls.as_ref().map(|tls| tls.agent_client_config()).transpose()?;
+    let agent_http = MemberHttp::for_agents(agent_tls).map_err(|e| ServerError::Config(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
@@ -183,6 +185,7 @@ pub async fn run(
     let app = router(AppState {
         liveness,
         http: request_http,
+        agent_http,
         tls: tls.clone(),
         raft: raft.clone(),
         transport,

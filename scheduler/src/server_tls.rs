@@ -198,6 +198,13 @@ impl ServerTls {
         server_config(Arc::clone(&self.certificate), &self.trust).map_err(security)
     }
 
+    /// What this server reads agents' logs with: its own certificate, and
+    /// an agent of the cluster at the other end.
+    pub fn agent_client_config(&self) -> Result<rustls::ClientConfig, ServerError> {
+        client_config(&self.trust, Some(Arc::clone(&self.certificate)), ExpectedPeer::AnyNode)
+            .map_err(security)
+    }
+
     /// What this server speaks to its peers with: its own certificate,
     /// and any server of the cluster at the other end.
     pub fn member_client_config(&self) -> Result<rustls::ClientConfig, ServerError> {

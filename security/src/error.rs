@@ -8,6 +8,9 @@ pub enum SecurityError {
     Tls(String),
     #[error("{0}")]
     Token(String),
+    /// The server's CA is not the one a join token pins.
+    #[error("{0}")]
+    WrongCluster(String),
     #[error("node name `{name}` cannot be put in a certificate: {reason}")]
     NodeName { name: String, reason: String },
 }

@@ -23,6 +23,6 @@ pub use pem::{Credentials, Trust};
 pub use role::{Access, Role};
 pub use tls::{
     ExpectedPeer, client_config, install_crypto_provider, peer_vouches_for, pinned_client_config,
-    server_config,
+    plain_client_config, server_config,
 };
 pub use token::{ApiToken, JoinToken, Secret, TokenRole, hash_secret, secrets_match};

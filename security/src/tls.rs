@@ -62,15 +62,15 @@ pub fn server_config(
 pub enum ExpectedPeer {
     /// Any server of the cluster.
     AnyServer,
-    /// The agent of this node.
-    Node(String),
+    /// Any agent of the cluster.
+    AnyNode,
 }
 
 impl ExpectedPeer {
     fn name(&self) -> String {
         match self {
             ExpectedPeer::AnyServer => crate::SERVER_ROLE_NAME.to_owned(),
-            ExpectedPeer::Node(name) => crate::Identity::Node(name.clone()).dns_name(),
+            ExpectedPeer::AnyNode => crate::NODE_ROLE_NAME.to_owned(),
         }
     }
 }
@@ -94,6 +94,18 @@ pub fn client_config(
 pub fn pinned_client_config(ca_digest: &str) -> Result<ClientConfig, SecurityError> {
     let verifier = PinnedCa { digest: ca_digest.to_ascii_lowercase() };
     finish_client(Arc::new(verifier), None)
+}
+
+/// For clients that speak plain HTTP only (health checks, an `--insecure`
+/// cluster): a TLS configuration that trusts nothing, so the HTTP client
+/// never looks for the system's CA store (a scratch container has none).
+pub fn plain_client_config() -> Result<ClientConfig, SecurityError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    Ok(config)
 }
 
 fn finish_client(
@@ -183,7 +195,7 @@ struct PinnedCa {
 impl PinnedCa {
     fn refuse(reason: String) -> rustls::Error {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-            SecurityError::Tls(reason),
+            SecurityError::WrongCluster(reason),
         ))))
     }
 }

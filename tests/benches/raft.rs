@@ -65,16 +65,21 @@ async fn many_clients(client: &Client, clients: usize, writes_each: usize) -> (f
 /// its own workload again and again (every deploy is still a committed,
 /// fsynced entry), so the state does not grow from one run to the next and
 /// both variants run against the same state.
-async fn raw_writes(address: &str, clients: usize, writes_each: usize, keyed: bool) -> f64 {
-    let http = reqwest::Client::new();
+async fn raw_writes(cluster: &TestCluster, id: u64, clients: usize, writes_each: usize, keyed: bool) -> f64 {
+    let http = cluster.http();
+    let url = cluster.url(id, "/v1/workloads");
+    let token = cluster.admin_token().map(str::to_owned);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (http, address) = (http.clone(), address.to_owned());
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
             let body = spec(&format!("raw-{c}"));
             for _ in 0..writes_each {
-                let mut request = http.post(format!("http://{address}/v1/workloads")).json(&body);
+                let mut request = http.post(&url).json(&body);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
                 if keyed {
                     request = request.header("Idempotency-Key", flotilla_api::client::new_idempotency_key());
                 }
@@ -129,23 +134,22 @@ async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> Vec<Durati
 async fn main() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let to_leader = Client::new([cluster.address(leader)]);
+    let to_leader = cluster.client_of(leader);
     // Warm up connections and the allocator.
     single_client(&to_leader, 200).await;
 
     let (rate1, lat1) = single_client(&to_leader, 2000).await;
     let (rate64, lat64) = many_clients(&to_leader, 64, 300).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let (rate64f, _) = many_clients(&Client::new([cluster.address(follower)]), 64, 100).await;
+    let (rate64f, _) = many_clients(&cluster.client_of(follower), 64, 100).await;
     // Keyed and unkeyed writes, alternated so that drift hits both alike.
     let (mut keyed, mut unkeyed) = (Vec::new(), Vec::new());
-    let address = cluster.address(leader);
-    raw_writes(&address, 64, 20, true).await;
+    raw_writes(&cluster, leader, 64, 20, true).await;
     for round in 0..6 {
         // Alternate which goes first, so that neither always follows the other.
         let first_keyed = round % 2 == 1;
         for keyed_now in [first_keyed, !first_keyed] {
-            let rate = raw_writes(&address, 64, 100, keyed_now).await;
+            let rate = raw_writes(&cluster, leader, 64, 100, keyed_now).await;
             if keyed_now { keyed.push(rate) } else { unkeyed.push(rate) }
         }
     }

@@ -18,10 +18,17 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    pub fn new(name: String, servers: &[String], dir: &Path, extra: &[&str]) -> Self {
+    /// `join_token`: the cluster's agent join token (`None`: an `--insecure` cluster).
+    pub fn new(
+        name: String,
+        servers: &[String],
+        dir: &Path,
+        join_token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let data_dir = dir.join(format!("agent-{name}"));
         let mut args: Vec<OsString> =
-            agent_command(servers, &data_dir, &name).into_iter().map(OsString::from).collect();
+            agent_command(servers, &data_dir, &name, join_token).into_iter().map(OsString::from).collect();
         args.extend(extra.iter().map(OsString::from));
         let daemon = Daemon::new(dir.join(format!("agent-{name}.log")), args);
         AgentProcess { name, data_dir, daemon }

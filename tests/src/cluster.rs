@@ -3,7 +3,12 @@
 use std::time::Duration;
 
 use flotilla_api::{Client, RaftRole, ServerStatus};
+use flotilla_cli::cluster_credentials::{StartingTokens, bootstrap, create_ca, secure_client};
 use flotilla_cli::process_layout::peers_flag;
+use flotilla_security::{
+    CERTIFICATE_LIFETIME, ClusterCa, Credentials, CurrentCertificate, ExpectedPeer, Identity, Trust,
+    client_config,
+};
 use tempfile::TempDir;
 
 use crate::agent_process::AgentProcess;
@@ -18,11 +23,13 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// More flags for every server, such as `--node-ttl-ms`.
     pub server_args: Vec<String>,
+    /// Plain HTTP, no certificates or tokens (`--insecure` everywhere).
+    pub insecure: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, snapshot_every: 10_000, server_args: Vec::new() }
+        ClusterOptions { servers: 3, snapshot_every: 10_000, server_args: Vec::new(), insecure: false }
     }
 }
 
@@ -42,6 +49,12 @@ pub struct TestCluster {
     /// The loopback address this cluster's agents serve service ports on:
     /// its own, so clusters of tests running at once never share a mesh.
     pub mesh: std::net::IpAddr,
+    /// The CA the founders share (`ca.pem`, `ca.key`); `None` when insecure.
+    pub ca_dir: Option<std::path::PathBuf>,
+    /// The management token from `acl bootstrap`, and the agents' join token.
+    pub tokens: Option<StartingTokens>,
+    /// Clients with a node's certificate, for simulated nodes, by node name.
+    node_clients: std::sync::Mutex<std::collections::HashMap<String, Client>>,
     options: ClusterOptions,
 }
 
@@ -58,6 +71,7 @@ impl TestCluster {
     /// Starts the servers and waits until they agree on a leader.
     pub async fn start(options: ClusterOptions) -> Self {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
+        let ca_dir = (!options.insecure).then(|| create_ca(dir.path()).expect("a cluster CA"));
         let addresses: Vec<(u64, String)> =
             (1..=options.servers).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         let peers = peers_flag(&addresses.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>());
@@ -67,15 +81,110 @@ impl TestCluster {
                 let mut args = peers.clone();
                 args.extend(["--snapshot-every".to_owned(), options.snapshot_every.to_string()]);
                 args.extend(options.server_args.iter().cloned());
-                ServerProcess::new(id, address, dir.path(), args)
+                ServerProcess::new(id, address, dir.path(), ca_dir.as_deref(), args)
             })
             .collect();
-        let mut cluster = TestCluster { dir, servers, agents: Vec::new(), mesh: unique_loopback(), options };
+        let mut cluster = TestCluster {
+            dir,
+            servers,
+            agents: Vec::new(),
+            mesh: unique_loopback(),
+            ca_dir,
+            tokens: None,
+            node_clients: Default::default(),
+            options,
+        };
         for server in &mut cluster.servers {
             server.start();
         }
+        if let Some(ca_dir) = &cluster.ca_dir {
+            let addresses: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+            match bootstrap(&addresses, ca_dir, Duration::from_secs(30)).await {
+                Ok(tokens) => cluster.tokens = Some(tokens),
+                Err(error) => {
+                    panic!("cannot bootstrap the test cluster's ACL: {error:#}\n{}", cluster.logs())
+                }
+            }
+        }
         cluster.wait_for_leader(Duration::from_secs(20)).await;
         cluster
+    }
+
+    /// The management token (role admin); `None` when insecure.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.tokens.as_ref().map(|t| t.admin.as_str())
+    }
+
+    /// A client for `addresses` with `token`, speaking this cluster's protocol.
+    pub fn client_for(&self, addresses: impl IntoIterator<Item = String>, token: Option<&str>) -> Client {
+        let addresses: Vec<String> = addresses.into_iter().collect();
+        match &self.ca_dir {
+            Some(ca_dir) => secure_client(&addresses, ca_dir, token).expect("a TLS client"),
+            None => Client::new(addresses.iter().map(|a| format!("http://{a}"))),
+        }
+    }
+
+    /// An HTTP client for raw requests to the servers (TLS trusting the
+    /// cluster's CA, no token: add one with `authorize`).
+    pub fn http(&self) -> reqwest::Client {
+        self.client_for(std::iter::empty(), None).http().clone()
+    }
+
+    /// `path` on server `id`, in this cluster's scheme.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        let scheme = if self.ca_dir.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.address(id))
+    }
+
+    /// An HTTP client that presents the certificate of the agent of node
+    /// `name` (from its data dir), as that agent does; plain when insecure.
+    pub fn http_as_agent(&self, name: &str) -> reqwest::Client {
+        let agent = self.agents.iter().find(|a| a.name == name).expect("no agent of that node");
+        let tls = agent.data_dir.join("tls");
+        if self.ca_dir.is_none() {
+            return self.http();
+        }
+        let read = |file: &str| std::fs::read_to_string(tls.join(file)).expect("the agent's TLS material");
+        let certificate = CurrentCertificate::new(&Credentials {
+            certificate_pem: read("node.pem"),
+            key_pem: read("node.key"),
+        })
+        .expect("the agent's certificate");
+        let config = client_config(&Trust::new(read("ca.pem")), Some(certificate), ExpectedPeer::AnyServer)
+            .expect("a TLS configuration");
+        reqwest::Client::builder().tls_backend_preconfigured(config).build().expect("an HTTP client")
+    }
+
+    /// A client that speaks for node `name` as its agent would: with a
+    /// certificate for that node, issued by the cluster's CA (the harness
+    /// holds it, as `cluster up` does); plain when insecure.
+    pub fn node_client(&self, name: &str) -> Client {
+        let mut clients = self.node_clients.lock().unwrap_or_else(|p| p.into_inner());
+        let client = clients.entry(name.to_owned()).or_insert_with(|| {
+            let addresses: Vec<String> = self.servers.iter().map(|s| s.address.clone()).collect();
+            let Some(ca_dir) = &self.ca_dir else {
+                return self.client_for(addresses, None);
+            };
+            let read = |file: &str| std::fs::read_to_string(ca_dir.join(file)).expect("the cluster's CA");
+            let ca = ClusterCa::from_pem(&read("ca.pem"), &read("ca.key")).expect("the CA loads");
+            let (credentials, _) = ca
+                .issue_with_new_key(&Identity::Node(name.to_owned()), &[], CERTIFICATE_LIFETIME)
+                .expect("a node certificate");
+            let certificate = CurrentCertificate::new(&credentials).expect("the node's certificate");
+            let config =
+                client_config(&Trust::new(read("ca.pem")), Some(certificate), ExpectedPeer::AnyServer)
+                    .expect("a TLS configuration");
+            Client::new(addresses).with_tls(config).expect("a TLS client")
+        });
+        client.clone().with_retry_for(Duration::from_secs(10))
+    }
+
+    /// Adds the management token to a raw request.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.admin_token() {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub fn server(&mut self, id: u64) -> &mut ServerProcess {
@@ -86,23 +195,35 @@ impl TestCluster {
         self.servers.iter().find(|s| s.id == id).map(|s| s.address.clone()).expect("no server with that id")
     }
 
-    /// A client that knows every server, as a user's FLOTILLA_ADDR would.
+    /// A client that knows every server, as a user's FLOTILLA_ADDR would,
+    /// with the management token.
     pub fn client(&self) -> Client {
-        Client::new(self.servers.iter().map(|s| s.address.clone())).with_retry_for(Duration::from_secs(10))
+        self.client_for(self.servers.iter().map(|s| s.address.clone()), self.admin_token())
+            .with_retry_for(Duration::from_secs(10))
     }
 
     /// A client bound to one server, with no failover and no retries.
     /// Runs the `flotilla` CLI against this cluster's servers.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(crate::binary::flotilla_binary())
-            .args(args)
-            .args(["--addr", &self.client().addresses().join(",")])
-            .output()
-            .expect("flotilla runs")
+        let mut command = std::process::Command::new(crate::binary::flotilla_binary());
+        command.args(args).env_remove("FLOTILLA_TOKEN").env_remove("FLOTILLA_CACERT");
+        match &self.ca_dir {
+            Some(ca_dir) => {
+                command.args(["--addr", &self.client().addresses().join(",")]);
+                command.env("FLOTILLA_CACERT", ca_dir.join("ca.pem"));
+                command.env("FLOTILLA_TOKEN", self.admin_token().unwrap_or_default());
+            }
+            None => {
+                let plain: Vec<String> =
+                    self.servers.iter().map(|s| format!("http://{}", s.address)).collect();
+                command.args(["--addr", &plain.join(",")]);
+            }
+        }
+        command.output().expect("flotilla runs")
     }
 
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new([self.address(id)]).with_retry_for(Duration::ZERO)
+        self.client_for([self.address(id)], self.admin_token()).with_retry_for(Duration::ZERO)
     }
 
     pub async fn status_of(&self, id: u64) -> Option<ServerStatus> {
@@ -137,8 +258,8 @@ impl TestCluster {
     /// sides to partition in both directions).
     pub async fn block(&self, id: u64, peers: &[u64]) {
         let body = serde_json::json!({ "blocked_peers": peers });
-        let response = reqwest::Client::new()
-            .put(format!("http://{}/debug/v1/faults", self.address(id)))
+        let response = self
+            .authorize(self.http().put(self.url(id, "/debug/v1/faults")))
             .json(&body)
             .send()
             .await
@@ -159,7 +280,7 @@ impl TestCluster {
             self.options.snapshot_every.to_string(),
         ];
         args.extend(self.options.server_args.iter().cloned());
-        self.servers.push(ServerProcess::new(id, address, self.dir.path(), args));
+        self.servers.push(ServerProcess::new(id, address, self.dir.path(), self.ca_dir.as_deref(), args));
         let server = self.servers.last_mut().expect("just pushed");
         server.start();
         server
@@ -199,7 +320,8 @@ impl TestCluster {
         if !extra.contains(&"--mesh-listen") {
             flags.extend(["--mesh-listen", mesh.as_str()]);
         }
-        self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), &flags));
+        let join_token = self.tokens.as_ref().map(|t| t.agent_join.clone());
+        self.agents.push(AgentProcess::new(name, &servers, self.dir.path(), join_token.as_deref(), &flags));
         let agent = self.agents.last_mut().expect("just pushed");
         agent.start();
         agent

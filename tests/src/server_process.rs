@@ -12,13 +12,21 @@ pub struct ServerProcess {
     pub id: u64,
     pub address: String,
     pub data_dir: PathBuf,
+    /// The CA the cluster's founders share; `None`: an `--insecure` server.
+    ca_dir: Option<PathBuf>,
     daemon: Daemon,
 }
 
 /// The command line `flotilla cluster up` uses, plus `extra` and fault injection.
-fn server_args(id: u64, address: &str, data_dir: &Path, extra: Vec<String>) -> Vec<OsString> {
+fn server_args(
+    id: u64,
+    address: &str,
+    data_dir: &Path,
+    ca_dir: Option<&Path>,
+    extra: Vec<String>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> =
-        server_command(id, address, data_dir).into_iter().map(OsString::from).collect();
+        server_command(id, address, data_dir, ca_dir).into_iter().map(OsString::from).collect();
     args.extend(extra.into_iter().map(OsString::from));
     args.push("--fault-injection".into());
     args
@@ -26,16 +34,16 @@ fn server_args(id: u64, address: &str, data_dir: &Path, extra: Vec<String>) -> V
 
 impl ServerProcess {
     /// `extra`: how it joins (`--peers ...` or `--join ...`) and tuning flags.
-    pub fn new(id: u64, address: String, dir: &Path, extra: Vec<String>) -> Self {
+    pub fn new(id: u64, address: String, dir: &Path, ca_dir: Option<&Path>, extra: Vec<String>) -> Self {
         let data_dir = dir.join(format!("server-{id}"));
-        let daemon =
-            Daemon::new(dir.join(format!("server-{id}.log")), server_args(id, &address, &data_dir, extra));
-        ServerProcess { id, address, data_dir, daemon }
+        let args = server_args(id, &address, &data_dir, ca_dir, extra);
+        let daemon = Daemon::new(dir.join(format!("server-{id}.log")), args);
+        ServerProcess { id, address, data_dir, ca_dir: ca_dir.map(Path::to_path_buf), daemon }
     }
 
     /// Replaces how the server starts next time (for example `--join` after a wipe).
     pub fn set_args(&mut self, extra: Vec<String>) {
-        let args = server_args(self.id, &self.address, &self.data_dir, extra);
+        let args = server_args(self.id, &self.address, &self.data_dir, self.ca_dir.as_deref(), extra);
         self.daemon.set_args(args);
     }
 }

@@ -1,16 +1,17 @@
-//! Simulated nodes: registered through the same API agents use, with the
-//! test standing in for their agents when it reports allocation states.
+//! Simulated nodes: registered through the same API agents use, each with
+//! a certificate of its own node from the cluster's CA, with the test
+//! standing in for their agents when it reports allocation states.
 
 use std::collections::BTreeMap;
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{
-    AllocationState, AllocationUpdate, Client, CpuMillis, Health, MemoryBytes, NodeRegistration,
-};
+use flotilla_api::{AllocationState, AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration};
+
+use crate::cluster::TestCluster;
 
 /// Registers `count` nodes named `{prefix}-{i}` with the given capacity and labels.
 pub async fn register_nodes(
-    client: &Client,
+    cluster: &TestCluster,
     prefix: &str,
     count: usize,
     cpu: u64,
@@ -29,6 +30,7 @@ pub async fn register_nodes(
                 .collect::<BTreeMap<_, _>>(),
             drivers: [Driver::Docker, Driver::Process].into(),
         };
+        let client = cluster.node_client(&registration.name);
         client.register_node(&registration).await.expect("node registers");
     }
 }
@@ -36,8 +38,8 @@ pub async fn register_nodes(
 /// Does what agents do with what the servers ask: reports every pending
 /// allocation as running (its container started) and every allocation
 /// being stopped as stopped. Returns how many it reported.
-pub async fn act_as_agents(client: &Client) -> u32 {
-    let allocations = client.allocations(None, None).await.expect("allocations");
+pub async fn act_as_agents(cluster: &TestCluster) -> u32 {
+    let allocations = cluster.client().allocations(None, None).await.expect("allocations");
     let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
     for allocation in allocations {
         let update = if allocation.stopping && allocation.state.is_live() {
@@ -57,7 +59,7 @@ pub async fn act_as_agents(client: &Client) -> u32 {
     }
     let mut reported = 0;
     for (node, updates) in by_node {
-        reported += client.report_allocations(&node, &updates).await.expect("report");
+        reported += cluster.node_client(&node).report_allocations(&node, &updates).await.expect("report");
     }
     reported
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use flotilla_api::{Allocation, AllocationState};
 use flotilla_tests::containers::{container_of, docker_inspect, is_running};
 use flotilla_tests::workloads::{SLEEPER, deploy, replicas, wait_running};
-use flotilla_tests::{TestCluster, flotilla_binary, wait_until};
+use flotilla_tests::{TestCluster, wait_until};
 
 const AGENT_FLAGS: [&str; 4] = ["--cpu", "2", "--memory", "2Gi"];
 
@@ -102,10 +102,7 @@ async fn a_crash_loop_backs_off_and_an_oom_kill_is_reported() {
     .await;
     assert_eq!(killed.exit_code, Some(137));
     assert_eq!(killed.state, AllocationState::Complete, "restart: never leaves it stopped");
-    let output = Command::new(flotilla_binary())
-        .args(["ps", "hog", "--addr", &client.addresses().join(",")])
-        .output()
-        .expect("flotilla ps");
+    let output = cluster.cli(&["ps", "hog"]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("OOM-killed"));
 }
 
@@ -217,10 +214,7 @@ async fn drain_moves_replicas_and_logs_stream_output() {
     wait_running(&client, "web", 2, Duration::from_secs(60)).await;
 
     let a_name = cluster.agent("a").name.clone();
-    let output = Command::new(flotilla_binary())
-        .args(["node", "drain", &a_name, "--addr", &client.addresses().join(",")])
-        .output()
-        .expect("flotilla node drain");
+    let output = cluster.cli(&["node", "drain", &a_name]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let mut fewest_running = usize::MAX;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -238,10 +232,7 @@ async fn drain_moves_replicas_and_logs_stream_output() {
     assert_eq!(fewest_running, 2, "a new replica runs before an old one stops");
     client.set_node_status(&a_name, flotilla_api::NodeStatus::Ready).await.expect("undrain");
 
-    let output = Command::new(flotilla_binary())
-        .args(["logs", "web", "--addr", &client.addresses().join(",")])
-        .output()
-        .expect("flotilla logs");
+    let output = cluster.cli(&["logs", "web"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ready");
 }

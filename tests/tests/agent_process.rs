@@ -37,10 +37,7 @@ async fn the_process_runtime_runs_restarts_logs_and_stops_processes() {
     })
     .await;
 
-    let output = Command::new(flotilla_binary())
-        .args(["logs", &running[0].id.to_string(), "--addr", &client.addresses().join(",")])
-        .output()
-        .expect("flotilla logs");
+    let output = cluster.cli(&["logs", &running[0].id.to_string()]);
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "started");
 
     let victim = &running[0];

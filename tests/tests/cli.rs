@@ -6,15 +6,28 @@ use std::time::Duration;
 
 use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, free_port, wait_until};
 
+/// The CLI as a user of a cluster runs it: its address, CA and token in
+/// the environment, as `cluster env` exports them.
 struct Cli {
-    addr: String,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cli {
+    fn of(cluster: &TestCluster) -> Self {
+        let mut env = vec![("FLOTILLA_ADDR", cluster.client().addresses().join(","))];
+        if let (Some(ca_dir), Some(token)) = (&cluster.ca_dir, cluster.admin_token()) {
+            env.push(("FLOTILLA_CACERT", ca_dir.join("ca.pem").display().to_string()));
+            env.push(("FLOTILLA_TOKEN", token.to_owned()));
+        }
+        Cli { env }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(flotilla_binary())
             .args(args)
-            .env("FLOTILLA_ADDR", &self.addr)
+            .env_remove("FLOTILLA_CACERT")
+            .env_remove("FLOTILLA_TOKEN")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("NO_COLOR", "1")
             .output()
             .expect("flotilla runs")
@@ -58,7 +71,7 @@ async fn every_verb_works_and_reads_give_json() {
             "zone=a",
         ],
     );
-    let cli = Cli { addr: cluster.client().addresses().join(",") };
+    let cli = Cli::of(&cluster);
     let client = cluster.client();
     wait_until(Duration::from_secs(20), "the agent registered", || async {
         (client.nodes(false).await.ok()?.len() == 1).then_some(())
@@ -121,6 +134,7 @@ async fn every_verb_works_and_reads_give_json() {
         4,
         address.clone(),
         cluster.dir.path(),
+        cluster.ca_dir.as_deref(),
         vec!["--join".into(), "127.0.0.1:1".into()],
     );
     fourth.start();
@@ -141,7 +155,7 @@ async fn every_verb_works_and_reads_give_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_server_and_a_bad_spec_get_messages_a_person_can_act_on() {
     let down = format!("127.0.0.1:{}", free_port());
-    let cli = Cli { addr: down.clone() };
+    let cli = Cli { env: vec![("FLOTILLA_ADDR", format!("http://{down}"))] };
     let output = cli.run(&["list"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -12,7 +12,7 @@ use flotilla_tests::{ClusterOptions, TestCluster};
 fn client_starting_at(cluster: &TestCluster, first: u64) -> Client {
     let mut addresses = vec![cluster.address(first)];
     addresses.extend(cluster.servers.iter().filter(|s| s.id != first).map(|s| s.address.clone()));
-    Client::new(addresses).with_retry_for(Duration::from_secs(15))
+    cluster.client_for(addresses, cluster.admin_token()).with_retry_for(Duration::from_secs(15))
 }
 
 /// Cuts the leader off from the others, so that a write sent to it stays
@@ -88,8 +88,8 @@ async fn a_write_cut_off_with_its_leader_answers_504_and_its_retry_with_the_key_
     cut_off(&cluster, leader).await;
     // Straight to the cut-off leader, with no failover: it takes the write
     // into its log and cannot commit it; when it steps down, nobody knows.
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/workloads", cluster.address(leader)))
+    let response = cluster
+        .authorize(cluster.http().post(cluster.url(leader, "/v1/workloads")))
         .header("content-type", "application/yaml")
         .header("Idempotency-Key", "cut-off-1")
         .body("name: cut\nimage: busybox\n")

@@ -9,13 +9,25 @@ use std::time::{Duration, Instant};
 
 use flotilla_tests::flotilla_binary;
 
-fn flotilla(home: &std::path::Path, args: &[&str], addr: Option<&str>) -> Output {
+/// The variables `cluster env` exports, as a user's shell would hold them.
+type Env = Vec<(String, String)>;
+
+fn flotilla(home: &std::path::Path, args: &[&str], env: Option<&Env>) -> Output {
     let mut command = Command::new(flotilla_binary());
-    command.args(args).env("XDG_DATA_HOME", home).env_remove("FLOTILLA_ADDR");
-    if let Some(addr) = addr {
-        command.env("FLOTILLA_ADDR", addr);
+    command.args(args).env("XDG_DATA_HOME", home);
+    for variable in ["FLOTILLA_ADDR", "FLOTILLA_CACERT", "FLOTILLA_TOKEN"] {
+        command.env_remove(variable);
     }
+    command.envs(env.into_iter().flatten().map(|(k, v)| (k, v)));
     command.output().expect("flotilla runs")
+}
+
+/// `export K=V` lines into variables.
+fn exported(text: &str) -> Env {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn ok(output: Output, what: &str) -> String {
@@ -38,7 +50,7 @@ fn docker_ids(args: &[&str]) -> String {
 /// reaches them through one agent's ingress port.
 fn through_the_mesh(
     home: &std::path::Path,
-    addr: &str,
+    env: &Env,
     name: &str,
     docker: bool,
     ingress: u16,
@@ -53,12 +65,9 @@ fn through_the_mesh(
         ),
     )
     .expect("spec");
-    ok(
-        flotilla(home, &["deploy", "-f", spec.to_str().expect("path"), "--wait"], Some(addr)),
-        "deploy caller",
-    );
+    ok(flotilla(home, &["deploy", "-f", spec.to_str().expect("path"), "--wait"], Some(env)), "deploy caller");
     let ps: serde_json::Value =
-        serde_json::from_str(&ok(flotilla(home, &["ps", "caller", "-o", "json"], Some(addr)), "ps"))
+        serde_json::from_str(&ok(flotilla(home, &["ps", "caller", "-o", "json"], Some(env)), "ps"))
             .expect("json");
     let container = ps[0]["runtime_id"].as_str().expect("the caller's container").to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -105,9 +114,11 @@ fn up_use_down(name: &str, docker: bool) {
         let out = ok(flotilla(home.path(), &up, None), "cluster up");
         assert!(out.contains(&format!("cluster `{name}` is up: 3 servers, 3 agents")), "{out}");
         let env = ok(flotilla(home.path(), &["cluster", "env", "--name", name], None), "cluster env");
-        let addr = env.trim().strip_prefix("export FLOTILLA_ADDR=").expect("an export line").to_owned();
+        let env = exported(&env);
+        let variables: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(variables, ["FLOTILLA_ADDR", "FLOTILLA_CACERT", "FLOTILLA_TOKEN"], "secure by default");
         let status: serde_json::Value = serde_json::from_str(&ok(
-            flotilla(home.path(), &["cluster", "status", "-o", "json"], Some(&addr)),
+            flotilla(home.path(), &["cluster", "status", "-o", "json"], Some(&env)),
             "status",
         ))
         .expect("json");
@@ -118,7 +129,7 @@ fn up_use_down(name: &str, docker: bool) {
             "every member answers: {status}"
         );
         let nodes: serde_json::Value =
-            serde_json::from_str(&ok(flotilla(home.path(), &["nodes", "-o", "json"], Some(&addr)), "nodes"))
+            serde_json::from_str(&ok(flotilla(home.path(), &["nodes", "-o", "json"], Some(&env)), "nodes"))
                 .expect("json");
         assert_eq!(nodes.as_array().map(Vec::len), Some(3));
         // The rollout succeeds only once every replica passes its HTTP
@@ -139,9 +150,9 @@ fn up_use_down(name: &str, docker: bool) {
         )
         .expect("spec");
         let deploy = ["deploy", "-f", spec.to_str().expect("path"), "--wait", "--timeout", "60"];
-        ok(flotilla(home.path(), &deploy, Some(&addr)), "deploy --wait");
+        ok(flotilla(home.path(), &deploy, Some(&env)), "deploy --wait");
         let ps: serde_json::Value =
-            serde_json::from_str(&ok(flotilla(home.path(), &["ps", "web", "-o", "json"], Some(&addr)), "ps"))
+            serde_json::from_str(&ok(flotilla(home.path(), &["ps", "web", "-o", "json"], Some(&env)), "ps"))
                 .expect("json");
         let healthy = ps
             .as_array()
@@ -158,7 +169,7 @@ fn up_use_down(name: &str, docker: bool) {
             .iter()
             .filter_map(|a| Some(a["runtime_id"].as_str()?.chars().take(12).collect()))
             .collect();
-        through_the_mesh(home.path(), &addr, name, docker, ingress, &web_hosts);
+        through_the_mesh(home.path(), &env, name, docker, ingress, &web_hosts);
     });
     let down = flotilla(home.path(), &["cluster", "down", "--name", name], None);
     if let Err(panic) = result {

@@ -36,8 +36,8 @@ async fn a_server_cut_off_from_the_majority_stops_serving_agents_and_they_carry_
         cluster.block(*other, &[cut]).await;
     }
     // The cut-off server answers agents 503 once it knows it has no leader.
-    let http = reqwest::Client::new();
-    let url = format!("http://{}/v1/nodes/{agent}/allocations?index=0&wait_ms=1000", cluster.address(cut));
+    let http = cluster.http_as_agent(&agent);
+    let url = cluster.url(cut, &format!("/v1/nodes/{agent}/allocations?index=0&wait_ms=1000"));
     let status = wait_until(Duration::from_secs(15), "the cut-off server to refuse agents", || async {
         let response = http.get(&url).timeout(Duration::from_secs(10)).send().await.ok()?;
         (response.status().as_u16() == 503).then_some(response.status())
@@ -46,7 +46,8 @@ async fn a_server_cut_off_from_the_majority_stops_serving_agents_and_they_carry_
     assert_eq!(status.as_u16(), 503);
 
     // Work deployed through the majority still reaches the agent.
-    let majority = flotilla_api::Client::new(others.iter().map(|id| cluster.address(*id)))
+    let majority = cluster
+        .client_for(others.iter().map(|id| cluster.address(*id)), cluster.admin_token())
         .with_retry_for(Duration::from_secs(10));
     deploy(&majority, &format!("name: after\n{TICKER}")).await;
     wait_until(Duration::from_secs(30), "the agent to run the new workload", || async {

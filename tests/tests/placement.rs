@@ -29,7 +29,7 @@ async fn deploy(client: &Client, yaml: &str) {
 async fn deploy_scale_up_scale_down_and_delete() {
     let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
-    register_nodes(&client, "node", 3, 2000, 2 * GI, &[("zone", "a")]).await;
+    register_nodes(&cluster, "node", 3, 2000, 2 * GI, &[("zone", "a")]).await;
     deploy(&client, "name: web\nimage: busybox\nreplicas: 6\nresources: {cpu: 250m, memory: 256Mi}\n").await;
     wait_for_status(&client, "web", "6 placed", |w| w.status.placed == 6).await;
     let per_node: BTreeMap<String, usize> =
@@ -54,7 +54,7 @@ async fn deploy_scale_up_scale_down_and_delete() {
         client.nodes(false).await.expect("nodes").iter().map(|n| n.allocated_cpu).sum::<u64>()
     };
     assert_eq!(booked(client.clone()).await, 9 * 250, "replicas being stopped stay booked until stopped");
-    act_as_agents(&client).await;
+    act_as_agents(&cluster).await;
     wait_until(Duration::from_secs(10), "the stopped replicas released", || async {
         (booked(client.clone()).await == 500).then_some(())
     })
@@ -62,7 +62,7 @@ async fn deploy_scale_up_scale_down_and_delete() {
 
     client.delete("web").await.expect("delete");
     assert_eq!(booked(client.clone()).await, 500, "a deleted workload's replicas stay booked until stopped");
-    act_as_agents(&client).await;
+    act_as_agents(&cluster).await;
     wait_until(Duration::from_secs(10), "the deleted workload's allocations gone", || async {
         let gone = client.allocations(Some("web"), None).await.ok()?.is_empty();
         (gone && booked(client.clone()).await == 0).then_some(())
@@ -74,11 +74,11 @@ async fn deploy_scale_up_scale_down_and_delete() {
 async fn a_spec_change_replaces_replicas_one_at_a_time() {
     let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
-    register_nodes(&client, "node", 4, 2000, 2 * GI, &[]).await;
+    register_nodes(&cluster, "node", 4, 2000, 2 * GI, &[]).await;
     let update = "update: {min_healthy_time: 200ms}\n";
     deploy(&client, &format!("name: web\nimage: app:v1\nreplicas: 3\n{update}")).await;
     wait_for_status(&client, "web", "3 placed", |w| w.status.placed == 3).await;
-    act_as_agents(&client).await;
+    act_as_agents(&cluster).await;
     wait_for_status(&client, "web", "3 running", |w| w.status.running == 3).await;
 
     deploy(&client, &format!("name: web\nimage: app:v2\nreplicas: 3\n{update}")).await;
@@ -92,7 +92,7 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
         if live.len() == 3 && live.iter().all(|a| a.version == 2) && running == 3 {
             return Some(());
         }
-        act_as_agents(&client).await;
+        act_as_agents(&cluster).await;
         None
     })
     .await;
@@ -103,8 +103,8 @@ async fn a_spec_change_replaces_replicas_one_at_a_time() {
 async fn replicas_that_fit_nowhere_stay_pending_with_a_reason() {
     let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
-    register_nodes(&client, "a", 2, 1000, GI, &[("zone", "a")]).await;
-    register_nodes(&client, "b", 1, 4000, 8 * GI, &[("zone", "b")]).await;
+    register_nodes(&cluster, "a", 2, 1000, GI, &[("zone", "a")]).await;
+    register_nodes(&cluster, "b", 1, 4000, 8 * GI, &[("zone", "b")]).await;
     // Node b fits two of these; the a nodes none.
     deploy(&client, "name: big\nimage: x\nreplicas: 3\nresources: {cpu: 500m, memory: 3Gi}\nconstraints: [\"zone in (a, b)\"]\n").await;
     let workload = wait_for_status(&client, "big", "2 placed, 1 pending", |w| w.status.placed == 2).await;
@@ -124,14 +124,11 @@ async fn replicas_that_fit_nowhere_stay_pending_with_a_reason() {
         Some("needs 100m CPU and 64Mi memory: 3 nodes fail constraint zone == c")
     );
     // The CLI shows it.
-    let output = std::process::Command::new(flotilla_tests::flotilla_binary())
-        .args(["get", "picky", "--addr", &client.addresses().join(",")])
-        .output()
-        .expect("CLI runs");
+    let output = cluster.cli(&["get", "picky"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("3 nodes fail constraint zone == c"), "{stdout}");
     // A node that fits arrives: the pending replica is placed.
-    register_nodes(&client, "c", 1, 1000, GI, &[("zone", "c")]).await;
+    register_nodes(&cluster, "c", 1, 1000, GI, &[("zone", "c")]).await;
     wait_for_status(&client, "picky", "placement on the new node", |w| {
         w.status.placed == 1 && w.status.unplaced == 0
     })
@@ -142,7 +139,7 @@ async fn replicas_that_fit_nowhere_stay_pending_with_a_reason() {
 async fn a_new_leader_finishes_a_large_deploy_without_oversubscribing_or_doubling() {
     let mut cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
     let client = cluster.client();
-    register_nodes(&client, "node", 60, 4000, 8 * GI, &[]).await;
+    register_nodes(&cluster, "node", 60, 4000, 8 * GI, &[]).await;
     let workloads = 30;
     let replicas = 100;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;

@@ -59,7 +59,9 @@ async fn three_servers_elect_one_leader() {
         assert_eq!(status.members.len(), 3);
     }
     assert_eq!(leaders, 1, "exactly one server is leader");
-    let metrics = reqwest::get(format!("http://{}/metrics", cluster.address(leader)))
+    let metrics = cluster
+        .authorize(cluster.http().get(cluster.url(leader, "/metrics")))
+        .send()
         .await
         .expect("metrics answer")
         .text()
@@ -154,8 +156,13 @@ async fn a_snapshot_bigger_than_a_peer_request_arrives_in_chunks() {
 /// starts the follower again and waits until it has every write, which it
 /// can only get from a snapshot.
 async fn catch_up_through_a_snapshot(server_args: Vec<String>) -> TestCluster {
-    let mut cluster =
-        TestCluster::start(ClusterOptions { servers: 3, snapshot_every: 200, server_args }).await;
+    let mut cluster = TestCluster::start(ClusterOptions {
+        servers: 3,
+        snapshot_every: 200,
+        server_args,
+        ..ClusterOptions::default()
+    })
+    .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.server(follower).stop();
@@ -213,8 +220,9 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
     let refused = minority.deploy(&spec("minority-write"), None).await;
     assert!(refused.is_err(), "a leader cut off from the majority must not acknowledge: {refused:?}");
 
-    let majority =
-        Client::new(others.iter().map(|id| cluster.address(*id))).with_retry_for(Duration::from_secs(10));
+    let majority = cluster
+        .client_for(others.iter().map(|id| cluster.address(*id)), cluster.admin_token())
+        .with_retry_for(Duration::from_secs(10));
     majority.deploy(&spec("majority-write"), None).await.expect("the majority elects a leader and commits");
 
     cluster.block(old_leader, &[]).await;

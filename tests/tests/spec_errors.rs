@@ -2,10 +2,9 @@
 //! and reason, a clear `file:line:column` message from the CLI, and leaves
 //! the stored state exactly as it was.
 
-use std::process::Command;
 use std::time::Duration;
 
-use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary};
+use flotilla_tests::{ClusterOptions, TestCluster};
 
 struct Case {
     name: &'static str,
@@ -250,8 +249,7 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
         list.into_iter().map(|w| (w.spec, w.version, w.modified_index)).collect()
     };
     let before = stored(client.list(false).await.expect("list"));
-    let address = cluster.address(1);
-    let http = reqwest::Client::new();
+    let http = cluster.http();
     let cases = cases();
     assert!(cases.len() >= 25, "at least 25 cases");
     let mut failures = Vec::new();
@@ -262,8 +260,8 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
             }
         };
         // The API.
-        let response = http
-            .post(format!("http://{address}/v1/workloads"))
+        let response = cluster
+            .authorize(http.post(cluster.url(1, "/v1/workloads")))
             .header("content-type", "application/yaml")
             .body(case.body.clone())
             .timeout(Duration::from_secs(10))
@@ -283,12 +281,7 @@ async fn malformed_specs_get_a_4xx_and_a_clear_message_and_change_nothing() {
         // The CLI.
         let file = cluster.dir.path().join("bad-spec.yaml");
         std::fs::write(&file, &case.body).expect("write spec");
-        let output = Command::new(flotilla_binary())
-            .args(["deploy", "-f"])
-            .arg(&file)
-            .args(["--addr", &address])
-            .output()
-            .expect("CLI runs");
+        let output = cluster.cli(&["deploy", "-f", &file.display().to_string()]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         check(!output.status.success(), "the CLI must fail".to_owned());
         check(stderr.contains("bad-spec.yaml"), format!("CLI names the file: {stderr}"));
@@ -311,11 +304,10 @@ async fn other_client_mistakes_get_the_right_status() {
         ..ClusterOptions::default()
     })
     .await;
-    let address = cluster.address(1);
-    let http = reqwest::Client::new();
+    let http = cluster.http();
     let spec = "name: web\nimage: busybox\n";
     let send = |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &str| {
-        let mut request = http.request(method, format!("http://{address}{path}")).body(body.to_owned());
+        let mut request = cluster.authorize(http.request(method, cluster.url(1, path))).body(body.to_owned());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }

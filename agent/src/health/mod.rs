@@ -143,6 +143,12 @@ impl HealthWatch {
 
 /// The HTTP client checks use: never through a proxy (replicas are local).
 pub fn check_client() -> reqwest::Client {
-    flotilla_security::install_crypto_provider();
-    reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new())
+    let builder = reqwest::Client::builder().no_proxy();
+    // Checks speak plain HTTP; a configuration that trusts nothing keeps
+    // reqwest from looking for the system's CAs (a container has none).
+    let builder = match flotilla_security::plain_client_config() {
+        Ok(config) => builder.tls_backend_preconfigured(config),
+        Err(_) => builder,
+    };
+    builder.build().unwrap_or_default()
 }

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod idempotency;
 mod leader;
+mod logs;
 mod metrics;
 mod nodes;
 mod peer;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub liveness: Arc<Liveness>,
     /// For passing requests only the leader can answer on to it.
     pub http: crate::member_http::MemberHttp,
+    /// For reading allocations' logs from their agents.
+    pub agent_http: crate::member_http::MemberHttp,
     /// The CA and this server's certificate; `None` under `--insecure`.
     pub tls: Option<Arc<crate::server_tls::ServerTls>>,
     /// Where this server's deploys choose service ports (`--service-ports`).
@@ -78,7 +81,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/events", post(nodes::record_events))
         .route("/v1/nodes/{name}/unserved", put(nodes::report_unserved))
         .route("/v1/nodes/{name}/allocations", get(nodes::node_allocations).post(nodes::report))
+        .route("/v1/nodes/{name}/certificate", post(tokens::renew_node_certificate))
         .route("/v1/allocations", get(nodes::allocations))
+        .route("/v1/allocations/{id}/logs", get(logs::logs))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))

@@ -143,3 +143,19 @@ pub async fn join(
     let ca_key_pem = matches!(identity, Identity::Server(_)).then(|| tls.ca.key_pem());
     Ok(Json(JoinAnswer { certificate, trust_pem: tls.trust.pem.clone(), ca_key_pem }))
 }
+
+pub async fn renew_node_certificate(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<flotilla_security::IssuedCertificate>, ApiError> {
+    let tls = secure(&app)?;
+    let request: flotilla_api::RenewRequest = read_json(&headers, body).await?;
+    let certificate = tls
+        .ca
+        .issue(&Identity::Node(name.clone()), &request.public_key, &[], tls.lifetime())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    tracing::info!(node = %name, "renewed a node's certificate");
+    Ok(Json(certificate))
+}
