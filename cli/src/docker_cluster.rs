@@ -13,7 +13,7 @@ use flotilla_agent::runtime::image;
 use std::path::Path;
 
 use crate::local_cluster::{ClusterRecord, UpArgs, agent_labels, save, wait_ready};
-use crate::process_layout::{agent_command, peers_flag, server_command};
+use crate::process_layout::{ServerCa, agent_command, peers_flag, server_command};
 
 /// The label on every container and network a docker-mode cluster makes.
 const CLUSTER_LABEL: &str = "flotilla.cluster";
@@ -93,8 +93,11 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
             command.extend(["-v".into(), format!("{}:/ca:ro", ca_dir.display())]);
         }
         command.push(IMAGE.into());
-        let container_ca = ca_dir.as_ref().map(|_| Path::new("/ca"));
-        command.extend(server_command(i as u64 + 1, &server_addresses[i], Path::new("/data"), container_ca));
+        let container_ca = match ca_dir {
+            Some(_) => ServerCa::Shared("/ca".into()),
+            None => ServerCa::Insecure,
+        };
+        command.extend(server_command(i as u64 + 1, &server_addresses[i], Path::new("/data"), &container_ca));
         command.extend(peers_flag(&server_addresses));
         docker(&command.iter().map(String::as_str).collect::<Vec<_>>())?;
         let port = docker(&["port", server, &SERVER_PORT.to_string()])?;

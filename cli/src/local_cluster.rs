@@ -17,7 +17,7 @@ use flotilla_api::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::docker_cluster;
-use crate::process_layout::{agent_command, peers_flag, server_command};
+use crate::process_layout::{ServerCa, agent_command, peers_flag, server_command};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -253,7 +253,8 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     };
     for (i, address) in record.addresses.clone().iter().enumerate() {
         let id = i as u64 + 1;
-        let mut args = server_command(id, address, &dir.join(format!("server-{id}")), ca_dir.as_deref());
+        let ca = ca_dir.clone().map_or(ServerCa::Insecure, ServerCa::Shared);
+        let mut args = server_command(id, address, &dir.join(format!("server-{id}")), &ca);
         args.extend(peers_flag(&record.addresses));
         record.pids.push(spawn_background(&args, dir.join(format!("server-{id}.log")))?);
         save(&record)?;

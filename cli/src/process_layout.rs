@@ -2,12 +2,23 @@
 //! and the test harness both build them here, so a harness cluster is a
 //! `cluster up` cluster that a test can also kill, restart and corrupt.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// `flotilla server` for one member of a cluster whose founders share the
-/// CA in `ca_dir` (`None`: an `--insecure` cluster); the caller adds
-/// `--peers` or `--join` and any tuning flags.
-pub fn server_command(id: u64, listen: &str, data_dir: &Path, ca_dir: Option<&Path>) -> Vec<String> {
+/// Where a server's TLS comes from.
+#[derive(Debug, Clone)]
+pub enum ServerCa {
+    /// None: `--insecure`.
+    Insecure,
+    /// The CA the founders share (`--ca-dir`).
+    Shared(PathBuf),
+    /// Received when joining with a server token (the caller adds
+    /// `--join` and `--join-token`).
+    FromJoin,
+}
+
+/// `flotilla server` for one member; the caller adds `--peers` or `--join`
+/// and any tuning flags.
+pub fn server_command(id: u64, listen: &str, data_dir: &Path, ca: &ServerCa) -> Vec<String> {
     let mut command = vec![
         "server".into(),
         "--id".into(),
@@ -17,9 +28,10 @@ pub fn server_command(id: u64, listen: &str, data_dir: &Path, ca_dir: Option<&Pa
         "--data-dir".into(),
         data_dir.display().to_string(),
     ];
-    match ca_dir {
-        Some(dir) => command.extend(["--ca-dir".into(), dir.display().to_string()]),
-        None => command.push("--insecure".into()),
+    match ca {
+        ServerCa::Shared(dir) => command.extend(["--ca-dir".into(), dir.display().to_string()]),
+        ServerCa::Insecure => command.push("--insecure".into()),
+        ServerCa::FromJoin => {}
     }
     command
 }
@@ -62,11 +74,11 @@ mod tests {
     fn command_lines() {
         let dir = Path::new("/tmp/x");
         assert_eq!(
-            server_command(2, "127.0.0.1:7002", dir, Some(Path::new("/tmp/ca"))).join(" "),
+            server_command(2, "127.0.0.1:7002", dir, &ServerCa::Shared("/tmp/ca".into())).join(" "),
             "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x --ca-dir /tmp/ca"
         );
         assert_eq!(
-            server_command(2, "127.0.0.1:7002", dir, None).join(" "),
+            server_command(2, "127.0.0.1:7002", dir, &ServerCa::Insecure).join(" "),
             "server --id 2 --listen 127.0.0.1:7002 --data-dir /tmp/x --insecure"
         );
         assert_eq!(peers_flag(&["a:1".into(), "b:2".into()]).join(" "), "--peers 1=a:1,2=b:2");

@@ -79,8 +79,8 @@ fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSet
     if args.insecure {
         return Ok(None);
     }
-    if args.cert_lifetime_secs < 60 {
-        bail!("--cert-lifetime-secs: must be at least 60");
+    if args.cert_lifetime_secs < 30 {
+        bail!("--cert-lifetime-secs: must be at least 30");
     }
     let source = match (&args.ca_dir, &args.join, &args.join_token) {
         (Some(dir), _, _) => CaSource::Directory(dir.clone()),

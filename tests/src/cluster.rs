@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use flotilla_api::{Client, RaftRole, ServerStatus};
 use flotilla_cli::cluster_credentials::{StartingTokens, bootstrap, create_ca, secure_client};
-use flotilla_cli::process_layout::peers_flag;
+use flotilla_cli::process_layout::{ServerCa, peers_flag};
 use flotilla_security::{
     CERTIFICATE_LIFETIME, ClusterCa, Credentials, CurrentCertificate, ExpectedPeer, Identity, Trust,
     client_config,
@@ -67,6 +67,11 @@ fn unique_loopback() -> std::net::IpAddr {
     std::net::Ipv4Addr::from((127 << 24) | (1 << 23) | bits).into()
 }
 
+/// The shared CA when the cluster has one, else `--insecure`.
+pub fn server_ca(ca_dir: Option<&std::path::Path>) -> ServerCa {
+    ca_dir.map_or(ServerCa::Insecure, |dir| ServerCa::Shared(dir.to_path_buf()))
+}
+
 impl TestCluster {
     /// Starts the servers and waits until they agree on a leader.
     pub async fn start(options: ClusterOptions) -> Self {
@@ -81,7 +86,7 @@ impl TestCluster {
                 let mut args = peers.clone();
                 args.extend(["--snapshot-every".to_owned(), options.snapshot_every.to_string()]);
                 args.extend(options.server_args.iter().cloned());
-                ServerProcess::new(id, address, dir.path(), ca_dir.as_deref(), args)
+                ServerProcess::new(id, address, dir.path(), server_ca(ca_dir.as_deref()), args)
             })
             .collect();
         let mut cluster = TestCluster {
@@ -155,28 +160,48 @@ impl TestCluster {
         reqwest::Client::builder().tls_backend_preconfigured(config).build().expect("an HTTP client")
     }
 
-    /// A client that speaks for node `name` as its agent would: with a
-    /// certificate for that node, issued by the cluster's CA (the harness
-    /// holds it, as `cluster up` does); plain when insecure.
+    /// A client TLS configuration that presents a certificate for
+    /// `identity` issued by the cluster's CA (the harness holds the CA, as
+    /// `cluster up` does). Panics on an insecure cluster.
+    pub fn tls_as(&self, identity: &Identity) -> rustls::ClientConfig {
+        let ca_dir = self.ca_dir.as_ref().expect("a secure cluster");
+        let read = |file: &str| std::fs::read_to_string(ca_dir.join(file)).expect("the cluster's CA");
+        let ca = ClusterCa::from_pem(&read("ca.pem"), &read("ca.key")).expect("the CA loads");
+        let (credentials, _) =
+            ca.issue_with_new_key(identity, &[], CERTIFICATE_LIFETIME).expect("a certificate");
+        let certificate = CurrentCertificate::new(&credentials).expect("the certificate loads");
+        client_config(&Trust::new(read("ca.pem")), Some(certificate), ExpectedPeer::AnyServer)
+            .expect("a TLS configuration")
+    }
+
+    /// A raw HTTP client presenting a certificate for `identity`.
+    pub fn http_as(&self, identity: &Identity) -> reqwest::Client {
+        reqwest::Client::builder().tls_backend_preconfigured(self.tls_as(identity)).build().expect("a client")
+    }
+
+    /// A client that speaks for node `name` as its agent would, with a
+    /// certificate for that node; plain when insecure.
     pub fn node_client(&self, name: &str) -> Client {
         let mut clients = self.node_clients.lock().unwrap_or_else(|p| p.into_inner());
         let client = clients.entry(name.to_owned()).or_insert_with(|| {
             let addresses: Vec<String> = self.servers.iter().map(|s| s.address.clone()).collect();
-            let Some(ca_dir) = &self.ca_dir else {
+            if self.ca_dir.is_none() {
                 return self.client_for(addresses, None);
-            };
-            let read = |file: &str| std::fs::read_to_string(ca_dir.join(file)).expect("the cluster's CA");
-            let ca = ClusterCa::from_pem(&read("ca.pem"), &read("ca.key")).expect("the CA loads");
-            let (credentials, _) = ca
-                .issue_with_new_key(&Identity::Node(name.to_owned()), &[], CERTIFICATE_LIFETIME)
-                .expect("a node certificate");
-            let certificate = CurrentCertificate::new(&credentials).expect("the node's certificate");
-            let config =
-                client_config(&Trust::new(read("ca.pem")), Some(certificate), ExpectedPeer::AnyServer)
-                    .expect("a TLS configuration");
+            }
+            let config = self.tls_as(&Identity::Node(name.to_owned()));
             Client::new(addresses).with_tls(config).expect("a TLS client")
         });
         client.clone().with_retry_for(Duration::from_secs(10))
+    }
+
+    /// A new token of `role` (`read`, `deploy`, `admin`, `agent`, `server`), made by the admin.
+    pub async fn create_token(&self, role: &str) -> String {
+        let request = flotilla_api::CreateTokenRequest {
+            role: role.parse().expect("a role"),
+            description: "test".into(),
+            ttl_secs: None,
+        };
+        self.client().create_token(&request).await.expect("token created").token
     }
 
     /// Adds the management token to a raw request.
@@ -280,7 +305,8 @@ impl TestCluster {
             self.options.snapshot_every.to_string(),
         ];
         args.extend(self.options.server_args.iter().cloned());
-        self.servers.push(ServerProcess::new(id, address, self.dir.path(), self.ca_dir.as_deref(), args));
+        let ca = server_ca(self.ca_dir.as_deref());
+        self.servers.push(ServerProcess::new(id, address, self.dir.path(), ca, args));
         let server = self.servers.last_mut().expect("just pushed");
         server.start();
         server

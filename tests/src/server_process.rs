@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use flotilla_cli::process_layout::server_command;
+use flotilla_cli::process_layout::{ServerCa, server_command};
 
 use crate::daemon::Daemon;
 
@@ -12,21 +12,15 @@ pub struct ServerProcess {
     pub id: u64,
     pub address: String,
     pub data_dir: PathBuf,
-    /// The CA the cluster's founders share; `None`: an `--insecure` server.
-    ca_dir: Option<PathBuf>,
+    /// Where its TLS comes from.
+    ca: ServerCa,
     daemon: Daemon,
 }
 
 /// The command line `flotilla cluster up` uses, plus `extra` and fault injection.
-fn server_args(
-    id: u64,
-    address: &str,
-    data_dir: &Path,
-    ca_dir: Option<&Path>,
-    extra: Vec<String>,
-) -> Vec<OsString> {
+fn server_args(id: u64, address: &str, data_dir: &Path, ca: &ServerCa, extra: Vec<String>) -> Vec<OsString> {
     let mut args: Vec<OsString> =
-        server_command(id, address, data_dir, ca_dir).into_iter().map(OsString::from).collect();
+        server_command(id, address, data_dir, ca).into_iter().map(OsString::from).collect();
     args.extend(extra.into_iter().map(OsString::from));
     args.push("--fault-injection".into());
     args
@@ -34,16 +28,16 @@ fn server_args(
 
 impl ServerProcess {
     /// `extra`: how it joins (`--peers ...` or `--join ...`) and tuning flags.
-    pub fn new(id: u64, address: String, dir: &Path, ca_dir: Option<&Path>, extra: Vec<String>) -> Self {
+    pub fn new(id: u64, address: String, dir: &Path, ca: ServerCa, extra: Vec<String>) -> Self {
         let data_dir = dir.join(format!("server-{id}"));
-        let args = server_args(id, &address, &data_dir, ca_dir, extra);
+        let args = server_args(id, &address, &data_dir, &ca, extra);
         let daemon = Daemon::new(dir.join(format!("server-{id}.log")), args);
-        ServerProcess { id, address, data_dir, ca_dir: ca_dir.map(Path::to_path_buf), daemon }
+        ServerProcess { id, address, data_dir, ca, daemon }
     }
 
     /// Replaces how the server starts next time (for example `--join` after a wipe).
     pub fn set_args(&mut self, extra: Vec<String>) {
-        let args = server_args(self.id, &self.address, &self.data_dir, self.ca_dir.as_deref(), extra);
+        let args = server_args(self.id, &self.address, &self.data_dir, &self.ca, extra);
         self.daemon.set_args(args);
     }
 }

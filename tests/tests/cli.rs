@@ -134,7 +134,7 @@ async fn every_verb_works_and_reads_give_json() {
         4,
         address.clone(),
         cluster.dir.path(),
-        cluster.ca_dir.as_deref(),
+        flotilla_tests::cluster::server_ca(cluster.ca_dir.as_deref()),
         vec!["--join".into(), "127.0.0.1:1".into()],
     );
     fourth.start();

@@ -237,6 +237,41 @@ mod tests {
         assert_eq!(path_param("/v1/nodes", "/v1/nodes", "name"), None);
     }
 
+    /// Every `.route(...)` of the router, by its path and methods, read
+    /// from the router's source: a route added without a rule here fails.
+    fn routes_of_the_router() -> Vec<(String, String)> {
+        let source = include_str!("mod.rs");
+        let mut routes = Vec::new();
+        for call in source.split(".route(").skip(1) {
+            let (path, rest) = call.split_once(',').expect("a route has a path and a handler");
+            let path = match path.trim() {
+                "PEER_PATH" => PEER_PATH.to_owned(),
+                "SNAPSHOT_PATH" => SNAPSHOT_PATH.to_owned(),
+                literal => literal.trim_matches('"').to_owned(),
+            };
+            let handlers = rest.split("\n").next().unwrap_or_default();
+            for method in ["get", "post", "put", "delete"] {
+                let called =
+                    handlers.starts_with(&format!(" {method}(")) || handlers.contains(&format!(".{method}("));
+                if called {
+                    routes.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_of_the_router_has_exactly_the_rules_in_the_table() {
+        let mut routed = routes_of_the_router();
+        routed.sort();
+        let mut ruled: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
+        ruled.sort();
+        assert!(routed.len() >= 30, "the router's routes were read: {routed:?}");
+        assert_eq!(routed, ruled, "the router and the access table must list the same routes");
+    }
+
     #[test]
     fn every_route_has_one_rule() {
         for (i, (method, path, _)) in ROUTES.iter().enumerate() {

@@ -39,13 +39,13 @@ pub async fn register(
     body: Body,
 ) -> Result<Json<Node>, ApiError> {
     let registration: NodeRegistration = read_json(&headers, body).await?;
-    registration.validate().map_err(ApiError::BadRequest)?;
     if !caller.speaks_for_node(&registration.name) {
         return Err(ApiError::Forbidden(format!(
             "this agent's certificate is not for node `{}`",
             registration.name
         )));
     }
+    registration.validate().map_err(ApiError::BadRequest)?;
     let name = registration.name.clone();
     let once = idempotency(&headers, &("register", &registration))?;
     let output = app.raft.propose_once(Command::RegisterNode { registration }, once).await?;

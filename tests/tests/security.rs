@@ -1,0 +1,349 @@
+//! A secure cluster refuses what it should: every route by its access rule,
+//! plain HTTP and foreign certificates on every port, agents with the wrong
+//! token or the wrong CA, an agent speaking for another node, a revoked
+//! token; and admits a server that joins with a server token.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use flotilla_api::RaftRole;
+use flotilla_cli::process_layout::ServerCa;
+use flotilla_scheduler::http::ROUTES;
+use flotilla_security::{Access, ClusterCa, Identity, Role};
+use flotilla_tests::{ClusterOptions, ServerProcess, TestCluster, flotilla_binary, free_port, wait_until};
+use reqwest::Method;
+
+/// Who calls, in the walk over the routes.
+#[derive(Debug, Clone)]
+enum Caller {
+    Anonymous,
+    Token(Role, String),
+    Node,
+    Server,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Allowed,
+    Unauthorized,
+    Forbidden,
+}
+
+/// What the access table documents for `caller` on a route with `access`.
+fn documented(access: Access, caller: &Caller) -> Outcome {
+    match (access, caller) {
+        (Access::Public, _) | (_, Caller::Server) => Outcome::Allowed,
+        (_, Caller::Anonymous) => Outcome::Unauthorized,
+        (Access::Role(needed) | Access::AnyNodeOrRole(needed), Caller::Token(role, _)) => {
+            if role.includes(needed) { Outcome::Allowed } else { Outcome::Forbidden }
+        }
+        (Access::AnyNodeOrRole(_) | Access::OwnNode, Caller::Node) => Outcome::Allowed,
+        _ => Outcome::Forbidden,
+    }
+}
+
+/// The route's path with its parameters filled: the walker's own node,
+/// a server id that is not a member, a rollout action.
+fn concrete(path: &str, node: &str) -> String {
+    path.replace("{name}", node).replace("{id}", "99").replace("{action}", "pause")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_401_without_a_credential_and_403_to_one_that_does_not_allow_it() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let node = "walker";
+    let mut callers = vec![Caller::Anonymous, Caller::Node, Caller::Server];
+    for role in [Role::Read, Role::Deploy, Role::Admin] {
+        let name = match role {
+            Role::Read => "read",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        };
+        callers.push(Caller::Token(role, cluster.create_token(name).await));
+    }
+    let anonymous = cluster.http();
+    let as_node = cluster.http_as(&Identity::Node(node.into()));
+    let as_server = cluster.http_as(&Identity::Server(1));
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (method, path, access) in ROUTES {
+        for caller in &callers {
+            let mut target = concrete(path, node);
+            if *method == Method::GET {
+                target.push_str("?wait_ms=0");
+            }
+            let http = match caller {
+                Caller::Node => &as_node,
+                Caller::Server => &as_server,
+                _ => &anonymous,
+            };
+            let mut request = http.request(method.clone(), cluster.url(1, &target));
+            if let Caller::Token(_, token) = caller {
+                request = request.bearer_auth(token);
+            }
+            if let Caller::Server = caller {
+                request = request.header("x-flotilla-raft-sender", format!("1={}", cluster.address(1)));
+            }
+            let response = request.timeout(Duration::from_secs(10)).send().await.expect("an answer");
+            let outcome = match response.status().as_u16() {
+                401 => Outcome::Unauthorized,
+                403 => Outcome::Forbidden,
+                _ => Outcome::Allowed,
+            };
+            let expected = documented(*access, caller);
+            checked += 1;
+            if outcome != expected {
+                let caller = match caller {
+                    Caller::Token(role, _) => format!("token {role:?}"),
+                    other => format!("{other:?}"),
+                };
+                failures.push(format!(
+                    "{method} {path} as {caller}: {} ({outcome:?}), documented {expected:?}",
+                    response.status()
+                ));
+            }
+        }
+        // An agent's certificate opens its own node's routes, no other's.
+        if *access == Access::OwnNode && path.contains("{name}") {
+            let response = as_node
+                .request(method.clone(), cluster.url(1, &concrete(path, "someone-else")))
+                .send()
+                .await
+                .expect("an answer");
+            checked += 1;
+            if response.status().as_u16() != 403 {
+                failures.push(format!("{method} {path} for another node: {}", response.status()));
+            }
+        }
+    }
+    assert!(ROUTES.len() >= 30 && checked >= 6 * ROUTES.len(), "walked {checked}");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} answers differ from the table:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Whether anything on `address` answers plain HTTP.
+fn answers_plain_http(address: &str) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).contains("HTTP/")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_and_certificates_of_another_ca_are_refused_on_every_port() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.add_agent("a", &["--driver", "sim", "--mesh-listen", "none"]);
+    let client = cluster.client();
+    let nodes = wait_until(Duration::from_secs(30), "the agent registered", || async {
+        let nodes = client.nodes(false).await.ok()?;
+        (nodes.len() == 1).then_some(nodes)
+    })
+    .await;
+    let mut ports: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+    ports.push(nodes[0].address.clone());
+
+    let other = ClusterCa::create().expect("another CA");
+    let (foreign, _) = other
+        .issue_with_new_key(
+            &Identity::Server(1),
+            &["127.0.0.1".into()],
+            flotilla_security::CERTIFICATE_LIFETIME,
+        )
+        .expect("a certificate of the other CA");
+    let foreign_certificate = flotilla_security::CurrentCertificate::new(&foreign).expect("loads");
+    let real_trust = flotilla_security::Trust::new(
+        std::fs::read_to_string(cluster.ca_dir.as_ref().expect("secure").join("ca.pem")).expect("CA"),
+    );
+    // Presents the other CA's certificate for server 1 to the real cluster.
+    let forged = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            flotilla_security::client_config(
+                &real_trust,
+                Some(foreign_certificate),
+                flotilla_security::ExpectedPeer::AnyServer,
+            )
+            .expect("config"),
+        )
+        .build()
+        .expect("client");
+    // Trusts the other CA alone: the real servers cannot prove themselves.
+    let deceived = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            flotilla_security::client_config(
+                &flotilla_security::Trust::new(other.certificate_pem()),
+                None,
+                flotilla_security::ExpectedPeer::AnyServer,
+            )
+            .expect("config"),
+        )
+        .build()
+        .expect("client");
+    for address in &ports {
+        assert!(!answers_plain_http(address), "{address} answered plain HTTP");
+        let url = format!("https://{address}/v1/workloads");
+        let forged_answer = forged.get(&url).timeout(Duration::from_secs(5)).send().await;
+        assert!(forged_answer.is_err(), "{address} took another CA's certificate: {forged_answer:?}");
+        let deceived_answer = deceived.get(&url).timeout(Duration::from_secs(5)).send().await;
+        assert!(deceived_answer.is_err(), "{address} passed for the other CA's: {deceived_answer:?}");
+    }
+    // The real thing works on the same ports: a refusal above is the CA's doing.
+    assert!(client.list(false).await.is_ok());
+    let raft = forged
+        .post(format!("https://{}/raft/v1/messages", cluster.address(1)))
+        .header("x-flotilla-raft-sender", "1=127.0.0.1:1")
+        .body(Vec::new())
+        .send()
+        .await;
+    assert!(raft.is_err(), "Raft traffic with another CA's certificate: {raft:?}");
+}
+
+/// Runs an agent that must refuse to start, and returns what it said.
+fn failed_agent(cluster: &TestCluster, name: &str, token: &str) -> String {
+    let data = cluster.dir.path().join(format!("refused-{name}"));
+    let servers: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+    let output = std::process::Command::new(flotilla_binary())
+        .args(["agent", "--servers", &servers.join(","), "--name", name, "--data-dir"])
+        .arg(&data)
+        .args(["--driver", "sim", "--mesh-listen", "none", "--join-token", token])
+        .env_remove("FLOTILLA_JOIN_TOKEN")
+        .output()
+        .expect("the agent runs");
+    assert!(!output.status.success(), "the agent must not start");
+    assert!(!data.join("tls/node.pem").exists(), "no certificate was stored");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_a_wrong_token_or_pinning_another_ca_is_refused_and_told_why() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let good = cluster.tokens.as_ref().expect("secure").agent_join.clone();
+    let (digest, _) = good.trim_start_matches("FLT1-").split_once('-').expect("FLT1-digest-secret");
+
+    let unknown_secret = format!("FLT1-{digest}-{}", "ab".repeat(32));
+    let said = failed_agent(&cluster, "unknown", &unknown_secret);
+    assert!(said.contains("refused") && said.contains("not a live agent token"), "{said}");
+
+    let server_token = cluster.create_token("server").await;
+    let said = failed_agent(&cluster, "wrong-role", &server_token);
+    assert!(said.contains("not a live agent token"), "{said}");
+
+    let other_digest = ClusterCa::create().expect("another CA").digest();
+    let wrong_pin = good.replace(digest, &other_digest);
+    let said = failed_agent(&cluster, "wrong-pin", &wrong_pin);
+    assert!(said.contains("join token pins") && said.contains(&other_digest), "{said}");
+
+    let said = failed_agent(&cluster, "Not_A_Label", &good);
+    assert!(said.contains("Not_A_Label") && said.contains("lowercase"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_certificate_speaks_for_its_own_node_alone() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.add_agent("a", &["--driver", "sim", "--mesh-listen", "none"]);
+    cluster.add_agent("b", &["--driver", "sim", "--mesh-listen", "none"]);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "both agents registered", || async {
+        (client.nodes(false).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    let (a, b) = (cluster.agent("a").name.clone(), cluster.agent("b").name.clone());
+    let as_a = cluster.http_as_agent(&a);
+    let json = |request: reqwest::RequestBuilder, body: serde_json::Value| {
+        request.header("content-type", "application/json").body(body.to_string()).send()
+    };
+    let report =
+        json(as_a.post(cluster.url(1, &format!("/v1/nodes/{b}/allocations"))), serde_json::json!([]));
+    assert_eq!(report.await.expect("answer").status().as_u16(), 403, "a's certificate reports for b");
+    let beat = json(as_a.post(cluster.url(1, &format!("/v1/nodes/{b}/heartbeat"))), serde_json::json!({}));
+    assert_eq!(beat.await.expect("answer").status().as_u16(), 403, "a's certificate heartbeats for b");
+    let registration = flotilla_api::NodeRegistration {
+        name: b.clone(),
+        address: String::new(),
+        cpu: flotilla_api::CpuMillis(1000),
+        memory: flotilla_api::MemoryBytes(1 << 30),
+        labels: Default::default(),
+        drivers: Default::default(),
+    };
+    let registration = serde_json::to_value(&registration).expect("json");
+    let register = json(as_a.post(cluster.url(1, "/v1/nodes")), registration);
+    let register = register.await.expect("answer");
+    assert_eq!(register.status().as_u16(), 403, "a's certificate registers b");
+    assert!(register.text().await.unwrap_or_default().contains(&format!("not for node `{b}`")));
+    // Its own node's routes work with the same certificate.
+    let own = json(as_a.post(cluster.url(1, &format!("/v1/nodes/{a}/allocations"))), serde_json::json!([]));
+    assert!(own.await.expect("answer").status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_is_refused_by_every_server_within_a_second() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let token = cluster.create_token("deploy").await;
+    let ids: Vec<u64> = cluster.servers.iter().map(|s| s.id).collect();
+    let with_token = |id: u64| cluster.client_for([cluster.address(id)], Some(&token));
+    for id in &ids {
+        with_token(*id).list(true).await.expect("the token works on every server");
+    }
+    let id =
+        cluster.client().tokens().await.expect("tokens").into_iter().find(|t| t.role.to_string() == "deploy");
+    cluster.client().revoke_token(&id.expect("the deploy token").id).await.expect("revoked");
+    for id in &ids {
+        let refused = wait_until(Duration::from_secs(1), "the revoked token refused", || async {
+            match with_token(*id).list(true).await {
+                Err(error) if error.code() == Some("unauthorized") => Some(error),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(refused.to_string().contains("not recognised"), "{refused}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_joins_with_a_server_token_and_receives_the_ca() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let seed = cluster.address(1);
+    let agent_token = cluster.create_token("agent").await;
+    let server_token = cluster.create_token("server").await;
+
+    let refused_dir = tempfile::tempdir().expect("dir");
+    let refused = std::process::Command::new(flotilla_binary())
+        .args(["server", "--id", "5", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(refused_dir.path())
+        .args(["--join", &seed, "--join-token", &agent_token])
+        .output()
+        .expect("the server runs");
+    assert!(!refused.status.success(), "an agent token admits no server");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("not a live server token"), "{said}");
+
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut fourth = ServerProcess::new(
+        4,
+        address,
+        cluster.dir.path(),
+        ServerCa::FromJoin,
+        vec!["--join".into(), seed, "--join-token".into(), server_token],
+    );
+    fourth.start();
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "server 4 to become a voter", || async {
+        let status = client.server_status().await.ok()?;
+        status.members.iter().any(|m| m.id == 4 && m.voter).then_some(())
+    })
+    .await;
+    let joined = std::fs::read_to_string(fourth.data_dir.join("tls/ca.pem")).expect("the joined server's CA");
+    let ours = std::fs::read_to_string(cluster.ca_dir.as_ref().expect("secure").join("ca.pem")).expect("CA");
+    assert_eq!(joined, ours, "the joined server holds the cluster's CA");
+    let status = cluster.client_for([fourth.address.clone()], cluster.admin_token()).server_status().await;
+    assert!(matches!(status.map(|s| s.role), Ok(RaftRole::Follower | RaftRole::Leader)));
+    fourth.kill();
+    cluster.servers.push(fourth);
+}
