@@ -347,3 +347,47 @@ async fn a_server_joins_with_a_server_token_and_receives_the_ca() {
     fourth.kill();
     cluster.servers.push(fourth);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_are_renewed_before_they_expire_and_the_cluster_carries_on() {
+    let lifetime = 30;
+    let options = ClusterOptions {
+        server_args: vec!["--cert-lifetime-secs".into(), lifetime.to_string()],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = TestCluster::start(options).await;
+    cluster.add_agent("a", &["--driver", "sim", "--mesh-listen", "none"]);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "the agent registered", || async {
+        (client.nodes(false).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let agent_pem = cluster.agent("a").data_dir.join("tls/node.pem");
+    let server_pem = cluster.servers[0].data_dir.join("tls/server.pem");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("a certificate");
+    let (first_agent, first_server) = (read(&agent_pem), read(&server_pem));
+    let issued = std::time::Instant::now();
+    // Renewal comes once two thirds of the life have passed.
+    wait_until(Duration::from_secs(lifetime + 10), "both certificates renewed", || async {
+        (read(&agent_pem) != first_agent && read(&server_pem) != first_server).then_some(())
+    })
+    .await;
+    // Past the first certificates' expiry, the agent still reports and
+    // the servers still talk: only the renewed ones can be in use.
+    let expired = Duration::from_secs(lifetime + 2);
+    let wait = expired.saturating_sub(issued.elapsed());
+    tokio::time::sleep(wait).await;
+    let spec = flotilla_api::parse_yaml("name: after\nimage: busybox\nreplicas: 2\n").expect("spec");
+    client.deploy(&spec, None).await.expect("a write commits");
+    wait_until(Duration::from_secs(20), "the agent runs the replicas", || async {
+        let all = client.allocations(Some("after"), None).await.ok()?;
+        (all.iter().filter(|a| a.state == flotilla_api::AllocationState::Running).count() == 2).then_some(())
+    })
+    .await;
+    let nodes = client.nodes(false).await.expect("nodes");
+    assert_eq!(
+        nodes[0].status,
+        flotilla_api::NodeStatus::Ready,
+        "the agent heartbeats with its renewed certificate"
+    );
+}
