@@ -224,6 +224,10 @@ pub struct NodeAllocations {
     pub allocations: Vec<Allocation>,
     /// The workloads those allocations belong to, with their current specs.
     pub workloads: Vec<crate::model::Workload>,
+    /// The values of the secrets those workloads name, by name: sent only
+    /// to the node's own agent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, crate::SecretValue>,
 }
 
 /// One allocation's resource use, sampled by its agent.

@@ -189,7 +189,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let key = self.idempotency_key.clone().unwrap_or_else(new_idempotency_key);
-        self.send(method, path, body, Some(&key)).await
+        self.send(method, path, json_payload(body).map_err(encoding_error)?, Some(&key)).await
     }
 
     async fn request<B: Serialize, T: DeserializeOwned>(
@@ -198,14 +198,14 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        self.send(method, path, body, None).await
+        self.send(method, path, json_payload(body).map_err(encoding_error)?, None).await
     }
 
-    async fn send<B: Serialize, T: DeserializeOwned>(
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&B>,
+        body: Option<Payload>,
         idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
         let deadline = tokio::time::Instant::now() + self.retry_for;
@@ -213,8 +213,9 @@ impl Client {
             let mut last_error = String::from("no address given");
             for address in &self.addresses {
                 let mut request = self.authorize(self.http.request(method.clone(), self.url(address, path)));
-                if let Some(body) = body {
-                    request = request.json(body);
+                if let Some(payload) = &body {
+                    request =
+                        request.header("content-type", payload.content_type).body(payload.bytes.clone());
                 }
                 if let Some(key) = idempotency_key {
                     request = request.header(IDEMPOTENCY_HEADER, key);
@@ -356,6 +357,23 @@ impl Client {
         self.request(Method::POST, &format!("/v1/nodes/{node}/certificate"), Some(&body)).await
     }
 
+    /// Stores `value` as secret `name` (a new version if it exists).
+    pub async fn put_secret(&self, name: &str, value: &[u8]) -> Result<crate::SecretInfo, ClientError> {
+        let payload =
+            Payload { bytes: bytes::Bytes::copy_from_slice(value), content_type: "application/octet-stream" };
+        let key = self.idempotency_key.clone().unwrap_or_else(new_idempotency_key);
+        self.send(Method::PUT, &format!("/v1/secrets/{name}"), Some(payload), Some(&key)).await
+    }
+
+    /// Every secret's name, version and size (never a value).
+    pub async fn secrets(&self) -> Result<Vec<crate::SecretInfo>, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/secrets", None).await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<crate::SecretInfo, ClientError> {
+        self.write::<(), _>(Method::DELETE, &format!("/v1/secrets/{name}"), None).await
+    }
+
     /// `acl bootstrap`: the management token, once in a cluster's life.
     pub async fn bootstrap_acl(&self) -> Result<crate::BootstrapAnswer, ClientError> {
         self.request::<(), _>(Method::POST, "/v1/acl/bootstrap", None).await
@@ -492,6 +510,21 @@ impl Client {
 /// Why a request got no answer, with the innermost cause (a refused
 /// connection, or the TLS handshake's reason: an unknown CA, a certificate
 /// for another identity) rather than reqwest's outermost wrapper.
+/// A request's body, encoded once and sent as it is to each server tried.
+struct Payload {
+    bytes: bytes::Bytes,
+    content_type: &'static str,
+}
+
+fn json_payload<B: Serialize>(body: Option<&B>) -> Result<Option<Payload>, serde_json::Error> {
+    let Some(body) = body else { return Ok(None) };
+    Ok(Some(Payload { bytes: serde_json::to_vec(body)?.into(), content_type: "application/json" }))
+}
+
+fn encoding_error(error: serde_json::Error) -> ClientError {
+    ClientError::Protocol { address: String::new(), reason: format!("cannot encode the request: {error}") }
+}
+
 pub(crate) fn describe_send_error(error: &reqwest::Error) -> String {
     if error.is_connect() {
         let mut cause: &dyn std::error::Error = error;

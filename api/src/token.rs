@@ -79,6 +79,9 @@ pub struct JoinAnswer {
     /// certificates too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_key_pem: Option<String>,
+    /// For a joining server only: the cluster key secrets are sealed with (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<String>,
 }
 
 /// `POST /v1/acl/bootstrap`'s answer: the management token, shown once.

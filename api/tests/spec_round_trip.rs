@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::spec::{
-    Autoscale, Balance, Check, DnsLabel, Driver, Percent, PlacementStrategy, PortSpec, Protocol, Resources,
-    RestartPolicy, ServiceSpec, SpecDuration, UpdateStrategy,
+    Autoscale, Balance, Check, DnsLabel, Driver, EnvValue, Percent, PlacementStrategy, PortSpec, Protocol,
+    Resources, RestartPolicy, SecretMount, ServiceSpec, SpecDuration, UpdateStrategy,
 };
 use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 use proptest::prelude::*;
@@ -97,12 +97,30 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                 autoscale,
             )| {
                 let env: BTreeMap<String, String> = env;
+                // Every other variable names a secret instead of a value.
+                let env = env
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (key, value))| {
+                        let value = if i % 2 == 1 {
+                            EnvValue::Secret { secret: format!("secret-{i}") }
+                        } else {
+                            EnvValue::Text(value)
+                        };
+                        (key, value)
+                    })
+                    .collect();
                 WorkloadSpec {
                     name,
                     driver: if docker { Driver::Docker } else { Driver::Process },
                     image: docker.then(|| "registry.local/app:1.0".to_owned()),
                     command,
                     env,
+                    secrets: if docker {
+                        vec![SecretMount { name: "tls-key".into(), path: "/run/secrets/tls.key".into() }]
+                    } else {
+                        Vec::new()
+                    },
                     replicas,
                     resources: Resources { cpu: CpuMillis(cpu), memory: MemoryBytes(memory) },
                     restart: [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never]

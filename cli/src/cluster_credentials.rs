@@ -9,11 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flotilla_api::{Client, CreateTokenRequest};
 use flotilla_scheduler::server_tls::write_private;
-use flotilla_security::{ClusterCa, ExpectedPeer, TokenRole, Trust, client_config};
+use flotilla_security::{ClusterCa, ClusterKey, ExpectedPeer, TokenRole, Trust, client_config};
 
-/// Writes `ca` into `dir` as `ca.pem` and `ca.key` (the key readable by its owner alone).
+/// Writes `ca` into `dir` as `ca.pem` and `ca.key`, with a new cluster key
+/// (`cluster.key`, what secrets are sealed with); keys readable by their
+/// owner alone.
 pub fn write_ca(dir: &Path, ca: &ClusterCa) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    write_private(&dir.join("cluster.key"), &ClusterKey::generate()?.to_hex())?;
     write_private(&dir.join("ca.key"), &ca.key_pem())?;
     write_private(&dir.join("ca.pem"), ca.certificate_pem())?;
     Ok(())

@@ -9,6 +9,7 @@ mod logs;
 mod nodes;
 mod output;
 mod rollout;
+mod secrets;
 mod server;
 mod services;
 mod tokens;
@@ -86,6 +87,9 @@ enum Command {
     /// API tokens (roles admin, deploy, read) and join tokens (agent, server).
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// Secrets for workloads' env and files: put, list, delete (values are never shown).
+    #[command(subcommand)]
+    Secret(secrets::SecretCommand),
     /// The cluster CA: `ca create DIR` for the founders of a cluster of several servers.
     #[command(subcommand)]
     Ca(tokens::CaCommand),
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
             Command::Acl(command) => tokens::acl(&client()?, command).await,
             Command::Token(command) => tokens::token(&client()?, command).await,
             Command::Ca(command) => tokens::ca(command),
+            Command::Secret(command) => secrets::run(&client()?, command).await,
         }
     });
     match result {

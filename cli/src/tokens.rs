@@ -43,8 +43,9 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Make a cluster CA in DIR (ca.pem, ca.key) for the founders of a
-    /// cluster of several servers to share (`server --ca-dir DIR`).
+    /// Make a cluster CA in DIR (ca.pem, ca.key, and cluster.key for
+    /// secrets) for the founders of a cluster of several servers to share
+    /// (`server --ca-dir DIR`).
     Create { dir: PathBuf },
 }
 
@@ -120,7 +121,7 @@ pub fn ca(command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Create { dir } => {
             let ca = ClusterCa::create()?;
             write_ca(&dir, &ca).with_context(|| format!("cannot write the CA to {}", dir.display()))?;
-            println!("CA {} written to {} (ca.pem, ca.key)", ca.digest(), dir.display());
+            println!("CA {} written to {} (ca.pem, ca.key, cluster.key)", ca.digest(), dir.display());
             Ok(())
         }
     }

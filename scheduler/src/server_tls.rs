@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_api::{Joiner, join::join};
 use flotilla_security::{
-    ClusterCa, Credentials, CurrentCertificate, ExpectedPeer, Identity, JoinToken, SecurityError, Trust,
-    client_config, server_config,
+    ClusterCa, ClusterKey, Credentials, CurrentCertificate, ExpectedPeer, Identity, JoinToken, SecurityError,
+    Trust, client_config, server_config,
 };
 
 use crate::server::ServerError;
@@ -33,6 +33,8 @@ pub enum CaSource {
 #[derive(Debug)]
 pub struct ServerTls {
     pub ca: ClusterCa,
+    /// What secrets are sealed with; the servers alone hold it.
+    pub cluster_key: ClusterKey,
     pub trust: Trust,
     /// What this server presents, to clients and to its peers.
     pub certificate: Arc<CurrentCertificate>,
@@ -96,22 +98,26 @@ impl ServerTls {
         let dir = data_dir.join("tls");
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let (ca_pem, key_pem) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let cluster_key_path = dir.join("cluster.key");
         if !ca_pem.exists() {
-            let ca = match source {
+            let (ca, cluster_key) = match source {
                 CaSource::Create => {
                     let ca = ClusterCa::create().map_err(security)?;
                     tracing::info!(digest = %ca.digest(), "created the cluster CA");
-                    ca
+                    (ca, ClusterKey::generate().map_err(security)?)
                 }
-                CaSource::Directory(shared) => {
+                CaSource::Directory(shared) => (
                     ClusterCa::from_pem(&read(&shared.join("ca.pem"))?, &read(&shared.join("ca.key"))?)
-                        .map_err(security)?
-                }
+                        .map_err(security)?,
+                    ClusterKey::from_hex(&read(&shared.join("cluster.key"))?).map_err(security)?,
+                ),
                 CaSource::Join { seed, token } => join_cluster(&seed, &token, id, &addresses).await?,
             };
+            write_private(&cluster_key_path, &cluster_key.to_hex())?;
             write_private(&key_pem, &ca.key_pem())?;
             write_private(&ca_pem, ca.certificate_pem())?;
         }
+        let cluster_key = ClusterKey::from_hex(&read(&cluster_key_path)?).map_err(security)?;
         let trust = Trust::new(read(&ca_pem)?);
         let ca = ClusterCa::from_pem(&read(&ca_pem)?, &read(&key_pem)?).map_err(security)?;
         let not_after_path = dir.join("server.not_after");
@@ -130,6 +136,7 @@ impl ServerTls {
         let tls = ServerTls {
             certificate: CurrentCertificate::new(&credentials).map_err(security)?,
             ca,
+            cluster_key,
             trust,
             id,
             addresses,
@@ -220,7 +227,7 @@ async fn join_cluster(
     token: &JoinToken,
     id: u64,
     addresses: &[String],
-) -> Result<ClusterCa, ServerError> {
+) -> Result<(ClusterCa, ClusterKey), ServerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match join(seed, token, Joiner::Server(id), addresses.to_vec()).await {
@@ -236,8 +243,12 @@ async fn join_cluster(
                         token.ca_digest
                     )));
                 }
-                tracing::info!(%seed, "joined: received the cluster CA");
-                return Ok(ca);
+                let cluster_key = joined.answer.cluster_key.ok_or_else(|| {
+                    ServerError::Config(format!("{seed} admitted this server but sent no cluster key"))
+                })?;
+                let cluster_key = ClusterKey::from_hex(&cluster_key).map_err(security)?;
+                tracing::info!(%seed, "joined: received the cluster CA and key");
+                return Ok((ca, cluster_key));
             }
             Err(flotilla_api::ClientError::Api { body, .. }) => {
                 return Err(ServerError::Config(format!(

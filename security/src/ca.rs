@@ -66,14 +66,11 @@ impl rcgen::PublicKeyData for RawPublicKey {
 
 impl PublicKey {
     fn raw(&self) -> Result<RawPublicKey, SecurityError> {
-        let text = self.p256_hex.as_bytes();
-        if text.len() != 130 || !text.iter().all(u8::is_ascii_hexdigit) {
-            return Err(SecurityError::Certificate(
+        let bytes = crate::hex::decode(&self.p256_hex).filter(|b| b.len() == 65).ok_or_else(|| {
+            SecurityError::Certificate(
                 "public_key: expected the 65-byte uncompressed P-256 point as 130 hex digits".into(),
-            ));
-        }
-        let nibble = |digit: u8| (digit as char).to_digit(16).unwrap_or(0) as u8;
-        let bytes: Vec<u8> = text.chunks(2).map(|pair| nibble(pair[0]) << 4 | nibble(pair[1])).collect();
+            )
+        })?;
         if bytes.first() != Some(&4) {
             return Err(SecurityError::Certificate("public_key: not an uncompressed P-256 point".into()));
         }

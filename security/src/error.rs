@@ -8,6 +8,8 @@ pub enum SecurityError {
     Tls(String),
     #[error("{0}")]
     Token(String),
+    #[error("secret sealing: {0}")]
+    Sealing(String),
     /// The server's CA is not the one a join token pins.
     #[error("{0}")]
     WrongCluster(String),

@@ -4,8 +4,10 @@
 //! files is the daemons' business.
 
 mod ca;
+mod cluster_key;
 mod current;
 mod error;
+pub mod hex;
 mod identity;
 mod listener;
 mod pem;
@@ -15,6 +17,7 @@ mod tls;
 mod token;
 
 pub use ca::{CERTIFICATE_LIFETIME, ClusterCa, IssuedCertificate, PublicKey, new_key};
+pub use cluster_key::ClusterKey;
 pub use current::CurrentCertificate;
 pub use error::SecurityError;
 pub use identity::{Identity, NODE_ROLE_NAME, SERVER_ROLE_NAME, validate_node_name};

@@ -14,6 +14,4 @@ pub fn bytes<const N: usize>() -> Result<[u8; N], SecurityError> {
     Ok(out)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::hex::encode as hex;

@@ -391,3 +391,121 @@ async fn certificates_are_renewed_before_they_expire_and_the_cluster_carries_on(
         "the agent heartbeats with its renewed certificate"
     );
 }
+
+/// Every file under `dir`, however deep.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                Ok(kind) if kind.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
+async fn a_secret_reaches_its_replica_and_no_api_answer_log_or_data_file() {
+    let options = ClusterOptions { snapshot_every: 10, ..ClusterOptions::default() };
+    let mut cluster = TestCluster::start(options).await;
+    cluster.add_agent("a", &["--cpu", "2", "--memory", "2Gi"]);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "the agent registered", || async {
+        (client.nodes(false).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let value = format!("pw-{}", flotilla_security::hex::encode(&std::process::id().to_le_bytes()))
+        + "-correct-horse-battery-staple";
+    let early = flotilla_api::parse_yaml("name: early\nimage: busybox\nenv: {A: {secret: db-password}}\n");
+    let refused = client.deploy(&early.expect("spec"), None).await.expect_err("no such secret yet");
+    assert!(
+        refused.to_string().contains("field `env.A.secret`: secret `db-password` does not exist"),
+        "{refused}"
+    );
+    let elsewhere = tempfile::tempdir().expect("a dir outside the cluster's");
+    let file = elsewhere.path().join("password");
+    std::fs::write(&file, &value).expect("write");
+    let put = cluster.cli(&["secret", "put", "db-password", "--from-file", &file.display().to_string()]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    let spec = "name: app\nimage: flotilla/busybox:latest\ncommand: [sleep, '100000']\n\
+                resources: {cpu: 50m, memory: 16Mi}\n\
+                env: {DB_PASSWORD: {secret: db-password}, PLAIN: visible}\n\
+                secrets: [{name: db-password, path: /run/secrets/db}]\n";
+    flotilla_tests::workloads::deploy(&client, spec).await;
+    let running = flotilla_tests::workloads::wait_running(&client, "app", 1, Duration::from_secs(60)).await;
+    let container = flotilla_tests::containers::container_of(&cluster, &running[0]);
+    let inside = |command: &str| {
+        let output = std::process::Command::new("docker")
+            .args(["exec", &container, "sh", "-c", command])
+            .output()
+            .expect("docker exec");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(inside("cat /run/secrets/db"), value, "the file holds the value");
+    assert_eq!(inside("echo $DB_PASSWORD"), value, "the variable holds the value");
+    assert_eq!(inside("echo $PLAIN"), "visible");
+
+    // No read route, no CLI output, carries it.
+    let hex = flotilla_security::hex::encode(value.as_bytes());
+    let paths = [
+        "/v1/workloads",
+        "/v1/workloads/app",
+        "/v1/workloads/app/deployments",
+        "/v1/allocations",
+        "/v1/nodes",
+        "/v1/events",
+        "/v1/secrets",
+        "/v1/services",
+        "/v1/cluster/status",
+        "/metrics",
+    ];
+    for path in paths {
+        let answer =
+            cluster.authorize(cluster.http().get(cluster.url(1, path))).send().await.expect("answer");
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        let text = answer.text().await.expect("body");
+        assert!(!text.contains(&value) && !text.contains(&hex), "{path} shows the secret");
+    }
+    let json = cluster.cli(&["get", "app", "-o", "json"]);
+    let json = String::from_utf8_lossy(&json.stdout);
+    assert!(json.contains("\"secret\": \"db-password\"") && !json.contains(&value), "get -o json: {json}");
+    let listed = String::from_utf8_lossy(&cluster.cli(&["secret", "list"]).stdout).into_owned();
+    assert!(listed.contains("db-password") && !listed.contains(&value), "{listed}");
+
+    // Nor any log, Raft log, snapshot or other file of the servers and agents.
+    // Enough writes after it that every server snapshots a state holding it.
+    for round in 0..12 {
+        client.put_secret("filler", format!("filler {round}").as_bytes()).await.expect("put filler");
+    }
+    for server in &cluster.servers {
+        let one = cluster.client_of(server.id);
+        wait_until(Duration::from_secs(20), "a snapshot holding the secret", || async {
+            (one.server_status().await.ok()?.snapshot_index > 12).then_some(())
+        })
+        .await;
+    }
+    let logs = cluster.logs();
+    assert!(!logs.contains(&value) && !logs.contains(&hex), "a log shows the secret");
+    let files = files_under(cluster.dir.path());
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("server-1")), "the data dirs were searched");
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&value) && !text.contains(&hex), "{} holds the secret", file.display());
+    }
+
+    // A secret a workload names stays; unnamed, it goes.
+    let refused = cluster.cli(&["secret", "delete", "db-password"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by workload `app`"));
+    client.delete("app").await.expect("delete app");
+    let deleted = cluster.cli(&["secret", "delete", "db-password"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+}

@@ -13,6 +13,7 @@ use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig, PortBin
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use flotilla_api::PortBinding;
@@ -142,10 +143,29 @@ impl DockerRuntime {
         let created = self.docker.create_container(Some(options), body).await.map_err(|e| {
             if is_not_found(&e) { RuntimeError::ImageMissing(image.clone()) } else { docker_error(e) }
         })?;
+        if !launch.files.is_empty() {
+            self.write_files(&created.id, launch.files).await?;
+        }
         self.docker.start_container(&created.id, None).await.map_err(docker_error)?;
         self.inspect(&created.id)
             .await?
             .ok_or_else(|| RuntimeError::Docker(format!("container {name} vanished after it started")))
+    }
+
+    /// Writes secret files into a created container through the engine (as
+    /// `docker cp` does), readable by any user inside it (as Swarm's are)
+    /// and never on the agent's own disk.
+    async fn write_files(&self, container: &str, files: &[(String, Vec<u8>)]) -> Result<(), RuntimeError> {
+        let entries: Vec<(&str, &[u8], u32)> = files
+            .iter()
+            .map(|(path, bytes)| (path.trim_start_matches('/'), bytes.as_slice(), 0o444))
+            .collect();
+        let archive = super::image::tar(&entries);
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(|e| RuntimeError::Docker(format!("cannot write the secret files: {e}")))
     }
 
     pub async fn restart(&self, handle: &str, launch: Launch<'_>) -> Result<Observed, RuntimeError> {

@@ -46,8 +46,9 @@ pub async fn build(docker: &Docker, tag: &str, files: &[(&str, &[u8], u32)]) -> 
     Ok(())
 }
 
-/// A ustar archive of regular files: all a build context needs.
-fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+/// A ustar archive of regular files (names up to 100 bytes): all a build
+/// context, or a replica's secret files, need.
+pub(crate) fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, data, mode) in files {
         let mut header = [0u8; 512];

@@ -28,6 +28,9 @@ pub struct Launch<'a> {
     /// The DNS server for a container: this agent's responder, which
     /// answers `*.flotilla` (and passes other names on).
     pub dns: Option<std::net::IpAddr>,
+    /// Files to write into a container before it starts: the spec's
+    /// secrets, by absolute path.
+    pub files: &'a [(String, Vec<u8>)],
 }
 
 /// An allocation's runtime object (container or process) as last seen.

@@ -15,14 +15,11 @@ impl Supervisor {
     /// Starts checking a replica that runs now. Without checks of its own
     /// or in its image, a running replica is healthy.
     pub(super) fn watch_health(&mut self, id: u64, observed: &Observed) {
+        let Some(spec) = self.local.get(&id).map(|l| l.spec.clone()) else { return };
+        let env = self.spec_environment(&spec).unwrap_or_default();
         let Some(local) = self.local.get_mut(&id) else { return };
         let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
-        let target = Target {
-            runtime,
-            handle: observed.handle.clone(),
-            address: observed.address,
-            env: local.spec.env.clone(),
-        };
+        let target = Target { runtime, handle: observed.handle.clone(), address: observed.address, env };
         let messages = self.messages.clone();
         if !local.spec.checks.is_empty() {
             let http = self.check_http.clone();

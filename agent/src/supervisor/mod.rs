@@ -99,6 +99,9 @@ pub struct Supervisor {
     check_http: reqwest::Client,
     /// The services, for the environment and DNS of replicas it starts.
     directory: Option<crate::mesh::Directory>,
+    /// The values of the secrets this node's workloads name, as the
+    /// servers last sent them; held in memory only.
+    secrets: BTreeMap<String, flotilla_api::SecretValue>,
 }
 
 /// How the supervisor is set up, beyond its runtimes.
@@ -129,6 +132,7 @@ impl Supervisor {
             node_events: Vec::new(),
             holding,
             check_http: crate::health::check_client(),
+            secrets: BTreeMap::new(),
             directory: config.directory,
             local: BTreeMap::new(),
             found: HashMap::new(),
@@ -188,7 +192,8 @@ impl Supervisor {
         }
     }
 
-    fn reconcile(&mut self, desired: NodeAllocations) {
+    fn reconcile(&mut self, mut desired: NodeAllocations) {
+        self.secrets = std::mem::take(&mut desired.secrets);
         let specs: HashMap<&str, &flotilla_api::Workload> =
             desired.workloads.iter().map(|w| (w.spec.name.as_str(), w)).collect();
         self.desired_seen = true;

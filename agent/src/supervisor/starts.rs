@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
-use flotilla_api::spec::Driver;
+use flotilla_api::spec::{Driver, EnvValue};
 use flotilla_api::{Allocation, AllocationState, WorkloadSpec};
 
 use super::local::{Phase, update};
@@ -24,11 +24,20 @@ impl Supervisor {
         self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
-        let env = self.environment(&allocation, &spec);
+        let inputs =
+            self.environment(&allocation, &spec).and_then(|env| Ok((env, self.secret_files(&spec)?)));
+        let (env, files) = match inputs {
+            Ok(inputs) => inputs,
+            Err(reason) => {
+                let _ = messages.send(Message::Started { allocation: id, result: Err(reason) });
+                return;
+            }
+        };
         let dns = self.directory.as_ref().and_then(|d| d.dns()).filter(|_| spec.driver == Driver::Docker);
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let launch = Launch { allocation: &allocation, spec: &spec, node: &node, env: &env, dns };
+            let launch =
+                Launch { allocation: &allocation, spec: &spec, node: &node, env: &env, dns, files: &files };
             let result = match handle {
                 Some(handle) => runtime.restart(&handle, launch).await,
                 None => runtime.start(launch).await,
@@ -39,13 +48,48 @@ impl Supervisor {
     }
 
     /// A replica's environment: its allocation id and the services known
-    /// now, under what its spec sets (the spec has the last word).
-    fn environment(&self, allocation: &Allocation, spec: &WorkloadSpec) -> BTreeMap<String, String> {
+    /// now, under what its spec sets (the spec has the last word), with
+    /// secrets' values in place of their names.
+    fn environment(
+        &self,
+        allocation: &Allocation,
+        spec: &WorkloadSpec,
+    ) -> Result<BTreeMap<String, String>, String> {
         let mut env = self.directory.as_ref().map(|d| d.environment(spec.driver)).unwrap_or_default();
         env.insert("FLOTILLA_ALLOCATION_ID".into(), allocation.id.to_string());
         env.insert("FLOTILLA_WORKLOAD".into(), allocation.workload.to_string());
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env
+        env.extend(self.spec_environment(spec)?);
+        Ok(env)
+    }
+
+    /// The spec's own variables, secrets resolved.
+    pub(super) fn spec_environment(&self, spec: &WorkloadSpec) -> Result<BTreeMap<String, String>, String> {
+        spec.env
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    EnvValue::Text(text) => text.clone(),
+                    EnvValue::Secret { secret } => {
+                        String::from_utf8(self.secret_value(secret)?).map_err(|_| {
+                            format!("secret `{secret}` is not UTF-8 text, so env.{key} cannot hold it")
+                        })?
+                    }
+                };
+                Ok((key.clone(), text))
+            })
+            .collect()
+    }
+
+    /// The files the spec's `secrets` write into the container.
+    fn secret_files(&self, spec: &WorkloadSpec) -> Result<Vec<(String, Vec<u8>)>, String> {
+        spec.secrets.iter().map(|mount| Ok((mount.path.clone(), self.secret_value(&mount.name)?))).collect()
+    }
+
+    fn secret_value(&self, name: &str) -> Result<Vec<u8>, String> {
+        self.secrets
+            .get(name)
+            .and_then(flotilla_api::SecretValue::bytes)
+            .ok_or_else(|| format!("secret `{name}` was not delivered to this node"))
     }
 
     pub(super) async fn on_started(&mut self, id: u64, result: Result<Observed, String>) {

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use super::secrets::{EnvValue, validate_secret_name};
+
 use super::{
     Driver, MAX_CHECKS, MAX_REPLICAS, MAX_SCALE_UP_PERCENT, MAX_SPEC_DURATION, MIN_CHECK_PERIOD, Probe,
     Protocol, ServiceSpec, SpecDuration, WorkloadSpec,
@@ -60,10 +62,16 @@ impl WorkloadSpec {
                     "a variable name is letters, digits and '_', not starting with a digit",
                 ));
             }
-            if value.contains('\0') {
-                return Err(field_error(format!("env.{key}"), "contains a NUL byte"));
+            match value {
+                EnvValue::Text(text) if text.contains('\0') => {
+                    return Err(field_error(format!("env.{key}"), "contains a NUL byte"));
+                }
+                EnvValue::Secret { secret } => validate_secret_name(secret)
+                    .map_err(|reason| field_error(format!("env.{key}.secret"), reason))?,
+                EnvValue::Text(_) => {}
             }
         }
+        self.validate_secret_mounts()?;
         if self.replicas > MAX_REPLICAS {
             return Err(field_error(
                 "replicas",
@@ -124,6 +132,45 @@ impl WorkloadSpec {
                 return Err(field_error(
                     "autoscale.scale_up_replicas",
                     "scale-up needs a step of at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Files from secrets: docker only (a process replica has no filesystem
+    /// of its own to put them in), absolute paths, one secret per path.
+    fn validate_secret_mounts(&self) -> Result<(), FieldError> {
+        if self.secrets.len() > 64 {
+            return Err(field_error("secrets", "has more than 64 entries"));
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        for (i, mount) in self.secrets.iter().enumerate() {
+            validate_secret_name(&mount.name)
+                .map_err(|reason| field_error(format!("secrets[{i}].name"), reason))?;
+            if self.driver == Driver::Process {
+                return Err(field_error(
+                    format!("secrets[{i}]"),
+                    "secret files need the docker driver; a process replica takes secrets through env",
+                ));
+            }
+            let path = std::path::Path::new(&mount.path);
+            let plain = path
+                .components()
+                .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+            if !path.is_absolute() || !plain || mount.path.ends_with('/') || mount.path.len() > 100 {
+                return Err(field_error(
+                    format!("secrets[{i}].path"),
+                    format!(
+                        "`{}` must be an absolute file path without `..`, at most 100 characters",
+                        mount.path
+                    ),
+                ));
+            }
+            if !paths.insert(mount.path.as_str()) {
+                return Err(field_error(
+                    format!("secrets[{i}].path"),
+                    format!("`{}` is used twice", mount.path),
                 ));
             }
         }

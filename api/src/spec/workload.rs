@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Autoscale, Check, PortSpec, Protocol, Resources, ServiceSpec, UpdateStrategy, WorkloadName, is_default,
+    Autoscale, Check, EnvValue, PortSpec, Protocol, Resources, SecretMount, ServiceSpec, UpdateStrategy,
+    WorkloadName, is_default,
 };
 use crate::constraint::Constraint;
 
@@ -67,7 +68,10 @@ pub struct WorkloadSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
+    /// Secrets written as files into each replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
     #[serde(default)]
@@ -97,6 +101,12 @@ impl WorkloadSpec {
     /// The ports that make it a service: those with a name.
     pub fn service_ports(&self) -> impl Iterator<Item = (&super::DnsLabel, &PortSpec)> + '_ {
         self.ports.iter().filter_map(|p| p.name.as_ref().map(|name| (name, p)))
+    }
+
+    /// The secrets this workload's replicas need, by name (env and files).
+    pub fn secret_names(&self) -> std::collections::BTreeSet<&str> {
+        let from_env = self.env.values().filter_map(EnvValue::secret);
+        from_env.chain(self.secrets.iter().map(|m| m.name.as_str())).collect()
     }
 
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.

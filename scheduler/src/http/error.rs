@@ -43,6 +43,7 @@ impl From<RaftError> for ApiError {
                 Rejection::WorkloadNotFound(_)
                 | Rejection::NodeNotFound(_)
                 | Rejection::TokenNotFound(_)
+                | Rejection::SecretNotFound { .. }
                 | Rejection::VersionNotInHistory { .. },
             ) => ApiError::NotFound(message),
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),

@@ -12,6 +12,7 @@ mod logs;
 mod metrics;
 mod nodes;
 mod peer;
+mod secrets;
 mod services;
 mod tokens;
 mod workloads;
@@ -88,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/debug/v1/faults", put(cluster::set_faults))
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/v1/acl/bootstrap", post(tokens::bootstrap))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))

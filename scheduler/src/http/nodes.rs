@@ -209,8 +209,9 @@ pub async fn node_allocations(
     }
     let allocations: Vec<Allocation> = state.node_allocations(&name).cloned().collect();
     let names: std::collections::BTreeSet<&str> = allocations.iter().map(|a| a.workload.as_str()).collect();
-    let workloads = names.into_iter().filter_map(|n| state.workload(n)).collect();
-    Ok(Json(NodeAllocations { index, allocations, workloads }))
+    let workloads: Vec<_> = names.into_iter().filter_map(|n| state.workload(n)).collect();
+    let secrets = super::secrets::values_for(&app, &state, workloads.iter().map(|w| &w.spec));
+    Ok(Json(NodeAllocations { index, allocations, workloads, secrets }))
 }
 
 #[derive(Debug, Deserialize)]

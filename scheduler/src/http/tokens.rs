@@ -140,8 +140,10 @@ pub async fn join(
         .issue(&identity, &request.public_key, &request.addresses, tls.lifetime())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::info!(joiner = %identity, "admitted with a join token");
-    let ca_key_pem = matches!(identity, Identity::Server(_)).then(|| tls.ca.key_pem());
-    Ok(Json(JoinAnswer { certificate, trust_pem: tls.trust.pem.clone(), ca_key_pem }))
+    let server = matches!(identity, Identity::Server(_));
+    let ca_key_pem = server.then(|| tls.ca.key_pem());
+    let cluster_key = server.then(|| tls.cluster_key.to_hex());
+    Ok(Json(JoinAnswer { certificate, trust_pem: tls.trust.pem.clone(), ca_key_pem, cluster_key }))
 }
 
 pub async fn renew_node_certificate(

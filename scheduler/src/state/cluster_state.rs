@@ -53,6 +53,9 @@ pub struct ClusterState {
     /// Whether `acl bootstrap` has made the management token.
     #[serde(default)]
     pub(super) acl_bootstrapped: bool,
+    /// Secrets by name, sealed.
+    #[serde(default)]
+    pub(super) secrets: BTreeMap<String, super::secrets::StoredSecret>,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -122,9 +125,10 @@ impl ClusterState {
             // Placement does not read service ports.
             service_ports: BTreeMap::new(),
             service_port_range: self.service_port_range,
-            // Placement does not read tokens.
+            // Placement does not read tokens or secrets.
             tokens: BTreeMap::new(),
             acl_bootstrapped: self.acl_bootstrapped,
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -173,6 +177,10 @@ impl ClusterState {
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(&id),
             Command::BootstrapAcl { token } => self.bootstrap_acl(token),
+            Command::PutSecret { name, sealed, size, now_ms } => {
+                Ok(self.put_secret(name, sealed, size, now_ms))
+            }
+            Command::DeleteSecret { name } => self.delete_secret(&name),
             Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::SetDeploymentStatus { name, deployment, status, reason, now_ms } => {

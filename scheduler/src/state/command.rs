@@ -95,6 +95,17 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// A secret's new value, sealed with the cluster key by the server
+    /// that took it (the log never holds a value).
+    PutSecret {
+        name: String,
+        sealed: String,
+        size: u64,
+        now_ms: u64,
+    },
+    DeleteSecret {
+        name: String,
+    },
     /// The management token, accepted once in the cluster's life.
     BootstrapAcl {
         token: super::tokens::StoredToken,
@@ -176,6 +187,7 @@ pub enum CommandOutput {
     EventsRecorded(u32),
     Deployment(Box<Deployment>),
     Token(flotilla_api::TokenInfo),
+    Secret(flotilla_api::SecretInfo),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -222,4 +234,8 @@ pub enum Rejection {
     TokenExists(String),
     #[error("the ACL is bootstrapped already; ask an admin for a token")]
     AclAlreadyBootstrapped,
+    #[error("field `{field}`: secret `{name}` does not exist (`flotilla secret put {name}` makes it)")]
+    SecretNotFound { field: String, name: String },
+    #[error("secret `{name}` is in use by workload `{workload}`; change or delete the workload first")]
+    SecretInUse { name: String, workload: WorkloadName },
 }

@@ -9,6 +9,7 @@ mod deployments;
 mod idempotency;
 mod nodes;
 mod plan;
+mod secrets;
 mod services;
 mod tokens;
 mod workloads;

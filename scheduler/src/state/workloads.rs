@@ -16,6 +16,7 @@ impl ClusterState {
         now_ms: u64,
         service_ports: Option<ServicePortRange>,
     ) -> Result<CommandOutput, Rejection> {
+        self.check_secrets_exist(&spec)?;
         let range = service_ports.unwrap_or(self.service_port_range);
         let chosen = self.choose_service_ports(&spec, range)?;
         let existing = self.workloads.get(&spec.name);
