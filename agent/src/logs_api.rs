@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flotilla_api::spec::Driver;
-use flotilla_security::{Peer, SERVER_ROLE_NAME, peer_vouches_for};
+use flotilla_security::{Peer, SERVER_ROLE_NAME};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
@@ -42,7 +42,7 @@ pub fn router(handles: Handles, runtimes: HashMap<Driver, Arc<Runtime>>) -> Rout
 /// Over TLS, only the cluster's servers may read logs here: users go
 /// through them, with their tokens and roles.
 async fn servers_only(ConnectInfo(peer): ConnectInfo<Peer>, request: Request, next: Next) -> Response {
-    let server = peer.certificate.as_ref().is_some_and(|c| peer_vouches_for(c, SERVER_ROLE_NAME));
+    let server = peer.certificate.as_ref().is_some_and(|c| c.vouches_for(SERVER_ROLE_NAME));
     if peer.secure && !server {
         return (StatusCode::FORBIDDEN, "only the cluster's servers read logs here; ask a server\n")
             .into_response();

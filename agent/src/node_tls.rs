@@ -48,20 +48,8 @@ fn read(path: &Path) -> Result<String, NodeTlsError> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), NodeTlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed =
-        |e: std::io::Error| NodeTlsError::Io { path: path.display().to_string(), reason: e.to_string() };
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(failed)?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(failed)?;
-    std::fs::rename(&temporary, path).map_err(failed)
+    flotilla_security::write_private(path, text)
+        .map_err(|e| NodeTlsError::Io { path: path.display().to_string(), reason: e.to_string() })
 }
 
 fn now_unix() -> u64 {

@@ -54,21 +54,9 @@ fn io_error(path: &Path, error: std::io::Error) -> ServerError {
     ServerError::Config(format!("{}: {error}", path.display()))
 }
 
-/// Writes `text` to `path` through a temporary file, readable by the owner
-/// alone when it is a key.
+/// Writes a key or certificate, readable by the owner alone.
 pub fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(|e| io_error(&temporary, e))?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io_error(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| io_error(path, e))
+    flotilla_security::write_private(path, text).map_err(|e| io_error(path, e))
 }
 
 fn read(path: &Path) -> Result<String, ServerError> {

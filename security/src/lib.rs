@@ -11,6 +11,7 @@ pub mod hex;
 mod identity;
 mod listener;
 mod pem;
+mod private_file;
 mod random;
 mod role;
 mod tls;
@@ -21,8 +22,9 @@ pub use cluster_key::ClusterKey;
 pub use current::CurrentCertificate;
 pub use error::SecurityError;
 pub use identity::{Identity, NODE_ROLE_NAME, SERVER_ROLE_NAME, validate_node_name};
-pub use listener::{Peer, TlsListener};
+pub use listener::{Peer, PeerCertificate, TlsListener};
 pub use pem::{Credentials, Trust};
+pub use private_file::write_private;
 pub use role::{Access, Role};
 pub use tls::{
     ExpectedPeer, client_config, install_crypto_provider, peer_vouches_for, pinned_client_config,

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
@@ -22,13 +22,40 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.
 const READY_QUEUE: usize = 256;
 
+/// A client's certificate, verified against the cluster CA during the
+/// handshake, with the answers to the identity questions asked of it: one
+/// connection carries thousands of Raft requests, and each would otherwise
+/// parse the certificate again to ask the same thing.
+#[derive(Debug)]
+pub struct PeerCertificate {
+    der: CertificateDer<'static>,
+    answers: Mutex<Vec<(String, bool)>>,
+}
+
+impl PeerCertificate {
+    pub fn new(der: CertificateDer<'static>) -> Self {
+        PeerCertificate { der, answers: Mutex::new(Vec::new()) }
+    }
+
+    /// Whether the certificate is valid for `name` (see `peer_vouches_for`).
+    pub fn vouches_for(&self, name: &str) -> bool {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, answer)) = answers.iter().find(|(asked, _)| asked == name) {
+            return *answer;
+        }
+        let answer = crate::peer_vouches_for(&self.der, name);
+        answers.push((name.to_owned(), answer));
+        answer
+    }
+}
+
 /// Who is at the other end of a connection, as the router sees it.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub address: SocketAddr,
     /// The client's certificate, verified against the cluster CA during
     /// the handshake; `None` over plain HTTP or when none was offered.
-    pub certificate: Option<Arc<CertificateDer<'static>>>,
+    pub certificate: Option<Arc<PeerCertificate>>,
     /// Whether the connection is TLS; a plain one exists only on a daemon
     /// started `--insecure`.
     pub secure: bool,
@@ -96,7 +123,7 @@ async fn accept_loop(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .map(|c| Arc::new(c.clone()));
+                        .map(|c| Arc::new(PeerCertificate::new(c.clone())));
                     let _ = ready.send((tls, Peer { address, certificate, secure: true })).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%address, %error, "TLS handshake refused"),

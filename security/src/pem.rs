@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecurityError;
 
+/// Every certificate in `pem`, at least one.
+fn certificates_in(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SecurityError::Pem { what, reason: e.to_string() })?;
+    if certificates.is_empty() {
+        return Err(SecurityError::Pem { what, reason: "no certificate in it".into() });
+    }
+    Ok(certificates)
+}
+
 /// The CA certificates a party trusts: usually one, two while the CA rotates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trust {
@@ -20,21 +31,7 @@ impl Trust {
     }
 
     pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
-        let certificates = CertificateDer::pem_slice_iter(self.pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SecurityError::Pem { what: "the CA certificate", reason: e.to_string() })?;
-        if certificates.is_empty() {
-            return Err(SecurityError::Pem {
-                what: "the CA certificate",
-                reason: "no certificate in it".into(),
-            });
-        }
-        Ok(certificates)
-    }
-
-    /// SHA-256 of each trusted CA certificate's DER, hex: what join tokens pin.
-    pub fn digests(&self) -> Result<Vec<String>, SecurityError> {
-        Ok(self.certificates()?.iter().map(|c| crate::ca::digest(c)).collect())
+        certificates_in(&self.pem, "the CA certificate")
     }
 }
 
@@ -53,16 +50,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
-        let chain = CertificateDer::pem_slice_iter(self.certificate_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SecurityError::Pem { what: "the certificate", reason: e.to_string() })?;
-        if chain.is_empty() {
-            return Err(SecurityError::Pem {
-                what: "the certificate",
-                reason: "no certificate in it".into(),
-            });
-        }
-        Ok(chain)
+        certificates_in(&self.certificate_pem, "the certificate")
     }
 
     pub fn key(&self) -> Result<PrivateKeyDer<'static>, SecurityError> {

@@ -13,9 +13,8 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flotilla_security::{
-    Access, ApiToken, Identity, NODE_ROLE_NAME, Peer, Role, SERVER_ROLE_NAME, TokenRole, peer_vouches_for,
+    Access, ApiToken, Identity, NODE_ROLE_NAME, Peer, PeerCertificate, Role, SERVER_ROLE_NAME, TokenRole,
 };
-use rustls_pki_types::CertificateDer;
 
 use super::AppState;
 use super::error::ApiError;
@@ -71,7 +70,7 @@ pub enum Caller {
     Unchecked,
     Server,
     /// An agent, by its certificate.
-    Node(Arc<CertificateDer<'static>>),
+    Node(Arc<PeerCertificate>),
     User(Role),
     Anonymous,
 }
@@ -81,9 +80,7 @@ impl Caller {
     pub fn speaks_for_node(&self, name: &str) -> bool {
         match self {
             Caller::Unchecked | Caller::Server => true,
-            Caller::Node(certificate) => {
-                peer_vouches_for(certificate, &Identity::Node(name.to_owned()).dns_name())
-            }
+            Caller::Node(certificate) => certificate.vouches_for(&Identity::Node(name.to_owned()).dns_name()),
             Caller::User(_) | Caller::Anonymous => false,
         }
     }
@@ -121,10 +118,8 @@ fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller,
         return Role::from_token(info.role).map(Caller::User).ok_or_else(unknown);
     }
     Ok(match &peer.certificate {
-        Some(certificate) if peer_vouches_for(certificate, SERVER_ROLE_NAME) => Caller::Server,
-        Some(certificate) if peer_vouches_for(certificate, NODE_ROLE_NAME) => {
-            Caller::Node(Arc::clone(certificate))
-        }
+        Some(certificate) if certificate.vouches_for(SERVER_ROLE_NAME) => Caller::Server,
+        Some(certificate) if certificate.vouches_for(NODE_ROLE_NAME) => Caller::Node(Arc::clone(certificate)),
         _ => Caller::Anonymous,
     })
 }
@@ -187,7 +182,7 @@ fn check_sender(peer: &Peer, headers: &HeaderMap) -> Result<(), ApiError> {
     };
     let id = sender.split_once('=').and_then(|(id, _)| id.parse::<u64>().ok());
     let vouched = match (id, &peer.certificate) {
-        (Some(id), Some(certificate)) => peer_vouches_for(certificate, &Identity::Server(id).dns_name()),
+        (Some(id), Some(certificate)) => certificate.vouches_for(&Identity::Server(id).dns_name()),
         _ => false,
     };
     if vouched {
