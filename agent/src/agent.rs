@@ -11,8 +11,6 @@ use flotilla_api::spec::Driver;
 use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeRegistration};
 use tokio::sync::mpsc;
 
-use flotilla_security::{Peer, TlsListener};
-
 use crate::mesh::setup::start_mesh;
 use crate::node_tls::{NodeTls, NodeTlsError};
 use crate::restart::RestartConfig;
@@ -171,26 +169,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .await
         .map_err(|e| AgentError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone())
-        .into_make_service_with_connect_info::<Peer>();
-    let tls_error = |e: flotilla_security::SecurityError| AgentError::Tls(e.into());
-    match &tls {
-        Some(tls) => {
-            let (config_sender, tls_config) =
-                tokio::sync::watch::channel(Arc::new(tls.server_config().map_err(tls_error)?));
-            let listener = TlsListener::new(listener, tls_config)
-                .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
-            tokio::spawn(async move {
-                let _keep_config = config_sender;
-                let _ = axum::serve(listener, logs_app).await;
-            });
-        }
-        None => {
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, logs_app).await;
-            });
-        }
-    }
+    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
+    crate::logs_api::serve(listener, logs_app, tls.as_deref())
+        .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
 
     let registration = NodeRegistration {
         name: config.name.clone(),
@@ -201,11 +182,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         drivers: runtimes.keys().copied().collect(),
     };
     let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    let mut renewal = None;
     if let Some(tls) = &tls {
-        client = client
-            .with_tls(tls.client_config().map_err(tls_error)?)
-            .map_err(|e| AgentError::Tls(NodeTlsError::Join(e.to_string())))?;
-        tokio::spawn(Arc::clone(tls).renew_when_due(client.clone()));
+        let config = tls.client_config().map_err(|e| AgentError::Tls(e.into()))?;
+        client =
+            client.with_tls(config).map_err(|e| AgentError::Tls(NodeTlsError::HttpClient(e.to_string())))?;
+        renewal = Some(tokio::spawn(Arc::clone(tls).renew_when_due(client.clone())));
     }
     register(&client, &registration).await;
 
@@ -265,6 +247,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     }
     event_sender.abort();
+    if let Some(task) = renewal {
+        task.abort();
+    }
     if let Some((_, task)) = mesh {
         task.abort();
     }

@@ -13,7 +13,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flotilla_api::spec::Driver;
-use flotilla_security::{Peer, SERVER_ROLE_NAME};
+use flotilla_security::{Peer, SERVER_ROLE_NAME, TlsListener};
+
+use crate::node_tls::NodeTls;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
@@ -30,6 +32,29 @@ struct LogsState {
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+}
+
+/// Serves the logs API on `listener`: over TLS with this node's
+/// certificate, or plain HTTP for an `--insecure` agent.
+pub fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<&NodeTls>) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    match tls {
+        Some(tls) => {
+            let config = tls.server_config().map_err(std::io::Error::other)?;
+            let (config_sender, config) = tokio::sync::watch::channel(Arc::new(config));
+            let listener = TlsListener::new(listener, config)?;
+            tokio::spawn(async move {
+                let _keep_config = config_sender;
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+    }
+    Ok(())
 }
 
 pub fn router(handles: Handles, runtimes: HashMap<Driver, Arc<Runtime>>) -> Router {

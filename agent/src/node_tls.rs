@@ -28,6 +28,8 @@ pub enum NodeTlsError {
     NeedsToken(String),
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
 }
 
 #[derive(Debug)]

@@ -203,6 +203,20 @@ async fn plain_http_and_certificates_of_another_ca_are_refused_on_every_port() {
         .send()
         .await;
     assert!(raft.is_err(), "Raft traffic with another CA's certificate: {raft:?}");
+
+    // Raft traffic only from a member, and only as the member its certificate names.
+    let raft_as = |identity: Identity, sender: &str| {
+        let request = cluster.http_as(&identity).post(cluster.url(1, "/raft/v1/messages"));
+        request.header("x-flotilla-raft-sender", format!("{sender}=127.0.0.1:1")).body(Vec::new()).send()
+    };
+    let stranger = raft_as(Identity::Server(9), "9").await.expect("an answer");
+    assert_eq!(stranger.status().as_u16(), 403);
+    assert!(stranger.text().await.unwrap_or_default().contains("not a member"));
+    let impostor = raft_as(Identity::Server(2), "3").await.expect("an answer");
+    assert_eq!(impostor.status().as_u16(), 403);
+    assert!(impostor.text().await.unwrap_or_default().contains("not that of the sender"));
+    let member = raft_as(Identity::Server(2), "2").await.expect("an answer");
+    assert!(member.status().is_success(), "a member's empty batch: {}", member.status());
 }
 
 /// Runs an agent that must refuse to start, and returns what it said.

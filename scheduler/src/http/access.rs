@@ -175,8 +175,9 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// Raft traffic must come from the server it says it comes from.
-fn check_sender(peer: &Peer, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Raft traffic must come from a member of the cluster, and from the
+/// member it says it comes from.
+fn check_sender(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(sender) = headers.get(SENDER_HEADER).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
@@ -185,10 +186,16 @@ fn check_sender(peer: &Peer, headers: &HeaderMap) -> Result<(), ApiError> {
         (Some(id), Some(certificate)) => certificate.vouches_for(&Identity::Server(id).dns_name()),
         _ => false,
     };
-    if vouched {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!("the certificate is not that of the sender `{sender}`")))
+    if !vouched {
+        return Err(ApiError::Forbidden(format!("the certificate is not that of the sender `{sender}`")));
+    }
+    // A server that is joining holds no state yet, so no members: it takes
+    // what servers of this CA send until the leader's snapshot arrives.
+    let state = app.raft.state();
+    let joining = state.members().next().is_none();
+    match id {
+        Some(id) if joining || state.member(id).is_some() => Ok(()),
+        _ => Err(ApiError::Forbidden(format!("`{sender}` is not a member of this cluster"))),
     }
 }
 
@@ -214,7 +221,7 @@ pub async fn authorize(
     }
     if access == Access::Members
         && peer.secure
-        && let Err(error) = check_sender(&peer, request.headers())
+        && let Err(error) = check_sender(&app, &peer, request.headers())
     {
         return error.into_response();
     }
