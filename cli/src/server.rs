@@ -82,7 +82,9 @@ fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSet
     if args.cert_lifetime_secs < 30 {
         bail!("--cert-lifetime-secs: must be at least 30");
     }
+    let stored = args.data_dir.join("tls/ca.pem").exists();
     let source = match (&args.ca_dir, &args.join, &args.join_token) {
+        _ if stored => CaSource::Stored,
         (Some(dir), _, _) => CaSource::Directory(dir.clone()),
         (None, Some(seed), Some(token)) => CaSource::Join {
             seed: seed.clone(),
@@ -92,15 +94,9 @@ fn ca_source(args: &ServerArgs, founders: usize) -> anyhow::Result<Option<TlsSet
         (None, None, _) => bail!(
             "--peers: founding a secure cluster of {founders} servers needs one CA for all: run `flotilla ca create DIR` and give each founder --ca-dir DIR (or found with one server and --join the others with a server token)"
         ),
-        (None, Some(_), None) => {
-            let data_has_tls = args.data_dir.join("tls/ca.pem").exists();
-            if !data_has_tls {
-                bail!(
-                    "--join: a secure cluster admits a server with a join token; pass --join-token (from `flotilla token create --role server`) or --ca-dir"
-                );
-            }
-            CaSource::Create
-        }
+        (None, Some(_), None) => bail!(
+            "--join: a secure cluster admits a server with a join token; pass --join-token (from `flotilla token create --role server`) or --ca-dir"
+        ),
     };
     Ok(Some(TlsSetup { source, lifetime: Duration::from_secs(args.cert_lifetime_secs) }))
 }
@@ -191,4 +187,45 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     flotilla_scheduler::run(config, shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn args(data_dir: &std::path::Path, extra: &[&str]) -> ServerArgs {
+        let mut argv = vec!["server", "--id", "1", "--data-dir", data_dir.to_str().unwrap_or_default()];
+        argv.extend(extra);
+        match Command::try_parse_from(argv) {
+            Ok(command) => command.server,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn founders_of_a_bigger_cluster_share_a_ca_unless_their_data_dir_holds_one_already() {
+        let dir = tempfile::tempdir().expect("dir");
+        let peers = ["--peers", "1=a:1,2=b:1,3=c:1"];
+        let refused = ca_source(&args(dir.path(), &peers), 3).expect_err("three founders, no shared CA");
+        assert!(refused.to_string().contains("flotilla ca create DIR"), "{refused}");
+        let alone = ca_source(&args(dir.path(), &["--peers", "1=a:1"]), 1).expect("one founder");
+        assert!(matches!(alone.map(|s| s.source), Some(CaSource::Create)));
+        let joining = ca_source(&args(dir.path(), &["--join", "a:1"]), 0).expect_err("no join token");
+        assert!(joining.to_string().contains("--join-token"), "{joining}");
+
+        // A restart: the data dir holds the CA, and the flags that founded it no longer matter.
+        std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
+        std::fs::write(dir.path().join("tls/ca.pem"), "stored").expect("ca");
+        let restarted = ca_source(&args(dir.path(), &peers), 3).expect("a restart");
+        assert!(matches!(restarted.map(|s| s.source), Some(CaSource::Stored)));
+        assert!(ca_source(&args(dir.path(), &["--insecure"]), 1).expect("insecure").is_none());
+    }
 }

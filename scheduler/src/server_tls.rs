@@ -21,6 +21,8 @@ use crate::server::ServerError;
 /// Where a server without TLS material of its own gets the CA.
 #[derive(Debug, Clone)]
 pub enum CaSource {
+    /// The data dir holds it already: a restart, whatever flags founded it.
+    Stored,
     /// Make a new CA: the first server of a new cluster.
     Create,
     /// `ca.pem` and `ca.key` in a directory `flotilla ca create` wrote:
@@ -89,6 +91,9 @@ impl ServerTls {
         let cluster_key_path = dir.join("cluster.key");
         if !ca_pem.exists() {
             let (ca, cluster_key) = match source {
+                CaSource::Stored => {
+                    return Err(ServerError::Config(format!("{} holds no CA", dir.display())));
+                }
                 CaSource::Create => {
                     let ca = ClusterCa::create().map_err(security)?;
                     tracing::info!(digest = %ca.digest(), "created the cluster CA");
