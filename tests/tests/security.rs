@@ -523,3 +523,31 @@ async fn a_secret_reaches_its_replica_and_no_api_answer_log_or_data_file() {
     let deleted = cluster.cli(&["secret", "delete", "db-password"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_insecure_cluster_speaks_plain_http_and_every_daemon_says_so() {
+    let mut cluster =
+        TestCluster::start(ClusterOptions { insecure: true, ..ClusterOptions::default() }).await;
+    cluster.add_agent("a", &["--driver", "sim", "--mesh-listen", "none"]);
+    let client = cluster.client();
+    wait_until(Duration::from_secs(30), "the agent registered", || async {
+        (client.nodes(false).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let spec = flotilla_api::parse_yaml("name: plain\nimage: busybox\nreplicas: 2\n").expect("spec");
+    client.deploy(&spec, None).await.expect("a deploy over plain HTTP, no token");
+    wait_until(Duration::from_secs(20), "the replicas run", || async {
+        let all = client.allocations(Some("plain"), None).await.ok()?;
+        (all.iter().filter(|a| a.state == flotilla_api::AllocationState::Running).count() == 2).then_some(())
+    })
+    .await;
+    assert!(answers_plain_http(&cluster.address(1)), "an insecure server answers plain HTTP");
+    for server in &cluster.servers {
+        assert!(server.log_text().contains("INSECURE"), "server {} does not say it is insecure", server.id);
+    }
+    let agent = cluster.agent("a");
+    assert!(agent.log_text().contains("INSECURE"), "the agent does not say it is insecure");
+    let secret = cluster.cli(&["secret", "put", "x", "--from-file", "/etc/hostname"]);
+    let said = String::from_utf8_lossy(&secret.stderr);
+    assert!(!secret.status.success() && said.contains("--insecure"), "secrets need a cluster key: {said}");
+}
