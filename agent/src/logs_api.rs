@@ -41,10 +41,8 @@ pub fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<&NodeTl
     match tls {
         Some(tls) => {
             let config = tls.server_config().map_err(std::io::Error::other)?;
-            let (config_sender, config) = tokio::sync::watch::channel(Arc::new(config));
-            let listener = TlsListener::new(listener, config)?;
+            let listener = TlsListener::new(listener, Arc::new(config))?;
             tokio::spawn(async move {
-                let _keep_config = config_sender;
                 let _ = axum::serve(listener, app).await;
             });
         }

@@ -207,8 +207,7 @@ pub async fn run(
     let app = app.into_make_service_with_connect_info::<Peer>();
     let served = match &tls {
         Some(tls) => {
-            let (_config_sender, tls_config) = tokio::sync::watch::channel(Arc::new(tls.server_config()?));
-            let listener = TlsListener::new(listener, tls_config)
+            let listener = TlsListener::new(listener, Arc::new(tls.server_config()?))
                 .map_err(|e| ServerError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
             axum::serve(listener, app).with_graceful_shutdown(stop).await
         }

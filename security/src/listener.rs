@@ -14,7 +14,7 @@ use axum::serve::{IncomingStream, Listener};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
 /// A handshake that has not finished in this long is dropped.
@@ -81,10 +81,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Serves TLS on `listener` with whatever configuration `config` holds
-    /// when each connection arrives, so renewed certificates and a rotated
-    /// CA take effect without a restart.
-    pub fn new(listener: TcpListener, config: watch::Receiver<Arc<ServerConfig>>) -> io::Result<Self> {
+    /// Serves TLS on `listener` with `config`; renewed certificates reach
+    /// new handshakes through the configuration's certificate resolver.
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_QUEUE);
         let accepting = tokio::spawn(accept_loop(listener, config, sender));
@@ -100,9 +99,10 @@ impl Drop for TlsListener {
 
 async fn accept_loop(
     listener: TcpListener,
-    config: watch::Receiver<Arc<ServerConfig>>,
+    config: Arc<ServerConfig>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
 ) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
         let (stream, address) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -113,7 +113,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config.borrow()));
+        let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -92,7 +92,7 @@ pub fn client_config(
 /// whose chain holds a CA certificate with the token's digest, and whose
 /// certificate that CA signed for a server. Nothing is sent before that.
 pub fn pinned_client_config(ca_digest: &str) -> Result<ClientConfig, SecurityError> {
-    let verifier = PinnedCa { digest: ca_digest.to_ascii_lowercase() };
+    let verifier = PinnedCa { digest: ca_digest.to_ascii_lowercase(), provider: provider() };
     finish_client(Arc::new(verifier), None)
 }
 
@@ -190,6 +190,7 @@ impl ServerCertVerifier for ExpectIdentity {
 #[derive(Debug)]
 struct PinnedCa {
     digest: String,
+    provider: Arc<CryptoProvider>,
 }
 
 impl PinnedCa {
@@ -220,7 +221,7 @@ impl ServerCertVerifier for PinnedCa {
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned()).map_err(|e| Self::refuse(e.to_string()))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
             .build()
             .map_err(|e| Self::refuse(e.to_string()))?;
         let name = ServerName::try_from(crate::SERVER_ROLE_NAME).map_err(|e| Self::refuse(e.to_string()))?;
@@ -237,7 +238,7 @@ impl ServerCertVerifier for PinnedCa {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -251,11 +252,11 @@ impl ServerCertVerifier for PinnedCa {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
