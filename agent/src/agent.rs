@@ -217,6 +217,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         samples: Arc::clone(&samples),
         holding,
         messages: messages_tx.clone(),
+        tls: tls.clone(),
     };
     let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
     let sampler = tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples));

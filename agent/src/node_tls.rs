@@ -3,17 +3,20 @@
 //! (pinning the CA's digest before it sends the secret) and receives a
 //! certificate for its node name; afterwards it renews that certificate
 //! through its own node's route once two thirds of its life have passed.
+//! A CA rotation reaches it in the servers' answers to its heartbeats: it
+//! trusts the CAs they name, and renews at once when its certificate is
+//! from a CA other than the one that issues now.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use flotilla_api::join::join;
-use flotilla_api::{Client, Joiner};
+use flotilla_api::{Client, Joiner, TlsReport, TrustAdvice};
 use flotilla_security::{
-    Credentials, CurrentCertificate, ExpectedPeer, JoinToken, SecurityError, Trust, client_config, new_key,
-    server_config,
+    Credentials, CurrentCertificate, CurrentTrust, ExpectedPeer, JoinToken, SecurityError, Trust,
+    following_client_config, issuer_digest, new_key, server_config,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +37,16 @@ pub enum NodeTlsError {
 
 #[derive(Debug)]
 pub struct NodeTls {
-    pub trust: Trust,
+    /// The CAs this agent trusts: one, two during a CA rotation.
+    pub trust: Arc<CurrentTrust>,
     /// What this agent presents to the servers and on its own API.
     pub certificate: Arc<CurrentCertificate>,
+    /// The digest of the CA its certificate is from, reported with each
+    /// heartbeat so a CA rotation knows when every agent has renewed.
+    issued_by: RwLock<Option<String>>,
+    /// One renewal at a time: the timer and a rotation's advice may both
+    /// ask, and the key and certificate files must come from one renewal.
+    renewing: tokio::sync::Mutex<()>,
     name: String,
     dir: PathBuf,
     not_after_unix: AtomicU64,
@@ -87,9 +97,12 @@ impl NodeTls {
             (_, Some(token)) => join_through(servers, name, token).await?,
             (_, None) => return Err(NodeTlsError::NeedsToken(name.to_owned())),
         };
+        let issued_by = issuer_digest(&trust, &credentials.chain()?.remove(0))?;
         let tls = NodeTls {
             certificate: CurrentCertificate::new(&credentials)?,
-            trust,
+            trust: CurrentTrust::new(&trust)?,
+            issued_by: RwLock::new(issued_by),
+            renewing: tokio::sync::Mutex::new(()),
             name: name.to_owned(),
             dir,
             not_after_unix: AtomicU64::new(not_after),
@@ -100,7 +113,7 @@ impl NodeTls {
     }
 
     fn store(&self, credentials: &Credentials, not_after: u64) -> Result<(), NodeTlsError> {
-        write_private(&self.dir.join("ca.pem"), &self.trust.pem)?;
+        write_private(&self.dir.join("ca.pem"), &self.trust.trust().pem)?;
         write_private(&self.dir.join("node.key"), &credentials.key_pem)?;
         write_private(&self.dir.join("node.pem"), &credentials.certificate_pem)?;
         write_private(&self.dir.join("node.not_after"), &not_after.to_string())?;
@@ -109,12 +122,42 @@ impl NodeTls {
 
     /// How the agent speaks to the servers.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, SecurityError> {
-        client_config(&self.trust, Some(Arc::clone(&self.certificate)), ExpectedPeer::AnyServer)
+        following_client_config(
+            Arc::clone(&self.trust),
+            Some(Arc::clone(&self.certificate)),
+            ExpectedPeer::AnyServer,
+        )
     }
 
     /// The agent's own API (logs): this node's certificate.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, SecurityError> {
-        server_config(Arc::clone(&self.certificate), &self.trust)
+        server_config(Arc::clone(&self.certificate), Arc::clone(&self.trust))
+    }
+
+    /// What this agent trusts and which CA its certificate is from.
+    pub fn report(&self) -> TlsReport {
+        TlsReport {
+            trusted: self.trust.digests(),
+            issuer: self.issued_by.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Takes the servers' word on whom to trust (stored before it takes
+    /// effect) and renews at once if its certificate is not from the CA
+    /// that issues now. Idempotent: the advice repeats until it is followed.
+    pub async fn follow(&self, advice: &TrustAdvice, client: &Client) -> Result<(), NodeTlsError> {
+        let trust = Trust::new(advice.trust_pem.clone());
+        let digests: Vec<String> =
+            trust.certificates()?.iter().map(|c| flotilla_security::certificate_digest(c)).collect();
+        if !flotilla_api::same_cas(&digests, &self.trust.digests()) {
+            write_private(&self.dir.join("ca.pem"), &trust.pem)?;
+            self.trust.replace(&trust)?;
+            tracing::info!(trusted = ?digests, "now trusting the CAs the servers name");
+        }
+        if self.report().issuer.as_ref() != Some(&advice.issuing) {
+            self.renew(client).await?;
+        }
+        Ok(())
     }
 
     /// Renews the certificate through the servers whenever it is due.
@@ -135,6 +178,7 @@ impl NodeTls {
     }
 
     async fn renew(&self, client: &Client) -> Result<(), NodeTlsError> {
+        let _renewing = self.renewing.lock().await;
         let (key_pem, public_key) = new_key()?;
         let issued = client
             .renew_node_certificate(&self.name, &public_key)
@@ -143,6 +187,8 @@ impl NodeTls {
         let credentials = Credentials { certificate_pem: issued.certificate_pem, key_pem };
         self.store(&credentials, issued.not_after_unix)?;
         self.certificate.replace(&credentials)?;
+        let issuer = issuer_digest(&self.trust.trust(), &credentials.chain()?.remove(0))?;
+        *self.issued_by.write().unwrap_or_else(|p| p.into_inner()) = issuer;
         self.lifetime_secs.store(issued.not_after_unix.saturating_sub(now_unix()).max(60), Ordering::Relaxed);
         self.not_after_unix.store(issued.not_after_unix, Ordering::Relaxed);
         tracing::info!(not_after = issued.not_after_unix, "renewed this node's certificate");

@@ -2,6 +2,7 @@
 //! following its allocations, heartbeats, and reporting what happened.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::{Client, Heartbeat, NodeRegistration};
@@ -64,6 +65,9 @@ pub(crate) struct Beat {
     pub(crate) holding: Holding,
     /// To pass on the servers' word to stop allocations lost while down.
     pub(crate) messages: mpsc::UnboundedSender<Message>,
+    /// This node's TLS, reported with each heartbeat and changed by the
+    /// servers' answer during a CA rotation; `None` under `--insecure`.
+    pub(crate) tls: Option<Arc<crate::node_tls::NodeTls>>,
 }
 
 /// Tells the leader this node lives, with the latest usage samples and what
@@ -76,12 +80,19 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
         interval.tick().await;
         let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
         let holding = beat.holding.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match client.heartbeat(&registration.name, &Heartbeat { usage, holding }).await {
-            Ok(answer) if !answer.stop.is_empty() => {
-                tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
-                let _ = beat.messages.send(Message::StopNow(answer.stop));
+        let tls = beat.tls.as_ref().map(|tls| tls.report());
+        match client.heartbeat(&registration.name, &Heartbeat { usage, holding, tls }).await {
+            Ok(answer) => {
+                if !answer.stop.is_empty() {
+                    tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
+                    let _ = beat.messages.send(Message::StopNow(answer.stop));
+                }
+                if let (Some(advice), Some(tls)) = (answer.trust, &beat.tls)
+                    && let Err(error) = tls.follow(&advice, &client).await
+                {
+                    tracing::warn!(%error, "cannot follow the cluster's CA yet; retrying");
+                }
             }
-            Ok(_) => {}
             Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
         }

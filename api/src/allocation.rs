@@ -250,6 +250,10 @@ pub struct Heartbeat {
     /// trusted again only once it runs nothing that was placed elsewhere.
     #[serde(default)]
     pub holding: Vec<u64>,
+    /// The agent's own TLS, so that a CA rotation knows when every agent
+    /// trusts the new CA and holds a certificate from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::TlsReport>,
 }
 
 /// The servers' answer to a heartbeat.
@@ -260,4 +264,7 @@ pub struct HeartbeatAnswer {
     /// node was down and run elsewhere now.
     #[serde(default)]
     pub stop: Vec<u64>,
+    /// Set when the agent's TLS differs from the cluster's (a CA rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<crate::TrustAdvice>,
 }

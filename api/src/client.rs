@@ -374,6 +374,17 @@ impl Client {
         self.write::<(), _>(Method::DELETE, &format!("/v1/secrets/{name}"), None).await
     }
 
+    /// What the cluster's CA trusts and issues from, and any rotation's progress.
+    pub async fn ca_status(&self) -> Result<crate::CaStatus, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/ca", None).await
+    }
+
+    /// Starts replacing the cluster CA (`flotilla ca rotate`).
+    pub async fn rotate_ca(&self, from: &str) -> Result<crate::CaStatus, ClientError> {
+        let request = crate::RotateCaRequest { from: from.to_owned() };
+        self.write(Method::POST, "/v1/ca/rotate", Some(&request)).await
+    }
+
     /// `acl bootstrap`: the management token, once in a cluster's life.
     pub async fn bootstrap_acl(&self) -> Result<crate::BootstrapAnswer, ClientError> {
         self.request::<(), _>(Method::POST, "/v1/acl/bootstrap", None).await

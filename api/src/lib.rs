@@ -2,6 +2,7 @@
 //! returns, and the typed client the CLI, agents and tests use.
 
 pub mod allocation;
+pub mod certificate_authority;
 pub mod client;
 pub mod clock;
 pub mod constraint;
@@ -19,6 +20,9 @@ pub mod token;
 pub use allocation::{
     Allocation, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress, Health, Heartbeat,
     HeartbeatAnswer, NodeAllocations, PortBinding,
+};
+pub use certificate_authority::{
+    CaRotationPhase, CaRotationStatus, CaStatus, RotateCaRequest, TlsReport, TrustAdvice, same_cas,
 };
 pub use client::{Client, ClientError};
 pub use clock::now_ms;

@@ -75,6 +75,10 @@ pub struct JoinAnswer {
     pub certificate: IssuedCertificate,
     /// The CA certificates to trust (PEM).
     pub trust_pem: String,
+    /// For a joining server only: the certificate of the CA that issues
+    /// now (PEM), which `trust_pem` holds with any other trusted CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
     /// For a joining server only: the CA's key, so it can issue
     /// certificates too.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,11 +13,14 @@ use flotilla_security::{ClusterCa, ClusterKey, ExpectedPeer, TokenRole, Trust, c
 
 /// Writes `ca` into `dir` as `ca.pem` and `ca.key`, with a new cluster key
 /// (`cluster.key`, what secrets are sealed with); keys readable by their
-/// owner alone.
+/// owner alone. `trust.pem` is what clients trust (`FLOTILLA_CACERT`):
+/// the same certificate for now, kept apart from the founding CA's files
+/// because `ca rotate` rewrites it.
 pub fn write_ca(dir: &Path, ca: &ClusterCa) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     write_private(&dir.join("cluster.key"), &ClusterKey::generate()?.to_hex())?;
     write_private(&dir.join("ca.key"), &ca.key_pem())?;
+    write_private(&dir.join("trust.pem"), ca.certificate_pem())?;
     write_private(&dir.join("ca.pem"), ca.certificate_pem())?;
     Ok(())
 }
@@ -30,9 +33,10 @@ pub fn create_ca(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(ca_dir)
 }
 
-/// A client for `addresses` that trusts the CA in `ca_dir` and sends `token`.
+/// A client for `addresses` that trusts the CAs in `ca_dir/trust.pem` and
+/// sends `token`.
 pub fn secure_client(addresses: &[String], ca_dir: &Path, token: Option<&str>) -> anyhow::Result<Client> {
-    let pem = std::fs::read_to_string(ca_dir.join("ca.pem")).context("cannot read the cluster's CA")?;
+    let pem = std::fs::read_to_string(ca_dir.join("trust.pem")).context("cannot read the cluster's CA")?;
     let tls = client_config(&Trust::new(pem), None, ExpectedPeer::AnyServer)?;
     Ok(Client::new(addresses.iter().cloned()).with_tls(tls)?.with_token(token))
 }

@@ -75,7 +75,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         };
         eprintln!("to use this cluster from another shell:");
         eprintln!("  export FLOTILLA_ADDR={}", args.listen);
-        eprintln!("  export FLOTILLA_CACERT={}", ca_dir.join("ca.pem").display());
+        eprintln!("  export FLOTILLA_CACERT={}", ca_dir.join("trust.pem").display());
         eprintln!("  export FLOTILLA_TOKEN={}", tokens.admin);
         (secure_client(&addresses, &ca_dir, Some(&tokens.admin))?, Some(tokens.agent_join))
     };

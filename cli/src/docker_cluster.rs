@@ -76,7 +76,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     };
     let dir = crate::local_cluster::clusters_dir().join(name);
     let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };
-    record.ca_cert = ca_dir.as_ref().map(|d| d.join("ca.pem"));
+    record.ca_cert = ca_dir.as_ref().map(|d| d.join("trust.pem"));
     save(&record)?;
     create_network(name)?;
     let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();

@@ -235,7 +235,7 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         ca_cert: None,
     };
     let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };
-    record.ca_cert = ca_dir.as_ref().map(|d| d.join("ca.pem"));
+    record.ca_cert = ca_dir.as_ref().map(|d| d.join("trust.pem"));
     for _ in 0..args.servers {
         record.addresses.push(format!("127.0.0.1:{}", free_port()?));
     }

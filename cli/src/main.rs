@@ -1,6 +1,7 @@
 //! `flotilla`: one binary for the server and every client verb.
 
 mod agent;
+mod certificate_authority;
 mod cluster;
 mod connection;
 mod dev;
@@ -90,9 +91,10 @@ enum Command {
     /// Secrets for workloads' env and files: put, list, delete (values are never shown).
     #[command(subcommand)]
     Secret(secrets::SecretCommand),
-    /// The cluster CA: `ca create DIR` for the founders of a cluster of several servers.
+    /// The cluster CA: `ca create DIR` for the founders of a cluster of
+    /// several servers; `ca status`; `ca rotate` to replace it without downtime.
     #[command(subcommand)]
-    Ca(tokens::CaCommand),
+    Ca(certificate_authority::CaCommand),
 }
 
 fn main() -> ExitCode {
@@ -130,7 +132,7 @@ fn main() -> ExitCode {
             Command::Cluster(command) => cluster::run(client, command).await,
             Command::Acl(command) => tokens::acl(&client()?, command).await,
             Command::Token(command) => tokens::token(&client()?, command).await,
-            Command::Ca(command) => tokens::ca(command),
+            Command::Ca(command) => certificate_authority::run(command, client, cli.cacert.as_deref()).await,
             Command::Secret(command) => secrets::run(&client()?, command).await,
         }
     });

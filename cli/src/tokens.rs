@@ -1,14 +1,9 @@
-//! `flotilla acl bootstrap`, `flotilla token create|list|revoke` and
-//! `flotilla ca create`: the credentials of a secure cluster.
+//! `flotilla acl bootstrap` and `flotilla token create|list|revoke`: the
+//! tokens of a secure cluster.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Subcommand;
 use flotilla_api::{Client, CreateTokenRequest, TokenInfo};
-use flotilla_security::{ClusterCa, TokenRole};
-
-use flotilla_cli::cluster_credentials::write_ca;
+use flotilla_security::TokenRole;
 
 use crate::output::{Format, print_json, table};
 
@@ -39,14 +34,6 @@ pub enum TokenCommand {
     },
     /// Revoke a token by the id `token list` shows; every server refuses it from then on.
     Revoke { id: String },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CaCommand {
-    /// Make a cluster CA in DIR (ca.pem, ca.key, and cluster.key for
-    /// secrets) for the founders of a cluster of several servers to share
-    /// (`server --ca-dir DIR`).
-    Create { dir: PathBuf },
 }
 
 fn role(text: &str) -> Result<TokenRole, String> {
@@ -111,17 +98,6 @@ pub async fn token(client: &Client, command: TokenCommand) -> anyhow::Result<()>
         TokenCommand::Revoke { id } => {
             let info = client.revoke_token(&id).await?;
             println!("token {} (role {}) revoked", info.id, info.role);
-            Ok(())
-        }
-    }
-}
-
-pub fn ca(command: CaCommand) -> anyhow::Result<()> {
-    match command {
-        CaCommand::Create { dir } => {
-            let ca = ClusterCa::create()?;
-            write_ca(&dir, &ca).with_context(|| format!("cannot write the CA to {}", dir.display()))?;
-            println!("CA {} written to {} (ca.pem, ca.key, cluster.key)", ca.digest(), dir.display());
             Ok(())
         }
     }

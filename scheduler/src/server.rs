@@ -13,6 +13,7 @@ use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
 use crate::http::{AppState, router};
 use flotilla_security::{Peer, TlsListener};
 
+use crate::controllers::ca_rotation::{RotationProgress, run_ca_rotation};
 use crate::member_http::MemberHttp;
 use crate::raft::{FaultRules, NodeConfig, PeerTransport, RaftStorage, StorageError};
 pub use crate::server_tls::CaSource;
@@ -176,13 +177,25 @@ pub async fn run(
     }
     if let Some(tls) = &tls {
         tokio::spawn(Arc::clone(tls).renew_when_due());
+        tokio::spawn(Arc::clone(tls).follow_ca_state(raft.clone()));
     }
 
     tokio::spawn(crate::controllers::run_reconciler(raft.clone(), Default::default()));
     let liveness = Arc::new(Liveness::default());
     tokio::spawn(run_node_health(raft.clone(), Arc::clone(&liveness), config.health.clone()));
     tokio::spawn(crate::controllers::autoscale::run_autoscaler(raft.clone(), Arc::clone(&liveness)));
+    let ca_rotation = Arc::new(RotationProgress::default());
+    if let Some(tls) = &tls {
+        tokio::spawn(run_ca_rotation(
+            raft.clone(),
+            Arc::clone(tls),
+            request_http.clone(),
+            Arc::clone(&liveness),
+            Arc::clone(&ca_rotation),
+        ));
+    }
     let app = router(AppState {
+        ca_rotation,
         liveness,
         http: request_http,
         agent_http,

@@ -3,20 +3,24 @@
 //! makes the CA; founders of a bigger cluster share one made by `flotilla
 //! ca create`; a server that joins later receives it with a server token.
 //! The server renews its own certificate once two thirds of its life have
-//! passed, with no restart: new handshakes present the new one.
+//! passed, with no restart: new handshakes present the new one. A CA
+//! rotation reaches it through the replicated state (`converge`): it
+//! trusts what the state says, issues from the CA the state says, and
+//! presents a certificate from that CA.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use flotilla_api::{Joiner, join::join};
+use flotilla_api::{Joiner, TlsReport, join::join};
 use flotilla_security::{
-    ClusterCa, ClusterKey, Credentials, CurrentCertificate, ExpectedPeer, Identity, JoinToken, SecurityError,
-    Trust, client_config, server_config,
+    ClusterCa, ClusterKey, Credentials, CurrentCertificate, CurrentTrust, ExpectedPeer, Identity, JoinToken,
+    SecurityError, Trust, following_client_config, issuer_digest, server_config,
 };
 
 use crate::server::ServerError;
+use crate::state::{CaState, StoredCa, sealing_name};
 
 /// Where a server without TLS material of its own gets the CA.
 #[derive(Debug, Clone)]
@@ -34,12 +38,21 @@ pub enum CaSource {
 
 #[derive(Debug)]
 pub struct ServerTls {
-    pub ca: ClusterCa,
-    /// What secrets are sealed with; the servers alone hold it.
+    /// The CA this server issues from: the founding one, or the one a
+    /// rotation made issuing.
+    ca: RwLock<Arc<ClusterCa>>,
+    /// What secrets and rotated CAs' keys are sealed with; the servers alone hold it.
     pub cluster_key: ClusterKey,
-    pub trust: Trust,
+    /// The CAs this server trusts: one, two during a rotation.
+    pub trust: Arc<CurrentTrust>,
     /// What this server presents, to clients and to its peers.
     pub certificate: Arc<CurrentCertificate>,
+    /// The digest of the CA this server's own certificate is from: a
+    /// rotation waits until every server's is from the new CA.
+    issued_by: RwLock<Option<String>>,
+    /// Serializes `converge` and `renew`: both replace the certificate and
+    /// the files, and the renewal task runs beside the state follower.
+    changing: std::sync::Mutex<()>,
     id: u64,
     /// Extra names for its certificate: the address it listens on.
     addresses: Vec<String>,
@@ -97,21 +110,31 @@ impl ServerTls {
                 CaSource::Create => {
                     let ca = ClusterCa::create().map_err(security)?;
                     tracing::info!(digest = %ca.digest(), "created the cluster CA");
-                    (ca, ClusterKey::generate().map_err(security)?)
+                    let trust = Trust::new(ca.certificate_pem());
+                    ((ca, trust), ClusterKey::generate().map_err(security)?)
                 }
-                CaSource::Directory(shared) => (
-                    ClusterCa::from_pem(&read(&shared.join("ca.pem"))?, &read(&shared.join("ca.key"))?)
-                        .map_err(security)?,
-                    ClusterKey::from_hex(&read(&shared.join("cluster.key"))?).map_err(security)?,
-                ),
+                CaSource::Directory(shared) => {
+                    let ca_pem = read(&shared.join("ca.pem"))?;
+                    let ca =
+                        ClusterCa::from_pem(&ca_pem, &read(&shared.join("ca.key"))?).map_err(security)?;
+                    let cluster_key =
+                        ClusterKey::from_hex(&read(&shared.join("cluster.key"))?).map_err(security)?;
+                    ((ca, Trust::new(ca_pem)), cluster_key)
+                }
                 CaSource::Join { seed, token } => join_cluster(&seed, &token, id, &addresses).await?,
             };
             write_private(&cluster_key_path, &cluster_key.to_hex())?;
-            write_private(&key_pem, &ca.key_pem())?;
-            write_private(&ca_pem, ca.certificate_pem())?;
+            write_private(&key_pem, &ca.0.key_pem())?;
+            write_private(&dir.join("trust.pem"), &ca.1.pem)?;
+            write_private(&ca_pem, ca.0.certificate_pem())?;
         }
         let cluster_key = ClusterKey::from_hex(&read(&cluster_key_path)?).map_err(security)?;
-        let trust = Trust::new(read(&ca_pem)?);
+        // A data dir from before CA rotation existed holds no trust.pem:
+        // it trusted its one CA.
+        let trust = match read(&dir.join("trust.pem")) {
+            Ok(pem) => Trust::new(pem),
+            Err(_) => Trust::new(read(&ca_pem)?),
+        };
         let ca = ClusterCa::from_pem(&read(&ca_pem)?, &read(&key_pem)?).map_err(security)?;
         let not_after_path = dir.join("server.not_after");
         let stored = read(&not_after_path).ok().and_then(|t| t.trim().parse::<u64>().ok());
@@ -126,11 +149,15 @@ impl ServerTls {
             ),
             None => Self::issue_for(&ca, id, &addresses, lifetime)?,
         };
+        let leaf = credentials.chain().map_err(security)?.remove(0);
+        let issued_by = issuer_digest(&trust, &leaf).map_err(security)?;
         let tls = ServerTls {
             certificate: CurrentCertificate::new(&credentials).map_err(security)?,
-            ca,
+            ca: RwLock::new(Arc::new(ca)),
             cluster_key,
-            trust,
+            trust: CurrentTrust::new(&trust).map_err(security)?,
+            issued_by: RwLock::new(issued_by),
+            changing: std::sync::Mutex::new(()),
             id,
             addresses,
             dir,
@@ -157,6 +184,62 @@ impl ServerTls {
         Ok((credentials, not_after))
     }
 
+    /// The CA this server issues from now.
+    pub fn issuing(&self) -> Arc<ClusterCa> {
+        Arc::clone(&self.ca.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// What this server trusts and which CA its certificate is from.
+    pub fn report(&self) -> TlsReport {
+        TlsReport {
+            trusted: self.trust.digests(),
+            issuer: self.issued_by.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Brings this server's TLS to what the replicated CA state says:
+    /// trust the CAs it names, issue from the one it names, present a
+    /// certificate from that one. Idempotent; every step is stored before
+    /// it takes effect, so a restart resumes from the files.
+    pub fn converge(&self, state: &CaState) -> Result<(), ServerError> {
+        let Some((trusted, issuing)) = desired_tls(state) else {
+            return Ok(());
+        };
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let trust = Trust::joined(trusted.iter().map(String::as_str));
+        let digests: Vec<String> = trust
+            .certificates()
+            .map_err(security)?
+            .iter()
+            .map(|c| flotilla_security::certificate_digest(c))
+            .collect();
+        if !flotilla_api::same_cas(&digests, &self.trust.digests()) {
+            write_private(&self.dir.join("trust.pem"), &trust.pem)?;
+            self.trust.replace(&trust).map_err(security)?;
+            tracing::info!(id = self.id, trusted = ?digests, "now trusting the CAs the cluster names");
+        }
+        if let Some(issuing) = issuing
+            && issuing.digest != self.issuing().digest()
+        {
+            let key = self
+                .cluster_key
+                .open(&sealing_name(&issuing.digest), &issuing.sealed_key)
+                .map_err(security)?;
+            let key = String::from_utf8(key)
+                .map_err(|_| ServerError::Config("the sealed CA key is not PEM text".into()))?;
+            let ca = ClusterCa::from_pem(&issuing.certificate_pem, &key).map_err(security)?;
+            write_private(&self.dir.join("ca.key"), &ca.key_pem())?;
+            write_private(&self.dir.join("ca.pem"), ca.certificate_pem())?;
+            tracing::info!(id = self.id, digest = %ca.digest(), "now issuing from the rotated CA");
+            *self.ca.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ca);
+        }
+        let issuing = self.issuing().digest();
+        if self.report().issuer.as_deref() != Some(issuing.as_str()) {
+            self.renew_locked()?;
+        }
+        Ok(())
+    }
+
     fn store(&self, credentials: &Credentials, not_after: u64) -> Result<(), ServerError> {
         write_private(&self.dir.join("server.key"), &credentials.key_pem)?;
         write_private(&self.dir.join("server.pem"), &credentials.certificate_pem)?;
@@ -167,9 +250,16 @@ impl ServerTls {
 
     /// Issues, stores and presents a new certificate for this server.
     fn renew(&self) -> Result<(), ServerError> {
-        let (credentials, not_after) = Self::issue_for(&self.ca, self.id, &self.addresses, self.lifetime)?;
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        self.renew_locked()
+    }
+
+    fn renew_locked(&self) -> Result<(), ServerError> {
+        let ca = self.issuing();
+        let (credentials, not_after) = Self::issue_for(&ca, self.id, &self.addresses, self.lifetime)?;
         self.store(&credentials, not_after)?;
         self.certificate.replace(&credentials).map_err(security)?;
+        *self.issued_by.write().unwrap_or_else(|p| p.into_inner()) = Some(ca.digest());
         self.not_after_unix.store(not_after, Ordering::Relaxed);
         Ok(())
     }
@@ -189,27 +279,78 @@ impl ServerTls {
         }
     }
 
+    /// Converges to the replicated CA state whenever it changes, until the
+    /// Raft node stops. A failed step (a file that cannot be written) is
+    /// tried again a second later.
+    pub async fn follow_ca_state(self: Arc<Self>, raft: crate::raft::RaftHandle) {
+        let mut applied = raft.applied_watch();
+        let mut converged: Option<CaState> = None;
+        loop {
+            let current = {
+                let state = raft.state();
+                (converged.as_ref() != Some(state.ca())).then(|| state.ca().clone())
+            };
+            if let Some(current) = current {
+                match self.converge(&current) {
+                    Ok(()) => converged = Some(current),
+                    Err(error) => tracing::error!(%error, "cannot follow the cluster's CA; retrying"),
+                }
+            }
+            // A closed watch means the Raft node stopped.
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
+                return;
+            }
+        }
+    }
+
     /// How long the certificates this server issues last.
     pub fn lifetime(&self) -> Duration {
         self.lifetime
     }
 
     pub fn server_config(&self) -> Result<rustls::ServerConfig, ServerError> {
-        server_config(Arc::clone(&self.certificate), &self.trust).map_err(security)
+        server_config(Arc::clone(&self.certificate), Arc::clone(&self.trust)).map_err(security)
     }
 
     /// What this server reads agents' logs with: its own certificate, and
     /// an agent of the cluster at the other end.
     pub fn agent_client_config(&self) -> Result<rustls::ClientConfig, ServerError> {
-        client_config(&self.trust, Some(Arc::clone(&self.certificate)), ExpectedPeer::AnyNode)
-            .map_err(security)
+        following_client_config(
+            Arc::clone(&self.trust),
+            Some(Arc::clone(&self.certificate)),
+            ExpectedPeer::AnyNode,
+        )
+        .map_err(security)
     }
 
     /// What this server speaks to its peers with: its own certificate,
     /// and any server of the cluster at the other end.
     pub fn member_client_config(&self) -> Result<rustls::ClientConfig, ServerError> {
-        client_config(&self.trust, Some(Arc::clone(&self.certificate)), ExpectedPeer::AnyServer)
-            .map_err(security)
+        following_client_config(
+            Arc::clone(&self.trust),
+            Some(Arc::clone(&self.certificate)),
+            ExpectedPeer::AnyServer,
+        )
+        .map_err(security)
+    }
+}
+
+/// The CA certificates a server should trust and the CA it should issue
+/// from, as the replicated state says; `None`: the state says nothing (no
+/// rotation ever), so the founding CA in the data dir stands.
+fn desired_tls(state: &CaState) -> Option<(Vec<String>, Option<StoredCa>)> {
+    match &state.rotation {
+        Some(rotation) => {
+            let issuing = match rotation.phase {
+                flotilla_api::CaRotationPhase::Trusting => state.current.clone(),
+                flotilla_api::CaRotationPhase::Reissuing => Some(rotation.to.clone()),
+            };
+            Some((vec![rotation.from_pem.clone(), rotation.to.certificate_pem.clone()], issuing))
+        }
+        None => {
+            let current = state.current.clone()?;
+            Some((vec![current.certificate_pem.clone()], Some(current)))
+        }
     }
 }
 
@@ -220,7 +361,7 @@ async fn join_cluster(
     token: &JoinToken,
     id: u64,
     addresses: &[String],
-) -> Result<(ClusterCa, ClusterKey), ServerError> {
+) -> Result<((ClusterCa, Trust), ClusterKey), ServerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match join(seed, token, Joiner::Server(id), addresses.to_vec()).await {
@@ -228,7 +369,8 @@ async fn join_cluster(
                 let key = joined.answer.ca_key_pem.ok_or_else(|| {
                     ServerError::Config(format!("{seed} admitted this server but sent no CA key"))
                 })?;
-                let ca = ClusterCa::from_pem(&joined.answer.trust_pem, &key).map_err(security)?;
+                let ca_pem = joined.answer.ca_pem.as_deref().unwrap_or(&joined.answer.trust_pem);
+                let ca = ClusterCa::from_pem(ca_pem, &key).map_err(security)?;
                 if ca.digest() != token.ca_digest {
                     return Err(ServerError::Config(format!(
                         "{seed} sent a CA with digest {} but the token pins {}",
@@ -241,7 +383,7 @@ async fn join_cluster(
                 })?;
                 let cluster_key = ClusterKey::from_hex(&cluster_key).map_err(security)?;
                 tracing::info!(%seed, "joined: received the cluster CA and key");
-                return Ok((ca, cluster_key));
+                return Ok(((ca, Trust::new(joined.answer.trust_pem)), cluster_key));
             }
             Err(flotilla_api::ClientError::Api { body, .. }) => {
                 return Err(ServerError::Config(format!(
@@ -284,7 +426,58 @@ mod tests {
         let certificate = std::fs::read_to_string(dir.path().join("tls/server.pem")).expect("pem");
         let again =
             ServerTls::prepare(dir.path(), 1, vec![], CaSource::Create, lifetime).await.expect("restart");
-        assert_eq!(again.ca.digest(), first.ca.digest(), "the CA is made once");
+        assert_eq!(again.issuing().digest(), first.issuing().digest(), "the CA is made once");
         assert_eq!(std::fs::read_to_string(dir.path().join("tls/server.pem")).expect("pem"), certificate);
+    }
+
+    #[tokio::test]
+    async fn a_server_follows_a_rotation_through_its_phases_and_restarts_where_it_stood() {
+        use flotilla_api::CaRotationPhase;
+
+        use crate::state::CaRotation;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let lifetime = Duration::from_secs(3600);
+        let tls = ServerTls::prepare(dir.path(), 1, vec![], CaSource::Create, lifetime).await.expect("start");
+        let old = tls.issuing();
+        let new = ClusterCa::create().expect("new CA");
+        let sealed_key =
+            tls.cluster_key.seal(&sealing_name(&new.digest()), new.key_pem().as_bytes()).expect("seal");
+        let to = StoredCa { certificate_pem: new.certificate_pem().into(), digest: new.digest(), sealed_key };
+        let mut rotation = CaRotation {
+            from_pem: old.certificate_pem().into(),
+            from_digest: old.digest(),
+            to: to.clone(),
+            phase: CaRotationPhase::Trusting,
+            started_ms: 0,
+        };
+        let in_phase =
+            |rotation: &CaRotation| CaState { current: None, rotation: Some(rotation.clone()), rotations: 0 };
+        let both = vec![old.digest(), new.digest()];
+
+        tls.converge(&in_phase(&rotation)).expect("trusting");
+        assert_eq!(tls.report(), TlsReport { trusted: both.clone(), issuer: Some(old.digest()) });
+        assert_eq!(tls.issuing().digest(), old.digest(), "the old CA issues while the new one is learnt");
+
+        rotation.phase = CaRotationPhase::Reissuing;
+        tls.converge(&in_phase(&rotation)).expect("reissuing");
+        assert_eq!(tls.report(), TlsReport { trusted: both.clone(), issuer: Some(new.digest()) });
+        assert_eq!(tls.issuing().digest(), new.digest());
+
+        let restarted =
+            ServerTls::prepare(dir.path(), 1, vec![], CaSource::Stored, lifetime).await.expect("restart");
+        assert_eq!(restarted.report(), TlsReport { trusted: both, issuer: Some(new.digest()) });
+        assert_eq!(restarted.issuing().digest(), new.digest(), "the files say where it stood");
+
+        let done = CaState { current: Some(to), rotation: None, rotations: 1 };
+        restarted.converge(&done).expect("done");
+        assert_eq!(restarted.report(), TlsReport { trusted: vec![new.digest()], issuer: Some(new.digest()) });
+        let certificate = std::fs::read_to_string(dir.path().join("tls/server.pem")).expect("pem");
+        restarted.converge(&done).expect("again");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("tls/server.pem")).expect("pem"),
+            certificate,
+            "converging twice changes nothing"
+        );
     }
 }

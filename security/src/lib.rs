@@ -6,6 +6,7 @@
 mod ca;
 mod cluster_key;
 mod current;
+mod current_trust;
 mod error;
 pub mod hex;
 mod identity;
@@ -17,9 +18,12 @@ mod role;
 mod tls;
 mod token;
 
-pub use ca::{CERTIFICATE_LIFETIME, ClusterCa, IssuedCertificate, PublicKey, new_key};
+pub use ca::{
+    CERTIFICATE_LIFETIME, ClusterCa, IssuedCertificate, PublicKey, digest as certificate_digest, new_key,
+};
 pub use cluster_key::ClusterKey;
 pub use current::CurrentCertificate;
+pub use current_trust::{CurrentTrust, issuer_digest};
 pub use error::SecurityError;
 pub use identity::{Identity, NODE_ROLE_NAME, SERVER_ROLE_NAME, validate_node_name};
 pub use listener::{Peer, PeerCertificate, TlsListener};
@@ -27,7 +31,7 @@ pub use pem::{Credentials, Trust};
 pub use private_file::write_private;
 pub use role::{Access, Role};
 pub use tls::{
-    ExpectedPeer, client_config, install_crypto_provider, peer_vouches_for, pinned_client_config,
-    plain_client_config, server_config,
+    ExpectedPeer, client_config, following_client_config, install_crypto_provider, peer_vouches_for,
+    pinned_client_config, plain_client_config, server_config,
 };
 pub use token::{ApiToken, JoinToken, Secret, TokenRole, hash_secret, secrets_match};

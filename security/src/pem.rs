@@ -30,6 +30,16 @@ impl Trust {
         Trust { pem: pem.into() }
     }
 
+    /// The CAs of several PEM texts, each ending its line.
+    pub fn joined<'a>(pems: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut pem = String::new();
+        for text in pems {
+            pem.push_str(text.trim_end());
+            pem.push('\n');
+        }
+        Trust { pem }
+    }
+
     pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
         certificates_in(&self.pem, "the CA certificate")
     }

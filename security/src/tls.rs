@@ -9,11 +9,11 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::{CurrentCertificate, SecurityError, Trust};
+use crate::current_trust::CurrentClientVerifier;
+use crate::{CurrentCertificate, CurrentTrust, SecurityError, Trust};
 
 /// Makes ring the process's TLS crypto for HTTP clients built without a
 /// configuration of ours (plain-HTTP clients: health checks, tests), which
@@ -30,29 +30,21 @@ fn tls_error(error: impl std::fmt::Display) -> SecurityError {
     SecurityError::Tls(error.to_string())
 }
 
-fn roots(trust: &Trust) -> Result<Arc<RootCertStore>, SecurityError> {
-    let mut roots = RootCertStore::empty();
-    for certificate in trust.certificates()? {
-        roots.add(certificate).map_err(tls_error)?;
-    }
-    Ok(Arc::new(roots))
-}
-
 /// A server's (or agent's API's) TLS: its own certificate, and client
-/// certificates from the cluster CA verified when offered.
+/// certificates from the CAs it currently trusts, verified when offered.
+/// No session is resumed: a resumed session skips verification, so a
+/// certificate from a CA retired since could otherwise still get in.
 pub fn server_config(
     certificate: Arc<CurrentCertificate>,
-    trust: &Trust,
+    trust: Arc<CurrentTrust>,
 ) -> Result<ServerConfig, SecurityError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(trust)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(tls_error)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(CurrentClientVerifier(trust)))
         .with_cert_resolver(certificate);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -82,10 +74,18 @@ pub fn client_config(
     certificate: Option<Arc<CurrentCertificate>>,
     expected: ExpectedPeer,
 ) -> Result<ClientConfig, SecurityError> {
-    let inner =
-        WebPkiServerVerifier::builder_with_provider(roots(trust)?, provider()).build().map_err(tls_error)?;
+    following_client_config(CurrentTrust::new(trust)?, certificate, expected)
+}
+
+/// A daemon's client TLS: as `client_config`, trusting whatever `trust`
+/// holds at each handshake, so a CA rotation reaches it without a rebuild.
+pub fn following_client_config(
+    trust: Arc<CurrentTrust>,
+    certificate: Option<Arc<CurrentCertificate>>,
+    expected: ExpectedPeer,
+) -> Result<ClientConfig, SecurityError> {
     let name = ServerName::try_from(expected.name()).map_err(tls_error)?;
-    finish_client(Arc::new(ExpectIdentity { inner, name }), certificate)
+    finish_client(Arc::new(ExpectIdentity { trust, name }), certificate)
 }
 
 /// A joining party's TLS before it trusts anything: it accepts a server
@@ -138,16 +138,15 @@ pub fn peer_vouches_for(certificate: &CertificateDer<'_>, name: &str) -> bool {
 /// Whether `leaf` chains to one of `trust`'s CAs.
 #[cfg(test)]
 pub fn chains_to(trust: &Trust, leaf: &CertificateDer<'_>) -> Result<bool, SecurityError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(trust)?, provider()).build().map_err(tls_error)?;
-    Ok(verifier.verify_client_cert(leaf, &[], UnixTime::now()).is_ok())
+    let verifiers = CurrentTrust::new(trust)?.verifiers();
+    Ok(verifiers.clients.verify_client_cert(leaf, &[], UnixTime::now()).is_ok())
 }
 
-/// Verifies the chain with webpki but for the identity's name, not the
-/// address the client happened to dial.
+/// Verifies the chain with webpki, against the CAs trusted at the time,
+/// but for the identity's name, not the address the client happened to dial.
 #[derive(Debug)]
 struct ExpectIdentity {
-    inner: Arc<WebPkiServerVerifier>,
+    trust: Arc<CurrentTrust>,
     name: ServerName<'static>,
 }
 
@@ -160,7 +159,13 @@ impl ServerCertVerifier for ExpectIdentity {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.trust.verifiers().servers.verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.name,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -169,7 +174,7 @@ impl ServerCertVerifier for ExpectIdentity {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust.verifiers().servers.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -178,11 +183,11 @@ impl ServerCertVerifier for ExpectIdentity {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust.verifiers().servers.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust.verifiers().servers.supported_verify_schemes()
     }
 }
 

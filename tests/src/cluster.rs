@@ -235,7 +235,7 @@ impl TestCluster {
         match &self.ca_dir {
             Some(ca_dir) => {
                 command.args(["--addr", &self.client().addresses().join(",")]);
-                command.env("FLOTILLA_CACERT", ca_dir.join("ca.pem"));
+                command.env("FLOTILLA_CACERT", ca_dir.join("trust.pem"));
                 command.env("FLOTILLA_TOKEN", self.admin_token().unwrap_or_default());
             }
             None => {

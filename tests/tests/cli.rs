@@ -16,7 +16,7 @@ impl Cli {
     fn of(cluster: &TestCluster) -> Self {
         let mut env = vec![("FLOTILLA_ADDR", cluster.client().addresses().join(","))];
         if let (Some(ca_dir), Some(token)) = (&cluster.ca_dir, cluster.admin_token()) {
-            env.push(("FLOTILLA_CACERT", ca_dir.join("ca.pem").display().to_string()));
+            env.push(("FLOTILLA_CACERT", ca_dir.join("trust.pem").display().to_string()));
             env.push(("FLOTILLA_TOKEN", token.to_owned()));
         }
         Cli { env }

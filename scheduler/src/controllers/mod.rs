@@ -3,6 +3,7 @@
 //! where the old one stopped.
 
 pub mod autoscale;
+pub mod ca_rotation;
 pub mod node_health;
 pub mod reconcile;
 pub mod rollout;

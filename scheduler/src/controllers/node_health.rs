@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flotilla_api::{AllocationUsage, NodeStatus};
+use flotilla_api::{AllocationUsage, NodeStatus, TlsReport};
 
 use crate::raft::RaftHandle;
 use crate::state::Command;
@@ -35,12 +35,17 @@ pub struct Liveness {
     seen: Mutex<HashMap<String, Instant>>,
     /// The latest usage sample of each allocation, for autoscaling.
     usage: Mutex<HashMap<u64, (AllocationUsage, Instant)>>,
+    /// Each node's TLS as its agent last reported it, for a CA rotation.
+    tls: Mutex<HashMap<String, TlsReport>>,
 }
 
 impl Liveness {
-    pub fn beat(&self, node: &str, usage: &[AllocationUsage]) {
+    pub fn beat(&self, node: &str, usage: &[AllocationUsage], tls: Option<&TlsReport>) {
         let now = Instant::now();
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned(), now);
+        if let Some(report) = tls {
+            self.tls.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned(), report.clone());
+        }
         let mut samples = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         for sample in usage {
             samples.insert(sample.id, (*sample, now));
@@ -59,8 +64,14 @@ impl Liveness {
             .collect()
     }
 
+    /// The node's TLS as its agent last reported it while this server led.
+    pub fn tls(&self, node: &str) -> Option<TlsReport> {
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+    }
+
     fn forget_all(&self) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// When the node was last heard from; a node never heard from counts as

@@ -58,6 +58,9 @@ pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::POST, "/v1/tokens", Access::Role(Role::Admin)),
     (Method::DELETE, "/v1/tokens/{id}", Access::Role(Role::Admin)),
     (Method::POST, "/v1/join", Access::Public),
+    (Method::GET, "/v1/ca", Access::Role(Role::Read)),
+    (Method::POST, "/v1/ca/rotate", Access::Role(Role::Admin)),
+    (Method::GET, "/v1/ca/local", Access::Members),
     (Method::POST, PEER_PATH, Access::Members),
     (Method::POST, SNAPSHOT_PATH, Access::Members),
 ];

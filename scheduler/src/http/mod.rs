@@ -3,6 +3,7 @@
 
 mod access;
 mod body;
+mod certificate_authority;
 mod cluster;
 mod error;
 mod events;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub tls: Option<Arc<crate::server_tls::ServerTls>>,
     /// Where this server's deploys choose service ports (`--service-ports`).
     pub service_ports: crate::state::ServicePortRange,
+    /// What a CA rotation waits for, as this server's controller last saw
+    /// it while leading.
+    pub ca_rotation: Arc<crate::controllers::ca_rotation::RotationProgress>,
 }
 
 /// `?stale=true`: serve this server's state without confirming it is current.
@@ -95,6 +99,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/join", post(tokens::join))
+        .route("/v1/ca", get(certificate_authority::status))
+        .route("/v1/ca/rotate", post(certificate_authority::rotate))
+        .route("/v1/ca/local", get(certificate_authority::local))
         .route(PEER_PATH, post(peer::messages))
         .route(SNAPSHOT_PATH, post(peer::snapshot_chunk))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize))

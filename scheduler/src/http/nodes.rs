@@ -50,7 +50,7 @@ pub async fn register(
     let once = idempotency(&headers, &("register", &registration))?;
     let output = app.raft.propose_once(Command::RegisterNode { registration }, once).await?;
     if app.raft.is_leader() {
-        app.liveness.beat(&name, &[]);
+        app.liveness.beat(&name, &[], None);
     }
     Ok(Json(expect_node(output)?))
 }
@@ -142,16 +142,33 @@ pub async fn heartbeat(
         let path = format!("/v1/nodes/{name}/heartbeat");
         return super::leader::forward(&app, Method::POST, &path, Some(&heartbeat)).await.map(Json);
     }
-    app.liveness.beat(&name, &heartbeat.usage);
+    app.liveness.beat(&name, &heartbeat.usage, heartbeat.tls.as_ref());
+    let trust = trust_advice(&app, heartbeat.tls.as_ref());
     if status != NodeStatus::Down {
-        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new() }));
+        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust }));
     }
     if !heartbeat.holding.is_empty() {
-        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding }));
+        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding, trust }));
     }
     let now_ms = flotilla_api::now_ms();
     let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
-    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new() }))
+    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust }))
+}
+
+/// What an agent should trust and renew from, when its TLS differs from
+/// the leader's (which follows the replicated CA state): how a CA
+/// rotation reaches the agents.
+fn trust_advice(
+    app: &AppState,
+    report: Option<&flotilla_api::TlsReport>,
+) -> Option<flotilla_api::TrustAdvice> {
+    let (tls, report) = (app.tls.as_deref()?, report?);
+    let trusted = tls.trust.digests();
+    let issuing = tls.issuing().digest();
+    if flotilla_api::same_cas(&trusted, &report.trusted) && report.issuer.as_ref() == Some(&issuing) {
+        return None;
+    }
+    Some(flotilla_api::TrustAdvice { trust_pem: tls.trust.trust().pem, issuing })
 }
 
 #[derive(Debug, Deserialize)]

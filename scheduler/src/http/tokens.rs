@@ -18,7 +18,7 @@ use super::{AppState, read_barrier};
 use crate::server_tls::ServerTls;
 use crate::state::{Command, CommandOutput, StoredToken};
 
-fn secure(app: &AppState) -> Result<&ServerTls, ApiError> {
+pub(super) fn secure(app: &AppState) -> Result<&ServerTls, ApiError> {
     app.tls.as_deref().ok_or_else(|| {
         ApiError::BadRequest("this server runs --insecure: it has no CA, and no tokens are checked".into())
     })
@@ -28,7 +28,7 @@ fn secure(app: &AppState) -> Result<&ServerTls, ApiError> {
 fn mint(tls: &ServerTls, request: &CreateTokenRequest) -> Result<(StoredToken, String), ApiError> {
     let failed = |e: flotilla_security::SecurityError| ApiError::Internal(e.to_string());
     let (secret, text) = if request.role.is_join() {
-        let token = JoinToken::new(&tls.ca.digest()).map_err(failed)?;
+        let token = JoinToken::new(&tls.issuing().digest()).map_err(failed)?;
         (token.secret.clone(), token.reveal())
     } else {
         let token = ApiToken::generate().map_err(failed)?;
@@ -109,11 +109,12 @@ pub async fn join(
     let tls = secure(&app)?;
     let request: JoinRequest = read_json(&headers, body).await?;
     let token = JoinToken::parse(&request.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    if token.ca_digest != tls.ca.digest() {
+    let ca = tls.issuing();
+    if token.ca_digest != ca.digest() {
         return Err(ApiError::Unauthorized(format!(
-            "the join token pins CA {} but this cluster's CA is {}",
+            "the join token pins CA {} but this cluster's CA is {} (a token made before a CA rotation pins the old CA: make a new one)",
             token.ca_digest,
-            tls.ca.digest()
+            ca.digest()
         )));
     }
     let (identity, role) = match &request.joiner {
@@ -135,15 +136,18 @@ pub async fn join(
             "the join token is not a live {role} token of this cluster (revoked, expired, or for the other role)"
         )));
     }
-    let certificate = tls
-        .ca
+    let certificate = ca
         .issue(&identity, &request.public_key, &request.addresses, tls.lifetime())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::info!(joiner = %identity, "admitted with a join token");
     let server = matches!(identity, Identity::Server(_));
-    let ca_key_pem = server.then(|| tls.ca.key_pem());
-    let cluster_key = server.then(|| tls.cluster_key.to_hex());
-    Ok(Json(JoinAnswer { certificate, trust_pem: tls.trust.pem.clone(), ca_key_pem, cluster_key }))
+    Ok(Json(JoinAnswer {
+        certificate,
+        trust_pem: tls.trust.trust().pem,
+        ca_pem: server.then(|| ca.certificate_pem().to_owned()),
+        ca_key_pem: server.then(|| ca.key_pem()),
+        cluster_key: server.then(|| tls.cluster_key.to_hex()),
+    }))
 }
 
 pub async fn renew_node_certificate(
@@ -155,7 +159,7 @@ pub async fn renew_node_certificate(
     let tls = secure(&app)?;
     let request: flotilla_api::RenewRequest = read_json(&headers, body).await?;
     let certificate = tls
-        .ca
+        .issuing()
         .issue(&Identity::Node(name.clone()), &request.public_key, &[], tls.lifetime())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::info!(node = %name, "renewed a node's certificate");

@@ -56,6 +56,9 @@ pub struct ClusterState {
     /// Secrets by name, sealed.
     #[serde(default)]
     pub(super) secrets: BTreeMap<String, super::secrets::StoredSecret>,
+    /// The CA since its first rotation, and any rotation in progress.
+    #[serde(default)]
+    pub(super) ca: super::certificate_authority::CaState,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -129,6 +132,7 @@ impl ClusterState {
             tokens: BTreeMap::new(),
             acl_bootstrapped: self.acl_bootstrapped,
             secrets: BTreeMap::new(),
+            ca: Default::default(),
         }
     }
 
@@ -177,6 +181,13 @@ impl ClusterState {
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(&id),
             Command::BootstrapAcl { token } => self.bootstrap_acl(token),
+            Command::StartCaRotation { rotation } => self.start_ca_rotation(index, rotation),
+            Command::ReissueFromNewCa { to_digest, now_ms } => {
+                self.reissue_from_new_ca(index, &to_digest, now_ms)
+            }
+            Command::FinishCaRotation { to_digest, now_ms } => {
+                self.finish_ca_rotation(index, &to_digest, now_ms)
+            }
             Command::PutSecret { name, sealed, size, now_ms } => {
                 Ok(self.put_secret(name, sealed, size, now_ms))
             }

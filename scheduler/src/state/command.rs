@@ -106,6 +106,21 @@ pub enum Command {
     DeleteSecret {
         name: String,
     },
+    /// `ca rotate`: a new CA joins the trusted ones (its key sealed by the
+    /// server that made it); the current one still issues.
+    StartCaRotation {
+        rotation: super::certificate_authority::CaRotation,
+    },
+    /// Every server and agent trusts the rotation's new CA: it issues now.
+    ReissueFromNewCa {
+        to_digest: String,
+        now_ms: u64,
+    },
+    /// Every certificate is from the new CA: the old one is trusted no more.
+    FinishCaRotation {
+        to_digest: String,
+        now_ms: u64,
+    },
     /// The management token, accepted once in the cluster's life.
     BootstrapAcl {
         token: super::tokens::StoredToken,
@@ -188,6 +203,7 @@ pub enum CommandOutput {
     Deployment(Box<Deployment>),
     Token(flotilla_api::TokenInfo),
     Secret(flotilla_api::SecretInfo),
+    CaChanged,
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -238,4 +254,10 @@ pub enum Rejection {
     SecretNotFound { field: String, name: String },
     #[error("secret `{name}` is in use by workload `{workload}`; change or delete the workload first")]
     SecretInUse { name: String, workload: WorkloadName },
+    #[error("a CA rotation to {to} is in progress; `flotilla ca status` shows how far it is")]
+    CaRotationInProgress { to: String },
+    #[error("there is no CA rotation to {0} in progress")]
+    NoCaRotation(String),
+    #[error("the CA rotation to {to} is {phase}, not at the step before this one")]
+    CaRotationPhase { to: String, phase: flotilla_api::CaRotationPhase },
 }

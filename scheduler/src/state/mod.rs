@@ -3,6 +3,7 @@
 //! `apply` is split by what a command changes: workloads, nodes, allocations.
 
 mod allocations;
+mod certificate_authority;
 mod cluster_state;
 mod command;
 mod deployments;
@@ -14,6 +15,7 @@ mod services;
 mod tokens;
 mod workloads;
 
+pub use certificate_authority::{CaRotation, CaState, StoredCa, sealing_name};
 pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of};
 pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection};
 pub use deployments::MAX_HISTORY;
