@@ -127,6 +127,17 @@ async fn every_verb_works_and_reads_give_json() {
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     assert!(status["leader"].as_u64().is_some());
     assert!(cli.ok(&["cluster", "status"]).contains("leader"));
+    if let Some(ca_dir) = &cluster.ca_dir {
+        let founding = std::fs::read_to_string(ca_dir.join("ca.pem")).expect("the CA");
+        let ca = cli.json(&["ca", "status"]);
+        assert_eq!(ca["trusted"].as_array().map(Vec::len), Some(1), "{ca}");
+        assert_eq!(ca["trust_pem"].as_str(), Some(founding.as_str()), "{ca}");
+        assert!(ca["rotation"].is_null(), "{ca}");
+        assert!(
+            cli.ok(&["ca", "status"])
+                .contains(&format!("issuing  {}", ca["issuing"].as_str().unwrap_or("?")))
+        );
+    }
 
     // A fourth server that waits to be added, then `cluster add` and `remove`.
     let address = format!("127.0.0.1:{}", free_port());
