@@ -92,8 +92,17 @@ impl NodeTls {
             )),
             _ => None,
         };
+        // A token pinning a CA the stored trust does not hold means the
+        // cluster's CA was rotated while this node was away: join again.
+        let pins_another_ca = |trust: &Trust| {
+            token.is_some_and(|token| {
+                trust.certificates().map_or(true, |cas| {
+                    !cas.iter().any(|ca| flotilla_security::certificate_digest(ca) == token.ca_digest)
+                })
+            })
+        };
         let (trust, credentials, not_after) = match (stored, token) {
-            (Some(stored), _) if stored.2 > now_unix() => stored,
+            (Some(stored), _) if stored.2 > now_unix() && !pins_another_ca(&stored.0) => stored,
             (_, Some(token)) => join_through(servers, name, token).await?,
             (_, None) => return Err(NodeTlsError::NeedsToken(name.to_owned())),
         };

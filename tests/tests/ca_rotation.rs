@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flotilla_api::{AllocationState, NodeStatus, parse_yaml};
 use flotilla_security::{ExpectedPeer, Identity, Trust, client_config, issuer_digest};
-use flotilla_tests::{TestCluster, wait_until};
+use flotilla_tests::{AgentProcess, TestCluster, wait_until};
 
 fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -33,13 +33,21 @@ fn issuer_of(certificate: &std::path::Path, trust: &Trust) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ca_rotates_while_the_cluster_serves_and_the_old_ca_is_trusted_no_more() {
     let flags = ["--driver", "process", "--allow-driver", "process", "--cpu", "2", "--memory", "2Gi"];
-    let mut cluster = TestCluster::with_agents(&["a"], &flags).await;
+    let mut cluster = TestCluster::with_agents(&["a", "away"], &flags).await;
     let ca_dir = cluster.ca_dir.clone().expect("a secure cluster");
     let old_pem = read(&ca_dir.join("ca.pem"));
     let old = flotilla_security::ClusterCa::from_pem(&old_pem, &read(&ca_dir.join("ca.key")))
         .expect("the founding CA")
         .digest();
     let client = cluster.client();
+    // One node is down through the whole rotation: it is not waited for.
+    cluster.agent("away").kill();
+    let away = cluster.agent("away").name.clone();
+    wait_until(Duration::from_secs(30), "the node that went away marked down", || async {
+        let nodes = client.nodes(false).await.ok()?;
+        nodes.iter().any(|n| n.name == away && n.status == NodeStatus::Down).then_some(())
+    })
+    .await;
     let spec =
         "name: steady\ndriver: process\nreplicas: 1\ncommand: [\"sh\", \"-c\", \"sleep 100000 & wait\"]\n";
     client.deploy(&parse_yaml(spec).expect("valid"), None).await.expect("deploy");
@@ -155,7 +163,7 @@ async fn the_ca_rotates_while_the_cluster_serves_and_the_old_ca_is_trusted_no_mo
         "the replica kept running: {after:?}"
     );
     let nodes = client.nodes(false).await.expect("nodes");
-    assert!(nodes.iter().all(|n| n.status == NodeStatus::Ready), "{nodes:?}");
+    assert!(nodes.iter().all(|n| n.status == NodeStatus::Ready || n.name == away), "{nodes:?}");
     client.scale("steady", 2).await.expect("scale");
     wait_until(Duration::from_secs(30), "a new replica running after the rotation", || async {
         let all = client.allocations(Some("steady"), None).await.ok()?;
@@ -174,9 +182,26 @@ async fn the_ca_rotates_while_the_cluster_serves_and_the_old_ca_is_trusted_no_mo
     .await;
     wait_until(Duration::from_secs(30), "the restarted agent ready again", || async {
         let nodes = client.nodes(false).await.ok()?;
-        let ready = nodes.iter().all(|n| n.status == NodeStatus::Ready);
+        let ready = nodes.iter().filter(|n| n.name != away).all(|n| n.status == NodeStatus::Ready);
         let running = client.allocations(Some("steady"), None).await.ok()?;
         (ready && running.iter().filter(|a| a.state == AllocationState::Running).count() == 2).then_some(())
     })
     .await;
+
+    // The node that was away holds a certificate of the retired CA; with a
+    // token pinning the new CA it joins again, and is ready.
+    let token = cluster.create_token("agent").await;
+    assert!(token.contains(&new), "a new join token pins the new CA");
+    let servers: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+    let position = cluster.agents.iter().position(|a| a.name == away).expect("the agent that went away");
+    let mut rejoining = AgentProcess::new(away.clone(), &servers, cluster.dir.path(), Some(&token), &flags);
+    rejoining.start();
+    cluster.agents[position] = rejoining;
+    wait_until(Duration::from_secs(30), "the node that was away ready again", || async {
+        let nodes = client.nodes(false).await.ok()?;
+        nodes.iter().any(|n| n.name == away && n.status == NodeStatus::Ready).then_some(())
+    })
+    .await;
+    let away_tls = cluster.agent("away").data_dir.join("tls");
+    assert_eq!(issuer_of(&away_tls.join("node.pem"), &new_trust).as_deref(), Some(new.as_str()));
 }
