@@ -53,6 +53,10 @@ pub struct ServerTls {
     /// Serializes `converge` and `renew`: both replace the certificate and
     /// the files, and the renewal task runs beside the state follower.
     changing: std::sync::Mutex<()>,
+    /// The CA state's progress this server last converged to (stored in
+    /// `ca.progress`): an older state, met while replaying the log after a
+    /// restart, is not converged to.
+    converged: AtomicU64,
     id: u64,
     /// Extra names for its certificate: the address it listens on.
     addresses: Vec<String>,
@@ -158,6 +162,9 @@ impl ServerTls {
             trust: CurrentTrust::new(&trust).map_err(security)?,
             issued_by: RwLock::new(issued_by),
             changing: std::sync::Mutex::new(()),
+            converged: AtomicU64::new(
+                read(&dir.join("ca.progress")).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0),
+            ),
             id,
             addresses,
             dir,
@@ -206,6 +213,10 @@ impl ServerTls {
             return Ok(());
         };
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let progress = state.progress();
+        if progress < self.converged.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let trust = Trust::joined(trusted.iter().map(String::as_str));
         let digests: Vec<String> = trust
             .certificates()
@@ -236,6 +247,10 @@ impl ServerTls {
         let issuing = self.issuing().digest();
         if self.report().issuer.as_deref() != Some(issuing.as_str()) {
             self.renew_locked()?;
+        }
+        if progress > self.converged.load(Ordering::Relaxed) {
+            write_private(&self.dir.join("ca.progress"), &progress.to_string())?;
+            self.converged.store(progress, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -472,6 +487,14 @@ mod tests {
         let done = CaState { current: Some(to), rotation: None, rotations: 1 };
         restarted.converge(&done).expect("done");
         assert_eq!(restarted.report(), TlsReport { trusted: vec![new.digest()], issuer: Some(new.digest()) });
+        let replaying =
+            ServerTls::prepare(dir.path(), 1, vec![], CaSource::Stored, lifetime).await.expect("restart");
+        replaying.converge(&in_phase(&rotation)).expect("an older state, met replaying the log");
+        assert_eq!(
+            replaying.report().trusted,
+            vec![new.digest()],
+            "a restarted server replaying its log does not trust the old CA again"
+        );
         let certificate = std::fs::read_to_string(dir.path().join("tls/server.pem")).expect("pem");
         restarted.converge(&done).expect("again");
         assert_eq!(

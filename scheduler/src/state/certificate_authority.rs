@@ -48,6 +48,21 @@ pub struct CaState {
     pub rotations: u64,
 }
 
+impl CaState {
+    /// How far the cluster's CA has come, counted in steps that only grow
+    /// (each rotation has three: started, reissuing, finished). A server
+    /// replaying its log after a restart passes through older states; it
+    /// must not go back to trusting a CA it had already dropped.
+    pub fn progress(&self) -> u64 {
+        let phase = match self.rotation.as_ref().map(|r| r.phase) {
+            None => 0,
+            Some(CaRotationPhase::Trusting) => 1,
+            Some(CaRotationPhase::Reissuing) => 2,
+        };
+        self.rotations * 3 + phase
+    }
+}
+
 impl ClusterState {
     pub(super) fn start_ca_rotation(
         &mut self,
@@ -163,6 +178,7 @@ mod tests {
         for (index, (command, refused)) in steps.into_iter().enumerate() {
             let before = state.clone();
             let outcome = state.apply(index as u64 + 1, command.clone());
+            assert!(state.ca().progress() >= before.ca().progress(), "{command:?} goes back");
             match refused {
                 Some(reason) => {
                     let error = outcome.expect_err(&format!("{command:?} refused")).to_string();
@@ -173,6 +189,7 @@ mod tests {
             }
         }
         assert_eq!(state.ca().current.as_ref().map(|c| c.digest.as_str()), Some("new"));
+        assert_eq!(state.ca().progress(), 4, "one rotation done (3 steps), the next started");
         assert_eq!(state.ca().rotations, 1);
         let rotation = state.ca().rotation.as_ref().expect("the second rotation");
         assert_eq!((rotation.to.digest.as_str(), rotation.phase), ("newer", CaRotationPhase::Trusting));
