@@ -87,10 +87,7 @@ impl ClusterState {
         to_digest: &str,
         now_ms: u64,
     ) -> Result<CommandOutput, Rejection> {
-        let rotation = self.rotation_to(to_digest)?;
-        if rotation.phase != CaRotationPhase::Trusting {
-            return Err(Rejection::CaRotationPhase { to: to_digest.to_owned(), phase: rotation.phase });
-        }
+        let rotation = self.rotation_in(to_digest, CaRotationPhase::Trusting)?;
         rotation.phase = CaRotationPhase::Reissuing;
         let message = format!("CA rotation: every server and agent trusts {to_digest}; it issues now");
         self.record(Event { index, at_ms: now_ms, workload: None, node: None, message });
@@ -105,11 +102,7 @@ impl ClusterState {
         to_digest: &str,
         now_ms: u64,
     ) -> Result<CommandOutput, Rejection> {
-        let rotation = self.rotation_to(to_digest)?;
-        if rotation.phase != CaRotationPhase::Reissuing {
-            return Err(Rejection::CaRotationPhase { to: to_digest.to_owned(), phase: rotation.phase });
-        }
-        let to = rotation.to.clone();
+        let to = self.rotation_in(to_digest, CaRotationPhase::Reissuing)?.to.clone();
         let message = format!("CA rotation done: {} alone is trusted", to.digest);
         self.ca.current = Some(to);
         self.ca.rotation = None;
@@ -118,12 +111,19 @@ impl ClusterState {
         Ok(CommandOutput::CaChanged)
     }
 
-    fn rotation_to(&mut self, to_digest: &str) -> Result<&mut CaRotation, Rejection> {
-        self.ca
+    /// The rotation to `to_digest`, if it is in `phase`: a decision taken
+    /// on another rotation, or on this one at another step, changes nothing.
+    fn rotation_in(&mut self, to_digest: &str, phase: CaRotationPhase) -> Result<&mut CaRotation, Rejection> {
+        let rotation = self
+            .ca
             .rotation
             .as_mut()
             .filter(|rotation| rotation.to.digest == to_digest)
-            .ok_or_else(|| Rejection::NoCaRotation(to_digest.to_owned()))
+            .ok_or_else(|| Rejection::NoCaRotation(to_digest.to_owned()))?;
+        if rotation.phase != phase {
+            return Err(Rejection::CaRotationPhase { to: to_digest.to_owned(), phase: rotation.phase });
+        }
+        Ok(rotation)
     }
 
     pub fn ca(&self) -> &CaState {
