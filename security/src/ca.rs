@@ -31,8 +31,10 @@ pub fn digest(certificate: &CertificateDer<'_>) -> String {
 }
 
 pub struct ClusterCa {
-    certificate: CertificateDer<'static>,
     certificate_pem: String,
+    /// SHA-256 of the certificate, computed once: servers compare it on
+    /// every heartbeat they answer.
+    digest: String,
     key: KeyPair,
     /// The CA's subject; rebuilt from its key so only the key and the
     /// certificate need storing.
@@ -121,12 +123,7 @@ impl ClusterCa {
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = (now + CA_LIFETIME).into();
         let certificate = params.self_signed(&key).map_err(certificate_error)?;
-        Ok(ClusterCa {
-            certificate_pem: certificate.pem(),
-            certificate: certificate.der().clone(),
-            key,
-            params,
-        })
+        Ok(ClusterCa { certificate_pem: certificate.pem(), digest: digest(certificate.der()), key, params })
     }
 
     /// The CA as stored: its certificate and its key, both PEM.
@@ -137,7 +134,7 @@ impl ClusterCa {
         let certificate = trust.certificates()?.remove(0);
         Ok(ClusterCa {
             certificate_pem: certificate_pem.to_owned(),
-            certificate,
+            digest: digest(&certificate),
             params: ca_params(&key),
             key,
         })
@@ -153,7 +150,7 @@ impl ClusterCa {
 
     /// SHA-256 of the CA certificate: what a join token pins.
     pub fn digest(&self) -> String {
-        digest(&self.certificate)
+        self.digest.clone()
     }
 
     /// Signs a certificate for `identity` over `public_key`, valid for
