@@ -126,6 +126,11 @@ pub struct Allocation {
     /// reach it there (skipping the host port's extra hop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_address: Option<ContainerAddress>,
+    /// The image it actually runs, by digest (`repo@sha256:...`), as its
+    /// agent found it after pulling: which image each replica runs, whatever
+    /// a tag points at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Raft index at which it was placed: its age, without clocks in the state.
     pub created_index: u64,
     pub modified_index: u64,
@@ -185,6 +190,9 @@ pub struct AllocationUpdate {
     pub runtime_id: Option<String>,
     #[serde(default)]
     pub container_address: Option<ContainerAddress>,
+    /// The image it runs, by digest, once its agent has started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
@@ -210,6 +218,7 @@ impl AllocationUpdate {
             next_restart_at_ms: None,
             runtime_id: None,
             container_address: None,
+            image_digest: None,
             health: Health::Unknown,
             health_output: String::new(),
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use flotilla_api::spec::{
     Autoscale, Balance, Check, DnsLabel, Driver, EnvValue, Percent, PlacementStrategy, PortSpec, Protocol,
-    Resources, RestartPolicy, SecretMount, ServiceSpec, SpecDuration, UpdateStrategy,
+    PullPolicy, Resources, RestartPolicy, SecretMount, ServiceSpec, SpecDuration, UpdateStrategy,
 };
 use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 use proptest::prelude::*;
@@ -114,6 +114,12 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                     name,
                     driver: if docker { Driver::Docker } else { Driver::Process },
                     image: docker.then(|| "registry.local/app:1.0".to_owned()),
+                    pull: if docker && replicas % 2 == 0 {
+                        PullPolicy::Always
+                    } else {
+                        PullPolicy::IfNotPresent
+                    },
+                    pull_secret: (docker && replicas % 3 == 0).then(|| "registry-auth".to_owned()),
                     command,
                     env,
                     secrets: if docker {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod docker_available;
 pub mod docker_network;
 pub mod http_load;
+pub mod registry;
 pub mod server_process;
 pub mod simulated_nodes;
 pub mod wait;

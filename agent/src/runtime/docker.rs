@@ -39,6 +39,9 @@ pub struct DockerRuntime {
     /// The engine's id, sent with replicas' container addresses: a routing
     /// mesh dials those only on the same engine's host.
     engine: String,
+    /// Brings images onto the node before their containers are created.
+    /// Boxed: it is most of the runtime's size, and `Runtime` holds one of each kind.
+    puller: Box<super::pull::ImagePuller>,
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -73,7 +76,8 @@ impl DockerRuntime {
             .map_err(docker_error)?;
         docker.ping().await.map_err(docker_error)?;
         let engine = docker.info().await.map_err(docker_error)?.id.unwrap_or_default();
-        Ok(DockerRuntime { docker, network, engine })
+        let puller = Box::new(super::pull::ImagePuller::new(docker.clone()));
+        Ok(DockerRuntime { docker, network, engine, puller })
     }
 
     pub fn engine(&self) -> &str {
@@ -102,6 +106,7 @@ impl DockerRuntime {
         let spec = launch.spec;
         let image = spec.image.clone().unwrap_or_default();
         let name = container_name(launch.node, allocation.id);
+        let ready = self.puller.ready(&image, spec.pull, launch.pull_config, launch.progress).await?;
         // A container left from an earlier attempt (say, an agent killed
         // between create and start) is replaced.
         let _ = self.remove(&name).await;
@@ -147,9 +152,12 @@ impl DockerRuntime {
             self.write_files(&created.id, launch.files).await?;
         }
         self.docker.start_container(&created.id, None).await.map_err(docker_error)?;
-        self.inspect(&created.id)
+        let mut observed = self
+            .inspect(&created.id)
             .await?
-            .ok_or_else(|| RuntimeError::Docker(format!("container {name} vanished after it started")))
+            .ok_or_else(|| RuntimeError::Docker(format!("container {name} vanished after it started")))?;
+        observed.image = Some(ready);
+        Ok(observed)
     }
 
     /// Writes secret files into a created container through the engine (as
@@ -313,6 +321,7 @@ impl DockerRuntime {
             ports,
             address,
             healthcheck,
+            image: None,
         }))
     }
 

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod image;
 pub mod process;
 pub mod process_user;
+pub mod pull;
 pub mod sim;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use flotilla_api::{Allocation, PortBinding, WorkloadSpec};
 use futures_util::stream::BoxStream;
 
 /// What a runtime needs to start an allocation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Launch<'a> {
     pub allocation: &'a Allocation,
     pub spec: &'a WorkloadSpec,
@@ -31,6 +32,10 @@ pub struct Launch<'a> {
     /// Files to write into a container before it starts: the spec's
     /// secrets, by absolute path.
     pub files: &'a [(String, Vec<u8>)],
+    /// The value of the spec's `pull_secret`: a Docker config JSON.
+    pub pull_config: Option<&'a [u8]>,
+    /// Hears how a start goes before it runs (an image being pulled).
+    pub progress: &'a (dyn Fn(String) + Send + Sync),
 }
 
 /// An allocation's runtime object (container or process) as last seen.
@@ -49,6 +54,9 @@ pub struct Observed {
     pub address: Option<std::net::IpAddr>,
     /// Whether its image has a HEALTHCHECK of its own.
     pub healthcheck: bool,
+    /// For a container this start created: its image's digest, and what
+    /// pulling it took.
+    pub image: Option<pull::ReadyImage>,
 }
 
 /// Resource use of one allocation, for autoscaling.
@@ -73,8 +81,12 @@ pub enum RuntimeEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("image `{0}` is not on this host (there is no registry: build it locally)")]
+    #[error("image `{0}` is not on this node")]
     ImageMissing(String),
+    #[error("image `{0}` is not on this node and `pull: never` forbids pulling it")]
+    NeverPulled(String),
+    #[error("cannot pull image `{image}`: {reason}")]
+    Pull { image: String, reason: String },
     #[error("docker: {0}")]
     Docker(String),
     #[error("process: {0}")]

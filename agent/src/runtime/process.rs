@@ -181,6 +181,7 @@ impl ProcessRuntime {
             ports: launch.allocation.ports.clone(),
             address: Some(LOOPBACK),
             healthcheck: false,
+            image: None,
         }))
     }
 
@@ -196,6 +197,7 @@ impl ProcessRuntime {
             ports: Vec::new(),
             address: Some(LOOPBACK),
             healthcheck: false,
+            image: None,
         })
     }
 

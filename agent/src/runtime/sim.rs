@@ -23,6 +23,7 @@ impl SimRuntime {
             ports: launch.allocation.ports.clone(),
             address: None,
             healthcheck: false,
+            image: None,
         };
         self.running
             .lock()

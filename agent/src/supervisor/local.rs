@@ -75,6 +75,7 @@ pub(super) fn update(local: &Local, state: AllocationState, message: String) -> 
         next_restart_at_ms: None,
         runtime_id: local.handle.clone(),
         container_address: local.allocation.container_address.clone(),
+        image_digest: local.allocation.image_digest.clone(),
         health: local.health,
         health_output: local.health_output.clone(),
     }

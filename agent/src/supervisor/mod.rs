@@ -62,6 +62,11 @@ pub enum Message {
     Inventory(Vec<(Driver, Observed)>),
     /// A check's verdict on a replica changed.
     Health(crate::health::CheckChange),
+    /// How a start goes before the replica runs (its image being pulled).
+    StartProgress {
+        allocation: u64,
+        message: String,
+    },
 }
 
 pub struct Supervisor {
@@ -189,6 +194,7 @@ impl Supervisor {
             }
             Message::Inventory(inventory) => self.collect_orphans(inventory, Instant::now()),
             Message::Health(change) => self.on_health(change),
+            Message::StartProgress { allocation, message } => self.on_start_progress(allocation, message),
         }
     }
 

@@ -24,9 +24,11 @@ impl Supervisor {
         self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
-        let inputs =
-            self.environment(&allocation, &spec).and_then(|env| Ok((env, self.secret_files(&spec)?)));
-        let (env, files) = match inputs {
+        let inputs = self.environment(&allocation, &spec).and_then(|env| {
+            let pull_config = spec.pull_secret.as_deref().map(|name| self.secret_value(name)).transpose()?;
+            Ok((env, self.secret_files(&spec)?, pull_config))
+        });
+        let (env, files, pull_config) = match inputs {
             Ok(inputs) => inputs,
             Err(reason) => {
                 let _ = messages.send(Message::Started { allocation: id, result: Err(reason) });
@@ -36,8 +38,20 @@ impl Supervisor {
         let dns = self.directory.as_ref().and_then(|d| d.dns()).filter(|_| spec.driver == Driver::Docker);
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let launch =
-                Launch { allocation: &allocation, spec: &spec, node: &node, env: &env, dns, files: &files };
+            let progress_to = messages.clone();
+            let progress = move |message: String| {
+                let _ = progress_to.send(Message::StartProgress { allocation: id, message });
+            };
+            let launch = Launch {
+                allocation: &allocation,
+                spec: &spec,
+                node: &node,
+                env: &env,
+                dns,
+                files: &files,
+                pull_config: pull_config.as_deref(),
+                progress: &progress,
+            };
             let result = match handle {
                 Some(handle) => runtime.restart(&handle, launch).await,
                 None => runtime.start(launch).await,
@@ -92,6 +106,13 @@ impl Supervisor {
             .ok_or_else(|| format!("secret `{name}` was not delivered to this node"))
     }
 
+    /// Shows how a start goes (`ps`, `deploy --wait`) while it has not ended.
+    pub(super) fn on_start_progress(&mut self, id: u64, message: String) {
+        let Some(local) = self.local.get(&id).filter(|local| local.phase == Phase::Starting) else { return };
+        let report = update(local, AllocationState::Starting, message);
+        self.reports.insert(id, report);
+    }
+
     pub(super) async fn on_started(&mut self, id: u64, result: Result<Observed, String>) {
         let Some(local) = self.local.get_mut(&id) else { return };
         if local.phase == Phase::Stopping {
@@ -112,6 +133,13 @@ impl Supervisor {
         match result {
             Ok(observed) => {
                 local.handle = Some(observed.handle.clone());
+                if let Some(image) = &observed.image {
+                    local.allocation.image_digest = image.digest.clone();
+                    if let Some(pulled) = &image.pulled {
+                        let name = local.spec.image.as_deref().unwrap_or_default();
+                        self.node_events.push(format!("allocation {id}: pulled image {name} ({pulled})"));
+                    }
+                }
                 local.started_at = Instant::now();
                 local.allocation.ports = observed.ports.clone();
                 let driver = local.driver;

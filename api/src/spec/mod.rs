@@ -34,7 +34,7 @@ pub use secrets::{EnvValue, SecretMount, validate_secret_name};
 pub use service::{Balance, ServiceSpec};
 pub use update::UpdateStrategy;
 pub use validation::FieldError;
-pub use workload::{Driver, PlacementStrategy, RestartPolicy, WorkloadSpec};
+pub use workload::{Driver, PlacementStrategy, PullPolicy, RestartPolicy, WorkloadSpec};
 
 /// Upper bound on replicas of one workload: a typo guard, not a scale limit.
 pub const MAX_REPLICAS: u32 = 100_000;

@@ -46,6 +46,15 @@ impl WorkloadSpec {
         {
             return Err(field_error("image", "must be 1 to 255 characters with no spaces"));
         }
+        if let Some(name) = &self.pull_secret {
+            validate_secret_name(name).map_err(|reason| field_error("pull_secret", reason))?;
+            if self.driver == Driver::Process {
+                return Err(field_error("pull_secret", "the process driver pulls no image"));
+            }
+        }
+        if self.driver == Driver::Process && self.pull != super::PullPolicy::default() {
+            return Err(field_error("pull", "the process driver pulls no image"));
+        }
         if self.command.len() > 1024 {
             return Err(field_error("command", "has more than 1024 arguments"));
         }

@@ -50,6 +50,20 @@ pub enum PlacementStrategy {
     Spread,
 }
 
+/// When the agent asks the engine to pull the image (as Kubernetes'
+/// `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Only when the node does not hold the image.
+    #[default]
+    IfNotPresent,
+    /// Before every new container, so a moved tag is followed.
+    Always,
+    /// Never: the image must be on the node already.
+    Never,
+}
+
 fn default_replicas() -> u32 {
     1
 }
@@ -64,6 +78,13 @@ pub struct WorkloadSpec {
     /// The Docker image; required by the docker driver, refused by the process driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// When the image is pulled from its registry.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pull: PullPolicy,
+    /// A secret holding a Docker config JSON (`{"auths": {...}}`) with the
+    /// credentials for the image's registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
     /// Program and arguments; for Docker it replaces the image's default command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -106,7 +127,8 @@ impl WorkloadSpec {
     /// The secrets this workload's replicas need, by name (env and files).
     pub fn secret_names(&self) -> std::collections::BTreeSet<&str> {
         let from_env = self.env.values().filter_map(EnvValue::secret);
-        from_env.chain(self.secrets.iter().map(|m| m.name.as_str())).collect()
+        let files = self.secrets.iter().map(|m| m.name.as_str());
+        from_env.chain(files).chain(self.pull_secret.as_deref()).collect()
     }
 
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.

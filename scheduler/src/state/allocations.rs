@@ -99,6 +99,7 @@ impl ClusterState {
             next_restart_at_ms: None,
             runtime_id: None,
             container_address: None,
+            image_digest: None,
             created_index: index,
             modified_index: index,
             created_at_ms: now_ms,
@@ -198,6 +199,9 @@ impl ClusterState {
                 allocation.message = update.message;
                 if update.runtime_id.is_some() {
                     allocation.runtime_id = update.runtime_id;
+                }
+                if update.image_digest.is_some() {
+                    allocation.image_digest = update.image_digest;
                 }
                 // A restarted container may come back at another address.
                 if update.state == AllocationState::Running || !update.state.is_live() {

@@ -62,6 +62,9 @@ impl ClusterState {
                 });
             }
         }
+        if let Some(name) = spec.pull_secret.as_ref().filter(|n| missing(n)) {
+            return Err(Rejection::SecretNotFound { field: "pull_secret".into(), name: name.clone() });
+        }
         Ok(())
     }
 
@@ -88,6 +91,23 @@ mod tests {
             now_ms: 0,
             service_ports: None,
         }
+    }
+
+    #[test]
+    fn a_pull_secret_must_exist_and_stays_while_named() {
+        let mut state = ClusterState::default();
+        let spec = "name: web\nimage: reg.example.com/web:1\npull_secret: registry-auth\n";
+        let refused = state.apply(1, deploy(spec)).expect_err("no such secret");
+        assert_eq!(
+            refused,
+            Rejection::SecretNotFound { field: "pull_secret".into(), name: "registry-auth".into() }
+        );
+        let put =
+            Command::PutSecret { name: "registry-auth".into(), sealed: "00".into(), size: 9, now_ms: 1 };
+        state.apply(2, put).expect("put");
+        state.apply(3, deploy(spec)).expect("deploys");
+        let in_use = state.apply(4, Command::DeleteSecret { name: "registry-auth".into() });
+        assert!(matches!(in_use, Err(Rejection::SecretInUse { .. })), "{in_use:?}");
     }
 
     #[test]
