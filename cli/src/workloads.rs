@@ -142,7 +142,13 @@ async fn wait_for_rollout(
             if let Some(reason) = &s.unplaced_reason {
                 line.push_str(&format!(" ({} unplaced: {reason})", s.unplaced));
             }
-            match crate::rollout::outcome(deployment) {
+            let outcome = crate::rollout::outcome(deployment);
+            if outcome.is_none()
+                && let Some(pulling) = pull_in_progress(client, name).await
+            {
+                line.push_str(&format!(" ({pulling})"));
+            }
+            match outcome {
                 Some(Ok(())) => {}
                 Some(Err(reason)) => {
                     end_line();
@@ -185,6 +191,16 @@ async fn wait_for_rollout(
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// What a starting replica of `name` says of its image's pull, if one is
+/// being pulled: the layers and bytes so far.
+async fn pull_in_progress(client: &Client, name: &str) -> Option<String> {
+    let allocations = client.allocations(Some(name), None).await.ok()?;
+    allocations
+        .into_iter()
+        .find(|a| a.state == flotilla_api::AllocationState::Starting && a.message.starts_with("pulling image"))
+        .map(|a| a.message)
 }
 
 fn workload_row(w: &Workload) -> Vec<String> {
