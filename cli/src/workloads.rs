@@ -199,7 +199,9 @@ async fn pull_in_progress(client: &Client, name: &str) -> Option<String> {
     let allocations = client.allocations(Some(name), None).await.ok()?;
     allocations
         .into_iter()
-        .find(|a| a.state == flotilla_api::AllocationState::Starting && a.message.starts_with("pulling image"))
+        .find(|a| {
+            a.state == flotilla_api::AllocationState::Starting && a.message.starts_with("pulling image")
+        })
         .map(|a| a.message)
 }
 

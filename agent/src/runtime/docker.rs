@@ -107,9 +107,6 @@ impl DockerRuntime {
         let image = spec.image.clone().unwrap_or_default();
         let name = container_name(launch.node, allocation.id);
         let ready = self.puller.ready(&image, spec.pull, launch.pull_config, launch.progress).await?;
-        // A container left from an earlier attempt (say, an agent killed
-        // between create and start) is replaced.
-        let _ = self.remove(&name).await;
         let labels = HashMap::from([
             (LABEL_ALLOC.to_owned(), allocation.id.to_string()),
             (LABEL_WORKLOAD.to_owned(), allocation.workload.to_string()),
@@ -145,7 +142,14 @@ impl DockerRuntime {
             ..ContainerCreateBody::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(options), body).await.map_err(|e| {
+        let mut created = self.docker.create_container(Some(options.clone()), body.clone()).await;
+        // A container left from an earlier attempt (say, an agent killed
+        // between create and start) holds the name: it is replaced.
+        if let Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) = created {
+            self.remove(&name).await?;
+            created = self.docker.create_container(Some(options), body).await;
+        }
+        let created = created.map_err(|e| {
             if is_not_found(&e) { RuntimeError::ImageMissing(image.clone()) } else { docker_error(e) }
         })?;
         if !launch.files.is_empty() {

@@ -63,6 +63,8 @@ pub struct PullSummary {
     pub layers: usize,
     pub bytes: u64,
     pub took: Duration,
+    /// The manifest digest the registry sent (`sha256:...`).
+    pub digest: Option<String>,
 }
 
 impl std::fmt::Display for PullSummary {
@@ -86,13 +88,19 @@ pub struct ReadyImage {
     pub pulled: Option<PullSummary>,
 }
 
+/// An image's last pull on this node: when it ended and the digest it brought.
+struct LastPull {
+    at: Instant,
+    digest: Option<String>,
+}
+
 pub struct ImagePuller {
     docker: Docker,
     /// `auths` of the agent host's Docker config, read at start.
     host_credentials: HashMap<String, DockerCredentials>,
     /// One lock per image: when its last pull finished. Replicas starting
     /// together wait for the one pull in progress instead of starting theirs.
-    images: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    images: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<LastPull>>>>>,
 }
 
 impl ImagePuller {
@@ -100,7 +108,7 @@ impl ImagePuller {
         ImagePuller { docker, host_credentials: host_credentials(), images: Mutex::default() }
     }
 
-    fn lock_for(&self, image: &str) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+    fn lock_for(&self, image: &str) -> Arc<tokio::sync::Mutex<Option<LastPull>>> {
         let mut images = self.images.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(images.entry(image.to_owned()).or_default())
     }
@@ -115,21 +123,31 @@ impl ImagePuller {
         pull_config: Option<&[u8]>,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<ReadyImage, RuntimeError> {
+        let reference = ImageReference::parse(image);
+        // An image already here needs no lock: replicas of it start side by side.
+        if policy != PullPolicy::Always {
+            match self.digests_held(image).await {
+                Some(digests) => {
+                    return Ok(ReadyImage { digest: pick(image, &reference, digests), pulled: None });
+                }
+                None if policy == PullPolicy::Never => {
+                    return Err(RuntimeError::NeverPulled(image.to_owned()));
+                }
+                None => {}
+            }
+        }
         let asked = Instant::now();
         let lock = self.lock_for(image);
         let mut last_pull = lock.lock().await;
-        let present = self.docker.inspect_image(image).await.is_ok();
-        let pull = match policy {
-            PullPolicy::Never if !present => {
-                return Err(RuntimeError::NeverPulled(image.to_owned()));
-            }
-            PullPolicy::Never => false,
-            PullPolicy::IfNotPresent => !present,
-            // A pull that ended while this start waited for it is as fresh.
-            PullPolicy::Always => !last_pull.is_some_and(|at| at >= asked),
-        };
-        let reference = ImageReference::parse(image);
-        let pulled = if pull {
+        // A pull that ended while this start waited for it is as fresh, and
+        // says which digest it brought: the replicas waiting for one pull
+        // go on without asking the engine again.
+        if let Some(fresh) = last_pull.as_ref().filter(|last| last.at >= asked) {
+            let digests = fresh.digest.iter().cloned().collect();
+            return Ok(ReadyImage { digest: pick(image, &reference, digests), pulled: None });
+        }
+        let pull = policy == PullPolicy::Always || self.digests_held(image).await.is_none();
+        if pull {
             let credentials = match pull_config {
                 Some(config) => credentials_in(config, &reference.registry).map_err(|reason| {
                     RuntimeError::Pull { image: image.to_owned(), reason: format!("pull_secret: {reason}") }
@@ -137,13 +155,17 @@ impl ImagePuller {
                 None => self.host_credentials.get(&reference.registry).cloned(),
             };
             let summary = self.pull(image, &reference, credentials, progress).await?;
-            *last_pull = Some(Instant::now());
-            Some(summary)
-        } else {
-            None
-        };
+            let sent = summary.digest.as_ref().map(|d| format!("{}@{d}", reference.repository));
+            let digest = match sent {
+                Some(sent) => pick(image, &reference, vec![sent]),
+                None => pick(image, &reference, self.digests_held(image).await.unwrap_or_default()),
+            };
+            *last_pull = Some(LastPull { at: Instant::now(), digest: digest.clone() });
+            return Ok(ReadyImage { digest, pulled: Some(summary) });
+        }
         drop(last_pull);
-        Ok(ReadyImage { digest: self.digest_of(image, &reference).await, pulled })
+        let digests = self.digests_held(image).await.unwrap_or_default();
+        Ok(ReadyImage { digest: pick(image, &reference, digests), pulled: None })
     }
 
     async fn pull(
@@ -162,12 +184,16 @@ impl ImagePuller {
         // Each layer's size and whether it is done.
         let mut layers: HashMap<String, (u64, bool)> = HashMap::new();
         let mut last_said = Instant::now();
+        let mut digest = None;
         progress(format!("pulling image {image}"));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|error| RuntimeError::Pull {
                 image: image.to_owned(),
                 reason: engine_reason(error),
             })?;
+            if let Some(sent) = info.status.as_deref().and_then(|s| s.strip_prefix("Digest: ")) {
+                digest = Some(sent.trim().to_owned());
+            }
             let (Some(id), Some(status)) = (info.id, info.status) else { continue };
             let layer = layers.entry(id).or_default();
             if let Some(total) = info.progress_detail.and_then(|d| d.total).filter(|t| *t > 0) {
@@ -191,18 +217,24 @@ impl ImagePuller {
             layers: layers.len(),
             bytes: layers.values().map(|(size, _)| size).sum(),
             took: started.elapsed(),
+            digest,
         })
     }
 
-    /// The registry digest of the image as the node holds it.
-    async fn digest_of(&self, image: &str, reference: &ImageReference) -> Option<String> {
-        if reference.by_digest() {
-            return Some(image.to_owned());
-        }
-        let digests = self.docker.inspect_image(image).await.ok()?.repo_digests?;
-        let prefix = format!("{}@", reference.repository);
-        digests.iter().find(|d| d.starts_with(&prefix)).or(digests.first()).cloned()
+    /// The registry digests of the image, if the node holds it.
+    async fn digests_held(&self, image: &str) -> Option<Vec<String>> {
+        Some(self.docker.inspect_image(image).await.ok()?.repo_digests.unwrap_or_default())
     }
+}
+
+/// Which of an image's registry digests names it: the given one for
+/// `name@sha256:...`, else the one of its repository.
+fn pick(image: &str, reference: &ImageReference, digests: Vec<String>) -> Option<String> {
+    if reference.by_digest() {
+        return Some(image.to_owned());
+    }
+    let prefix = format!("{}@", reference.repository);
+    digests.iter().find(|d| d.starts_with(&prefix)).or(digests.first()).cloned()
 }
 
 /// What the engine said, as the registry said it where it can be found.
