@@ -36,7 +36,7 @@ async fn a_deploy_of_an_image_the_engine_lacks_fails_and_the_old_replicas_keep_r
     let spec = cluster.dir.path().join("broken.yaml");
     std::fs::write(
         &spec,
-        "name: web\nimage: flotilla/absent:never\ncommand: [\"sleep\", \"100000\"]\nreplicas: 3\n",
+        "name: web\nimage: flotilla/absent:never\npull: never\ncommand: [\"sleep\", \"100000\"]\nreplicas: 3\n",
     )
     .expect("write spec");
     let output =
@@ -45,7 +45,9 @@ async fn a_deploy_of_an_image_the_engine_lacks_fails_and_the_old_replicas_keep_r
     assert_eq!(output.status.code(), Some(1), "deploy --wait fails: {stderr}");
     assert!(stderr.contains("rollout of web version 2 failed"), "{stderr}");
     assert!(
-        stderr.contains("image `flotilla/absent:never` is not on this host"),
+        stderr.contains(
+            "image `flotilla/absent:never` is not on this node and `pull: never` forbids pulling it"
+        ),
         "names the reason: {stderr}"
     );
     assert!(!stderr.contains("rollout complete"), "{stderr}");
@@ -65,7 +67,7 @@ async fn a_deploy_of_an_image_the_engine_lacks_fails_and_the_old_replicas_keep_r
     assert!(new.iter().all(|a| a.state != AllocationState::Running), "{new:?}");
     let ps = flotilla(&cluster, &["ps", "web"]);
     let table = String::from_utf8_lossy(&ps.stdout);
-    let new_rows: Vec<&str> = table.lines().filter(|l| l.contains("not on this host")).collect();
+    let new_rows: Vec<&str> = table.lines().filter(|l| l.contains("not on this node")).collect();
     assert!(!new_rows.is_empty(), "ps shows why the new replica fails: {table}");
     assert!(
         new_rows.iter().all(|l| l.contains("restarting") || l.contains("starting") || l.contains("failed")),
