@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{Client, CpuMillis, MemoryBytes, NodeRegistration};
+use flotilla_api::{Client, CpuMillis, HostVolume, MemoryBytes, NodeRegistration};
 use tokio::sync::mpsc;
 
 use crate::mesh::setup::start_mesh;
@@ -18,7 +18,9 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::sim::SimRuntime;
 use crate::runtime::{Runtime, RuntimeEvent};
-use crate::server_link::{Beat, heartbeat, poll_allocations, register, report, send_node_events};
+use crate::server_link::{
+    Beat, heartbeat, poll_allocations, register, report, report_volumes_removed, send_node_events,
+};
 use crate::supervisor::{Handles, Holding, Message, Supervisor, SupervisorConfig};
 use crate::usage::{Samples, sample};
 
@@ -37,6 +39,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Directories of this host offered to replicas as host volumes.
+    pub host_volumes: BTreeMap<String, HostVolume>,
     pub cpu: Option<CpuMillis>,
     pub memory: Option<MemoryBytes>,
     pub reserve_cpu: CpuMillis,
@@ -111,6 +115,7 @@ async fn build_runtimes(
         match kind {
             RuntimeKind::Docker => match DockerRuntime::connect_on(config.docker_network.clone()).await {
                 Ok(docker) => {
+                    let docker = docker.with_host_volumes(config.host_volumes.clone());
                     if let Err(error) = docker.ensure_busybox_image().await {
                         tracing::warn!(%error, "the examples' base image is not available");
                     }
@@ -180,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         memory,
         labels: config.labels.clone(),
         drivers: runtimes.keys().copied().collect(),
+        host_volumes: config.host_volumes.clone(),
     };
     let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
     let mut renewal = None;
@@ -239,6 +245,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 let reports = supervisor.take_reports();
                 if !reports.is_empty() {
                     let _ = reports_tx.send(reports);
+                }
+                let removed = supervisor.take_removed_volumes();
+                if !removed.is_empty() {
+                    tokio::spawn(report_volumes_removed(client.clone(), config.name.clone(), removed));
                 }
                 let events = supervisor.take_node_events();
                 if !events.is_empty() {

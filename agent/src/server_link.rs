@@ -112,6 +112,15 @@ pub(crate) async fn send_node_events(
     }
 }
 
+/// Tells the servers which slot volumes this node removed. A report that
+/// is lost is made again: the servers keep asking for the removal, and
+/// removing a volume that is gone already succeeds.
+pub(crate) async fn report_volumes_removed(client: Client, node: String, volumes: Vec<String>) {
+    if let Err(error) = client.volumes_removed(&node, volumes).await {
+        tracing::warn!(%error, "cannot report removed volumes");
+    }
+}
+
 /// Sends allocation state changes to the servers, batching what piles up
 /// while a report is in flight into the next one.
 pub(crate) async fn report(

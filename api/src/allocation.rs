@@ -237,6 +237,10 @@ pub struct NodeAllocations {
     /// to the node's own agent.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secrets: std::collections::BTreeMap<String, crate::SecretValue>,
+    /// Slot volumes (Docker names) the node is to remove: their workload
+    /// was deleted with its volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_volumes: Vec<String>,
 }
 
 /// One allocation's resource use, sampled by its agent.

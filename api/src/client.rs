@@ -336,6 +336,26 @@ impl Client {
         self.write::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}"), None).await
     }
 
+    /// Deletes the workload and its replica slots' volumes (`delete --volumes`).
+    pub async fn delete_with_volumes(&self, name: &str) -> Result<Workload, ClientError> {
+        self.write::<(), _>(Method::DELETE, &format!("/v1/workloads/{name}?volumes=true"), None).await
+    }
+
+    /// The replica slots' volumes, of one workload or of all.
+    pub async fn volumes(&self, workload: Option<&str>) -> Result<Vec<crate::SlotVolume>, ClientError> {
+        let path = match workload {
+            Some(workload) => format!("/v1/volumes?workload={workload}"),
+            None => "/v1/volumes".to_owned(),
+        };
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Removes the volumes a workload deleted without `--volumes` kept;
+    /// answers how many are being removed.
+    pub async fn remove_volumes(&self, workload: &str) -> Result<u32, ClientError> {
+        self.write::<(), _>(Method::DELETE, &format!("/v1/volumes/{workload}"), None).await
+    }
+
     /// The answering server's own view of the cluster.
     pub async fn server_status(&self) -> Result<ServerStatus, ClientError> {
         self.request::<(), _>(Method::GET, "/v1/cluster/status", None).await
@@ -488,6 +508,13 @@ impl Client {
     /// Records what a node's agent did on its own, for `flotilla events`.
     pub async fn record_node_events(&self, node: &str, messages: &[String]) -> Result<(), ClientError> {
         self.write(Method::POST, &format!("/v1/nodes/{node}/events"), Some(&messages)).await
+    }
+
+    /// Tells the servers which of the slot volumes it was asked to remove
+    /// a node's agent removed.
+    pub async fn volumes_removed(&self, node: &str, volumes: Vec<String>) -> Result<(), ClientError> {
+        let body = crate::VolumesRemoved { volumes };
+        self.write(Method::POST, &format!("/v1/nodes/{node}/volumes/removed"), Some(&body)).await
     }
 
     /// A node's allocations once the state index passes `index`, waiting up to `wait`.

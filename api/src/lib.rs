@@ -16,6 +16,7 @@ pub mod service;
 pub mod spec;
 pub mod spec_error;
 pub mod token;
+pub mod volume;
 
 pub use allocation::{
     Allocation, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress, Health, Heartbeat,
@@ -29,7 +30,7 @@ pub use clock::now_ms;
 pub use constraint::Constraint;
 pub use deployment::{Deployment, DeploymentStatus, RolloutAction, UndoRequest};
 pub use model::*;
-pub use node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
+pub use node::{HostVolume, Node, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};
 pub use secret::{MAX_SECRET_BYTES, SecretInfo, SecretValue};
 pub use service::{Endpoint, Service, ServicePage, ServicePort, UnservedPort};
@@ -39,3 +40,4 @@ pub use token::{
     BootstrapAnswer, CreateTokenRequest, CreatedToken, JoinAnswer, JoinRequest, Joiner, RenewRequest,
     TokenInfo,
 };
+pub use volume::{SlotVolume, VolumesRemoved};

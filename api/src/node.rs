@@ -29,6 +29,18 @@ impl std::fmt::Display for NodeStatus {
     }
 }
 
+/// A directory of its host that an agent offers replicas as a volume
+/// (`agent --host-volume NAME=PATH[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostVolume {
+    /// Where it is on the host: shown to operators; the agent mounts it.
+    pub path: String,
+    /// Offered read-only: a replica that would write to it cannot go here.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// What an agent tells the servers about its host when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +55,9 @@ pub struct NodeRegistration {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub drivers: BTreeSet<Driver>,
+    /// Host volumes the agent offers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_volumes: BTreeMap<String, HostVolume>,
 }
 
 impl NodeRegistration {
@@ -66,6 +81,16 @@ impl NodeRegistration {
                 ));
             }
         }
+        if self.host_volumes.len() > 256 {
+            return Err("field `host_volumes`: a node offers at most 256 host volumes".into());
+        }
+        for (name, volume) in &self.host_volumes {
+            crate::spec::DnsLabel::parse(name)
+                .map_err(|reason| format!("field `host_volumes.{name}`: {reason}"))?;
+            if !volume.path.starts_with('/') || volume.path.contains('\0') || volume.path.len() > 4096 {
+                return Err(format!("field `host_volumes.{name}.path`: must be an absolute path"));
+            }
+        }
         if self.drivers.is_empty() {
             return Err("field `drivers`: a node offers at least one driver".into());
         }
@@ -82,6 +107,9 @@ pub struct Node {
     pub capacity_memory: MemoryBytes,
     pub labels: BTreeMap<String, String>,
     pub drivers: BTreeSet<Driver>,
+    /// Host volumes its agent offers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_volumes: BTreeMap<String, HostVolume>,
     pub status: NodeStatus,
     /// Sum of the requests of the allocations placed on it.
     pub allocated_cpu: u64,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use flotilla_api::spec::{
     Autoscale, Balance, Check, DnsLabel, Driver, EnvValue, Percent, PlacementStrategy, PortSpec, Protocol,
     PullPolicy, Resources, RestartPolicy, SecretMount, ServiceSpec, SpecDuration, UpdateStrategy,
+    VolumeMount,
 };
 use flotilla_api::{Constraint, CpuMillis, MemoryBytes, WorkloadName, WorkloadSpec, parse_json, parse_yaml};
 use proptest::prelude::*;
@@ -124,6 +125,24 @@ fn spec() -> impl Strategy<Value = WorkloadSpec> {
                     env,
                     secrets: if docker {
                         vec![SecretMount { name: "tls-key".into(), path: "/run/secrets/tls.key".into() }]
+                    } else {
+                        Vec::new()
+                    },
+                    volumes: if docker {
+                        vec![
+                            VolumeMount {
+                                name: DnsLabel::parse("data").expect("label"),
+                                path: "/data".into(),
+                                host: false,
+                                read_only: false,
+                            },
+                            VolumeMount {
+                                name: DnsLabel::parse("shared-config").expect("label"),
+                                path: "/etc/app".into(),
+                                host: true,
+                                read_only: replicas % 2 == 1,
+                            },
+                        ]
                     } else {
                         Vec::new()
                     },

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use flotilla_agent::restart::RestartConfig;
 use flotilla_agent::{AgentConfig, RuntimeKind};
-use flotilla_api::{CpuMillis, MemoryBytes};
+use flotilla_api::{CpuMillis, HostVolume, MemoryBytes};
 use flotilla_security::JoinToken;
 
 use crate::server::{init_logging, shutdown_signal};
@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// Runtimes to offer (comma-separated); default: docker if it answers, and process.
     #[arg(long = "driver", value_enum, value_delimiter = ',')]
     drivers: Vec<DriverArg>,
+    /// A directory of this host offered to replicas as a host volume,
+    /// NAME=PATH or NAME=PATH:ro; repeat for more.
+    #[arg(long = "host-volume", value_parser = host_volume)]
+    host_volumes: Vec<(String, HostVolume)>,
     /// Where the agent's API (logs) listens.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
@@ -127,6 +131,26 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".to_owned())
 }
 
+/// One `--host-volume NAME=PATH[:ro]`: the name as a spec writes it, and
+/// an absolute directory that exists now (a typo is caught at start, not
+/// at a replica's first start).
+fn host_volume(text: &str) -> Result<(String, HostVolume), String> {
+    let (name, rest) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=PATH[:ro]"))?;
+    let (path, read_only) = match rest.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
+    };
+    flotilla_api::spec::DnsLabel::parse(name).map_err(|reason| format!("name `{name}`: {reason}"))?;
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("path `{}` is not absolute", path.display()));
+    }
+    if !path.is_dir() {
+        return Err(format!("path `{}` is not a directory on this host", path.display()));
+    }
+    Ok((name.to_owned(), HostVolume { path: path.display().to_string(), read_only }))
+}
+
 pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let mut labels = BTreeMap::new();
     for label in &args.labels {
@@ -164,6 +188,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         data_dir: args.data_dir,
         name: args.name.unwrap_or_else(host_name),
         labels,
+        host_volumes: host_volumes(args.host_volumes)?,
         cpu: args.cpu,
         memory: args.memory,
         reserve_cpu: args.reserve_cpu,
@@ -193,6 +218,17 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?,
     })
+}
+
+/// The offers by name; one name offered twice is a mistake, not a choice.
+fn host_volumes(offers: Vec<(String, HostVolume)>) -> anyhow::Result<BTreeMap<String, HostVolume>> {
+    let mut by_name = BTreeMap::new();
+    for (name, volume) in offers {
+        if by_name.insert(name.clone(), volume).is_some() {
+            bail!("--host-volume: `{name}` is offered twice");
+        }
+    }
+    Ok(by_name)
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {

@@ -85,6 +85,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: data.path().join("agent"),
         name: "dev".into(),
         labels: BTreeMap::new(),
+        host_volumes: BTreeMap::new(),
         cpu: None,
         memory: None,
         reserve_cpu: CpuMillis(100),

@@ -14,6 +14,7 @@ mod secrets;
 mod server;
 mod services;
 mod tokens;
+mod volumes;
 mod workloads;
 
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ enum Command {
     Services(services::ServicesArgs),
     /// List nodes with their capacity and what is allocated.
     Nodes(nodes::NodesArgs),
+    /// List replica slots' volumes and the node holding each; `volumes rm
+    /// WORKLOAD` removes those a deleted workload kept.
+    Volumes(volumes::VolumesArgs),
     /// Drain or undrain a node.
     #[command(subcommand)]
     Node(nodes::NodeCommand),
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             Command::Token(command) => tokens::token(&client()?, command).await,
             Command::Ca(command) => certificate_authority::run(command, client, cli.cacert.as_deref()).await,
             Command::Secret(command) => secrets::run(&client()?, command).await,
+            Command::Volumes(args) => volumes::run(&client()?, args).await,
         }
     });
     match result {

@@ -54,6 +54,10 @@ pub struct ScaleArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     name: String,
+    /// Remove its replica slots' volumes too; without, they are kept for a
+    /// workload of the same name (`flotilla volumes` lists them).
+    #[arg(long)]
+    volumes: bool,
 }
 
 /// Reads and validates a spec file, with errors as `file:line:column`.
@@ -323,7 +327,19 @@ pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
-    let workload = client.delete(&args.name).await?;
-    println!("workload/{} deleted", workload.spec.name);
+    let workload = if args.volumes {
+        client.delete_with_volumes(&args.name).await?
+    } else {
+        client.delete(&args.name).await?
+    };
+    let kept = workload.spec.slot_volumes().count();
+    match (args.volumes, kept) {
+        (_, 0) => println!("workload/{} deleted", workload.spec.name),
+        (true, _) => println!("workload/{} deleted; its volumes are being removed", workload.spec.name),
+        (false, _) => println!(
+            "workload/{} deleted; its volumes are kept (`flotilla volumes rm {}` removes them)",
+            workload.spec.name, workload.spec.name
+        ),
+    }
     Ok(())
 }

@@ -46,6 +46,7 @@ fn registration(i: usize) -> NodeRegistration {
         memory: MemoryBytes(32 << 30),
         labels: BTreeMap::from([("zone".to_owned(), ["a", "b", "c", "d"][i % 4].to_owned())]),
         drivers: [Driver::Docker].into(),
+        host_volumes: Default::default(),
     }
 }
 

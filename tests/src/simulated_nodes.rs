@@ -29,6 +29,7 @@ pub async fn register_nodes(
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>(),
             drivers: [Driver::Docker, Driver::Process].into(),
+            host_volumes: BTreeMap::new(),
         };
         let client = cluster.node_client(&registration.name);
         client.register_node(&registration).await.expect("node registers");

@@ -285,6 +285,7 @@ async fn an_agents_certificate_speaks_for_its_own_node_alone() {
         memory: flotilla_api::MemoryBytes(1 << 30),
         labels: Default::default(),
         drivers: Default::default(),
+        host_volumes: Default::default(),
     };
     let registration = serde_json::to_value(&registration).expect("json");
     let register = json(as_a.post(cluster.url(1, "/v1/nodes")), registration);

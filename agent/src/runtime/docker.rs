@@ -42,6 +42,8 @@ pub struct DockerRuntime {
     /// Brings images onto the node before their containers are created.
     /// Boxed: it is most of the runtime's size, and `Runtime` holds one of each kind.
     puller: Box<super::pull::ImagePuller>,
+    /// Directories this node offers as host volumes, by name.
+    host_volumes: std::collections::BTreeMap<String, flotilla_api::HostVolume>,
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -77,7 +79,20 @@ impl DockerRuntime {
         docker.ping().await.map_err(docker_error)?;
         let engine = docker.info().await.map_err(docker_error)?.id.unwrap_or_default();
         let puller = Box::new(super::pull::ImagePuller::new(docker.clone()));
-        Ok(DockerRuntime { docker, network, engine, puller })
+        Ok(DockerRuntime { docker, network, engine, puller, host_volumes: Default::default() })
+    }
+
+    /// The host volumes this node offers, which replicas' specs may mount.
+    pub fn with_host_volumes(
+        self,
+        host_volumes: std::collections::BTreeMap<String, flotilla_api::HostVolume>,
+    ) -> Self {
+        DockerRuntime { host_volumes, ..self }
+    }
+
+    /// Removes a slot volume the servers asked this node to remove.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        super::volumes::remove(&self.docker, name).await
     }
 
     pub fn engine(&self) -> &str {
@@ -112,6 +127,7 @@ impl DockerRuntime {
             (LABEL_WORKLOAD.to_owned(), allocation.workload.to_string()),
             (LABEL_NODE.to_owned(), launch.node.to_owned()),
         ]);
+        let mounts = super::volumes::mounts(spec, allocation, launch.node, &self.host_volumes)?;
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
         for port in &allocation.ports {
@@ -137,6 +153,7 @@ impl DockerRuntime {
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 network_mode: self.network.clone(),
                 dns: launch.dns.map(|ip| vec![ip.to_string()]),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

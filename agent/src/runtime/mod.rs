@@ -10,6 +10,7 @@ pub mod process;
 pub mod process_user;
 pub mod pull;
 pub mod sim;
+pub mod volumes;
 
 use bytes::Bytes;
 use flotilla_api::{Allocation, PortBinding, WorkloadSpec};
@@ -87,6 +88,8 @@ pub enum RuntimeError {
     NeverPulled(String),
     #[error("cannot pull image `{image}`: {reason}")]
     Pull { image: String, reason: String },
+    #[error("volume: {0}")]
+    Volume(String),
     #[error("docker: {0}")]
     Docker(String),
     #[error("process: {0}")]
@@ -105,6 +108,14 @@ impl Runtime {
             Runtime::Docker(r) => r.start(launch).await,
             Runtime::Process(r) => r.start(launch).await,
             Runtime::Sim(r) => Ok(r.start(launch)),
+        }
+    }
+
+    /// Removes a replica slot's volume (only containers have volumes).
+    pub async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Docker(r) => r.remove_volume(name).await,
+            Runtime::Process(_) | Runtime::Sim(_) => Ok(()),
         }
     }
 

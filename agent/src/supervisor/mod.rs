@@ -14,6 +14,7 @@ mod local;
 mod orphans;
 mod starts;
 mod stops;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,11 @@ pub enum Message {
         allocation: u64,
         message: String,
     },
+    /// A slot volume's removal ended.
+    VolumeRemoved {
+        name: String,
+        result: Result<(), String>,
+    },
 }
 
 pub struct Supervisor {
@@ -107,6 +113,10 @@ pub struct Supervisor {
     /// The values of the secrets this node's workloads name, as the
     /// servers last sent them; held in memory only.
     secrets: BTreeMap<String, flotilla_api::SecretValue>,
+    /// Slot volumes the servers asked this node to remove, by Docker name.
+    removals: BTreeMap<String, volumes::Removal>,
+    /// Volumes removed, not yet told to the servers.
+    removed_volumes: Vec<String>,
 }
 
 /// How the supervisor is set up, beyond its runtimes.
@@ -138,6 +148,8 @@ impl Supervisor {
             holding,
             check_http: crate::health::check_client(),
             secrets: BTreeMap::new(),
+            removals: BTreeMap::new(),
+            removed_volumes: Vec::new(),
             directory: config.directory,
             local: BTreeMap::new(),
             found: HashMap::new(),
@@ -195,11 +207,13 @@ impl Supervisor {
             Message::Inventory(inventory) => self.collect_orphans(inventory, Instant::now()),
             Message::Health(change) => self.on_health(change),
             Message::StartProgress { allocation, message } => self.on_start_progress(allocation, message),
+            Message::VolumeRemoved { name, result } => self.on_volume_removed(name, result),
         }
     }
 
     fn reconcile(&mut self, mut desired: NodeAllocations) {
         self.secrets = std::mem::take(&mut desired.secrets);
+        self.volumes_to_remove(std::mem::take(&mut desired.remove_volumes), Instant::now());
         let specs: HashMap<&str, &flotilla_api::Workload> =
             desired.workloads.iter().map(|w| (w.spec.name.as_str(), w)).collect();
         self.desired_seen = true;
@@ -300,6 +314,7 @@ impl Supervisor {
         let now = Instant::now();
         self.end_drains(now);
         self.retry_stops(now);
+        self.remove_due_volumes(now);
         let holding: Vec<u64> = self
             .local
             .iter()

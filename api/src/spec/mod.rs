@@ -18,6 +18,7 @@ mod secrets;
 mod service;
 mod update;
 mod validation;
+mod volumes;
 mod workload;
 
 pub use autoscale::{Autoscale, Percent};
@@ -34,6 +35,7 @@ pub use secrets::{EnvValue, SecretMount, validate_secret_name};
 pub use service::{Balance, ServiceSpec};
 pub use update::UpdateStrategy;
 pub use validation::FieldError;
+pub use volumes::{VolumeMount, slot_volume_name};
 pub use workload::{Driver, PlacementStrategy, PullPolicy, RestartPolicy, WorkloadSpec};
 
 /// Upper bound on replicas of one workload: a typo guard, not a scale limit.

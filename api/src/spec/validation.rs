@@ -81,6 +81,7 @@ impl WorkloadSpec {
             }
         }
         self.validate_secret_mounts()?;
+        self.validate_volumes()?;
         if self.replicas > MAX_REPLICAS {
             return Err(field_error(
                 "replicas",
@@ -180,6 +181,58 @@ impl WorkloadSpec {
                 return Err(field_error(
                     format!("secrets[{i}].path"),
                     format!("`{}` is used twice", mount.path),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Volumes: docker only (a process shares its node's filesystem),
+    /// absolute plain paths, one volume per path and none on a secret's
+    /// file, one name per named volume.
+    fn validate_volumes(&self) -> Result<(), FieldError> {
+        if self.volumes.len() > 32 {
+            return Err(field_error("volumes", "has more than 32 volumes"));
+        }
+        let mut paths = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for (i, volume) in self.volumes.iter().enumerate() {
+            if self.driver == Driver::Process {
+                return Err(field_error(
+                    format!("volumes[{i}]"),
+                    "volumes need the docker driver; a process replica uses its node's filesystem",
+                ));
+            }
+            let path = std::path::Path::new(&volume.path);
+            let plain = path
+                .components()
+                .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+            if !path.is_absolute() || !plain || volume.path == "/" || volume.path.len() > 200 {
+                return Err(field_error(
+                    format!("volumes[{i}].path"),
+                    format!(
+                        "`{}` must be an absolute path below `/` without `..`, at most 200 characters",
+                        volume.path
+                    ),
+                ));
+            }
+            let normal = volume.path.trim_end_matches('/');
+            if !paths.insert(normal) {
+                return Err(field_error(
+                    format!("volumes[{i}].path"),
+                    format!("`{}` holds two volumes", volume.path),
+                ));
+            }
+            if let Some(secret) = self.secrets.iter().find(|s| s.path == normal) {
+                return Err(field_error(
+                    format!("volumes[{i}].path"),
+                    format!("`{}` is the file of secret `{}`", volume.path, secret.name),
+                ));
+            }
+            if !names.insert((volume.host, volume.name.as_str())) {
+                return Err(field_error(
+                    format!("volumes[{i}].name"),
+                    format!("`{}` names two volumes", volume.name),
                 ));
             }
         }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Autoscale, Check, EnvValue, PortSpec, Protocol, Resources, SecretMount, ServiceSpec, UpdateStrategy,
-    WorkloadName, is_default,
+    VolumeMount, WorkloadName, is_default,
 };
 use crate::constraint::Constraint;
 
@@ -93,6 +93,9 @@ pub struct WorkloadSpec {
     /// Secrets written as files into each replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
+    /// Named volumes of each replica slot, and host volumes of its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
     #[serde(default)]
@@ -129,6 +132,17 @@ impl WorkloadSpec {
         let from_env = self.env.values().filter_map(EnvValue::secret);
         let files = self.secrets.iter().map(|m| m.name.as_str());
         from_env.chain(files).chain(self.pull_secret.as_deref()).collect()
+    }
+
+    /// The volumes each replica slot owns (not its node's host volumes):
+    /// they pin the slot to the node that holds them.
+    pub fn slot_volumes(&self) -> impl Iterator<Item = &VolumeMount> + '_ {
+        self.volumes.iter().filter(|v| !v.host)
+    }
+
+    /// The host volumes a node must offer to take a replica.
+    pub fn host_volumes(&self) -> impl Iterator<Item = &VolumeMount> + '_ {
+        self.volumes.iter().filter(|v| v.host)
     }
 
     /// Host ports this workload's replicas bind, which no two replicas on one node may share.

@@ -133,22 +133,39 @@ fn reconcile_workload(
         }
     }
     request.avoid_nodes = failed.iter().map(|a| a.node.clone()).collect();
-    let placed =
-        placement::place(view, name, &request, workload.spec.placement, count as u32, config.candidates, rng);
+    // New replicas take the lowest slots no new replica holds: a lost or
+    // replaced replica's slot is filled again, with its volumes.
+    let taken: BTreeSet<u32> = new.iter().map(|a| a.replica).collect();
+    let slots: Vec<u32> = (0..).filter(|r| !taken.contains(r)).take(count).collect();
+    let placed = if workload.spec.slot_volumes().next().is_some() {
+        place_slots(state, workload, &request, &slots, view, rng, config)
+    } else {
+        let placed = placement::place(
+            view,
+            name,
+            &request,
+            workload.spec.placement,
+            count as u32,
+            config.candidates,
+            rng,
+        );
+        SlotsPlaced {
+            nodes: slots.iter().copied().zip(placed.nodes).collect(),
+            stuck: request.clone(),
+            unplaced_reason: placed.unplaced_reason,
+        }
+    };
     *budget -= placed.nodes.len();
-    let mut taken: BTreeSet<u32> = new.iter().map(|a| a.replica).collect();
     let ports: Vec<PortBinding> = workload
         .spec
         .ports
         .iter()
         .map(|p| PortBinding { container: p.container, host: p.host.unwrap_or(0), protocol: p.protocol })
         .collect();
-    for node in &placed.nodes {
-        let replica = (0..).find(|r| !taken.contains(r)).unwrap_or(0);
-        taken.insert(replica);
+    for (replica, node) in &placed.nodes {
         plan.placements.push(Placement {
             workload: name.clone(),
-            replica,
+            replica: *replica,
             node: view.nodes[*node].name.clone(),
             version: workload.version,
             cpu: request.cpu,
@@ -157,12 +174,80 @@ fn reconcile_workload(
         });
     }
     if placed.nodes.is_empty() && step.in_place_if_stuck {
-        replace_in_place(&mut old, &request, view, plan);
+        replace_in_place(&mut old, &placed.stuck, view, plan);
     }
     if let Some(reason) = placed.unplaced_reason {
         let count = (missing - placed.nodes.len()) as u32;
         plan.unplaced.insert(name.clone(), Unplaced { count, reason });
     }
+}
+
+/// Replicas placed for a workload's free slots.
+struct SlotsPlaced {
+    /// Each placed slot, and the index of its node in the view.
+    nodes: Vec<(u32, usize)>,
+    /// What the first slot that could not be placed asks, for a rollout
+    /// that must make room in place.
+    stuck: placement::Request,
+    unplaced_reason: Option<String>,
+}
+
+/// Places a workload with slot volumes slot by slot: a slot whose volumes
+/// are on a node that is up goes there or nowhere; one without goes where
+/// placement ranks best (and its volumes are made there).
+fn place_slots(
+    state: &ClusterState,
+    workload: &Workload,
+    request: &placement::Request,
+    slots: &[u32],
+    view: &mut ClusterView,
+    rng: &mut SplitMix64,
+    config: &ReconcileConfig,
+) -> SlotsPlaced {
+    let name = &workload.spec.name;
+    let mut placed = SlotsPlaced { nodes: Vec::new(), stuck: request.clone(), unplaced_reason: None };
+    for &slot in slots {
+        let slot_request = placement::Request {
+            pinned_node: state.pinned_node(&workload.spec, slot).map(str::to_owned),
+            ..request.clone()
+        };
+        let outcome = match &slot_request.pinned_node {
+            Some(home) => match view.position(home) {
+                Some(i) => match placement::feasibility::check(&view.nodes[i], &slot_request) {
+                    Ok(()) => {
+                        view.nodes[i].assign(name, &slot_request);
+                        Ok(i)
+                    }
+                    Err(why) => Err(format!(
+                        "replica {slot} stays with its volumes on node {home}, which {}",
+                        why.of_one_node()
+                    )),
+                },
+                None => Err(format!("replica {slot}'s volumes are on node {home}, which is not registered")),
+            },
+            None => {
+                let one = placement::place(
+                    view,
+                    name,
+                    &slot_request,
+                    workload.spec.placement,
+                    1,
+                    config.candidates,
+                    rng,
+                );
+                one.nodes.first().copied().ok_or_else(|| one.unplaced_reason.unwrap_or_default())
+            }
+        };
+        match outcome {
+            Ok(node) => placed.nodes.push((slot, node)),
+            Err(reason) if placed.unplaced_reason.is_none() => {
+                placed.stuck = slot_request;
+                placed.unplaced_reason = Some(reason);
+            }
+            Err(_) => {}
+        }
+    }
+    placed
 }
 
 /// No room to surge (a fixed host port on every fitting node, a full
@@ -279,6 +364,7 @@ mod tests {
             memory: MemoryBytes(memory_mi << 20),
             labels: BTreeMap::from([("zone".to_owned(), zone.to_owned())]),
             drivers: drivers.iter().copied().collect(),
+            host_volumes: Default::default(),
         };
         state.apply(1, Command::RegisterNode { registration }).expect("register");
     }
@@ -521,6 +607,146 @@ mod tests {
         assert_eq!(status.restarting, 1);
         let failure = status.rollout_failure.expect("the rollout is failed");
         assert!(failure.contains("is not on this host"), "{failure}");
+    }
+
+    const WITH_DATA: &str = "name: db\nimage: v1\nreplicas: 2\nplacement: spread\nresources: {cpu: 400m, memory: 128Mi}\nvolumes: [{name: data, path: /data}]\n";
+
+    fn slot_nodes(state: &ClusterState) -> BTreeMap<u32, String> {
+        live(state, "db").into_iter().map(|a| (a.replica, a.node)).collect()
+    }
+
+    #[test]
+    fn a_slot_with_volumes_goes_back_to_their_node_through_restarts_and_rollouts() {
+        let mut state = ClusterState::default();
+        for node in ["a", "b", "c"] {
+            register(&mut state, node, 1000, 1024, "z", &[Driver::Docker]);
+        }
+        deploy(&mut state, WITH_DATA);
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        let homes = slot_nodes(&state);
+        assert_eq!(homes.len(), 2);
+        let volumes: Vec<(u32, String)> = state.slot_volumes().map(|v| (v.slot, v.node.clone())).collect();
+        assert_eq!(
+            volumes,
+            homes.clone().into_iter().collect::<Vec<_>>(),
+            "one volume per slot, on its node"
+        );
+
+        // A rollout: spread would favour the empty node, but each slot's
+        // new replica goes where its volume is.
+        deploy(&mut state, &WITH_DATA.replace("v1", "v2"));
+        for round in 0..20 {
+            let plan = reconcile(&state, 10 + round, NOW, &ReconcileConfig::default());
+            for placement in &plan.placements {
+                assert_eq!(
+                    Some(&placement.node),
+                    homes.get(&placement.replica),
+                    "slot {}",
+                    placement.replica
+                );
+            }
+            if plan.changes_nothing() {
+                break;
+            }
+            state.apply(200 + round, Command::ApplyPlan { plan }).expect("plan");
+            mark_running(&mut state);
+            report_stopped(&mut state);
+        }
+        assert!(live(&state, "db").iter().all(|a| a.version == 2), "the rollout finished");
+        assert_eq!(slot_nodes(&state), homes);
+
+        // Scaled to one and back to two: slot 1 returns to its node.
+        state
+            .apply(
+                300,
+                Command::ScaleWorkload {
+                    name: flotilla_api::WorkloadName::parse("db").expect("name"),
+                    replicas: 1,
+                },
+            )
+            .expect("scale");
+        converge(&mut state, 20);
+        report_stopped(&mut state);
+        state
+            .apply(
+                301,
+                Command::ScaleWorkload {
+                    name: flotilla_api::WorkloadName::parse("db").expect("name"),
+                    replicas: 2,
+                },
+            )
+            .expect("scale");
+        converge(&mut state, 30);
+        assert_eq!(slot_nodes(&state), homes);
+    }
+
+    #[test]
+    fn a_slot_waits_for_room_on_its_volumes_node_and_moves_only_when_that_node_is_down() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", 1000, 1024, "z", &[Driver::Docker]);
+        deploy(&mut state, &WITH_DATA.replace("replicas: 2", "replicas: 1"));
+        converge(&mut state, 1);
+        mark_running(&mut state);
+        register(&mut state, "b", 1000, 1024, "z", &[Driver::Docker]);
+
+        // Its node now has too little room: the replacement waits, and says why.
+        let lost = live(&state, "db")[0].id;
+        let failed = AllocationUpdate { state: AllocationState::Failed, ..AllocationUpdate::running(lost) };
+        state
+            .apply(5, Command::UpdateAllocations { node: "a".into(), updates: vec![failed], now_ms: 0 })
+            .expect("report");
+        register(&mut state, "a", 300, 1024, "z", &[Driver::Docker]);
+        converge(&mut state, 3);
+        assert!(live(&state, "db").is_empty(), "not placed on b, away from its data");
+        let reason = &state.unplaced()["db"].reason;
+        assert_eq!(reason, "replica 0 stays with its volumes on node a, which has too little CPU");
+
+        // Its node goes down: the slot moves, and the copy it leaves is stale.
+        let ready_index = state.node("a").expect("a").ready_index;
+        state.apply(7, Command::MarkNodeDown { name: "a".into(), ready_index, now_ms: NOW }).expect("down");
+        converge(&mut state, 4);
+        assert_eq!(slot_nodes(&state), BTreeMap::from([(0, "b".to_owned())]));
+        let volume = state.slot_volumes().next().expect("the slot's volume");
+        assert_eq!(
+            (volume.node.as_str(), volume.stale_nodes.iter().map(String::as_str).collect::<Vec<_>>()),
+            ("b", vec!["a"])
+        );
+        assert!(
+            state.events_after(0).any(|e| e.message.contains("volume data of replica 0 moved from node a"))
+        );
+    }
+
+    #[test]
+    fn host_volumes_are_placed_only_where_offered_and_writable() {
+        let mut state = ClusterState::default();
+        let offer = |read_only| flotilla_api::HostVolume { path: "/srv/config".into(), read_only };
+        for (name, offers) in [("plain", None), ("ro", Some(offer(true))), ("rw", Some(offer(false)))] {
+            let registration = NodeRegistration {
+                name: name.into(),
+                address: String::new(),
+                cpu: CpuMillis(4000),
+                memory: MemoryBytes(4 << 30),
+                labels: BTreeMap::new(),
+                drivers: [Driver::Docker].into(),
+                host_volumes: offers.map(|o| ("config".to_owned(), o)).into_iter().collect(),
+            };
+            state.apply(1, Command::RegisterNode { registration }).expect("register");
+        }
+        let spec = |name: &str, extra: &str| {
+            format!(
+                "name: {name}\nimage: x\nreplicas: 3\nvolumes: [{{name: config, path: /etc/app, host: true{extra}}}]\n"
+            )
+        };
+        deploy(&mut state, &spec("reader", ", read_only: true"));
+        deploy(&mut state, &spec("writer", ""));
+        deploy(&mut state, &spec("lost", "").replace("name: config", "name: shared-config"));
+        converge(&mut state, 1);
+        let nodes = |w: &str| live(&state, w).into_iter().map(|a| a.node).collect::<BTreeSet<_>>();
+        assert_eq!(nodes("reader"), BTreeSet::from(["ro".to_owned(), "rw".to_owned()]));
+        assert_eq!(nodes("writer"), BTreeSet::from(["rw".to_owned()]));
+        assert!(nodes("lost").is_empty());
+        assert_eq!(state.unplaced()["lost"].reason, "no node offers host volume shared-config");
     }
 
     #[test]

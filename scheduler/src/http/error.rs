@@ -44,7 +44,8 @@ impl From<RaftError> for ApiError {
                 | Rejection::NodeNotFound(_)
                 | Rejection::TokenNotFound(_)
                 | Rejection::SecretNotFound { .. }
-                | Rejection::VersionNotInHistory { .. },
+                | Rejection::VersionNotInHistory { .. }
+                | Rejection::NoVolumes(_),
             ) => ApiError::NotFound(message),
             RaftError::Rejected(_) | RaftError::Membership(_) => ApiError::Conflict(message),
             RaftError::NoLeader => ApiError::Unavailable { code: "no_leader", message },

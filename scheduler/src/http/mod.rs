@@ -16,6 +16,7 @@ mod peer;
 mod secrets;
 mod services;
 mod tokens;
+mod volumes;
 mod workloads;
 
 use std::sync::Arc;
@@ -87,6 +88,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/unserved", put(nodes::report_unserved))
         .route("/v1/nodes/{name}/allocations", get(nodes::node_allocations).post(nodes::report))
         .route("/v1/nodes/{name}/certificate", post(tokens::renew_node_certificate))
+        .route("/v1/nodes/{name}/volumes/removed", post(volumes::removed))
+        .route("/v1/volumes", get(volumes::list))
+        .route("/v1/volumes/{workload}", delete(volumes::remove))
         .route("/v1/allocations", get(nodes::allocations))
         .route("/v1/allocations/{id}/logs", get(logs::logs))
         .route("/v1/cluster/status", get(cluster::status))

@@ -228,7 +228,8 @@ pub async fn node_allocations(
     let names: std::collections::BTreeSet<&str> = allocations.iter().map(|a| a.workload.as_str()).collect();
     let workloads: Vec<_> = names.into_iter().filter_map(|n| state.workload(n)).collect();
     let secrets = super::secrets::values_for(&app, &state, workloads.iter().map(|w| &w.spec));
-    Ok(Json(NodeAllocations { index, allocations, workloads, secrets }))
+    let remove_volumes = state.volumes_to_remove(&name);
+    Ok(Json(NodeAllocations { index, allocations, workloads, secrets, remove_volumes }))
 }
 
 #[derive(Debug, Deserialize)]

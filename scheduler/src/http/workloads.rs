@@ -21,7 +21,7 @@ pub struct DeployQuery {
     version: Option<u64>,
 }
 
-fn workload_name(name: &str) -> Result<WorkloadName, ApiError> {
+pub(super) fn workload_name(name: &str) -> Result<WorkloadName, ApiError> {
     WorkloadName::parse(name).map_err(|reason| ApiError::BadRequest(format!("workload name {reason}")))
 }
 
@@ -95,14 +95,23 @@ pub async fn scale(
     Ok(Json(expect_workload(output)?))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    /// Remove the workload's slot volumes too (`delete --volumes`).
+    #[serde(default)]
+    volumes: bool,
+}
+
 pub async fn delete(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Workload>, ApiError> {
     let name = workload_name(&name)?;
-    let once = idempotency(&headers, &("delete", &name))?;
-    let output = app.raft.propose_once(Command::DeleteWorkload { name }, once).await?;
+    let once = idempotency(&headers, &("delete", &name, query.volumes))?;
+    let command = Command::DeleteWorkload { name, volumes: query.volumes };
+    let output = app.raft.propose_once(command, once).await?;
     Ok(Json(expect_workload(output)?))
 }
 

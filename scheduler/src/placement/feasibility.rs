@@ -16,16 +16,24 @@ pub struct Request {
     pub constraints: Vec<Constraint>,
     /// Fixed host ports; a replica with none may share a node with any other.
     pub host_ports: Vec<(u16, Protocol)>,
+    /// Host volumes the replica mounts, by name, and whether it writes to them.
+    pub host_volumes: Vec<(String, bool)>,
     /// Nodes where this workload's replicas failed lately: ranked last, not excluded.
     pub avoid_nodes: std::collections::BTreeSet<String>,
+    /// The node holding the replica slot's volumes: the only one it may go to.
+    pub pinned_node: Option<String>,
 }
 
 /// Why a node cannot take a replica.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Infeasible {
+    /// Not the node holding the slot's volumes.
+    NotVolumesNode,
     NotReady(NodeStatus),
     Held,
     MissingDriver(Driver),
+    NoHostVolume(String),
+    HostVolumeReadOnly(String),
     Constraint(String),
     Memory,
     Cpu,
@@ -37,9 +45,17 @@ impl Infeasible {
     pub fn describe(&self, count: u32) -> String {
         let one = count == 1;
         let nodes = if one { "node" } else { "nodes" };
-        let (is, has, lacks, fails) =
-            if one { ("is", "has", "lacks", "fails") } else { ("are", "have", "lack", "fail") };
+        let (is, has, lacks, fails, offers) = if one {
+            ("is", "has", "lacks", "fails", "offers")
+        } else {
+            ("are", "have", "lack", "fail", "offer")
+        };
         match self {
+            Infeasible::NotVolumesNode => format!("{count} {nodes} {lacks} the replica's volumes"),
+            Infeasible::NoHostVolume(name) => format!("{count} {nodes} {offers} no host volume {name}"),
+            Infeasible::HostVolumeReadOnly(name) => {
+                format!("{count} {nodes} {offers} host volume {name} only read-only")
+            }
             Infeasible::NotReady(status) => format!("{count} {nodes} {is} {status}"),
             Infeasible::Held => format!("{count} {nodes} {is} back from flapping and held"),
             Infeasible::MissingDriver(driver) => format!("{count} {nodes} {lacks} the {driver} driver"),
@@ -49,16 +65,26 @@ impl Infeasible {
             Infeasible::PortInUse(port) => format!("{count} {nodes} {has} host port {port} in use"),
         }
     }
+
+    /// The same, of the one node named: "has too little memory".
+    pub fn of_one_node(&self) -> String {
+        let described = self.describe(1);
+        described.strip_prefix("1 node ").unwrap_or(&described).to_owned()
+    }
 }
 
 type Check = fn(&NodeView, &Request) -> Result<(), Infeasible>;
 
 /// The chain, in order. Each entry's comment says why it stands where it does.
-pub const CHECKS: [Check; 6] = [
-    // A down or draining node takes nothing, whatever it has free: first.
+pub const CHECKS: [Check; 8] = [
+    // A slot pinned to its volumes' node rules out every other node at once: first.
+    on_volumes_node,
+    // A down or draining node takes nothing, whatever it has free.
     node_ready,
     // A missing driver is a property of the node, cheap and absolute.
     driver_available,
+    // So is a host volume the node does not offer.
+    host_volumes_offered,
     // Constraints are the user's explicit wish: report them before capacity.
     constraints_hold,
     // Capacity: memory first, as it cannot be overcommitted at run time.
@@ -79,6 +105,26 @@ pub fn node_ready(node: &NodeView, _: &Request) -> Result<(), Infeasible> {
         NodeStatus::Ready => Ok(()),
         other => Err(Infeasible::NotReady(other)),
     }
+}
+
+pub fn on_volumes_node(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
+    match &request.pinned_node {
+        Some(pinned) if *pinned != node.name => Err(Infeasible::NotVolumesNode),
+        _ => Ok(()),
+    }
+}
+
+pub fn host_volumes_offered(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
+    for (name, writes) in &request.host_volumes {
+        match node.host_volumes.get(name) {
+            None => return Err(Infeasible::NoHostVolume(name.clone())),
+            Some(read_only) if *read_only && *writes => {
+                return Err(Infeasible::HostVolumeReadOnly(name.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 pub fn driver_available(node: &NodeView, request: &Request) -> Result<(), Infeasible> {
@@ -117,6 +163,11 @@ pub fn unplaced_reason(request: &Request, tally: &std::collections::BTreeMap<Inf
     if tally.is_empty() {
         return format!("{needs}: no nodes are registered");
     }
+    // Every node lacks the same host volume: say so plainly, it is a
+    // fact about the cluster (no agent offers it), not about capacity.
+    if let [(Infeasible::NoHostVolume(name), _)] = tally.iter().collect::<Vec<_>>()[..] {
+        return format!("no node offers host volume {name}");
+    }
     let parts: Vec<String> = tally.iter().map(|(why, n)| why.describe(*n)).collect();
     format!("{needs}: {}", parts.join(", "))
 }
@@ -139,6 +190,7 @@ mod tests {
             used_memory: 512 << 20,
             ports: HashSet::from([(80, Protocol::Tcp)]),
             workload_counts: HashMap::new(),
+            host_volumes: BTreeMap::from([("config".to_owned(), true), ("scratch".to_owned(), false)]),
         }
     }
 
@@ -149,7 +201,9 @@ mod tests {
             driver: Driver::Docker,
             constraints: vec![],
             host_ports: vec![],
+            host_volumes: vec![],
             avoid_nodes: Default::default(),
+            pinned_node: None,
         }
     }
 
@@ -206,6 +260,39 @@ mod tests {
                 |_, r| r.host_ports = vec![(80, Protocol::Tcp)],
                 Err(Infeasible::PortInUse(80)),
             ),
+            ("not pinned", on_volumes_node, |_, _| {}, Ok(())),
+            ("pinned here", on_volumes_node, |_, r| r.pinned_node = Some("n1".into()), Ok(())),
+            (
+                "pinned elsewhere",
+                on_volumes_node,
+                |_, r| r.pinned_node = Some("n2".into()),
+                Err(Infeasible::NotVolumesNode),
+            ),
+            ("no host volumes asked", host_volumes_offered, |_, _| {}, Ok(())),
+            (
+                "host volume offered read-write",
+                host_volumes_offered,
+                |_, r| r.host_volumes = vec![("scratch".into(), true)],
+                Ok(()),
+            ),
+            (
+                "read-only host volume, read-only use",
+                host_volumes_offered,
+                |_, r| r.host_volumes = vec![("config".into(), false)],
+                Ok(()),
+            ),
+            (
+                "read-only host volume, written to",
+                host_volumes_offered,
+                |_, r| r.host_volumes = vec![("config".into(), true)],
+                Err(Infeasible::HostVolumeReadOnly("config".into())),
+            ),
+            (
+                "host volume not offered",
+                host_volumes_offered,
+                |_, r| r.host_volumes = vec![("scratch".into(), false), ("data".into(), false)],
+                Err(Infeasible::NoHostVolume("data".into())),
+            ),
         ];
         for (name, check, setup, want) in table {
             let (mut n, mut r) = (node(), request());
@@ -221,6 +308,20 @@ mod tests {
         let mut r = request();
         r.memory = 1 << 40;
         assert_eq!(check(&n, &r), Err(Infeasible::NotReady(NodeStatus::Down)));
+    }
+
+    #[test]
+    fn a_host_volume_no_node_offers_is_named_as_such() {
+        let tally = BTreeMap::from([(Infeasible::NoHostVolume("shared-config".into()), 4)]);
+        assert_eq!(unplaced_reason(&request(), &tally), "no node offers host volume shared-config");
+        let mixed = BTreeMap::from([
+            (Infeasible::NoHostVolume("shared-config".into()), 3),
+            (Infeasible::NotReady(NodeStatus::Down), 1),
+        ]);
+        assert_eq!(
+            unplaced_reason(&request(), &mixed),
+            "needs 250m CPU and 256Mi memory: 1 node is down, 3 nodes offer no host volume shared-config"
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ mod tests {
             used_memory: 0,
             ports: HashSet::new(),
             workload_counts: HashMap::from([(web, replicas_of_web)]),
+            host_volumes: BTreeMap::new(),
         }
     }
 
@@ -75,7 +76,9 @@ mod tests {
             driver: Driver::Docker,
             constraints: vec![],
             host_ports: vec![],
+            host_volumes: Vec::new(),
             avoid_nodes: Default::default(),
+            pinned_node: None,
         };
         // (what, fuller node, emptier node, strategy, the fuller node should win)
         let table = [

@@ -26,6 +26,8 @@ pub struct NodeView {
     pub ports: HashSet<(u16, Protocol)>,
     /// Live replicas per workload, for anti-affinity.
     pub workload_counts: HashMap<WorkloadName, u32>,
+    /// Host volumes its agent offers, by name: whether read-only.
+    pub host_volumes: BTreeMap<String, bool>,
 }
 
 impl NodeView {

@@ -3,7 +3,7 @@
 
 use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus};
 
-use super::cluster_state::{ClusterState, request_of};
+use super::cluster_state::{ClusterState, slot_request};
 use super::command::{CommandOutput, Rejection};
 use super::plan::{Placement, Plan, PlanOutcome};
 use crate::placement;
@@ -57,7 +57,7 @@ impl ClusterState {
         let Some(view) = self.node_view(&placement.node, now_ms) else {
             return false;
         };
-        placement::feasibility::check(&view, &request_of(workload)).is_ok()
+        placement::feasibility::check(&view, &slot_request(self, workload, placement.replica)).is_ok()
     }
 
     /// Asks a live allocation's agent to stop it (it keeps what it books
@@ -112,6 +112,12 @@ impl ClusterState {
             health_output: String::new(),
             healthy_since_ms: None,
         };
+        if let Some(workload) = self.workloads.get(&allocation.workload)
+            && workload.spec.slot_volumes().next().is_some()
+        {
+            let spec = workload.spec.clone();
+            self.claim_slot_volumes(index, &spec, allocation.replica, &allocation.node, now_ms);
+        }
         if let Some(node) = self.nodes.get_mut(&allocation.node) {
             node.allocated_cpu += allocation.cpu;
             node.allocated_memory += allocation.memory;

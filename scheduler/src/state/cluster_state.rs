@@ -59,6 +59,10 @@ pub struct ClusterState {
     /// The CA since its first rotation, and any rotation in progress.
     #[serde(default)]
     pub(super) ca: super::certificate_authority::CaState,
+    /// Each replica slot's named volumes, by Docker volume name: where its
+    /// data is, so the slot is placed back there.
+    #[serde(default)]
+    pub(super) volumes: BTreeMap<String, flotilla_api::SlotVolume>,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -82,7 +86,18 @@ pub fn request_of(workload: &Workload) -> Request {
         driver: spec.driver,
         constraints: spec.constraints.clone(),
         host_ports: spec.fixed_host_ports().collect(),
+        host_volumes: spec.host_volumes().map(|v| (v.name.to_string(), !v.read_only)).collect(),
         avoid_nodes: Default::default(),
+        pinned_node: None,
+    }
+}
+
+/// What one replica slot asks of a node: its workload's request, pinned to
+/// the node that holds the slot's volumes while that node is up.
+pub fn slot_request(state: &ClusterState, workload: &Workload, slot: u32) -> Request {
+    Request {
+        pinned_node: state.pinned_node(&workload.spec, slot).map(str::to_owned),
+        ..request_of(workload)
     }
 }
 
@@ -133,6 +148,8 @@ impl ClusterState {
             acl_bootstrapped: self.acl_bootstrapped,
             secrets: BTreeMap::new(),
             ca: Default::default(),
+            // Placement pins slots to the nodes holding their volumes.
+            volumes: self.volumes.clone(),
         }
     }
 
@@ -163,7 +180,9 @@ impl ClusterState {
                 self.put_workload(index, *spec, expected_version, now_ms, service_ports)
             }
             Command::ScaleWorkload { name, replicas } => self.scale_workload(index, name, replicas),
-            Command::DeleteWorkload { name } => self.delete_workload(index, name),
+            Command::DeleteWorkload { name, volumes } => self.delete_workload(index, name, volumes),
+            Command::RemoveVolumes { workload } => self.remove_kept_volumes(&workload),
+            Command::VolumesRemoved { node, volumes } => Ok(self.volumes_removed(&node, volumes)),
             Command::RegisterNode { registration } => {
                 Ok(CommandOutput::Node(self.register_node(index, registration)))
             }
@@ -223,6 +242,7 @@ impl ClusterState {
             used_memory: node.allocated_memory,
             ports: Default::default(),
             workload_counts: Default::default(),
+            host_volumes: node.host_volumes.iter().map(|(name, v)| (name.clone(), v.read_only)).collect(),
         };
         for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
             view.ports.extend(fixed_ports(allocation));
@@ -393,7 +413,7 @@ mod tests {
                 }
             ),
             (0..8u8, 0..6u32).prop_map(|(i, replicas)| Command::ScaleWorkload { name: name(i), replicas }),
-            (0..8u8).prop_map(|i| Command::DeleteWorkload { name: name(i) }),
+            (0..8u8).prop_map(|i| Command::DeleteWorkload { name: name(i), volumes: i % 2 == 0 }),
             (0..8u8, proptest::option::of(0..4u64)).prop_map(|(i, to_version)| Command::UndoRollout {
                 name: name(i),
                 to_version,

@@ -27,8 +27,21 @@ pub enum Command {
         name: WorkloadName,
         replicas: u32,
     },
+    /// With `volumes`, the workload's slot volumes go too (its agents remove
+    /// them); without, they are kept for a workload of the same name.
     DeleteWorkload {
         name: WorkloadName,
+        #[serde(default)]
+        volumes: bool,
+    },
+    /// `volumes rm`: the slot volumes a deleted workload left go.
+    RemoveVolumes {
+        workload: WorkloadName,
+    },
+    /// A node's agent removed these slot volumes (Docker names), as asked.
+    VolumesRemoved {
+        node: String,
+        volumes: Vec<String>,
     },
     /// Add a node, or update one that registers again (an agent restart).
     RegisterNode {
@@ -160,6 +173,7 @@ impl Command {
                 memory: flotilla_api::MemoryBytes(memory),
                 labels: Default::default(),
                 drivers: [flotilla_api::spec::Driver::Docker].into(),
+                host_volumes: Default::default(),
             },
         }
     }
@@ -204,6 +218,10 @@ pub enum CommandOutput {
     Token(flotilla_api::TokenInfo),
     Secret(flotilla_api::SecretInfo),
     CaChanged,
+    /// Slot volumes now being removed by the agents holding them.
+    VolumesRemoving(u32),
+    /// Slot volumes forgotten: no node holds a copy any more.
+    VolumesForgotten(u32),
 }
 
 /// Why a committed command changed nothing. Deterministic, so every server
@@ -212,6 +230,14 @@ pub enum CommandOutput {
 pub enum Rejection {
     #[error("workload `{0}` does not exist")]
     WorkloadNotFound(WorkloadName),
+    #[error(
+        "{count} volumes of the deleted workload `{name}` are still being removed by their nodes' agents; deploy it again once `flotilla volumes` no longer lists them"
+    )]
+    VolumesBeingRemoved { name: WorkloadName, count: u32 },
+    #[error("workload `{0}` is deployed; `flotilla delete {0} --volumes` removes it with its volumes")]
+    WorkloadStillDeployed(WorkloadName),
+    #[error("workload `{0}` has no volumes")]
+    NoVolumes(WorkloadName),
     #[error("workload `{name}` is at version {actual}, not the expected {expected}")]
     VersionMismatch { name: WorkloadName, expected: u64, actual: u64 },
     #[error(

@@ -13,10 +13,11 @@ mod plan;
 mod secrets;
 mod services;
 mod tokens;
+mod volumes;
 mod workloads;
 
 pub use certificate_authority::{CaRotation, CaState, StoredCa, sealing_name};
-pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of};
+pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of, slot_request};
 pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection};
 pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};

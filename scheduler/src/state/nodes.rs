@@ -31,6 +31,7 @@ impl ClusterState {
             capacity_memory: registration.memory,
             labels: BTreeMap::new(),
             drivers: BTreeSet::new(),
+            host_volumes: BTreeMap::new(),
             status: NodeStatus::Ready,
             allocated_cpu: 0,
             allocated_memory: 0,
@@ -45,6 +46,7 @@ impl ClusterState {
         node.capacity_memory = registration.memory;
         node.labels = registration.labels;
         node.drivers = registration.drivers;
+        node.host_volumes = registration.host_volumes;
         node.ready_index = index;
         node.clone()
     }
@@ -189,6 +191,7 @@ mod tests {
             memory: MemoryBytes(1 << 30),
             labels: Default::default(),
             drivers: [Driver::Docker].into(),
+            host_volumes: Default::default(),
         }
     }
 

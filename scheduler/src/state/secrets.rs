@@ -146,7 +146,10 @@ mod tests {
         state
             .apply(
                 8,
-                Command::DeleteWorkload { name: flotilla_api::WorkloadName::parse("web").expect("name") },
+                Command::DeleteWorkload {
+                    name: flotilla_api::WorkloadName::parse("web").expect("name"),
+                    volumes: false,
+                },
             )
             .expect("delete web");
         state.apply(9, Command::DeleteSecret { name: "db".into() }).expect("deletes once unused");

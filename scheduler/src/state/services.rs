@@ -224,7 +224,7 @@ mod tests {
         );
         assert_eq!(state, before, "nothing stored");
 
-        state.apply(2, Command::DeleteWorkload { name: name("web") }).expect("delete");
+        state.apply(2, Command::DeleteWorkload { name: name("web"), volumes: false }).expect("delete");
         put(&mut state, "name: new\nimage: a\nports: [{name: http, container: 80}]\n", None).expect("new");
         assert_eq!(ports_of(&state, "new"), vec![("http".into(), 20000, false)], "web's port was released");
 

@@ -17,6 +17,7 @@ impl ClusterState {
         service_ports: Option<ServicePortRange>,
     ) -> Result<CommandOutput, Rejection> {
         self.check_secrets_exist(&spec)?;
+        self.check_no_volumes_removing(&spec.name)?;
         let range = service_ports.unwrap_or(self.service_port_range);
         let chosen = self.choose_service_ports(&spec, range)?;
         let existing = self.workloads.get(&spec.name);
@@ -86,13 +87,18 @@ impl ClusterState {
     }
 
     /// Removes the workload; its live allocations are stopped by their
-    /// agents (holding their resources until then) and then forgotten.
+    /// agents (holding their resources until then) and then forgotten. With
+    /// `volumes`, its slot volumes are removed too.
     pub(super) fn delete_workload(
         &mut self,
         index: u64,
         name: WorkloadName,
+        volumes: bool,
     ) -> Result<CommandOutput, Rejection> {
         let workload = self.workloads.remove(&name).ok_or(Rejection::WorkloadNotFound(name.clone()))?;
+        if volumes {
+            self.remove_workload_volumes(&name);
+        }
         for id in self.by_workload.get(&name).cloned().unwrap_or_default() {
             self.stop_allocation(index, id);
         }
