@@ -64,6 +64,24 @@ impl AgentProcess {
             let _ = Command::new("docker").args(["rm", "-f"]).args(&containers).output();
         }
     }
+
+    /// Names of the Docker volumes this agent's node made for replica slots.
+    pub fn volumes(&self) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter", &format!("label=flotilla.node={}", self.name)])
+            .output();
+        output
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes this node's slot volumes (once its containers are gone).
+    pub fn remove_volumes(&self) {
+        let volumes = self.volumes();
+        if !volumes.is_empty() {
+            let _ = Command::new("docker").args(["volume", "rm", "-f"]).args(&volumes).output();
+        }
+    }
 }
 
 impl Deref for AgentProcess {
@@ -85,5 +103,6 @@ impl Drop for AgentProcess {
         self.daemon.kill();
         self.kill_replica_processes();
         self.remove_containers();
+        self.remove_volumes();
     }
 }

@@ -281,7 +281,13 @@ fn cases() -> Vec<Case> {
         case("host network", &format!("{base}network_mode: host\n"), "unknown field `network_mode`", None),
         case("host PID namespace", &format!("{base}pid: host\n"), "unknown field `pid`", None),
         case("added capabilities", &format!("{base}cap_add: [SYS_ADMIN]\n"), "unknown field `cap_add`", None),
-        case("host mount", &format!("{base}volumes: [\"/:/host\"]\n"), "unknown field `volumes`", None),
+        // A spec names only host volumes an agent offers, never a host path.
+        case(
+            "host mount",
+            &format!("{base}volumes: [\"/:/host\"]\n"),
+            "expected mapping",
+            Some("volumes[0]"),
+        ),
         case(
             "process driver with an image",
             "name: web\ndriver: process\nimage: busybox\ncommand: [sleep, \"1\"]\n",
