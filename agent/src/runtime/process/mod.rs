@@ -8,20 +8,20 @@
 //! CPU and memory limits are not enforced here (that needs cgroups, which
 //! the docker runtime has); usage is measured from /proc.
 
+mod logs;
+mod usage;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use rustix::process::{Pid, Signal};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use super::process_user::ProcessUser;
-use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
+use super::{Launch, Observed, RuntimeError, RuntimeEvent};
 
 /// Processes share the node's network: clients on the node reach them here.
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -266,61 +266,5 @@ impl ProcessRuntime {
             }
             let _ = events.send(RuntimeEvent::Exited { allocation });
         });
-    }
-
-    /// CPU from /proc/<pid>/stat between two samples; memory as resident set.
-    pub fn usage(&self, handle: &str) -> Option<Usage> {
-        let pid: u32 = handle.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-        let now = Instant::now();
-        let mut tracked = self.tracked();
-        let t = tracked.get_mut(&pid)?;
-        let cpu_millis = match t.last_cpu {
-            Some((before, when)) => {
-                let seconds = now.duration_since(when).as_secs_f64().max(0.001);
-                // Linux reports 100 clock ticks a second on every common build.
-                (ticks.saturating_sub(before) as f64 / 100.0) / seconds * 1000.0
-            }
-            None => 0.0,
-        };
-        t.last_cpu = Some((ticks, now));
-        Some(Usage { cpu_millis, memory_bytes: rss_pages * 4096 })
-    }
-
-    pub fn logs(&self, handle: &str, follow: bool) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
-        let allocation =
-            handle.parse::<u32>().ok().and_then(|pid| self.tracked().get(&pid).map(|t| t.allocation));
-        let Some(allocation) = allocation else {
-            return Box::pin(futures_util::stream::empty());
-        };
-        let path = self.log_path(allocation);
-        let tracked = Arc::clone(&self.tracked);
-        let pid: u32 = handle.parse().unwrap_or(0);
-        Box::pin(futures_util::stream::unfold(Some(0u64), move |offset| {
-            let (path, tracked) = (path.clone(), Arc::clone(&tracked));
-            async move {
-                let mut offset = offset?;
-                loop {
-                    let mut file = tokio::fs::File::open(&path).await.ok()?;
-                    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
-                    let mut buffer = Vec::new();
-                    file.read_to_end(&mut buffer).await.ok()?;
-                    if !buffer.is_empty() {
-                        offset += buffer.len() as u64;
-                        return Some((Ok(Bytes::from(buffer)), Some(offset)));
-                    }
-                    let exited =
-                        tracked.lock().unwrap_or_else(|p| p.into_inner()).get(&pid).is_none_or(|t| t.exited);
-                    if !follow || exited {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }))
     }
 }
