@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub allow_process: bool,
     /// Who process replicas run as, when the agent is root.
     pub process_user: String,
+    /// A process replica's output file is rotated past this size (two
+    /// older files are kept).
+    pub process_log_max_bytes: u64,
     /// Where the agent's own API (logs) listens; port 0 picks a free one.
     pub listen: String,
     pub heartbeat: Duration,
@@ -132,7 +135,13 @@ async fn build_runtimes(
                     return Err(AgentError::ProcessNotAllowed);
                 }
                 let user = crate::runtime::process_user::ProcessUser::for_replicas(&config.process_user)?;
-                let process = ProcessRuntime::new(&config.data_dir, user, events.clone())?;
+                let process = ProcessRuntime::new(
+                    &config.data_dir,
+                    &config.name,
+                    user,
+                    events.clone(),
+                    config.process_log_max_bytes,
+                )?;
                 runtimes.insert(Driver::Process, Arc::new(Runtime::Process(process)));
             }
             RuntimeKind::Sim => {

@@ -109,8 +109,18 @@ const MEMORY_SUFFIXES: [(&str, u128); 10] = [
 ];
 
 impl MemoryBytes {
-    /// Parses `64Mi`, `1.5Gi`, `500M` or a plain number of bytes.
+    /// Parses `64Mi`, `1.5Gi`, `500M` or a plain number of bytes, at
+    /// least a replica's smallest memory (6Mi).
     pub fn parse(text: &str) -> Result<Self, String> {
+        let bytes = Self::parse_size(text)?;
+        if bytes.0 < MIN_MEMORY_BYTES {
+            return Err(format!("`{}` is less than the minimum of 6Mi", text.trim()));
+        }
+        Ok(bytes)
+    }
+
+    /// Parses a size in the same units, with no minimum (a log file's bound).
+    pub fn parse_size(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (number, multiplier) = MEMORY_SUFFIXES
             .iter()
@@ -125,9 +135,6 @@ impl MemoryBytes {
             .scaled(multiplier)
             .filter(|b| *b <= u128::from(MAX_MEMORY_BYTES))
             .ok_or_else(|| format!("`{text}` is more than the maximum of 16Ti"))?;
-        if (bytes as u64) < MIN_MEMORY_BYTES {
-            return Err(format!("`{text}` is less than the minimum of 6Mi"));
-        }
         Ok(MemoryBytes(bytes as u64))
     }
 }

@@ -86,6 +86,10 @@ pub struct AgentArgs {
     /// otherwise they run as the agent's user).
     #[arg(long, default_value = "nobody")]
     process_user: String,
+    /// A process replica's output is rotated past this size; two older
+    /// files are kept (as Docker's max-size and max-file).
+    #[arg(long, value_parser = MemoryBytes::parse_size, default_value = "10Mi")]
+    process_log_max_size: MemoryBytes,
     /// Addresses the routing mesh serves every service port on (ingress
     /// and assigned), comma-separated; `none` for no mesh. Several agents on
     /// one host may share them. With --docker-network the mesh (and the DNS
@@ -196,6 +200,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         runtimes,
         allow_process: args.allow_drivers.contains(&AllowedDriver::Process),
         process_user: args.process_user,
+        process_log_max_bytes: args.process_log_max_size.0,
         listen: args.listen,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
         sample_every: Duration::from_millis(args.sample_ms.max(100)),

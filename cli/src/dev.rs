@@ -95,6 +95,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         // answer, specs run as processes (as the user who ran `dev`).
         allow_process: true,
         process_user: "nobody".into(),
+        process_log_max_bytes: 10 << 20,
         listen: "127.0.0.1:0".into(),
         heartbeat: Duration::from_secs(1),
         sample_every: Duration::from_secs(1),

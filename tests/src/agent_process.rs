@@ -57,6 +57,28 @@ impl AgentProcess {
         }
     }
 
+    /// Removes the cgroups this agent's node made for process replicas,
+    /// killing whatever still runs in them.
+    pub fn remove_cgroups(&self) {
+        let roots =
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/memory"];
+        for root in roots {
+            let node = Path::new(root).join("flotilla").join(&self.name);
+            let Ok(groups) = std::fs::read_dir(&node) else { continue };
+            for group in groups.flatten().filter(|g| g.path().is_dir()) {
+                let procs = std::fs::read_to_string(group.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines() {
+                    let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while std::fs::remove_dir(group.path()).is_err() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            let _ = std::fs::remove_dir(&node);
+        }
+    }
+
     /// Removes this node's containers.
     pub fn remove_containers(&self) {
         let containers = self.containers();
@@ -102,6 +124,7 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.daemon.kill();
         self.kill_replica_processes();
+        self.remove_cgroups();
         self.remove_containers();
         self.remove_volumes();
     }

@@ -5,9 +5,14 @@
 //! A record per allocation (`<data>/process/<alloc>.pid`) lets a restarted
 //! agent find processes that outlived it; it cannot wait on them (they are
 //! not its children), so it polls whether they still exist.
-//! CPU and memory limits are not enforced here (that needs cgroups, which
-//! the docker runtime has); usage is measured from /proc.
+//!
+//! Where the agent may manage cgroups (as root), each replica runs in its
+//! own (see [`cgroup`]): limited to its CPU and memory requests, OOM-killed
+//! past its memory, measured as a whole, and killed as a whole. Elsewhere
+//! (an unprivileged `flotilla dev`) replicas run unlimited, as the agent
+//! warns when it starts.
 
+mod cgroup;
 mod logs;
 mod usage;
 
@@ -53,8 +58,30 @@ struct Tracked {
     node: String,
     exit_code: Option<i64>,
     exited: bool,
-    /// Previous CPU reading (clock ticks, when), for a usage rate.
+    /// Previous CPU reading (nanoseconds, when), for a usage rate.
     last_cpu: Option<(u64, Instant)>,
+    /// Its own cgroup, where the host lets the agent make one.
+    cgroup: Option<cgroup::ReplicaCgroup>,
+    /// The group's OOM kills when this start began: more at its exit
+    /// means the kernel killed it for its memory.
+    oom_kills_before: u64,
+    oom_killed: bool,
+}
+
+impl Tracked {
+    fn new(allocation: u64, node: &str, cgroup: Option<cgroup::ReplicaCgroup>) -> Self {
+        let oom_kills_before = cgroup.as_ref().map_or(0, cgroup::ReplicaCgroup::oom_kills);
+        Tracked {
+            allocation,
+            node: node.to_owned(),
+            exit_code: None,
+            exited: false,
+            last_cpu: None,
+            cgroup,
+            oom_kills_before,
+            oom_killed: false,
+        }
+    }
 }
 
 pub struct ProcessRuntime {
@@ -63,6 +90,30 @@ pub struct ProcessRuntime {
     user: Option<ProcessUser>,
     tracked: Arc<Mutex<HashMap<u32, Tracked>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
+    /// Where replicas' cgroups are made; `None` where the agent may not.
+    cgroups: Option<cgroup::Cgroups>,
+}
+
+/// Where an allocation's output goes.
+fn log_path(dir: &Path, allocation: u64) -> PathBuf {
+    dir.join(format!("{allocation}.log"))
+}
+
+/// Where the host's cgroup filesystem is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The command run for a replica in `group`: a shell that puts itself in
+/// the group's cgroups, then becomes the replica's program (so nothing of
+/// the replica ever runs outside them).
+fn joining(group: &cgroup::ReplicaCgroup, program: &str, args: &[String]) -> (String, Vec<String>) {
+    let procs = group.procs_files();
+    let joins: Vec<String> = (1..=procs.len()).map(|i| format!("echo 0 > \"${i}\"")).collect();
+    let script = format!("{} && shift {} && exec \"$@\"", joins.join(" && "), procs.len());
+    let mut all = vec!["-c".to_owned(), script, "flotilla-cgroup-join".to_owned()];
+    all.extend(procs.iter().map(|p| p.display().to_string()));
+    all.push(program.to_owned());
+    all.extend(args.iter().cloned());
+    ("/bin/sh".to_owned(), all)
 }
 
 fn process_error(what: &str, error: impl std::fmt::Display) -> RuntimeError {
@@ -80,12 +131,23 @@ fn alive(pid: u32) -> bool {
 impl ProcessRuntime {
     pub fn new(
         data_dir: &Path,
+        node: &str,
         user: Option<ProcessUser>,
         events: mpsc::UnboundedSender<RuntimeEvent>,
+        log_max_bytes: u64,
     ) -> Result<Self, RuntimeError> {
         let dir = data_dir.join("process");
         std::fs::create_dir_all(&dir).map_err(|e| process_error("cannot create its directory", e))?;
-        Ok(ProcessRuntime { dir, user, tracked: Arc::default(), events })
+        let cgroups = match cgroup::Cgroups::prepare(Path::new(CGROUP_ROOT), node) {
+            Ok(cgroups) => Some(cgroups),
+            Err(error) => {
+                tracing::warn!(%error, "process replicas run WITHOUT CPU and memory limits: this agent cannot make cgroups");
+                None
+            }
+        };
+        let tracked: Arc<Mutex<HashMap<u32, Tracked>>> = Arc::default();
+        tokio::spawn(logs::keep_rotating(dir.clone(), Arc::clone(&tracked), log_max_bytes));
+        Ok(ProcessRuntime { dir, user, tracked, events, cgroups })
     }
 
     /// Runs an exec check's command beside the processes, as they run;
@@ -115,7 +177,7 @@ impl ProcessRuntime {
     }
 
     fn log_path(&self, allocation: u64) -> PathBuf {
-        self.dir.join(format!("{allocation}.log"))
+        log_path(&self.dir, allocation)
     }
 
     fn record_path(&self, allocation: u64) -> PathBuf {
@@ -139,7 +201,22 @@ impl ProcessRuntime {
             .open(self.log_path(allocation))
             .map_err(|e| process_error("cannot open its log", e))?;
         let stderr = log.try_clone().map_err(|e| process_error("cannot open its log", e))?;
-        let mut child = replica_command(program, args, launch.env, self.user.as_ref())
+        let group = self.cgroups.as_ref().map(|c| c.replica(allocation));
+        let (program, args) = match &group {
+            Some(group) => {
+                group
+                    .create(launch.allocation.cpu, launch.allocation.memory)
+                    .map_err(|e| process_error("cannot make its cgroup", e))?;
+                if let Some(user) = &self.user {
+                    group
+                        .delegate_to(user.uid, user.gid)
+                        .map_err(|e| process_error("cannot make its cgroup", e))?;
+                }
+                joining(group, program, args)
+            }
+            None => (program.clone(), args.to_vec()),
+        };
+        let mut child = replica_command(&program, &args, launch.env, self.user.as_ref())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -149,16 +226,7 @@ impl ProcessRuntime {
         let pid = child.id().ok_or_else(|| RuntimeError::Process("the process exited at once".into()))?;
         std::fs::write(self.record_path(allocation), format!("{pid} {}", launch.node))
             .map_err(|e| process_error("cannot record its pid", e))?;
-        self.tracked().insert(
-            pid,
-            Tracked {
-                allocation,
-                node: launch.node.to_owned(),
-                exit_code: None,
-                exited: false,
-                last_cpu: None,
-            },
-        );
+        self.tracked().insert(pid, Tracked::new(allocation, launch.node, group));
         let (tracked, events) = (Arc::clone(&self.tracked), self.events.clone());
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -166,10 +234,7 @@ impl ProcessRuntime {
                 use std::os::unix::process::ExitStatusExt;
                 s.code().map(i64::from).or_else(|| s.signal().map(|sig| 128 + i64::from(sig))).unwrap_or(-1)
             });
-            if let Some(t) = tracked.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&pid) {
-                t.exited = true;
-                t.exit_code = code;
-            }
+            exited(&tracked, pid, code).await;
             let _ = events.send(RuntimeEvent::Exited { allocation });
         });
         Ok(self.observed(pid).unwrap_or(Observed {
@@ -193,7 +258,7 @@ impl ProcessRuntime {
             handle: pid.to_string(),
             running: !t.exited,
             exit_code: t.exit_code,
-            oom_killed: false,
+            oom_killed: t.oom_killed,
             ports: Vec::new(),
             address: Some(LOOPBACK),
             healthcheck: false,
@@ -211,9 +276,13 @@ impl ProcessRuntime {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        let allocation = self.tracked().remove(&pid).map(|t| t.allocation);
-        if let Some(allocation) = allocation {
-            let _ = std::fs::remove_file(self.record_path(allocation));
+        let stopped = self.tracked().remove(&pid);
+        if let Some(stopped) = stopped {
+            if let Some(cgroup) = &stopped.cgroup {
+                // What left the process group (`setsid`) is still in the cgroup.
+                empty_and_remove(cgroup).await;
+            }
+            let _ = std::fs::remove_file(self.record_path(stopped.allocation));
         }
         Ok(())
     }
@@ -252,19 +321,51 @@ impl ProcessRuntime {
     }
 
     fn adopt(&self, pid: u32, allocation: u64, node: &str) {
-        self.tracked().insert(
-            pid,
-            Tracked { allocation, node: node.to_owned(), exit_code: None, exited: false, last_cpu: None },
-        );
+        let group = self.cgroups.as_ref().map(|c| c.replica(allocation));
+        self.tracked().insert(pid, Tracked::new(allocation, node, group));
         let (tracked, events) = (Arc::clone(&self.tracked), self.events.clone());
         tokio::spawn(async move {
             while alive(pid) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            if let Some(t) = tracked.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&pid) {
-                t.exited = true;
-            }
+            exited(&tracked, pid, None).await;
             let _ = events.send(RuntimeEvent::Exited { allocation });
         });
+    }
+}
+
+/// A replica's main process ended: whether the kernel killed it for its
+/// memory, and, as when a container's first process ends, the end of
+/// whatever it left running.
+async fn exited(tracked: &Mutex<HashMap<u32, Tracked>>, pid: u32, code: Option<i64>) {
+    let cgroup = {
+        let mut tracked = tracked.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = tracked.get_mut(&pid) else { return };
+        t.exited = true;
+        t.exit_code = code;
+        if let Some(cgroup) = &t.cgroup {
+            t.oom_killed = cgroup.oom_kills() > t.oom_kills_before;
+        }
+        t.cgroup.clone()
+    };
+    if let Some(cgroup) = cgroup {
+        empty_and_remove(&cgroup).await;
+    }
+}
+
+/// Kills what is left in a replica's cgroup and removes it, waiting a
+/// little for the kernel to reap the killed.
+async fn empty_and_remove(cgroup: &cgroup::ReplicaCgroup) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        cgroup.kill_all();
+        match cgroup.remove() {
+            Ok(()) => return,
+            Err(error) if Instant::now() >= deadline => {
+                tracing::warn!(%error, "cannot remove a replica's cgroup");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
