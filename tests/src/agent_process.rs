@@ -34,14 +34,21 @@ impl AgentProcess {
         AgentProcess { name, data_dir, daemon }
     }
 
-    /// Ids of the Docker containers this agent's node runs, running or not.
-    pub fn containers(&self) -> Vec<String> {
+    /// What a `docker ... ls`-like command lists of this agent's node (by
+    /// its label), one per line.
+    fn labelled(&self, args: &[&str]) -> Vec<String> {
         let output = Command::new("docker")
-            .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label=flotilla.node={}", self.name)])
+            .args(args)
+            .args(["--filter", &format!("label=flotilla.node={}", self.name)])
             .output();
         output
             .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
             .unwrap_or_default()
+    }
+
+    /// Ids of the Docker containers this agent's node runs, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        self.labelled(&["ps", "-aq", "--no-trunc"])
     }
 
     /// Kills the process groups of the process-driver replicas this agent
@@ -89,12 +96,7 @@ impl AgentProcess {
 
     /// Names of the Docker volumes this agent's node made for replica slots.
     pub fn volumes(&self) -> Vec<String> {
-        let output = Command::new("docker")
-            .args(["volume", "ls", "-q", "--filter", &format!("label=flotilla.node={}", self.name)])
-            .output();
-        output
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
-            .unwrap_or_default()
+        self.labelled(&["volume", "ls", "-q"])
     }
 
     /// Removes this node's slot volumes (once its containers are gone).

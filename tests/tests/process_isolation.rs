@@ -46,6 +46,15 @@ fn pids_in(cgroup: &std::path::Path) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// The processes in the cgroup once there are `count`.
+async fn processes_in(cgroup: &std::path::Path, count: usize) -> Vec<u32> {
+    wait_until(Duration::from_secs(10), &format!("{count} processes in the replica's cgroup"), || async {
+        let pids = pids_in(cgroup);
+        (pids.len() == count).then_some(pids)
+    })
+    .await
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
@@ -107,11 +116,7 @@ async fn a_cpu_bound_replica_is_held_to_its_quota_and_sampled_over_all_its_proce
     .await;
     let allocation = wait_running(&client, "spin", 1, Duration::from_secs(30)).await.remove(0);
     let cgroup = cgroup_of(&allocation);
-    let pids = wait_until(Duration::from_secs(10), "the parent and both children in the cgroup", || async {
-        let pids = pids_in(&cgroup);
-        (pids.len() == 3).then_some(pids)
-    })
-    .await;
+    let pids = processes_in(&cgroup, 3).await; // the parent and its two children
 
     let (before, at) = (cpu_seconds(&pids), Instant::now());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -139,12 +144,7 @@ async fn children_are_stopped_with_the_parent_even_those_that_left_its_process_g
     .await;
     let allocation = wait_running(&client, "family", 1, Duration::from_secs(30)).await.remove(0);
     let cgroup = cgroup_of(&allocation);
-    let pids =
-        wait_until(Duration::from_secs(10), "the parent and its two children in the cgroup", || async {
-            let pids = pids_in(&cgroup);
-            (pids.len() == 3).then_some(pids)
-        })
-        .await;
+    let pids = processes_in(&cgroup, 3).await; // the parent and its two children
     let group_of = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
             s.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())

@@ -164,11 +164,7 @@ impl WorkloadSpec {
                     "secret files need the docker driver; a process replica takes secrets through env",
                 ));
             }
-            let path = std::path::Path::new(&mount.path);
-            let plain = path
-                .components()
-                .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
-            if !path.is_absolute() || !plain || mount.path.ends_with('/') || mount.path.len() > 100 {
+            if !plain_absolute(&mount.path) || mount.path.ends_with('/') || mount.path.len() > 100 {
                 return Err(field_error(
                     format!("secrets[{i}].path"),
                     format!(
@@ -203,11 +199,7 @@ impl WorkloadSpec {
                     "volumes need the docker driver; a process replica uses its node's filesystem",
                 ));
             }
-            let path = std::path::Path::new(&volume.path);
-            let plain = path
-                .components()
-                .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
-            if !path.is_absolute() || !plain || volume.path == "/" || volume.path.len() > 200 {
+            if !plain_absolute(&volume.path) || volume.path == "/" || volume.path.len() > 200 {
                 return Err(field_error(
                     format!("volumes[{i}].path"),
                     format!(
@@ -393,6 +385,16 @@ impl WorkloadSpec {
         }
         Ok(())
     }
+}
+
+/// An absolute path of plain names: no `.` or `..` to climb out of where
+/// it points.
+fn plain_absolute(path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
 }
 
 /// A duration field between `min` and [`MAX_SPEC_DURATION`].
