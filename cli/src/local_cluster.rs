@@ -322,6 +322,10 @@ pub async fn down(args: NameArgs) -> anyhow::Result<()> {
         for pid in record.pids.iter().rev() {
             stop_process(*pid);
         }
+        let dir = clusters_dir().join(&record.name);
+        for (i, node) in record.nodes.iter().enumerate() {
+            crate::process_layout::remove_agent_leftovers(&dir.join(format!("agent-{}", i + 1)), node);
+        }
     }
     remove_workload_containers(&record.nodes);
     if !record.docker {

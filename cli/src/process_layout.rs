@@ -92,3 +92,10 @@ mod tests {
         );
     }
 }
+
+/// Kills and removes what an agent's process replicas left on this host
+/// (they outlive their agent on purpose, to be adopted): for `cluster down`
+/// and the test harness, once the agent is gone for good.
+pub fn remove_agent_leftovers(data_dir: &Path, node: &str) {
+    flotilla_agent::runtime::process::remove_node_leftovers(data_dir, node);
+}

@@ -51,39 +51,11 @@ impl AgentProcess {
         self.labelled(&["ps", "-aq", "--no-trunc"])
     }
 
-    /// Kills the process groups of the process-driver replicas this agent
-    /// recorded (`<data>/process/<alloc>.pid`): killing the agent leaves them
-    /// running, for a restarted agent to adopt.
+    /// Kills the process-driver replicas this agent started (killing the
+    /// agent leaves them running, for a restarted agent to adopt) and
+    /// removes their cgroups.
     pub fn kill_replica_processes(&self) {
-        let Ok(records) = std::fs::read_dir(self.data_dir.join("process")) else { return };
-        for record in records.flatten() {
-            let text = std::fs::read_to_string(record.path()).unwrap_or_default();
-            if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
-                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
-            }
-        }
-    }
-
-    /// Removes the cgroups this agent's node made for process replicas,
-    /// killing whatever still runs in them.
-    pub fn remove_cgroups(&self) {
-        let roots =
-            ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/memory"];
-        for root in roots {
-            let node = Path::new(root).join("flotilla").join(&self.name);
-            let Ok(groups) = std::fs::read_dir(&node) else { continue };
-            for group in groups.flatten().filter(|g| g.path().is_dir()) {
-                let procs = std::fs::read_to_string(group.path().join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines() {
-                    let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
-                }
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while std::fs::remove_dir(group.path()).is_err() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-            let _ = std::fs::remove_dir(&node);
-        }
+        flotilla_cli::process_layout::remove_agent_leftovers(&self.data_dir, &self.name);
     }
 
     /// Removes this node's containers.
@@ -126,7 +98,6 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.daemon.kill();
         self.kill_replica_processes();
-        self.remove_cgroups();
         self.remove_containers();
         self.remove_volumes();
     }

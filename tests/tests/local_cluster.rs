@@ -170,6 +170,15 @@ fn up_use_down(name: &str, docker: bool) {
             .filter_map(|a| Some(a["runtime_id"].as_str()?.chars().take(12).collect()))
             .collect();
         through_the_mesh(home.path(), &env, name, docker, ingress, &web_hosts);
+        if !docker {
+            // Process replicas outlive their agents (to be adopted): `down` must end them.
+            let spec = home.path().join("sleeper.yaml");
+            let sleeper =
+                format!("name: sleeper\ndriver: process\ncommand: [sleep, '{}']\n", sleeper_seconds(name));
+            std::fs::write(&spec, sleeper).expect("spec");
+            let deploy = ["deploy", "-f", spec.to_str().expect("path"), "--wait", "--timeout", "60"];
+            ok(flotilla(home.path(), &deploy, Some(&env)), "deploy --wait");
+        }
     });
     let down = flotilla(home.path(), &["cluster", "down", "--name", name], None);
     if let Err(panic) = result {
@@ -191,6 +200,18 @@ fn up_use_down(name: &str, docker: bool) {
     let leftover =
         Command::new("pgrep").args(["-f", "--", &format!("--name {name}-agent")]).output().expect("pgrep");
     assert!(leftover.stdout.is_empty(), "no agent process left");
+    let sleeper = format!("sleep {}", sleeper_seconds(name));
+    let replica = Command::new("pgrep").args(["-f", "--", &sleeper]).output().expect("pgrep");
+    assert!(replica.stdout.is_empty(), "no process replica left");
+    for agent in 1..=3 {
+        let cgroup = format!("/sys/fs/cgroup/memory/flotilla/{name}-agent-{agent}");
+        assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} is removed");
+    }
+}
+
+/// A process replica's sleep, unique to this cluster so `pgrep` finds only it.
+fn sleeper_seconds(name: &str) -> u64 {
+    100_000 + name.bytes().map(u64::from).sum::<u64>()
 }
 
 #[test]

@@ -97,6 +97,44 @@ impl Cgroups {
         Ok(Cgroups { version: Version::V1, bases })
     }
 
+    /// This node's base groups as an earlier agent made them, to clean up;
+    /// makes nothing.
+    pub fn find(root: &Path, node: &str) -> io::Result<Self> {
+        let relative = Path::new("flotilla").join(component(node));
+        let (version, mounts) = if root.join("cgroup.controllers").exists() {
+            (Version::V2, vec![root.to_path_buf()])
+        } else {
+            (Version::V1, ["cpu", "cpuacct", "memory"].iter().map(|c| root.join(c)).collect())
+        };
+        let bases: Vec<PathBuf> = mounts.iter().map(|m| m.join(&relative)).collect();
+        if !bases.iter().any(|b| b.is_dir()) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "this node has no cgroups"));
+        }
+        Ok(Cgroups { version, bases })
+    }
+
+    /// The replica groups that exist under this node's.
+    pub fn replicas(&self) -> Vec<ReplicaCgroup> {
+        let mut allocations: Vec<u64> = self
+            .bases
+            .iter()
+            .filter_map(|base| fs::read_dir(base).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        allocations.sort_unstable();
+        allocations.dedup();
+        allocations.into_iter().map(|a| self.replica(a)).collect()
+    }
+
+    /// Removes this node's base groups (once their replicas' are gone).
+    pub fn remove(&self) {
+        for base in &self.bases {
+            let _ = fs::remove_dir(base);
+        }
+    }
+
     /// The group of one allocation (made by [`ReplicaCgroup::create`]).
     pub fn replica(&self, allocation: u64) -> ReplicaCgroup {
         let dirs = self.bases.iter().map(|base| base.join(allocation.to_string())).collect();

@@ -13,8 +13,11 @@
 //! warns when it starts.
 
 mod cgroup;
+mod leftovers;
 mod logs;
 mod usage;
+
+pub use leftovers::remove_node_leftovers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
