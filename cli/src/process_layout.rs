@@ -66,6 +66,13 @@ pub fn agent_command(
     command
 }
 
+/// Kills and removes what an agent's process replicas left on this host
+/// (they outlive their agent on purpose, to be adopted): for `cluster down`
+/// and the test harness, once the agent is gone for good.
+pub fn remove_agent_leftovers(data_dir: &Path, node: &str) {
+    flotilla_agent::runtime::process::remove_node_leftovers(data_dir, node);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,11 +98,4 @@ mod tests {
             "agent --servers a:1 --data-dir /tmp/x --name n1 --insecure"
         );
     }
-}
-
-/// Kills and removes what an agent's process replicas left on this host
-/// (they outlive their agent on purpose, to be adopted): for `cluster down`
-/// and the test harness, once the agent is gone for good.
-pub fn remove_agent_leftovers(data_dir: &Path, node: &str) {
-    flotilla_agent::runtime::process::remove_node_leftovers(data_dir, node);
 }
