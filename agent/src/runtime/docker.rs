@@ -121,13 +121,14 @@ impl DockerRuntime {
         let spec = launch.spec;
         let image = spec.image.clone().unwrap_or_default();
         let name = container_name(launch.node, allocation.id);
+        // A host volume this node does not offer fails the start before any pull.
+        let mounts = super::volumes::mounts(spec, allocation, launch.node, &self.host_volumes)?;
         let ready = self.puller.ready(&image, spec.pull, launch.pull_config, launch.progress).await?;
         let labels = HashMap::from([
             (LABEL_ALLOC.to_owned(), allocation.id.to_string()),
             (LABEL_WORKLOAD.to_owned(), allocation.workload.to_string()),
             (LABEL_NODE.to_owned(), launch.node.to_owned()),
         ]);
-        let mounts = super::volumes::mounts(spec, allocation, launch.node, &self.host_volumes)?;
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
         for port in &allocation.ports {
