@@ -45,11 +45,14 @@ impl<I, O> Operation<I, O> {
 /// they could take effect) are not in it.
 pub type History<I, O> = BTreeMap<String, Vec<Operation<I, O>>>;
 
+/// Operations as they end, with their keys, in the order they ended.
+type Ended<I, O> = Arc<Mutex<Vec<(String, Operation<I, O>)>>>;
+
 /// A history being recorded by concurrent clients.
 #[derive(Debug, Clone)]
 pub struct Recorder<I, O> {
     start: Instant,
-    operations: Arc<Mutex<Vec<(String, Operation<I, O>)>>>,
+    operations: Ended<I, O>,
 }
 
 /// An invoked operation not yet ended; ending it records it.
