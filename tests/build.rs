@@ -7,6 +7,7 @@ use std::process::Command;
 
 fn main() {
     cgroups();
+    namespaces();
     println!("cargo::rustc-check-cfg=cfg(docker)");
     println!("cargo::rerun-if-env-changed=FLOTILLA_REQUIRE_DOCKER");
     println!("cargo::rerun-if-env-changed=DOCKER_HOST");
@@ -42,5 +43,28 @@ fn cgroups() {
     assert!(!required, "FLOTILLA_REQUIRE_DOCKER=1 but the tests run without root or a cgroup filesystem");
     println!(
         "cargo::warning=not root, or no cgroup filesystem: the process isolation suites are compiled as ignored (skipped)"
+    );
+}
+
+/// The fault suites put servers in network namespaces: root and `ip`.
+fn namespaces() {
+    println!("cargo::rustc-check-cfg=cfg(netns)");
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .any(|l| l.strip_prefix("Uid:").is_some_and(|ids| ids.split_whitespace().next() == Some("0")))
+    });
+    let ip = Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success());
+    if root && ip {
+        println!("cargo::rustc-cfg=netns");
+        return;
+    }
+    let required = std::env::var("FLOTILLA_REQUIRE_DOCKER").as_deref() == Ok("1");
+    assert!(
+        !required,
+        "FLOTILLA_REQUIRE_DOCKER=1 but the tests cannot make network namespaces (root and iproute2)"
+    );
+    println!(
+        "cargo::warning=cannot make network namespaces here: the fault suites are compiled as ignored (skipped)"
     );
 }

@@ -25,11 +25,20 @@ pub struct ClusterOptions {
     pub server_args: Vec<String>,
     /// Plain HTTP, no certificates or tokens (`--insecure` everywhere).
     pub insecure: bool,
+    /// Each server in a network namespace of its own, so that the fault
+    /// suites can partition, slow and cut them for real (needs root).
+    pub namespaces: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, snapshot_every: 10_000, server_args: Vec::new(), insecure: false }
+        ClusterOptions {
+            servers: 3,
+            snapshot_every: 10_000,
+            server_args: Vec::new(),
+            insecure: false,
+            namespaces: false,
+        }
     }
 }
 
@@ -56,6 +65,9 @@ pub struct TestCluster {
     /// Clients with a node's certificate, for simulated nodes, by node name.
     node_clients: std::sync::Mutex<std::collections::HashMap<String, Client>>,
     options: ClusterOptions,
+    /// The servers' namespaces and their bridge, with `namespaces`: last,
+    /// so it goes after the processes in it.
+    pub network: Option<crate::faults::Network>,
 }
 
 /// A loopback address no other test cluster uses: 127.128.0.0/9, from the
@@ -77,8 +89,14 @@ impl TestCluster {
     pub async fn start(options: ClusterOptions) -> Self {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
         let ca_dir = (!options.insecure).then(|| create_ca(dir.path()).expect("a cluster CA"));
-        let addresses: Vec<(u64, String)> =
-            (1..=options.servers).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let mut network = options.namespaces.then(crate::faults::Network::create);
+        // In a namespace of its own a server has every port to itself.
+        let addresses: Vec<(u64, String)> = (1..=options.servers)
+            .map(|id| match &mut network {
+                Some(network) => (id, format!("{}:7001", network.add_member().ip)),
+                None => (id, format!("127.0.0.1:{}", free_port())),
+            })
+            .collect();
         let peers = peers_flag(&addresses.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>());
         let servers = addresses
             .into_iter()
@@ -98,7 +116,13 @@ impl TestCluster {
             tokens: None,
             node_clients: Default::default(),
             options,
+            network,
         };
+        if let Some(network) = &cluster.network {
+            for (server, member) in cluster.servers.iter_mut().zip(&network.members) {
+                server.set_namespace(&member.namespace);
+            }
+        }
         for server in &mut cluster.servers {
             server.start();
         }

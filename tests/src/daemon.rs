@@ -14,17 +14,33 @@ pub struct Daemon {
     /// Everything after the binary: the verb and its flags.
     args: Vec<OsString>,
     child: Option<Child>,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    namespace: Option<String>,
 }
 
 impl Daemon {
     pub fn new(log: PathBuf, args: Vec<OsString>) -> Self {
-        Daemon { log, args, child: None }
+        Daemon { log, args, child: None, namespace: None }
+    }
+
+    /// Runs it, from its next start, in network namespace `namespace`.
+    pub fn set_namespace(&mut self, namespace: &str) {
+        self.namespace = Some(namespace.to_owned());
     }
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.log.display());
         let log = File::options().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(flotilla_binary())
+        // `ip netns exec` execs the daemon in the namespace: its pid is the daemon's.
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace.as_str()]).arg(flotilla_binary());
+                command
+            }
+            None => Command::new(flotilla_binary()),
+        };
+        let child = command
             .args(&self.args)
             .env("FLOTILLA_LOG", "info,raft=info")
             .stdin(Stdio::null())
@@ -51,8 +67,26 @@ impl Daemon {
     /// kill -9: no shutdown, no flush; what was not fsynced is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused process dies of SIGKILL all the same; SIGCONT is for tidiness.
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: it holds its sockets and its state, and answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after a pause.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
         }
     }
 

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod daemon;
 pub mod docker_available;
 pub mod docker_network;
+pub mod faults;
 pub mod http_load;
 pub mod registry;
 pub mod server_process;

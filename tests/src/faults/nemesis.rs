@@ -1,0 +1,152 @@
+//! Nemeses: the faults a run injects into a cluster whose servers live in
+//! network namespaces, one at a time, each undone by `heal`.
+
+use crate::cluster::TestCluster;
+
+/// A seedable generator (SplitMix64): a run is replayed from its seed.
+#[derive(Debug, Clone)]
+pub struct Seeded(u64);
+
+impl Seeded {
+    pub fn new(seed: u64) -> Self {
+        Seeded(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// The seed of a run: `FAULT_SEED` to replay one, else a fresh one; printed
+/// either way, so a failure can be replayed.
+pub fn run_seed(test: &str) -> u64 {
+    let seed = std::env::var("FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("{test}: FAULT_SEED={seed}");
+    seed
+}
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nemesis {
+    /// The leader cut off from every other server.
+    PartitionLeader,
+    /// A random server cut off from the others.
+    PartitionMinority,
+    /// Two servers that cannot see each other, and one that sees both.
+    Bridge,
+    /// The leader hears nothing from the others, which still hear it.
+    OneWay,
+    /// The leader stopped with SIGSTOP, then resumed.
+    PauseLeader,
+    /// A random server killed with SIGKILL, then started again.
+    Kill,
+    /// A tenth of every server's packets to its peers lost.
+    LossyNetwork,
+}
+
+impl Nemesis {
+    pub const ALL: [Nemesis; 7] = [
+        Nemesis::PartitionLeader,
+        Nemesis::PartitionMinority,
+        Nemesis::Bridge,
+        Nemesis::OneWay,
+        Nemesis::PauseLeader,
+        Nemesis::Kill,
+        Nemesis::LossyNetwork,
+    ];
+}
+
+/// A fault in force, to undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    Network,
+    Paused(usize),
+    Killed(usize),
+}
+
+/// Where the servers' leader is, as an index into `cluster.servers`.
+pub async fn leader_index(cluster: &TestCluster) -> Option<usize> {
+    // A paused or cut-off server may not answer: each is given a second.
+    for (index, server) in cluster.servers.iter().enumerate() {
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(1), cluster.status_of(server.id));
+        if let Ok(Some(status)) = asked.await
+            && status.role == flotilla_api::RaftRole::Leader
+        {
+            return Some(index);
+        }
+    }
+    None
+}
+
+/// Injects `nemesis`; what it did, to heal.
+pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seeded) -> Injected {
+    let count = cluster.servers.len();
+    let leader = leader_index(cluster).await.unwrap_or(0);
+    let random = rng.below(count as u64) as usize;
+    let network = cluster.network.as_ref().expect("a fault run's cluster lives in namespaces");
+    let isolate = |victim: usize| {
+        for peer in (0..count).filter(|p| *p != victim) {
+            network.cut(victim, peer, false);
+            network.cut(peer, victim, false);
+        }
+    };
+    match nemesis {
+        Nemesis::PartitionLeader => isolate(leader),
+        Nemesis::PartitionMinority => isolate(random),
+        Nemesis::Bridge => {
+            // The leader is the bridge half the time: it keeps a majority
+            // through each side while the sides cannot meet.
+            let bridge = if rng.below(2) == 0 { leader } else { random };
+            let sides: Vec<usize> = (0..count).filter(|i| *i != bridge).collect();
+            for (i, a) in sides.iter().enumerate() {
+                for b in &sides[i + 1..] {
+                    network.cut(*a, *b, false);
+                    network.cut(*b, *a, false);
+                }
+            }
+        }
+        Nemesis::OneWay => {
+            for peer in (0..count).filter(|p| *p != leader) {
+                network.cut(leader, peer, true);
+            }
+        }
+        Nemesis::LossyNetwork => {
+            for member in 0..count {
+                network.lose(member, 10);
+            }
+        }
+        Nemesis::PauseLeader => {
+            cluster.servers[leader].pause();
+            return Injected::Paused(leader);
+        }
+        Nemesis::Kill => {
+            cluster.servers[random].kill();
+            return Injected::Killed(random);
+        }
+    }
+    Injected::Network
+}
+
+/// Undoes what `inject` did.
+pub fn heal(cluster: &mut TestCluster, injected: Injected) {
+    match injected {
+        Injected::Network => {
+            if let Some(network) = &cluster.network {
+                network.heal();
+            }
+        }
+        Injected::Paused(index) => cluster.servers[index].resume(),
+        Injected::Killed(index) => cluster.servers[index].start(),
+    }
+}

@@ -1,0 +1,260 @@
+//! One fault run: clients working while a nemesis strikes and heals in
+//! turns, then the checks: the history is linearizable, every server holds
+//! every acknowledged write, and the cluster converges after the last heal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::nemesis::{self, Nemesis, Seeded};
+use super::workload::{KEYS, Tally, client_loop, register_of};
+use crate::checker::{Recorder, Verdict, WorkloadInput, WorkloadModel, WorkloadOutput, check};
+use crate::cluster::TestCluster;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub nemesis: Nemesis,
+    pub duration: Duration,
+    pub clients: usize,
+    pub seed: u64,
+    /// How long each fault stays in force, and the calm between faults.
+    pub fault_for: Duration,
+    pub calm_for: Duration,
+}
+
+impl RunConfig {
+    /// A run of `nemesis` as long as `FAULT_MINUTES` says (default: a
+    /// bounded CI run of 15 s).
+    pub fn for_nemesis(nemesis: Nemesis, seed: u64) -> Self {
+        let minutes: f64 = std::env::var("FAULT_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(0.25);
+        RunConfig {
+            nemesis,
+            duration: Duration::from_secs_f64(minutes * 60.0),
+            clients: 6,
+            seed,
+            fault_for: Duration::from_secs(3),
+            calm_for: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct RunReport {
+    pub nemesis: Nemesis,
+    pub seed: u64,
+    pub operations: u64,
+    pub acknowledged: u64,
+    pub unknown: u64,
+    pub failed: u64,
+    pub stale_reads_behind: u64,
+    /// Leader elections during the run (terms gone by).
+    pub elections: u64,
+    pub faults: u32,
+    pub max_unavailable_ms: u64,
+    /// From the last heal to one leader and every server applied alike.
+    pub converge_ms: u64,
+    /// Keys whose history is not linearizable, with the checker's reason.
+    pub violations: Vec<String>,
+    /// Keys the checker could not decide within its budget.
+    pub undecided: Vec<String>,
+    /// Servers whose state differs from the final linearizable reads.
+    pub divergent: Vec<String>,
+    pub writes_per_second: f64,
+}
+
+impl RunReport {
+    /// One line for the run's table.
+    pub fn row(&self) -> String {
+        format!(
+            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
+            format!("{:?}", self.nemesis),
+            self.seed,
+            self.operations,
+            self.acknowledged,
+            self.unknown,
+            self.failed,
+            self.elections,
+            self.faults,
+            self.max_unavailable_ms,
+            self.converge_ms,
+            self.writes_per_second,
+            self.stale_reads_behind,
+            if self.violations.is_empty() && self.divergent.is_empty() && self.undecided.is_empty() {
+                "linearizable, nothing lost".to_owned()
+            } else {
+                format!(
+                    "VIOLATIONS {:?} {:?} undecided {:?}",
+                    self.violations, self.divergent, self.undecided
+                )
+            }
+        )
+    }
+}
+
+/// The highest term any server reports now.
+async fn term(cluster: &TestCluster) -> u64 {
+    let mut highest = 0;
+    for server in &cluster.servers {
+        if let Ok(Some(status)) =
+            tokio::time::timeout(Duration::from_secs(1), cluster.status_of(server.id)).await
+        {
+            highest = highest.max(status.term);
+        }
+    }
+    highest
+}
+
+/// Waits until every server names one leader and has applied at least
+/// `index` (with `index` 0: all have applied the same); how long it waited
+/// (`None`: not within `within`).
+async fn converge(cluster: &TestCluster, index: u64, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let mut leaders = Vec::new();
+        let mut applied = Vec::new();
+        for server in &cluster.servers {
+            if let Ok(Some(status)) =
+                tokio::time::timeout(Duration::from_secs(1), cluster.status_of(server.id)).await
+            {
+                leaders.push(status.leader);
+                applied.push(status.applied);
+            }
+        }
+        let everyone = leaders.len() == cluster.servers.len();
+        let one_leader =
+            leaders.first().copied().flatten().is_some() && leaders.windows(2).all(|w| w[0] == w[1]);
+        let caught_up = if index == 0 {
+            applied.windows(2).all(|w| w[0] == w[1])
+        } else {
+            applied.iter().all(|a| *a >= index)
+        };
+        if everyone && one_leader && caught_up {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// The highest commit index any server reports now.
+async fn commit_index(cluster: &TestCluster) -> u64 {
+    let mut highest = 0;
+    for server in &cluster.servers {
+        if let Ok(Some(status)) =
+            tokio::time::timeout(Duration::from_secs(1), cluster.status_of(server.id)).await
+        {
+            highest = highest.max(status.commit);
+        }
+    }
+    highest
+}
+
+pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
+    let mut rng = Seeded::new(config.seed);
+    let recorder: Recorder<WorkloadInput, WorkloadOutput> = Recorder::default();
+    let tally = Arc::new(Tally::default());
+    let values = Arc::new(AtomicU64::new(1));
+    let term_before = term(cluster).await;
+    let start = Instant::now();
+    let until = start + config.duration;
+    let addresses: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+    let mut clients = Vec::new();
+    for id in 0..config.clients {
+        let mut order = addresses.clone();
+        order.rotate_left(id % addresses.len());
+        let client = cluster.client_for(order, cluster.admin_token()).with_retry_for(Duration::from_secs(2));
+        clients.push(tokio::spawn(client_loop(
+            id,
+            client,
+            recorder.clone(),
+            Arc::clone(&tally),
+            Arc::clone(&values),
+            Seeded::new(rng.next_u64()),
+            start,
+            until,
+        )));
+    }
+    let mut faults = 0;
+    while Instant::now() + config.calm_for + config.fault_for < until {
+        tokio::time::sleep(config.calm_for).await;
+        let injected = nemesis::inject(cluster, config.nemesis, &mut rng).await;
+        faults += 1;
+        tokio::time::sleep(config.fault_for).await;
+        nemesis::heal(cluster, injected);
+    }
+    // After the last heal, while the clients go on: one leader, and every
+    // server past what was committed when the heal came.
+    let committed = commit_index(cluster).await;
+    let converge_ms = converge(cluster, committed.max(1), Duration::from_secs(30))
+        .await
+        .map_or(u64::MAX, |waited| waited.as_millis() as u64);
+    for client in clients {
+        let _ = client.await;
+    }
+    let settled = converge(cluster, 0, Duration::from_secs(30)).await.is_some();
+    let run_ms = start.elapsed().as_millis() as u64;
+
+    // The final linearizable reads join the history; every server's own
+    // state must then be exactly what they read.
+    let reader = cluster.client_for(addresses.clone(), cluster.admin_token());
+    let mut finals = BTreeMap::new();
+    for key in KEYS {
+        let pending = recorder.invoke(usize::MAX, key, WorkloadInput::Read);
+        match reader.get(key).await {
+            Ok(workload) => {
+                finals.insert(key, Some(register_of(&workload)));
+                recorder.ok(pending, WorkloadOutput::Read(Some(register_of(&workload))));
+            }
+            Err(e) if e.code() == Some("not_found") => {
+                finals.insert(key, None);
+                recorder.ok(pending, WorkloadOutput::Read(None));
+            }
+            Err(e) => panic!("the final read of {key} failed after healing: {e}"),
+        }
+    }
+    let mut divergent = Vec::new();
+    if !settled {
+        divergent.push("the servers never applied the same index after the clients stopped".to_owned());
+    }
+    for server in &cluster.servers {
+        let listed = cluster.client_of(server.id).list(true).await.unwrap_or_default();
+        for key in KEYS {
+            let held = listed.iter().find(|w| w.spec.name.as_str() == key).map(register_of);
+            if held != finals[key] {
+                divergent.push(format!(
+                    "server {} holds {key} as {held:?}, the cluster as {:?}",
+                    server.id, finals[key]
+                ));
+            }
+        }
+    }
+    let mut violations = Vec::new();
+    let mut undecided = Vec::new();
+    for (key, history) in recorder.history() {
+        match check(&WorkloadModel, &history, 20_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { reason } => violations.push(format!("{key}: {reason}")),
+            Verdict::Unknown { steps } => undecided.push(format!("{key} after {steps} steps")),
+        }
+    }
+    let acknowledged_writes = tally.acknowledged_writes_ms.lock().unwrap_or_else(|p| p.into_inner()).len();
+    RunReport {
+        nemesis: config.nemesis,
+        seed: config.seed,
+        operations: tally.invoked.load(Ordering::Relaxed),
+        acknowledged: tally.acknowledged.load(Ordering::Relaxed),
+        unknown: tally.unknown.load(Ordering::Relaxed),
+        failed: tally.failed.load(Ordering::Relaxed),
+        stale_reads_behind: tally.stale_reads_behind.load(Ordering::Relaxed),
+        elections: term(cluster).await.saturating_sub(term_before),
+        faults,
+        max_unavailable_ms: tally.max_unavailable_ms(run_ms),
+        converge_ms,
+        violations,
+        undecided,
+        divergent,
+        writes_per_second: acknowledged_writes as f64 / (run_ms as f64 / 1000.0),
+    }
+}
