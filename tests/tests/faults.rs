@@ -70,3 +70,58 @@ async fn a_killed_server() {
 async fn a_lossy_network() {
     survives(Nemesis::LossyNetwork, "a_lossy_network").await;
 }
+
+/// The negative control: a read served from a cut-off leader's own state
+/// (`?stale=true`), recorded as if it were linearizable, is caught.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn the_checker_catches_a_stale_read_served_by_a_cut_off_leader() {
+    use flotilla_tests::checker::{Recorder, Verdict, WorkloadInput, WorkloadModel, WorkloadOutput, check};
+    use flotilla_tests::faults::nemesis::leader_index;
+    use flotilla_tests::faults::workload::register_of;
+
+    let cluster = TestCluster::start(ClusterOptions { namespaces: true, ..ClusterOptions::default() }).await;
+    let client = cluster.client().with_retry_for(Duration::from_secs(10));
+    let recorder: Recorder<WorkloadInput, WorkloadOutput> = Recorder::default();
+    let deploy = |value: u64| {
+        flotilla_api::parse_yaml(&format!("name: reg\nimage: x\nenv: {{V: \"{value}\"}}\n")).expect("spec")
+    };
+
+    let pending = recorder.invoke(0, "reg", WorkloadInput::Deploy { value: 1, expected: None });
+    let first = client.deploy(&deploy(1), None).await.expect("first deploy");
+    recorder.ok(pending, WorkloadOutput::Deployed { version: first.workload.version });
+
+    let old = leader_index(&cluster).await.expect("a leader");
+    let network = cluster.network.as_ref().expect("namespaces");
+    for peer in (0..3).filter(|p| *p != old) {
+        network.cut(old, peer, false);
+        network.cut(peer, old, false);
+    }
+    let majority: Vec<String> = cluster
+        .servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, s)| s.address.clone())
+        .collect();
+    let majority =
+        cluster.client_for(majority, cluster.admin_token()).with_retry_for(Duration::from_secs(10));
+    let pending = recorder.invoke(1, "reg", WorkloadInput::Deploy { value: 2, expected: None });
+    let second = majority.deploy(&deploy(2), None).await.expect("the majority acknowledges a write");
+    recorder.ok(pending, WorkloadOutput::Deployed { version: second.workload.version });
+
+    let pending = recorder.invoke(2, "reg", WorkloadInput::Read);
+    let cut_off = cluster.client_of(cluster.servers[old].id);
+    let stale = cut_off.list(true).await.expect("the cut-off server answers from its own state");
+    let seen = stale.iter().find(|w| w.spec.name.as_str() == "reg").map(register_of);
+    assert_eq!(seen.map(|r| r.value), Some(1), "it still holds the old value");
+    recorder.ok(pending, WorkloadOutput::Read(seen));
+    // Asked for a linearizable read instead, the cut-off server refuses.
+    let refused = tokio::time::timeout(Duration::from_secs(15), cut_off.get("reg")).await;
+    assert!(matches!(refused, Ok(Err(_))), "a cut-off server must not answer a linearizable read: {refused:?}");
+    network.heal();
+
+    let history = recorder.history();
+    let verdict = check(&WorkloadModel, &history["reg"], 1_000_000);
+    assert!(matches!(verdict, Verdict::NotLinearizable { .. }), "{verdict:?}");
+}
