@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use flotilla_api::{Client, RaftRole, ServerStatus};
+use flotilla_cli::chaos;
 use serde::Serialize;
 
 use crate::output::{Format, print_json, table};
@@ -34,6 +35,81 @@ pub enum ClusterCommand {
     Down(flotilla_cli::local_cluster::NameArgs),
     /// Print the FLOTILLA_ADDR to export for a local cluster.
     Env(flotilla_cli::local_cluster::NameArgs),
+    /// Cut members (server ids, agent node names; comma-separated) off from
+    /// the rest of a local `--isolated` cluster, or only from `--from`.
+    Partition {
+        members: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Remove every network fault of a local cluster (partitions, loss, delay).
+    Heal {
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Stop a member with SIGSTOP: it keeps its sockets and answers nothing.
+    Pause {
+        member: String,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Continue a paused member.
+    Resume {
+        member: String,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Kill a member with SIGKILL.
+    Kill {
+        member: String,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Start a killed member again, as it was started first.
+    Restart {
+        member: String,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+    /// Lose (`--loss 5%`) or delay (`--delay 200ms`, where the kernel has
+    /// netem) what a member sends its peers.
+    Slow {
+        member: String,
+        #[arg(long, value_parser = milliseconds, default_value = "0ms")]
+        delay: u32,
+        #[arg(long, value_parser = percent, default_value = "0%")]
+        loss: u32,
+        #[arg(long, default_value = "local")]
+        name: String,
+    },
+}
+
+/// `200ms` or `2s`, in milliseconds.
+fn milliseconds(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(number) => (number, 1),
+        None => (
+            text.strip_suffix('s').ok_or_else(|| format!("`{text}` is not a duration like 200ms or 2s"))?,
+            1000,
+        ),
+    };
+    number
+        .trim()
+        .parse::<u32>()
+        .map(|n| n.saturating_mul(scale))
+        .map_err(|_| format!("`{text}` is not a duration like 200ms or 2s"))
+}
+
+/// `5%` or `5`, a percent from 0 to 100.
+fn percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<u32>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!("`{text}` is not a percent from 0 to 100")),
+    }
 }
 
 /// One member as seen by itself (or why it could not be asked).
@@ -54,6 +130,20 @@ struct ClusterView {
     leader: Option<u64>,
     term: u64,
     members: Vec<MemberView>,
+    /// Faults in force, when these servers are a local cluster's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    faults: Vec<String>,
+}
+
+/// A paused or cut-off member never answers: each is given this long.
+const MEMBER_ANSWER: Duration = Duration::from_secs(2);
+
+async fn status_of(client: &Client, address: &str) -> Result<ServerStatus, String> {
+    match tokio::time::timeout(MEMBER_ANSWER, client.for_server(address).server_status()).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("{address} did not answer within {} s", MEMBER_ANSWER.as_secs())),
+    }
 }
 
 fn role_name(role: RaftRole) -> &'static str {
@@ -73,7 +163,7 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
         Some(leader) if leader != first.id => {
             let address = first.members.iter().find(|m| m.id == leader).map(|m| m.address.clone());
             match address {
-                Some(address) => client.for_server(&address).server_status().await.unwrap_or(first),
+                Some(address) => status_of(client, &address).await.unwrap_or(first),
                 None => first,
             }
         }
@@ -83,7 +173,7 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
     // own addresses are container names that only the cluster's network knows).
     let mut reachable = std::collections::HashMap::new();
     for address in client.addresses() {
-        if let Ok(status) = client.for_server(address).server_status().await {
+        if let Ok(status) = status_of(client, address).await {
             reachable.insert(status.id, status);
         }
     }
@@ -91,11 +181,11 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
     for member in &leader_view.members {
         let own = match reachable.remove(&member.id) {
             Some(status) => Ok(status),
-            None => client.for_server(&member.address).server_status().await,
+            None => status_of(client, &member.address).await,
         };
         let (status, error) = match own {
             Ok(status) => (Some(status), None),
-            Err(error) => (None, Some(error.to_string())),
+            Err(error) => (None, Some(error)),
         };
         members.push(MemberView {
             id: member.id,
@@ -106,7 +196,10 @@ async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
             error,
         });
     }
-    Ok(ClusterView { leader: leader_view.leader, term: leader_view.term, members })
+    let faults = flotilla_cli::local_cluster::record_for(client.addresses())
+        .map(|record| record.faults.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    Ok(ClusterView { leader: leader_view.leader, term: leader_view.term, members, faults })
 }
 
 /// `client` is made only for the verbs that talk to a cluster: `up`,
@@ -138,6 +231,9 @@ pub async fn run(client: impl Fn() -> anyhow::Result<Client>, command: ClusterCo
                 ]);
             }
             println!("{t}");
+            for fault in &view.faults {
+                println!("fault in force: {fault}");
+            }
             Ok(())
         }
         ClusterCommand::Add { member, no_wait, timeout } => {
@@ -166,6 +262,15 @@ pub async fn run(client: impl Fn() -> anyhow::Result<Client>, command: ClusterCo
         ClusterCommand::Up(args) => flotilla_cli::local_cluster::up(args).await,
         ClusterCommand::Down(args) => flotilla_cli::local_cluster::down(args).await,
         ClusterCommand::Env(args) => flotilla_cli::local_cluster::env(args),
+        ClusterCommand::Partition { members, from, name } => {
+            chaos::partition(&name, &members, from.as_deref())
+        }
+        ClusterCommand::Heal { name } => chaos::heal(&name),
+        ClusterCommand::Pause { member, name } => chaos::pause(&name, &member),
+        ClusterCommand::Resume { member, name } => chaos::resume(&name, &member),
+        ClusterCommand::Kill { member, name } => chaos::kill(&name, &member),
+        ClusterCommand::Restart { member, name } => chaos::restart(&name, &member),
+        ClusterCommand::Slow { member, delay, loss, name } => chaos::slow(&name, &member, delay, loss),
         ClusterCommand::Remove { id } => {
             client()?.remove_member(id).await?;
             println!("server {id} removed");

@@ -73,6 +73,9 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         nodes: Vec::new(),
         docker: true,
         ca_cert: None,
+        members: Vec::new(),
+        network: None,
+        faults: Vec::new(),
     };
     let dir = crate::local_cluster::clusters_dir().join(name);
     let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };

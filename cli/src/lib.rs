@@ -2,6 +2,7 @@
 //! clusters are laid out and started, so that `flotilla cluster up` and the
 //! end-to-end suites run servers and agents the same way.
 
+pub mod chaos;
 pub mod cluster_credentials;
 pub mod docker_cluster;
 pub mod local_cluster;

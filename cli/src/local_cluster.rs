@@ -43,6 +43,11 @@ pub struct UpArgs {
     /// Plain HTTP, no certificates, no tokens (for measuring TLS's cost).
     #[arg(long)]
     pub insecure: bool,
+    /// Each server and agent in a network namespace of its own on a private
+    /// bridge (needs root), so that `cluster partition` and `cluster slow`
+    /// can cut and degrade its links; the host reaches them at 10.x.y.z.
+    #[arg(long, conflicts_with = "docker")]
+    pub isolated: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +74,38 @@ pub struct ClusterRecord {
     /// The CA certificate the CLI trusts; `None`: an `--insecure` cluster.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
+    /// Each background process (process mode), by member name, with how it
+    /// was started, so `cluster restart` starts it again the same way.
+    #[serde(default)]
+    pub members: Vec<MemberProcess>,
+    /// The members' namespaces, with `--isolated`.
+    #[serde(default)]
+    pub network: Option<crate::chaos::network::Network>,
+    /// Faults in force (`cluster partition`, `pause`, `kill`, `slow`).
+    #[serde(default)]
+    pub faults: Vec<crate::chaos::Fault>,
+}
+
+/// One server or agent of a process cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberProcess {
+    /// A server's id (`1`) or an agent's node name.
+    pub name: String,
+    /// Its `flotilla` arguments.
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    /// The network namespace it runs in, with `--isolated`.
+    pub namespace: Option<String>,
+    pub pid: u32,
+}
+
+/// The record of the local cluster whose servers are at any of `addresses`.
+pub fn record_for(addresses: &[String]) -> Option<ClusterRecord> {
+    let clusters = std::fs::read_dir(clusters_dir()).ok()?;
+    clusters
+        .flatten()
+        .filter_map(|entry| load(&entry.file_name().to_string_lossy()).ok())
+        .find(|record| record.addresses.iter().any(|a| addresses.iter().any(|b| b.ends_with(a.as_str()))))
 }
 
 /// The management token of a secure local cluster, kept beside its record
@@ -159,12 +196,26 @@ pub fn agent_labels(spec: &str, i: usize) -> Vec<String> {
     groups[i % groups.len()].split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
 }
 
-fn spawn_background(args: &[String], log: PathBuf) -> anyhow::Result<u32> {
+/// Starts a member in the background (in its namespace, if it has one:
+/// `ip netns exec` execs it, so the pid is the member's own).
+pub fn spawn_member(member: &MemberProcess) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
-    let log = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let child = Command::new(exe)
-        .args(args)
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&member.log)
+        .with_context(|| format!("cannot create {}", member.log.display()))?;
+    let mut command = match &member.namespace {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace]).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let child = command
+        .args(&member.args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -201,6 +252,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.servers == 0 {
         bail!("--servers: a cluster needs at least one server");
     }
+    if args.isolated && !crate::chaos::network::namespaces_available() {
+        bail!("--isolated: making network namespaces needs root (and iproute2's `ip`)");
+    }
     let record = if args.docker { docker_cluster::up(&args).await? } else { up_processes(&args).await? };
     println!("cluster `{}` is up: {} servers, {} agents", record.name, args.servers, args.agents);
     print_env(&record);
@@ -233,13 +287,25 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         nodes: Vec::new(),
         docker: false,
         ca_cert: None,
+        members: Vec::new(),
+        network: None,
+        faults: Vec::new(),
     };
     let ca_dir = if args.insecure { None } else { Some(crate::cluster_credentials::create_ca(&dir)?) };
     record.ca_cert = ca_dir.as_ref().map(|d| d.join("trust.pem"));
-    for _ in 0..args.servers {
-        record.addresses.push(format!("127.0.0.1:{}", free_port()?));
+    if args.isolated {
+        record.network = Some(crate::chaos::network::Network::create()?);
+        save(&record)?;
     }
-    save(&record)?;
+    for id in 1..=args.servers {
+        // In a namespace of its own a server has every port to itself.
+        let address = match &mut record.network {
+            Some(network) => format!("{}:7001", network.add_member(&id.to_string())?.ip),
+            None => format!("127.0.0.1:{}", free_port()?),
+        };
+        record.addresses.push(address);
+        save(&record)?;
+    }
     // Replicas get a network of their own, where they reach the agents'
     // mesh and DNS by name; without Docker, processes need none.
     let network = match docker_cluster::create_network(&args.name) {
@@ -256,8 +322,8 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let ca = ca_dir.clone().map_or(ServerCa::Insecure, ServerCa::Shared);
         let mut args = server_command(id, address, &dir.join(format!("server-{id}")), &ca);
         args.extend(peers_flag(&record.addresses));
-        record.pids.push(spawn_background(&args, dir.join(format!("server-{id}.log")))?);
-        save(&record)?;
+        let namespace = record.network.as_ref().map(|n| n.members[i].namespace.clone());
+        start_member(&mut record, id.to_string(), args, dir.join(format!("server-{id}.log")), namespace)?;
     }
     let join_token =
         bootstrap_tokens(&record).await.inspect_err(|_| eprintln!("logs are in {}", dir.display()))?;
@@ -266,7 +332,17 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let agent_dir = dir.join(format!("agent-{}", i + 1));
         let mut agent = agent_command(&record.addresses, &agent_dir, &node, join_token.as_deref());
         agent.extend(["--cpu".into(), args.agent_cpu.clone(), "--memory".into(), args.agent_memory.clone()]);
-        agent.extend(["--mesh-listen".into(), "127.0.0.1".into()]);
+        let member = record.network.as_mut().map(|n| n.add_member(&node)).transpose()?;
+        match &member {
+            // Its API and mesh where the host (and the other members) reach it.
+            Some(member) => agent.extend([
+                "--listen".into(),
+                format!("{}:7002", member.ip),
+                "--mesh-listen".into(),
+                member.ip.to_string(),
+            ]),
+            None => agent.extend(["--mesh-listen".into(), "127.0.0.1".into()]),
+        }
         // A local test cluster runs the README's process example.
         agent.extend(["--allow-driver".into(), "process".into()]);
         if let Some(network) = &network {
@@ -275,9 +351,9 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         for label in agent_labels(&args.agent_labels, i) {
             agent.extend(["--label".into(), label]);
         }
-        record.pids.push(spawn_background(&agent, dir.join(format!("agent-{}.log", i + 1)))?);
-        record.nodes.push(node);
-        save(&record)?;
+        record.nodes.push(node.clone());
+        let log = dir.join(format!("agent-{}.log", i + 1));
+        start_member(&mut record, node, agent, log, member.map(|m| m.namespace))?;
     }
     if let Err(error) = wait_ready(&record_client(&record)?, args.agents as usize).await {
         eprintln!("logs are in {}", dir.display());
@@ -286,7 +362,25 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     Ok(record)
 }
 
+/// Starts a member and records it (and its pid) at once, so that `down`
+/// finds it even if a later step fails.
+fn start_member(
+    record: &mut ClusterRecord,
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let mut member = MemberProcess { name, args, log, namespace, pid: 0 };
+    member.pid = spawn_member(&member)?;
+    record.pids.push(member.pid);
+    record.members.push(member);
+    save(record)
+}
+
 fn stop_process(pid: u32) {
+    // A paused member would never see the SIGTERM.
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).output();
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
     for _ in 0..100 {
@@ -325,6 +419,9 @@ pub async fn down(args: NameArgs) -> anyhow::Result<()> {
         let dir = clusters_dir().join(&record.name);
         for (i, node) in record.nodes.iter().enumerate() {
             crate::process_layout::remove_agent_leftovers(&dir.join(format!("agent-{}", i + 1)), node);
+        }
+        if let Some(network) = &record.network {
+            network.remove();
         }
     }
     remove_workload_containers(&record.nodes);

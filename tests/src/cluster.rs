@@ -119,7 +119,7 @@ impl TestCluster {
             network,
         };
         if let Some(network) = &cluster.network {
-            for (server, member) in cluster.servers.iter_mut().zip(&network.members) {
+            for (server, member) in cluster.servers.iter_mut().zip(network.members()) {
                 server.set_namespace(&member.namespace);
             }
         }

@@ -118,7 +118,10 @@ async fn the_checker_catches_a_stale_read_served_by_a_cut_off_leader() {
     recorder.ok(pending, WorkloadOutput::Read(seen));
     // Asked for a linearizable read instead, the cut-off server refuses.
     let refused = tokio::time::timeout(Duration::from_secs(15), cut_off.get("reg")).await;
-    assert!(matches!(refused, Ok(Err(_))), "a cut-off server must not answer a linearizable read: {refused:?}");
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "a cut-off server must not answer a linearizable read: {refused:?}"
+    );
     network.heal();
 
     let history = recorder.history();

@@ -1,4 +1,4 @@
-//! `flotilla cluster up|down|env`: three servers and three agents as
+//! `flotilla cluster up|down|env` and its chaos verbs: three servers and three agents as
 //! processes, and as containers on a private Docker network; `down` leaves
 //! nothing behind.
 
@@ -224,4 +224,149 @@ fn cluster_up_and_down_with_processes() {
 #[cfg_attr(not(docker), ignore = "no Docker engine answers here")]
 fn cluster_up_and_down_with_docker() {
     up_use_down(&format!("dock-{}", std::process::id()), true);
+}
+
+/// Runs `cluster down` when dropped, also when the test failed.
+struct Down<'a> {
+    home: &'a std::path::Path,
+    name: &'a str,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = flotilla(self.home, &["cluster", "down", "--name", self.name], None);
+    }
+}
+
+/// Chaos on a process cluster whose members each live in a namespace:
+/// the leader cut off, a new one elected on the majority side while the
+/// old one acknowledges nothing; healed, one leader again and every server
+/// caught up; a member paused, resumed, killed and restarted; a lossy link;
+/// and `down` takes every namespace away.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn chaos_verbs_on_an_isolated_process_cluster() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let name = format!("chaos-{}", std::process::id());
+    let up = [
+        "cluster",
+        "up",
+        "--name",
+        &name,
+        "--agents",
+        "1",
+        "--isolated",
+        "--agent-cpu",
+        "1",
+        "--agent-memory",
+        "1Gi",
+    ];
+    // Whatever happens below, the cluster goes down with the test.
+    let _down = Down { home: home.path(), name: &name };
+    // `cluster up` blocks; a multi-threaded runtime has other workers meanwhile.
+    let env = exported(&ok(flotilla(home.path(), &up, None), "cluster up --isolated"));
+    let chaos = |args: &[&str]| {
+        let mut all = vec!["cluster"];
+        all.extend_from_slice(args);
+        all.extend(["--name", name.as_str()]);
+        ok(flotilla(home.path(), &all, None), &all.join(" "))
+    };
+    let addresses: Vec<String> = env
+        .iter()
+        .find(|(k, _)| k == "FLOTILLA_ADDR")
+        .map(|(_, v)| v.split(',').map(str::to_owned).collect())
+        .expect("FLOTILLA_ADDR");
+    let cacert = env
+        .iter()
+        .find(|(k, _)| k == "FLOTILLA_CACERT")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .expect("CA");
+    let token = env.iter().find(|(k, _)| k == "FLOTILLA_TOKEN").map(|(_, v)| v.clone());
+    let ca_dir = cacert.parent().expect("CA dir").to_owned();
+    let client_of = |address: &str| {
+        flotilla_cli::cluster_credentials::secure_client(&[address.to_owned()], &ca_dir, token.as_deref())
+            .expect("client")
+            .with_retry_for(Duration::ZERO)
+    };
+    let status = |address: String| {
+        let client = client_of(&address);
+        async move { tokio::time::timeout(Duration::from_secs(2), client.server_status()).await.ok()?.ok() }
+    };
+    let leader = status(addresses[0].clone()).await.and_then(|s| s.leader).expect("a leader");
+    let old = addresses[leader as usize - 1].clone();
+
+    let said = chaos(&["partition", &leader.to_string()]);
+    assert!(said.contains("cut off from the rest"), "{said}");
+    let others: Vec<String> = addresses.iter().filter(|a| **a != old).cloned().collect();
+    flotilla_tests::wait_until(Duration::from_secs(20), "a new leader on the majority side", || async {
+        let mut leaders = Vec::new();
+        for address in &others {
+            leaders.push(status(address.clone()).await?.leader?);
+        }
+        (leaders.iter().all(|l| *l == leaders[0] && *l != leader)).then_some(())
+    })
+    .await;
+    let spec = flotilla_api::parse_yaml("name: during\nimage: x\n").expect("spec");
+    let on_old = tokio::time::timeout(Duration::from_secs(10), client_of(&old).deploy(&spec, None)).await;
+    assert!(!matches!(on_old, Ok(Ok(_))), "the cut-off leader acknowledged a write: {on_old:?}");
+    let majority =
+        flotilla_cli::cluster_credentials::secure_client(&others, &ca_dir, token.as_deref()).expect("client");
+    majority.deploy(&spec, None).await.expect("the majority acknowledges writes");
+    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    assert!(shown.contains(&format!("fault in force: {leader} cut off from the rest")), "{shown}");
+
+    chaos(&["heal"]);
+    flotilla_tests::wait_until(Duration::from_secs(20), "one leader, every server caught up", || async {
+        let mut seen = Vec::new();
+        for address in &addresses {
+            let s = status(address.clone()).await?;
+            seen.push((s.leader?, s.applied));
+        }
+        seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
+    let agent = format!("{name}-agent-1");
+    chaos(&["pause", "2"]);
+    assert!(
+        ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status")
+            .contains("fault in force: 2 paused")
+    );
+    chaos(&["resume", "2"]);
+    chaos(&["kill", &agent]);
+    chaos(&["restart", &agent]);
+    chaos(&["slow", "3", "--loss", "5%"]);
+    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    assert!(
+        shown.contains("3 slow: 5% loss") && !shown.contains("paused") && !shown.contains("killed"),
+        "{shown}"
+    );
+    let delay = flotilla(home.path(), &["cluster", "slow", "3", "--delay", "200ms", "--name", &name], None);
+    let delay_said = String::from_utf8_lossy(&delay.stderr).to_string();
+    assert!(delay.status.success() || delay_said.contains("netem"), "{delay_said}");
+    majority
+        .deploy(&flotilla_api::parse_yaml("name: after\nimage: x\n").expect("spec"), None)
+        .await
+        .expect("writes go on");
+
+    let namespaces = || {
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout)
+            .to_string()
+    };
+    let ours: Vec<String> = {
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(home.path().join("flotilla/clusters").join(&name).join("cluster.json"))
+                .expect("record"),
+        )
+        .expect("json");
+        record["network"]["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| Some(m["namespace"].as_str()?.to_owned()))
+            .collect()
+    };
+    assert_eq!(ours.len(), 4, "three servers and one agent, each in a namespace");
+    ok(flotilla(home.path(), &["cluster", "down", "--name", &name], None), "cluster down");
+    let left = namespaces();
+    assert!(ours.iter().all(|n| !left.contains(n.as_str())), "namespaces left: {left}");
 }
