@@ -15,11 +15,16 @@ async fn survives(nemesis: Nemesis, test: &str) {
     let seed = run_seed(test);
     let mut cluster =
         TestCluster::start(ClusterOptions { namespaces: true, ..ClusterOptions::default() }).await;
+    // Two simulated nodes run the workloads' replicas, for the placement invariants.
+    for node in ["s1", "s2"] {
+        cluster.add_agent(node, &["--driver", "sim", "--cpu", "4", "--memory", "4Gi"]);
+    }
     let report = run(&mut cluster, &RunConfig::for_nemesis(nemesis, seed)).await;
     eprintln!("{}", report.row());
     assert!(report.violations.is_empty(), "not linearizable (FAULT_SEED={seed}): {:?}", report.violations);
     assert!(report.undecided.is_empty(), "the checker could not decide: {:?}", report.undecided);
     assert!(report.divergent.is_empty(), "acknowledged writes missing: {:?}", report.divergent);
+    assert!(report.placement.is_empty(), "placement invariants broken: {:?}", report.placement);
     assert!(
         report.converge_ms <= Duration::from_secs(10).as_millis() as u64,
         "converged in {} ms",

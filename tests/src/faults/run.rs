@@ -61,14 +61,28 @@ pub struct RunReport {
     pub undecided: Vec<String>,
     /// Servers whose state differs from the final linearizable reads.
     pub divergent: Vec<String>,
+    /// Broken placement invariants once healed: an oversubscribed node, a
+    /// replica slot live on two nodes, a workload short of its replicas.
+    pub placement: Vec<String>,
     pub writes_per_second: f64,
+    /// Acknowledged writes per second while a fault was in force.
+    pub writes_per_second_in_faults: f64,
+    /// For each fault that took the leader away: how long until the other
+    /// servers agreed on a new one (ms); none when the leader survived.
+    pub new_leader_ms: Vec<u64>,
 }
 
 impl RunReport {
     /// One line for the run's table.
     pub fn row(&self) -> String {
+        let mut leader_ms = self.new_leader_ms.clone();
+        leader_ms.sort_unstable();
+        let new_leader = match (leader_ms.get(leader_ms.len() / 2), leader_ms.last()) {
+            (Some(median), Some(max)) => format!("{median}/{max} ms"),
+            _ => "-".to_owned(),
+        };
         format!(
-            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
+            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
             format!("{:?}", self.nemesis),
             self.seed,
             self.operations,
@@ -77,16 +91,21 @@ impl RunReport {
             self.failed,
             self.elections,
             self.faults,
+            self.writes_per_second_in_faults,
             self.max_unavailable_ms,
             self.converge_ms,
             self.writes_per_second,
             self.stale_reads_behind,
-            if self.violations.is_empty() && self.divergent.is_empty() && self.undecided.is_empty() {
-                "linearizable, nothing lost".to_owned()
+            if self.violations.is_empty()
+                && self.divergent.is_empty()
+                && self.undecided.is_empty()
+                && self.placement.is_empty()
+            {
+                "linearizable, nothing lost, placement sound".to_owned()
             } else {
                 format!(
-                    "VIOLATIONS {:?} {:?} undecided {:?}",
-                    self.violations, self.divergent, self.undecided
+                    "VIOLATIONS {:?} {:?} {:?} undecided {:?}",
+                    self.violations, self.divergent, self.placement, self.undecided
                 )
             }
         )
@@ -138,6 +157,82 @@ async fn converge(cluster: &TestCluster, index: u64, within: Duration) -> Option
     None
 }
 
+/// How long after a fault until the servers other than the old leader
+/// (`old`, an index) agree on another leader; `None` if they keep the old
+/// one (the fault spared it) until `deadline`.
+async fn new_leader(cluster: &TestCluster, old: usize, deadline: Instant) -> Option<Duration> {
+    let start = Instant::now();
+    let old_id = cluster.servers[old].id;
+    while Instant::now() < deadline {
+        let mut leaders = Vec::new();
+        for (_, server) in cluster.servers.iter().enumerate().filter(|(i, _)| *i != old) {
+            let asked = tokio::time::timeout(Duration::from_millis(500), cluster.status_of(server.id)).await;
+            leaders.push(asked.ok().flatten().and_then(|s| s.leader));
+        }
+        if let Some(Some(leader)) = leaders.first()
+            && *leader != old_id
+            && leaders.iter().all(|l| *l == Some(*leader))
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+/// Once healed, within `within`: every workload has exactly its replicas,
+/// all running, no replica slot live twice, and no node booked past its
+/// capacity. What is still broken at the end, if anything.
+async fn placement_sound(client: &flotilla_api::Client, within: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let broken = placement_problems(client).await;
+        if broken.is_empty() || start.elapsed() >= within {
+            return broken;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn placement_problems(client: &flotilla_api::Client) -> Vec<String> {
+    let (Ok(workloads), Ok(allocations), Ok(nodes)) =
+        (client.list(false).await, client.allocations(None, None).await, client.nodes(false).await)
+    else {
+        return vec!["the cluster did not answer".to_owned()];
+    };
+    let mut broken = Vec::new();
+    for workload in &workloads {
+        // Replicas: live and not being stopped (a replica being stopped
+        // still holds its node's resources, counted below).
+        let live: Vec<_> =
+            allocations.iter().filter(|a| a.workload == workload.spec.name && a.is_replica()).collect();
+        let running = live.iter().filter(|a| a.state == flotilla_api::AllocationState::Running).count();
+        if live.len() != workload.spec.replicas as usize || running != live.len() {
+            broken.push(format!(
+                "{} has {} live ({running} running) of {} replicas",
+                workload.spec.name,
+                live.len(),
+                workload.spec.replicas
+            ));
+        }
+        let mut slots = std::collections::BTreeSet::new();
+        for allocation in &live {
+            if !slots.insert(allocation.replica) {
+                broken.push(format!("{} replica {} is live twice", workload.spec.name, allocation.replica));
+            }
+        }
+    }
+    for node in &nodes {
+        let live = allocations.iter().filter(|a| a.node == node.name && a.state.is_live());
+        let (cpu, memory) = live.fold((0, 0), |(c, m), a| (c + a.cpu, m + a.memory));
+        if cpu > node.capacity_cpu.0 || memory > node.capacity_memory.0 {
+            broken
+                .push(format!("node {} is booked past its capacity ({cpu}m CPU, {memory} bytes)", node.name));
+        }
+    }
+    broken
+}
+
 /// The highest commit index any server reports now.
 async fn commit_index(cluster: &TestCluster) -> u64 {
     let mut highest = 0;
@@ -177,12 +272,23 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         )));
     }
     let mut faults = 0;
+    let mut windows = Vec::new();
+    let mut new_leader_ms = Vec::new();
     while Instant::now() + config.calm_for + config.fault_for < until {
         tokio::time::sleep(config.calm_for).await;
+        let old_leader = nemesis::leader_index(cluster).await;
+        let struck = Instant::now();
         let injected = nemesis::inject(cluster, config.nemesis, &mut rng).await;
         faults += 1;
-        tokio::time::sleep(config.fault_for).await;
+        if let Some(old) = old_leader
+            && let Some(waited) = new_leader(cluster, old, struck + config.fault_for).await
+        {
+            new_leader_ms.push(waited.as_millis() as u64);
+        }
+        tokio::time::sleep_until((struck + config.fault_for).into()).await;
         nemesis::heal(cluster, injected);
+        let window = |at: Instant| at.duration_since(start).as_millis() as u64;
+        windows.push((window(struck), window(Instant::now())));
     }
     // After the last heal, while the clients go on: one leader, and every
     // server past what was committed when the heal came.
@@ -230,6 +336,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
             }
         }
     }
+    let placement = placement_sound(&reader, Duration::from_secs(30)).await;
     let mut violations = Vec::new();
     let mut undecided = Vec::new();
     for (key, history) in recorder.history() {
@@ -239,7 +346,11 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
             Verdict::Unknown { steps } => undecided.push(format!("{key} after {steps} steps")),
         }
     }
-    let acknowledged_writes = tally.acknowledged_writes_ms.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let written = tally.acknowledged_writes_ms.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let acknowledged_writes = written.len();
+    let in_faults =
+        written.iter().filter(|at| windows.iter().any(|(from, to)| (*from..*to).contains(*at))).count();
+    let fault_ms: u64 = windows.iter().map(|(from, to)| to - from).sum();
     RunReport {
         nemesis: config.nemesis,
         seed: config.seed,
@@ -255,6 +366,9 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         violations,
         undecided,
         divergent,
+        placement,
         writes_per_second: acknowledged_writes as f64 / (run_ms as f64 / 1000.0),
+        writes_per_second_in_faults: in_faults as f64 / (fault_ms.max(1) as f64 / 1000.0),
+        new_leader_ms,
     }
 }

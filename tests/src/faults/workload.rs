@@ -102,10 +102,12 @@ fn classify(input: WorkloadInput, error: &ClientError) -> Answer {
 async fn perform(client: &Client, key: &str, input: WorkloadInput) -> Result<WorkloadOutput, ClientError> {
     match input {
         WorkloadInput::Deploy { value, expected } => {
-            let spec = parse_yaml(&format!(
-                "name: {key}\nimage: registry.invalid/none:1\nenv: {{V: \"{value}\"}}\n"
-            ))
-            .map_err(|e| ClientError::Protocol { address: String::new(), reason: e.to_string() })?;
+            // A new version counts once running: rollouts keep up with the clients.
+            let yaml = format!(
+                "name: {key}\nimage: registry.invalid/none:1\nenv: {{V: \"{value}\"}}\nupdate: {{min_healthy_time: 0s}}\n"
+            );
+            let spec = parse_yaml(&yaml)
+                .map_err(|e| ClientError::Protocol { address: String::new(), reason: e.to_string() })?;
             let result = client.deploy(&spec, expected).await?;
             Ok(WorkloadOutput::Deployed { version: result.workload.version })
         }
