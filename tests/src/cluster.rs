@@ -28,6 +28,9 @@ pub struct ClusterOptions {
     /// Each server in a network namespace of its own, so that the fault
     /// suites can partition, slow and cut them for real (needs root).
     pub namespaces: bool,
+    /// Each server's data dir on a tmpfs of this many MiB of its own, so
+    /// that a fault run can fill it (needs root).
+    pub small_disks_mib: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -38,6 +41,7 @@ impl Default for ClusterOptions {
             server_args: Vec::new(),
             insecure: false,
             namespaces: false,
+            small_disks_mib: None,
         }
     }
 }
@@ -121,6 +125,11 @@ impl TestCluster {
         if let Some(network) = &cluster.network {
             for (server, member) in cluster.servers.iter_mut().zip(network.members()) {
                 server.set_namespace(&member.namespace);
+            }
+        }
+        if let Some(mib) = cluster.options.small_disks_mib {
+            for server in &cluster.servers {
+                crate::faults::disk::mount_small_disk(&server.data_dir, mib);
             }
         }
         for server in &mut cluster.servers {
@@ -416,6 +425,11 @@ impl Drop for TestCluster {
         }
         for server in &mut self.servers {
             server.kill();
+        }
+        if self.options.small_disks_mib.is_some() {
+            for server in &self.servers {
+                crate::faults::disk::unmount(&server.data_dir);
+            }
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());

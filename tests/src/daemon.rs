@@ -64,6 +64,16 @@ impl Daemon {
         self.child.is_some()
     }
 
+    /// Whether it was started and has since exited on its own (a crash, a
+    /// refusal to go on); it is then no longer counted as running.
+    pub fn exited(&mut self) -> bool {
+        let gone = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if gone {
+            self.child = None;
+        }
+        gone
+    }
+
     /// kill -9: no shutdown, no flush; what was not fsynced is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

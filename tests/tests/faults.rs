@@ -13,8 +13,9 @@ use flotilla_tests::{ClusterOptions, TestCluster};
 
 async fn survives(nemesis: Nemesis, test: &str) {
     let seed = run_seed(test);
-    let mut cluster =
-        TestCluster::start(ClusterOptions { namespaces: true, ..ClusterOptions::default() }).await;
+    let small_disks_mib = (nemesis == Nemesis::DiskFull).then_some(64);
+    let options = ClusterOptions { namespaces: true, small_disks_mib, ..ClusterOptions::default() };
+    let mut cluster = TestCluster::start(options).await;
     // Two simulated nodes run the workloads' replicas, for the placement invariants.
     for node in ["s1", "s2"] {
         cluster.add_agent(node, &["--driver", "sim", "--cpu", "4", "--memory", "4Gi"]);
@@ -31,6 +32,11 @@ async fn survives(nemesis: Nemesis, test: &str) {
         report.converge_ms
     );
     assert!(report.faults >= 1, "the nemesis struck");
+    if nemesis == Nemesis::DiskFull {
+        assert!(report.stopped_by_faults >= 1, "a server without disk stops (and is started again)");
+        assert!(cluster.logs().contains("No space left on device"), "it says why");
+    }
+    assert!(!cluster.logs().contains("panicked"), "no server or agent panicked:\n{}", cluster.logs());
     assert!(report.acknowledged > 50, "the clients got work done: {}", report.row());
 }
 
@@ -74,6 +80,12 @@ async fn a_killed_server() {
 #[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
 async fn a_lossy_network() {
     survives(Nemesis::LossyNetwork, "a_lossy_network").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn a_full_disk() {
+    survives(Nemesis::DiskFull, "a_full_disk").await;
 }
 
 /// The negative control: a read served from a cut-off leader's own state

@@ -2,6 +2,7 @@
 //! network namespaces joined by a bridge, so partitions, one-way drops,
 //! delay and loss are the kernel's, not a simulation.
 
+pub mod disk;
 pub mod nemesis;
 pub mod netns;
 pub mod run;

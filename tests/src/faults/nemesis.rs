@@ -53,10 +53,13 @@ pub enum Nemesis {
     Kill,
     /// A tenth of every server's packets to its peers lost.
     LossyNetwork,
+    /// A random server's disk filled to the last byte, then freed (and the
+    /// server started again if it stopped).
+    DiskFull,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 7] = [
+    pub const ALL: [Nemesis; 8] = [
         Nemesis::PartitionLeader,
         Nemesis::PartitionMinority,
         Nemesis::Bridge,
@@ -64,6 +67,7 @@ impl Nemesis {
         Nemesis::PauseLeader,
         Nemesis::Kill,
         Nemesis::LossyNetwork,
+        Nemesis::DiskFull,
     ];
 }
 
@@ -73,6 +77,7 @@ pub enum Injected {
     Network,
     Paused(usize),
     Killed(usize),
+    DiskFull(usize),
 }
 
 /// Where the servers' leader is, as an index into `cluster.servers`.
@@ -134,12 +139,17 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
             cluster.servers[random].kill();
             return Injected::Killed(random);
         }
+        Nemesis::DiskFull => {
+            super::disk::fill(&cluster.servers[random].data_dir);
+            return Injected::DiskFull(random);
+        }
     }
     Injected::Network
 }
 
-/// Undoes what `inject` did.
-pub fn heal(cluster: &mut TestCluster, injected: Injected) {
+/// Undoes what `inject` did; whether a server had stopped on its own
+/// under the fault (and was started again).
+pub fn heal(cluster: &mut TestCluster, injected: Injected) -> bool {
     match injected {
         Injected::Network => {
             if let Some(network) = &cluster.network {
@@ -148,5 +158,15 @@ pub fn heal(cluster: &mut TestCluster, injected: Injected) {
         }
         Injected::Paused(index) => cluster.servers[index].resume(),
         Injected::Killed(index) => cluster.servers[index].start(),
+        Injected::DiskFull(index) => {
+            super::disk::free(&cluster.servers[index].data_dir);
+            // A server may stop rather than go on without its disk.
+            let server = &mut cluster.servers[index];
+            if server.exited() {
+                server.start();
+                return true;
+            }
+        }
     }
+    false
 }

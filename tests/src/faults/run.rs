@@ -52,6 +52,9 @@ pub struct RunReport {
     /// Leader elections during the run (terms gone by).
     pub elections: u64,
     pub faults: u32,
+    /// Servers that stopped on their own under a fault (a full disk), and
+    /// were started again at the heal.
+    pub stopped_by_faults: u32,
     pub max_unavailable_ms: u64,
     /// From the last heal to one leader and every server applied alike.
     pub converge_ms: u64,
@@ -82,7 +85,7 @@ impl RunReport {
             _ => "-".to_owned(),
         };
         format!(
-            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
+            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} stopped {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
             format!("{:?}", self.nemesis),
             self.seed,
             self.operations,
@@ -91,6 +94,7 @@ impl RunReport {
             self.failed,
             self.elections,
             self.faults,
+            self.stopped_by_faults,
             self.writes_per_second_in_faults,
             self.max_unavailable_ms,
             self.converge_ms,
@@ -272,6 +276,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         )));
     }
     let mut faults = 0;
+    let mut stopped_by_faults = 0;
     let mut windows = Vec::new();
     let mut new_leader_ms = Vec::new();
     while Instant::now() + config.calm_for + config.fault_for < until {
@@ -286,7 +291,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
             new_leader_ms.push(waited.as_millis() as u64);
         }
         tokio::time::sleep_until((struck + config.fault_for).into()).await;
-        nemesis::heal(cluster, injected);
+        stopped_by_faults += u32::from(nemesis::heal(cluster, injected));
         let window = |at: Instant| at.duration_since(start).as_millis() as u64;
         windows.push((window(struck), window(Instant::now())));
     }
@@ -361,6 +366,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         stale_reads_behind: tally.stale_reads_behind.load(Ordering::Relaxed),
         elections: term(cluster).await.saturating_sub(term_before),
         faults,
+        stopped_by_faults,
         max_unavailable_ms: tally.max_unavailable_ms(run_ms),
         converge_ms,
         violations,
