@@ -70,10 +70,17 @@ pub(crate) struct Beat {
     pub(crate) tls: Option<Arc<crate::node_tls::NodeTls>>,
 }
 
+/// How long one server gets to answer a heartbeat: well within the
+/// servers' node TTL (3 s), so a heartbeat reaches another server in time.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1200);
+
 /// Tells the leader this node lives, with the latest usage samples and what
 /// it holds. It never waits on sampling (a Docker stats call takes a
 /// second), so a slow engine cannot make a healthy node miss its heartbeats.
 pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
+    // A server that cannot answer (cut off, paused) must not hold the
+    // heartbeats back until the node is marked down: the next one is tried.
+    let client = client.with_request_timeout(HEARTBEAT_TIMEOUT);
     let mut interval = tokio::time::interval(beat.every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

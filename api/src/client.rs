@@ -60,6 +60,9 @@ pub struct Client {
     scheme: &'static str,
     /// The API token sent as `Authorization: Bearer`, if any.
     token: Option<Arc<str>>,
+    /// How long one server may take to answer before the next is tried;
+    /// `None`: the HTTP client's own (30 s).
+    request_timeout: Option<Duration>,
 }
 
 /// The header under which a write carries its idempotency key.
@@ -116,6 +119,7 @@ impl Client {
             idempotency_key: None,
             scheme: "http",
             token: None,
+            request_timeout: None,
         }
     }
 
@@ -161,6 +165,14 @@ impl Client {
         &self.addresses
     }
 
+    /// Gives each server `timeout` to answer before trying the next: for
+    /// calls that must go through quickly (an agent's heartbeat), past a
+    /// server that accepts connections but cannot answer (cut off, paused).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
     /// A client that talks to one server only, with no failover.
     pub fn for_server(&self, address: &str) -> Client {
         Client {
@@ -170,6 +182,7 @@ impl Client {
             idempotency_key: self.idempotency_key.clone(),
             scheme: self.scheme,
             token: self.token.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -219,6 +232,9 @@ impl Client {
                 }
                 if let Some(key) = idempotency_key {
                     request = request.header(IDEMPOTENCY_HEADER, key);
+                }
+                if let Some(timeout) = self.request_timeout {
+                    request = request.timeout(timeout);
                 }
                 let response = match request.send().await {
                     Ok(response) => response,

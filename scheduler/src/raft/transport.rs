@@ -71,6 +71,15 @@ pub struct PeerTransport {
     assembly: Mutex<SnapshotAssembly>,
 }
 
+/// How long one request to a peer may take: a second, plus a second per
+/// MiB it carries. A connection that was cut (a partition) can stay stalled
+/// in TCP's retransmission backoff for tens of seconds after the network
+/// heals; messages older than an election timeout are worth nothing, so the
+/// request is abandoned and the next batch goes on a fresh connection.
+fn request_timeout(bytes: usize) -> std::time::Duration {
+    std::time::Duration::from_secs(1) + std::time::Duration::from_secs_f64(bytes as f64 / f64::from(1 << 20))
+}
+
 pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     for message in messages {
@@ -268,6 +277,7 @@ impl PeerTransport {
             .http
             .client
             .post(url)
+            .timeout(request_timeout(body.len()))
             .header(SENDER_HEADER, self.sender_header())
             .header("content-type", "application/octet-stream")
             .body(body)
