@@ -3,28 +3,8 @@
 
 use crate::cluster::TestCluster;
 
-/// A seedable generator (SplitMix64): a run is replayed from its seed.
-#[derive(Debug, Clone)]
-pub struct Seeded(u64);
-
-impl Seeded {
-    pub fn new(seed: u64) -> Self {
-        Seeded(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+/// Runs are replayed from their seed with placement's own generator.
+pub use flotilla_scheduler::placement::SplitMix64 as Seeded;
 
 /// The seed of a run: `FAULT_SEED` to replay one, else a fresh one; printed
 /// either way, so a failure can be replayed.

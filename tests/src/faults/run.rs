@@ -116,14 +116,15 @@ impl RunReport {
     }
 }
 
-/// The highest term any server reports now.
-async fn term(cluster: &TestCluster) -> u64 {
+/// The highest of `field` any server reports now (a paused or cut-off
+/// server is given a second).
+async fn highest(cluster: &TestCluster, field: fn(&flotilla_api::ServerStatus) -> u64) -> u64 {
     let mut highest = 0;
     for server in &cluster.servers {
         if let Ok(Some(status)) =
             tokio::time::timeout(Duration::from_secs(1), cluster.status_of(server.id)).await
         {
-            highest = highest.max(status.term);
+            highest = highest.max(field(&status));
         }
     }
     highest
@@ -237,25 +238,12 @@ async fn placement_problems(client: &flotilla_api::Client) -> Vec<String> {
     broken
 }
 
-/// The highest commit index any server reports now.
-async fn commit_index(cluster: &TestCluster) -> u64 {
-    let mut highest = 0;
-    for server in &cluster.servers {
-        if let Ok(Some(status)) =
-            tokio::time::timeout(Duration::from_secs(1), cluster.status_of(server.id)).await
-        {
-            highest = highest.max(status.commit);
-        }
-    }
-    highest
-}
-
 pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     let mut rng = Seeded::new(config.seed);
     let recorder: Recorder<WorkloadInput, WorkloadOutput> = Recorder::default();
     let tally = Arc::new(Tally::default());
     let values = Arc::new(AtomicU64::new(1));
-    let term_before = term(cluster).await;
+    let term_before = highest(cluster, |s| s.term).await;
     let start = Instant::now();
     let until = start + config.duration;
     let addresses: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
@@ -297,7 +285,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     }
     // After the last heal, while the clients go on: one leader, and every
     // server past what was committed when the heal came.
-    let committed = commit_index(cluster).await;
+    let committed = highest(cluster, |s| s.commit).await;
     let converge_ms = converge(cluster, committed.max(1), Duration::from_secs(30))
         .await
         .map_or(u64::MAX, |waited| waited.as_millis() as u64);
@@ -366,7 +354,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         unknown: tally.unknown.load(Ordering::Relaxed),
         failed: tally.failed.load(Ordering::Relaxed),
         stale_reads_behind: tally.stale_reads_behind.load(Ordering::Relaxed),
-        elections: term(cluster).await.saturating_sub(term_before),
+        elections: highest(cluster, |s| s.term).await.saturating_sub(term_before),
         faults,
         stopped_by_faults,
         max_unavailable_ms: tally.max_unavailable_ms(run_ms),
