@@ -125,6 +125,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("stopping: the agent stops its containers, then the server");
     let _ = stop_tx.send(true);
     agent.await.context("agent task")??;
+    // Its replicas are stopped; their cgroups' parent goes too.
+    flotilla_cli::process_layout::remove_agent_leftovers(&data.path().join("agent"), "dev");
     server.await.context("server task")??;
     Ok(())
 }
