@@ -117,6 +117,14 @@ pub fn heal(name: &str) -> anyhow::Result<()> {
     save(&record)
 }
 
+/// The one member a verb acts on (a list is refused rather than cut short).
+fn one_member(record: &ClusterRecord, name: &str) -> anyhow::Result<MemberProcess> {
+    match members(record, name)?.as_slice() {
+        [member] => Ok((*member).clone()),
+        _ => bail!("name one member, not `{name}`"),
+    }
+}
+
 fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status()?;
     if !status.success() {
@@ -127,7 +135,7 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 
 pub fn pause(name: &str, member: &str) -> anyhow::Result<()> {
     let mut record = load(name)?;
-    let process = members(&record, member)?[0].clone();
+    let process = one_member(&record, member)?;
     signal(process.pid, "-STOP")?;
     record.faults.push(Fault::Paused { member: process.name.clone() });
     println!("{} paused", process.name);
@@ -136,7 +144,7 @@ pub fn pause(name: &str, member: &str) -> anyhow::Result<()> {
 
 pub fn resume(name: &str, member: &str) -> anyhow::Result<()> {
     let mut record = load(name)?;
-    let process = members(&record, member)?[0].clone();
+    let process = one_member(&record, member)?;
     signal(process.pid, "-CONT")?;
     record.faults.retain(|f| *f != Fault::Paused { member: process.name.clone() });
     println!("{} resumed", process.name);
@@ -145,7 +153,7 @@ pub fn resume(name: &str, member: &str) -> anyhow::Result<()> {
 
 pub fn kill(name: &str, member: &str) -> anyhow::Result<()> {
     let mut record = load(name)?;
-    let process = members(&record, member)?[0].clone();
+    let process = one_member(&record, member)?;
     let _ = signal(process.pid, "-CONT");
     signal(process.pid, "-KILL")?;
     record.faults.retain(|f| *f != Fault::Paused { member: process.name.clone() });
@@ -157,7 +165,7 @@ pub fn kill(name: &str, member: &str) -> anyhow::Result<()> {
 /// Starts a killed member again, as it was started first.
 pub fn restart(name: &str, member: &str) -> anyhow::Result<()> {
     let mut record = load(name)?;
-    let process = members(&record, member)?[0].clone();
+    let process = one_member(&record, member)?;
     if std::path::Path::new(&format!("/proc/{}", process.pid)).exists() {
         let _ = signal(process.pid, "-CONT");
         signal(process.pid, "-KILL")?;
@@ -180,7 +188,7 @@ pub fn restart(name: &str, member: &str) -> anyhow::Result<()> {
 pub fn slow(name: &str, member: &str, delay_ms: u32, loss_percent: u32) -> anyhow::Result<()> {
     let mut record = load(name)?;
     let network = isolated(&record)?;
-    let member = members(&record, member)?[0].name.clone();
+    let member = one_member(&record, member)?.name;
     let index = position(network, &member)?;
     if delay_ms > 0 {
         let namespace = &network.members[index].namespace;
