@@ -73,12 +73,14 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "local")]
         name: String,
     },
-    /// Lose (`--loss 5%`) or delay (`--delay 200ms`, where the kernel has
-    /// netem) what a member sends its peers.
+    /// Delay (`--delay 200ms`, each packet by a draw from `--jitter 50ms`
+    /// either side of it) or lose (`--loss 5%`) what a member sends its peers.
     Slow {
         member: String,
         #[arg(long, value_parser = milliseconds, default_value = "0ms")]
         delay: u32,
+        #[arg(long, value_parser = milliseconds, default_value = "0ms")]
+        jitter: u32,
         #[arg(long, value_parser = percent, default_value = "0%")]
         loss: u32,
         #[arg(long, default_value = "local")]
@@ -270,7 +272,15 @@ pub async fn run(client: impl Fn() -> anyhow::Result<Client>, command: ClusterCo
         ClusterCommand::Resume { member, name } => chaos::resume(&name, &member),
         ClusterCommand::Kill { member, name } => chaos::kill(&name, &member),
         ClusterCommand::Restart { member, name } => chaos::restart(&name, &member),
-        ClusterCommand::Slow { member, delay, loss, name } => chaos::slow(&name, &member, delay, loss),
+        ClusterCommand::Slow { member, delay, jitter, loss, name } => {
+            if jitter > delay {
+                bail!(
+                    "--jitter {jitter}ms is more than --delay {delay}ms: a packet cannot leave before it is sent"
+                );
+            }
+            let millis = |ms: u32| Duration::from_millis(u64::from(ms));
+            chaos::slow(&name, &member, millis(delay), millis(jitter), loss)
+        }
         ClusterCommand::Remove { id } => {
             client()?.remove_member(id).await?;
             println!("server {id} removed");

@@ -82,7 +82,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     record.ca_cert = ca_dir.as_ref().map(|d| d.join("trust.pem"));
     save(&record)?;
     create_network(name)?;
-    let servers: Vec<String> = (1..=args.servers).map(|i| format!("flotilla-{name}-server-{i}")).collect();
+    let servers: Vec<String> = (1..=args.servers as usize).map(|i| server_container(name, i)).collect();
     let server_addresses: Vec<String> = servers.iter().map(|s| format!("{s}:{SERVER_PORT}")).collect();
     for (i, server) in servers.iter().enumerate() {
         let publish = format!("127.0.0.1::{SERVER_PORT}");
@@ -111,7 +111,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     let join_token = crate::local_cluster::bootstrap_tokens(&record).await?;
     for i in 0..args.agents as usize {
         let node = format!("{name}-agent-{}", i + 1);
-        let container = format!("flotilla-{node}");
+        let container = agent_container(&node);
         let mut command: Vec<String> =
             ["run", "-d", "--name", &container, "--hostname", &container, "--network", &network]
                 .iter()
@@ -143,6 +143,16 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
     }
     wait_ready(&crate::local_cluster::record_client(&record)?, args.agents as usize).await?;
     Ok(record)
+}
+
+/// The container of server `id` of cluster `name`.
+pub fn server_container(name: &str, id: usize) -> String {
+    format!("flotilla-{name}-server-{id}")
+}
+
+/// The container of the agent of node `node`.
+pub fn agent_container(node: &str) -> String {
+    format!("flotilla-{node}")
 }
 
 pub fn down(record: &ClusterRecord) -> anyhow::Result<()> {

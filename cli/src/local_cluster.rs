@@ -322,7 +322,8 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         let ca = ca_dir.clone().map_or(ServerCa::Insecure, ServerCa::Shared);
         let mut args = server_command(id, address, &dir.join(format!("server-{id}")), &ca);
         args.extend(peers_flag(&record.addresses));
-        let namespace = record.network.as_ref().map(|n| n.members[i].namespace.clone());
+        let namespace =
+            record.network.as_ref().and_then(|n| n.members[i].namespace.name().map(str::to_owned));
         start_member(&mut record, id.to_string(), args, dir.join(format!("server-{id}.log")), namespace)?;
     }
     let join_token =
@@ -353,7 +354,8 @@ async fn up_processes(args: &UpArgs) -> anyhow::Result<ClusterRecord> {
         }
         record.nodes.push(node.clone());
         let log = dir.join(format!("agent-{}.log", i + 1));
-        start_member(&mut record, node, agent, log, member.map(|m| m.namespace))?;
+        let namespace = member.and_then(|m| m.namespace.name().map(str::to_owned));
+        start_member(&mut record, node, agent, log, namespace)?;
     }
     if let Err(error) = wait_ready(&record_client(&record)?, args.agents as usize).await {
         eprintln!("logs are in {}", dir.display());
@@ -420,9 +422,10 @@ pub async fn down(args: NameArgs) -> anyhow::Result<()> {
         for (i, node) in record.nodes.iter().enumerate() {
             crate::process_layout::remove_agent_leftovers(&dir.join(format!("agent-{}", i + 1)), node);
         }
-        if let Some(network) = &record.network {
-            network.remove();
-        }
+    }
+    // Its namespaces (process mode) and the processes delaying members' links.
+    if let Some(mut network) = record.network.clone() {
+        network.remove();
     }
     remove_workload_containers(&record.nodes);
     if !record.docker {

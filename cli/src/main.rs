@@ -99,6 +99,10 @@ enum Command {
     /// several servers; `ca status`; `ca rotate` to replace it without downtime.
     #[command(subcommand)]
     Ca(certificate_authority::CaCommand),
+    /// Holds back what a member of a local cluster sends its peers (started
+    /// by `cluster slow --delay` inside the member's namespace).
+    #[command(hide = true)]
+    DelayLink(flotilla_cli::chaos::delay::DelayLinkArgs),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             Command::Token(command) => tokens::token(&client()?, command).await,
             Command::Ca(command) => certificate_authority::run(command, client, cli.cacert.as_deref()).await,
             Command::Secret(command) => secrets::run(&client()?, command).await,
+            Command::DelayLink(args) => flotilla_cli::chaos::delay::delay_link(args).await,
             Command::Volumes(args) => volumes::run(&client()?, args).await,
         }
     });

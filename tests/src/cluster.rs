@@ -124,7 +124,7 @@ impl TestCluster {
         };
         if let Some(network) = &cluster.network {
             for (server, member) in cluster.servers.iter_mut().zip(network.members()) {
-                server.set_namespace(&member.namespace);
+                server.set_namespace(member.namespace.name().expect("a namespace made here"));
             }
         }
         if let Some(mib) = cluster.options.small_disks_mib {

@@ -84,6 +84,12 @@ async fn a_lossy_network() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn a_slow_network_that_reorders() {
+    survives(Nemesis::SlowNetwork, "a_slow_network_that_reorders").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
 async fn a_full_disk() {
     survives(Nemesis::DiskFull, "a_full_disk").await;
 }
@@ -97,7 +103,8 @@ async fn the_checker_catches_a_stale_read_served_by_a_cut_off_leader() {
     use flotilla_tests::faults::nemesis::leader_index;
     use flotilla_tests::faults::workload::register_of;
 
-    let cluster = TestCluster::start(ClusterOptions { namespaces: true, ..ClusterOptions::default() }).await;
+    let mut cluster =
+        TestCluster::start(ClusterOptions { namespaces: true, ..ClusterOptions::default() }).await;
     let client = cluster.client().with_retry_for(Duration::from_secs(10));
     let recorder: Recorder<WorkloadInput, WorkloadOutput> = Recorder::default();
     let deploy = |value: u64| {
@@ -139,7 +146,7 @@ async fn the_checker_catches_a_stale_read_served_by_a_cut_off_leader() {
         matches!(refused, Ok(Err(_))),
         "a cut-off server must not answer a linearizable read: {refused:?}"
     );
-    network.heal();
+    cluster.network.as_mut().expect("namespaces").heal();
 
     let history = recorder.history();
     let verdict = check(&WorkloadModel, &history["reg"], 1_000_000);

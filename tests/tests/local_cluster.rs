@@ -340,33 +340,58 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
         shown.contains("3 slow: 5% loss") && !shown.contains("paused") && !shown.contains("killed"),
         "{shown}"
     );
-    let delay = flotilla(home.path(), &["cluster", "slow", "3", "--delay", "200ms", "--name", &name], None);
-    let delay_said = String::from_utf8_lossy(&delay.stderr).to_string();
-    assert!(delay.status.success() || delay_said.contains("netem"), "{delay_said}");
     majority
         .deploy(&flotilla_api::parse_yaml("name: after\nimage: x\n").expect("spec"), None)
         .await
         .expect("writes go on");
+    chaos(&["heal"]);
+
+    // A delayed leader: no write commits before its appends reach a follower.
+    let leader = status(addresses[0].clone()).await.and_then(|s| s.leader).expect("a leader");
+    let said = chaos(&["slow", &leader.to_string(), "--delay", "200ms", "--jitter", "20ms"]);
+    assert!(said.contains(&format!("{leader} slow: 0% loss, 200±20 ms delay")), "{said}");
+    let all = flotilla_cli::cluster_credentials::secure_client(&addresses, &ca_dir, token.as_deref())
+        .expect("client");
+    for i in 0..3 {
+        let spec = flotilla_api::parse_yaml(&format!("name: slow-{i}\nimage: x\n")).expect("spec");
+        let started = std::time::Instant::now();
+        all.deploy(&spec, None).await.expect("a delayed leader still commits");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(180),
+            "a write committed in {took:?}, sooner than the delay allows"
+        );
+    }
+    let record = || -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(home.path().join("flotilla/clusters").join(&name).join("cluster.json"))
+                .expect("record"),
+        )
+        .expect("json")
+    };
+    let delayer = record()["network"]["delayers"][0]["pid"].as_u64().expect("a delaying process");
+    let running = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(running(delayer), "the delaying process runs while the delay is in force");
+    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    assert!(shown.contains(&format!("fault in force: {leader} slow: 0% loss, 200±20 ms delay")), "{shown}");
 
     let namespaces = || {
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout)
             .to_string()
     };
-    let ours: Vec<String> = {
-        let record: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(home.path().join("flotilla/clusters").join(&name).join("cluster.json"))
-                .expect("record"),
-        )
-        .expect("json");
-        record["network"]["members"]
-            .as_array()
-            .expect("members")
-            .iter()
-            .filter_map(|m| Some(m["namespace"].as_str()?.to_owned()))
-            .collect()
-    };
+    let ours: Vec<String> = record()["network"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| Some(m["namespace"]["named"].as_str()?.to_owned()))
+        .collect();
     assert_eq!(ours.len(), 4, "three servers and one agent, each in a namespace");
     ok(flotilla(home.path(), &["cluster", "down", "--name", &name], None), "cluster down");
     let left = namespaces();
     assert!(ours.iter().all(|n| !left.contains(n.as_str())), "namespaces left: {left}");
+    assert!(!running(delayer), "cluster down stops the delaying process");
 }

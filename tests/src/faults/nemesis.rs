@@ -1,6 +1,8 @@
 //! Nemeses: the faults a run injects into a cluster whose servers live in
 //! network namespaces, one at a time, each undone by `heal`.
 
+use std::time::Duration;
+
 use crate::cluster::TestCluster;
 
 /// Runs are replayed from their seed with placement's own generator.
@@ -33,13 +35,16 @@ pub enum Nemesis {
     Kill,
     /// A tenth of every server's packets to its peers lost.
     LossyNetwork,
+    /// Every server's packets to its peers held back 100 ms ± 80 ms, so
+    /// they also arrive out of order.
+    SlowNetwork,
     /// A random server's disk filled to the last byte, then freed (and the
     /// server started again if it stopped).
     DiskFull,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 8] = [
+    pub const ALL: [Nemesis; 9] = [
         Nemesis::PartitionLeader,
         Nemesis::PartitionMinority,
         Nemesis::Bridge,
@@ -47,6 +52,7 @@ impl Nemesis {
         Nemesis::PauseLeader,
         Nemesis::Kill,
         Nemesis::LossyNetwork,
+        Nemesis::SlowNetwork,
         Nemesis::DiskFull,
     ];
 }
@@ -79,7 +85,7 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
     let count = cluster.servers.len();
     let leader = leader_index(cluster).await.unwrap_or(0);
     let random = rng.below(count as u64) as usize;
-    let network = cluster.network.as_ref().expect("a fault run's cluster lives in namespaces");
+    let network = cluster.network.as_mut().expect("a fault run's cluster lives in namespaces");
     let isolate = |victim: usize| {
         for peer in (0..count).filter(|p| *p != victim) {
             network.cut(victim, peer, false);
@@ -111,6 +117,11 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
                 network.lose(member, 10);
             }
         }
+        Nemesis::SlowNetwork => {
+            for member in 0..count {
+                network.delay(member, Duration::from_millis(100), Duration::from_millis(80));
+            }
+        }
         Nemesis::PauseLeader => {
             cluster.servers[leader].pause();
             return Injected::Paused(leader);
@@ -132,7 +143,7 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
 pub fn heal(cluster: &mut TestCluster, injected: Injected) -> bool {
     match injected {
         Injected::Network => {
-            if let Some(network) = &cluster.network {
+            if let Some(network) = &mut cluster.network {
                 network.heal();
             }
         }

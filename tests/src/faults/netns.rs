@@ -33,7 +33,12 @@ impl Network {
         self.0.lose(index, percent).expect("a lossy link");
     }
 
-    pub fn heal(&self) {
+    /// What member `index` sends its peers is held back by `delay` ± `jitter`.
+    pub fn delay(&mut self, index: usize, delay: std::time::Duration, jitter: std::time::Duration) {
+        self.0.delay(index, delay, jitter, &crate::binary::flotilla_binary()).expect("a delayed link");
+    }
+
+    pub fn heal(&mut self) {
         self.0.heal().expect("the network healed");
     }
 }
