@@ -238,38 +238,18 @@ impl Drop for Down<'_> {
     }
 }
 
-/// Chaos on a process cluster whose members each live in a namespace:
-/// the leader cut off, a new one elected on the majority side while the
-/// old one acknowledges nothing; healed, one leader again and every server
-/// caught up; a member paused, resumed, killed and restarted; a lossy link;
-/// and `down` takes every namespace away.
-#[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
-async fn chaos_verbs_on_an_isolated_process_cluster() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let name = format!("chaos-{}", std::process::id());
-    let up = [
-        "cluster",
-        "up",
-        "--name",
-        &name,
-        "--agents",
-        "1",
-        "--isolated",
-        "--agent-cpu",
-        "1",
-        "--agent-memory",
-        "1Gi",
-    ];
-    // Whatever happens below, the cluster goes down with the test.
-    let _down = Down { home: home.path(), name: &name };
-    // `cluster up` blocks; a multi-threaded runtime has other workers meanwhile.
-    let env = exported(&ok(flotilla(home.path(), &up, None), "cluster up --isolated"));
+/// The chaos verbs on local cluster `name` (made by the caller): the
+/// leader cut off, a new one elected on the majority side while the old one
+/// acknowledges nothing; healed, one leader again and every server caught
+/// up; a member paused, resumed, killed and restarted; a lossy link; a
+/// delayed leader whose writes commit no sooner than its delay allows.
+/// Returns the delaying process's pid, for the caller to see `down` end it.
+async fn exercise_chaos_verbs(home: &std::path::Path, name: &str, env: &Env) -> u64 {
     let chaos = |args: &[&str]| {
         let mut all = vec!["cluster"];
         all.extend_from_slice(args);
-        all.extend(["--name", name.as_str()]);
-        ok(flotilla(home.path(), &all, None), &all.join(" "))
+        all.extend(["--name", name]);
+        ok(flotilla(home, &all, None), &all.join(" "))
     };
     let addresses: Vec<String> = env
         .iter()
@@ -292,6 +272,19 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
         let client = client_of(&address);
         async move { tokio::time::timeout(Duration::from_secs(2), client.server_status()).await.ok()?.ok() }
     };
+    let converged = || async {
+        flotilla_tests::wait_until(Duration::from_secs(30), "one leader, every server caught up", || async {
+            let mut seen = Vec::new();
+            for address in &addresses {
+                let s = status(address.clone()).await?;
+                seen.push((s.leader?, s.applied));
+            }
+            seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+        })
+        .await;
+    };
+    let cluster_status = || ok(flotilla(home, &["cluster", "status"], Some(env)), "status");
+    converged().await;
     let leader = status(addresses[0].clone()).await.and_then(|s| s.leader).expect("a leader");
     let old = addresses[leader as usize - 1].clone();
 
@@ -312,30 +305,28 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
     let majority =
         flotilla_cli::cluster_credentials::secure_client(&others, &ca_dir, token.as_deref()).expect("client");
     majority.deploy(&spec, None).await.expect("the majority acknowledges writes");
-    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    let shown = cluster_status();
     assert!(shown.contains(&format!("fault in force: {leader} cut off from the rest")), "{shown}");
 
     chaos(&["heal"]);
-    flotilla_tests::wait_until(Duration::from_secs(20), "one leader, every server caught up", || async {
-        let mut seen = Vec::new();
-        for address in &addresses {
-            let s = status(address.clone()).await?;
-            seen.push((s.leader?, s.applied));
-        }
-        seen.windows(2).all(|w| w[0] == w[1]).then_some(())
-    })
-    .await;
+    converged().await;
     let agent = format!("{name}-agent-1");
     chaos(&["pause", "2"]);
-    assert!(
-        ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status")
-            .contains("fault in force: 2 paused")
-    );
+    assert!(cluster_status().contains("fault in force: 2 paused"));
     chaos(&["resume", "2"]);
     chaos(&["kill", &agent]);
+    assert!(cluster_status().contains(&format!("fault in force: {agent} killed")));
     chaos(&["restart", &agent]);
+    let all = flotilla_cli::cluster_credentials::secure_client(&addresses, &ca_dir, token.as_deref())
+        .expect("client")
+        .with_retry_for(Duration::from_secs(5));
+    flotilla_tests::wait_until(Duration::from_secs(30), "the restarted agent ready again", || async {
+        let nodes = all.nodes(false).await.ok()?;
+        nodes.iter().any(|n| n.name == agent && n.status == flotilla_api::NodeStatus::Ready).then_some(())
+    })
+    .await;
     chaos(&["slow", "3", "--loss", "5%"]);
-    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    let shown = cluster_status();
     assert!(
         shown.contains("3 slow: 5% loss") && !shown.contains("paused") && !shown.contains("killed"),
         "{shown}"
@@ -345,16 +336,15 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
         .await
         .expect("writes go on");
     chaos(&["heal"]);
+    converged().await;
 
     // A delayed leader: no write commits before its appends reach a follower.
     let leader = status(addresses[0].clone()).await.and_then(|s| s.leader).expect("a leader");
     let said = chaos(&["slow", &leader.to_string(), "--delay", "200ms", "--jitter", "20ms"]);
     assert!(said.contains(&format!("{leader} slow: 0% loss, 200±20 ms delay")), "{said}");
-    let all = flotilla_cli::cluster_credentials::secure_client(&addresses, &ca_dir, token.as_deref())
-        .expect("client");
     for i in 0..3 {
         let spec = flotilla_api::parse_yaml(&format!("name: slow-{i}\nimage: x\n")).expect("spec");
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         all.deploy(&spec, None).await.expect("a delayed leader still commits");
         let took = started.elapsed();
         assert!(
@@ -362,28 +352,51 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
             "a write committed in {took:?}, sooner than the delay allows"
         );
     }
-    let record = || -> serde_json::Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(home.path().join("flotilla/clusters").join(&name).join("cluster.json"))
-                .expect("record"),
-        )
-        .expect("json")
-    };
-    let delayer = record()["network"]["delayers"][0]["pid"].as_u64().expect("a delaying process");
-    let running = |pid: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-    };
+    let delayer = record(home, name)["network"]["delayers"][0]["pid"].as_u64().expect("a delaying process");
     assert!(running(delayer), "the delaying process runs while the delay is in force");
-    let shown = ok(flotilla(home.path(), &["cluster", "status"], Some(&env)), "status");
+    let shown = cluster_status();
     assert!(shown.contains(&format!("fault in force: {leader} slow: 0% loss, 200±20 ms delay")), "{shown}");
+    delayer
+}
 
-    let namespaces = || {
-        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout)
-            .to_string()
-    };
-    let ours: Vec<String> = record()["network"]["members"]
+/// Local cluster `name`'s record, as `cluster` commands keep it.
+fn record(home: &std::path::Path, name: &str) -> serde_json::Value {
+    let path = home.join("flotilla/clusters").join(name).join("cluster.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("record")).expect("json")
+}
+
+/// Whether process `pid` runs (not gone, not a zombie).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// The chaos verbs on a process cluster whose members each live in a
+/// namespace; `down` takes every namespace and delaying process away.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn chaos_verbs_on_an_isolated_process_cluster() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let name = format!("chaos-{}", std::process::id());
+    let up = [
+        "cluster",
+        "up",
+        "--name",
+        &name,
+        "--agents",
+        "1",
+        "--isolated",
+        "--agent-cpu",
+        "1",
+        "--agent-memory",
+        "1Gi",
+    ];
+    // Whatever happens below, the cluster goes down with the test.
+    let _down = Down { home: home.path(), name: &name };
+    let env = exported(&ok(flotilla(home.path(), &up, None), "cluster up --isolated"));
+    let delayer = exercise_chaos_verbs(home.path(), &name, &env).await;
+
+    let ours: Vec<String> = record(home.path(), &name)["network"]["members"]
         .as_array()
         .expect("members")
         .iter()
@@ -391,7 +404,24 @@ async fn chaos_verbs_on_an_isolated_process_cluster() {
         .collect();
     assert_eq!(ours.len(), 4, "three servers and one agent, each in a namespace");
     ok(flotilla(home.path(), &["cluster", "down", "--name", &name], None), "cluster down");
-    let left = namespaces();
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout;
+    let left = String::from_utf8_lossy(&namespaces);
     assert!(ours.iter().all(|n| !left.contains(n.as_str())), "namespaces left: {left}");
+    assert!(!running(delayer), "cluster down stops the delaying process");
+}
+
+/// The same verbs on a `--docker` cluster: the faults act inside the
+/// containers' own namespaces (and `docker pause|kill|start`).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(all(docker, netns)), ignore = "needs a Docker engine and root")]
+async fn chaos_verbs_on_a_docker_cluster() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let name = format!("dchaos-{}", std::process::id());
+    let up = ["cluster", "up", "--name", &name, "--agents", "1", "--docker"];
+    let _down = Down { home: home.path(), name: &name };
+    let env = exported(&ok(flotilla(home.path(), &up, None), "cluster up --docker"));
+    let delayer = exercise_chaos_verbs(home.path(), &name, &env).await;
+    ok(flotilla(home.path(), &["cluster", "down", "--name", &name], None), "cluster down");
+    assert_eq!(docker_ids(&["ps", "-aq", "--filter", &format!("label=flotilla.cluster={name}")]), "");
     assert!(!running(delayer), "cluster down stops the delaying process");
 }
