@@ -106,7 +106,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if !peer.secure {
         return Ok(Caller::Unchecked);
     }
@@ -118,10 +118,27 @@ fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller,
         };
         let token = ApiToken::parse(text).map_err(|_| unknown())?;
         let roles = [TokenRole::Read, TokenRole::Deploy, TokenRole::Admin];
-        let state = app.raft.state();
-        let info =
-            state.find_token(&token.secret.hash(), &roles, flotilla_api::now_ms()).ok_or_else(unknown)?;
-        return Role::from_token(info.role).map(Caller::User).ok_or_else(unknown);
+        let find = || {
+            let state = app.raft.state();
+            state.find_token(&token.secret.hash(), &roles, flotilla_api::now_ms()).map(|info| info.role)
+        };
+        let role = match find() {
+            Some(role) => role,
+            // A server that trails the leader (a member just joined, one
+            // cut off) may not have applied the token yet: it catches up
+            // before it says no, and says it cannot tell when it cannot.
+            None if !app.raft.is_leader() => {
+                app.raft.read_barrier().await.map_err(|error| ApiError::Unavailable {
+                    code: "cannot_check_token",
+                    message: format!(
+                        "this server cannot tell whether the token is valid until it catches up with the leader ({error}); ask another server"
+                    ),
+                })?;
+                find().ok_or_else(unknown)?
+            }
+            None => return Err(unknown()),
+        };
+        return Role::from_token(role).map(Caller::User).ok_or_else(unknown);
     }
     Ok(match &peer.certificate {
         Some(certificate) if certificate.vouches_for(SERVER_ROLE_NAME) => Caller::Server,
@@ -217,7 +234,7 @@ pub async fn authorize(
     let Some(access) = access_of(&method, pattern) else {
         return ApiError::Internal(format!("{method} {pattern} has no access rule")).into_response();
     };
-    let caller = match caller_of(&app, &peer, request.headers()) {
+    let caller = match caller_of(&app, &peer, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };

@@ -112,6 +112,20 @@ impl RaftStorage {
         Ok(storage)
     }
 
+    /// A write that commits in two phases: the new state and its commit
+    /// slot are fsynced before the slot becomes the one in force. A crash
+    /// mid-commit then leaves the last commit whole, and a commit torn
+    /// after it was made (and perhaps acknowledged to the leader) is
+    /// refused as corrupted on opening. With one phase, redb would instead
+    /// fall back to the commit before it without a word: a server that
+    /// forgot entries and votes it had acknowledged, which Raft's safety
+    /// does not survive.
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
+        txn.set_two_phase_commit(true);
+        Ok(txn)
+    }
+
     fn corrupted(&self, what: impl Into<String>) -> StorageError {
         StorageError::Corrupted { path: self.path.clone(), what: what.into() }
     }
@@ -224,7 +238,7 @@ impl RaftStorage {
             self.hard_state = hs.clone();
         }
         let first_new = entries.first().map(|e| e.index);
-        let txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
+        let txn = self.begin_write()?;
         {
             let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
             if let Some(first_new) = first_new {
@@ -293,7 +307,7 @@ impl RaftStorage {
         truncated: (u64, u64),
         clear_log: bool,
     ) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
+        let txn = self.begin_write()?;
         {
             let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
             let upto = if clear_log { u64::MAX } else { truncated.0 };
@@ -417,6 +431,45 @@ mod tests {
         let txn = db.begin_read().expect("txn");
         let meta = txn.open_table(META).expect("meta");
         assert!(meta.get(SNAPSHOT_KEY).expect("get").is_none(), "moved out of `meta`");
+    }
+
+    /// A commit torn after it was made (its new pages zeroed, its commit
+    /// slot in force) must not open as the commit before it.
+    #[test]
+    fn a_torn_commit_is_refused_rather_than_rolled_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        storage.persist(&(2..=50).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
+        let before = std::fs::read(&path).expect("file");
+        storage
+            .persist(&[entry(51, 1)], Some(&HardState { term: 1, commit: 51, ..HardState::default() }))
+            .expect("persist");
+        // As a kill leaves it: not closed, still marked for recovery (a
+        // copy, as this process holds the original's lock).
+        let mut after = std::fs::read(&path).expect("file");
+        drop(storage);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        const HEADER: usize = 4096;
+        let mut torn = 0;
+        for (at, byte) in after.iter_mut().enumerate().skip(HEADER) {
+            if before.get(at) != Some(byte) {
+                *byte = 0;
+                torn += 1;
+            }
+        }
+        assert!(torn > 0, "the last commit wrote pages beyond the header");
+        std::fs::write(&path, &after).expect("torn file");
+        match RaftStorage::open(dir.path()) {
+            Err(StorageError::Corrupted { path: named, .. }) => assert_eq!(named, path),
+            Err(other) => panic!("refused, but not as corrupted: {other}"),
+            Ok(storage) => panic!(
+                "opened a torn commit as the one before it (last index {})",
+                storage.last_index_inner()
+            ),
+        }
     }
 
     fn snapshot_at(index: u64, term: u64) -> Snapshot {

@@ -6,6 +6,7 @@ pub mod disk;
 pub mod nemesis;
 pub mod netns;
 pub mod run;
+pub mod torn_write;
 pub mod workload;
 
 pub use nemesis::{Nemesis, run_seed};

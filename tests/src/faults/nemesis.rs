@@ -41,10 +41,15 @@ pub enum Nemesis {
     /// A random server's disk filled to the last byte, then freed (and the
     /// server started again if it stopped).
     DiskFull,
+    /// A random server killed with SIGKILL and the end of its data file
+    /// torn ([`super::torn_write`]), then started again; one that refuses
+    /// its torn file is replaced as an operator would: removed from the
+    /// cluster, its data wiped, joined anew.
+    TornWrite,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 9] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::PartitionLeader,
         Nemesis::PartitionMinority,
         Nemesis::Bridge,
@@ -54,6 +59,7 @@ impl Nemesis {
         Nemesis::LossyNetwork,
         Nemesis::SlowNetwork,
         Nemesis::DiskFull,
+        Nemesis::TornWrite,
     ];
 }
 
@@ -64,6 +70,18 @@ pub enum Injected {
     Paused(usize),
     Killed(usize),
     DiskFull(usize),
+    Torn(usize),
+}
+
+/// What a heal had to do beyond undoing the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aftermath {
+    Nothing,
+    /// A server had stopped on its own under the fault (a full disk) and
+    /// was started again.
+    Restarted,
+    /// A server refused its torn data file and was replaced.
+    Replaced,
 }
 
 /// Where the servers' leader is, as an index into `cluster.servers`.
@@ -134,13 +152,17 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
             super::disk::fill(&cluster.servers[random].data_dir);
             return Injected::DiskFull(random);
         }
+        Nemesis::TornWrite => {
+            cluster.servers[random].kill();
+            super::torn_write::tear(&cluster.servers[random].data_dir.join("raft.redb"), rng);
+            return Injected::Torn(random);
+        }
     }
     Injected::Network
 }
 
-/// Undoes what `inject` did; whether a server had stopped on its own
-/// under the fault (and was started again).
-pub fn heal(cluster: &mut TestCluster, injected: Injected) -> bool {
+/// Undoes what `inject` did.
+pub async fn heal(cluster: &mut TestCluster, injected: Injected) -> Aftermath {
     match injected {
         Injected::Network => {
             if let Some(network) = &mut cluster.network {
@@ -155,9 +177,58 @@ pub fn heal(cluster: &mut TestCluster, injected: Injected) -> bool {
             let server = &mut cluster.servers[index];
             if server.exited() {
                 server.start();
-                return true;
+                return Aftermath::Restarted;
             }
         }
+        Injected::Torn(index) => {
+            cluster.servers[index].start();
+            if started_on_its_file(cluster, index).await {
+                return Aftermath::Nothing;
+            }
+            replace(cluster, index).await;
+            return Aftermath::Replaced;
+        }
     }
-    false
+    Aftermath::Nothing
+}
+
+/// Whether server `index`, just started on a torn file, came up (it
+/// answers) rather than refused the file; a refusal must say why.
+async fn started_on_its_file(cluster: &mut TestCluster, index: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let id = cluster.servers[index].id;
+    loop {
+        if cluster.servers[index].exited() {
+            let log = cluster.servers[index].log_text();
+            assert!(
+                log.contains("corrupted") && log.contains("raft.redb") && !log.contains("panicked"),
+                "a server that refuses its torn data file says it is corrupted, and does not panic:\n{log}"
+            );
+            return false;
+        }
+        if tokio::time::timeout(Duration::from_secs(1), cluster.status_of(id)).await.ok().flatten().is_some()
+        {
+            return true;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server {id} neither came up nor refused its torn file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Replaces server `index` as an operator would: removed from the cluster
+/// by the others, its data wiped, joined anew through one of them.
+async fn replace(cluster: &mut TestCluster, index: usize) {
+    let id = cluster.servers[index].id;
+    let others: Vec<String> =
+        cluster.servers.iter().filter(|s| s.id != id).map(|s| s.address.clone()).collect();
+    let client =
+        cluster.client_for(others.clone(), cluster.admin_token()).with_retry_for(Duration::from_secs(10));
+    client.remove_member(id).await.expect("the others remove the server that refused its file");
+    let server = &mut cluster.servers[index];
+    std::fs::remove_dir_all(&server.data_dir).expect("the refused data wiped");
+    server.set_args(vec!["--join".to_owned(), others[0].clone()]);
+    server.start();
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::nemesis::{self, Nemesis, Seeded};
+use super::nemesis::{self, Aftermath, Nemesis, Seeded};
 use super::workload::{KEYS, Tally, client_loop, register_of};
 use crate::checker::{Recorder, Verdict, WorkloadInput, WorkloadModel, WorkloadOutput, check};
 use crate::cluster::TestCluster;
@@ -55,6 +55,8 @@ pub struct RunReport {
     /// Servers that stopped on their own under a fault (a full disk), and
     /// were started again at the heal.
     pub stopped_by_faults: u32,
+    /// Servers that refused a torn data file and were replaced.
+    pub replaced: u32,
     pub max_unavailable_ms: u64,
     /// From the last heal to one leader and every server applied alike.
     pub converge_ms: u64,
@@ -85,7 +87,7 @@ impl RunReport {
             _ => "-".to_owned(),
         };
         format!(
-            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} stopped {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
+            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} stopped {:>2} replaced {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
             format!("{:?}", self.nemesis),
             self.seed,
             self.operations,
@@ -95,6 +97,7 @@ impl RunReport {
             self.elections,
             self.faults,
             self.stopped_by_faults,
+            self.replaced,
             self.writes_per_second_in_faults,
             self.max_unavailable_ms,
             self.converge_ms,
@@ -265,6 +268,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     }
     let mut faults = 0;
     let mut stopped_by_faults = 0;
+    let mut replaced = 0;
     let mut windows = Vec::new();
     let mut new_leader_ms = Vec::new();
     while Instant::now() + config.calm_for + config.fault_for < until {
@@ -279,7 +283,11 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
             new_leader_ms.push(waited.as_millis() as u64);
         }
         tokio::time::sleep_until((struck + config.fault_for).into()).await;
-        stopped_by_faults += u32::from(nemesis::heal(cluster, injected));
+        match nemesis::heal(cluster, injected).await {
+            Aftermath::Nothing => {}
+            Aftermath::Restarted => stopped_by_faults += 1,
+            Aftermath::Replaced => replaced += 1,
+        }
         let window = |at: Instant| at.duration_since(start).as_millis() as u64;
         windows.push((window(struck), window(Instant::now())));
     }
@@ -357,6 +365,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         elections: highest(cluster, |s| s.term).await.saturating_sub(term_before),
         faults,
         stopped_by_faults,
+        replaced,
         max_unavailable_ms: tally.max_unavailable_ms(run_ms),
         converge_ms,
         violations,

@@ -1,0 +1,45 @@
+//! A torn write: the end of a killed server's data file as a write that
+//! reached the disk only in part would leave it. Zeros from a point in the
+//! file's last pages to its end (what a file being extended held before the
+//! write), the length kept. A server must then either start on what it can
+//! prove whole, or refuse the file with an error that says it is corrupted,
+//! never run on a state it cannot trust.
+
+use std::path::Path;
+
+use super::nemesis::Seeded;
+
+/// How far from the end of the file a tear may start.
+const TEAR_WITHIN: u64 = 64 * 1024;
+
+/// Tears the end of `file`; how many bytes it zeroed.
+pub fn tear(file: &Path, rng: &mut Seeded) -> u64 {
+    let mut bytes = std::fs::read(file).expect("the data file");
+    let length = bytes.len() as u64;
+    let from = length - 1 - rng.below(TEAR_WITHIN.min(length));
+    let torn = &mut bytes[from as usize..];
+    let zeroed = torn.iter().filter(|b| **b != 0).count() as u64;
+    torn.fill(0);
+    std::fs::write(file, &bytes).expect("the torn data file written");
+    zeroed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tear_zeroes_the_end_and_keeps_the_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("data");
+        std::fs::write(&file, vec![0xAB; 200_000]).expect("file");
+        let mut rng = Seeded::new(3);
+        let zeroed = tear(&file, &mut rng);
+        let bytes = std::fs::read(&file).expect("file");
+        assert_eq!(bytes.len(), 200_000);
+        let from = bytes.iter().position(|b| *b == 0).expect("a tear");
+        assert!(from as u64 >= 200_000 - TEAR_WITHIN, "the tear starts in the last pages: {from}");
+        assert!(bytes[from..].iter().all(|b| *b == 0) && bytes[..from].iter().all(|b| *b == 0xAB));
+        assert_eq!(zeroed, (200_000 - from) as u64);
+    }
+}
