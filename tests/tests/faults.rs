@@ -14,7 +14,7 @@ use flotilla_tests::{ClusterOptions, TestCluster};
 
 async fn survives(nemesis: Nemesis, test: &str) {
     let seed = run_seed(test);
-    let small_disks_mib = (nemesis == Nemesis::DiskFull).then_some(64);
+    let small_disks_mib = matches!(nemesis, Nemesis::DiskFull | Nemesis::Mixed).then_some(64);
     let options = ClusterOptions { namespaces: true, small_disks_mib, ..ClusterOptions::default() };
     let mut cluster = TestCluster::start(options).await;
     // Two simulated nodes run the workloads' replicas, for the placement invariants.
@@ -93,6 +93,12 @@ async fn a_slow_network_that_reorders() {
 #[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
 async fn a_torn_write_at_the_end_of_the_data_file() {
     survives(Nemesis::TornWrite, "a_torn_write_at_the_end_of_the_data_file").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(netns), ignore = "cannot make network namespaces here (not root)")]
+async fn a_mix_of_every_fault() {
+    survives(Nemesis::Mixed, "a_mix_of_every_fault").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

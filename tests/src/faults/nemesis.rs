@@ -46,6 +46,8 @@ pub enum Nemesis {
     /// its torn file is replaced as an operator would: removed from the
     /// cluster, its data wiped, joined anew.
     TornWrite,
+    /// Each fault one of all the above, drawn at random: the long run.
+    Mixed,
 }
 
 impl Nemesis {
@@ -61,6 +63,15 @@ impl Nemesis {
         Nemesis::DiskFull,
         Nemesis::TornWrite,
     ];
+
+    /// The nemesis of the next fault: this one, or for `Mixed` one drawn
+    /// from all the others.
+    pub fn draw(self, rng: &mut Seeded) -> Nemesis {
+        match self {
+            Nemesis::Mixed => Nemesis::ALL[rng.below(Nemesis::ALL.len() as u64) as usize],
+            one => one,
+        }
+    }
 }
 
 /// A fault in force, to undo.
@@ -110,7 +121,8 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
             network.cut(peer, victim, false);
         }
     };
-    match nemesis {
+    match nemesis.draw(rng) {
+        Nemesis::Mixed => unreachable!("a drawn nemesis is never the mix itself"),
         Nemesis::PartitionLeader => isolate(leader),
         Nemesis::PartitionMinority => isolate(random),
         Nemesis::Bridge => {

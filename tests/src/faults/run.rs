@@ -52,6 +52,8 @@ pub struct RunReport {
     /// Leader elections during the run (terms gone by).
     pub elections: u64,
     pub faults: u32,
+    /// How many faults each nemesis struck (several in a mixed run).
+    pub struck: BTreeMap<String, u32>,
     /// Servers that stopped on their own under a fault (a full disk), and
     /// were started again at the heal.
     pub stopped_by_faults: u32,
@@ -86,8 +88,8 @@ impl RunReport {
             (Some(median), Some(max)) => format!("{median}/{max} ms"),
             _ => "-".to_owned(),
         };
-        format!(
-            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} stopped {:>2} replaced {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3} verdict {}",
+        let figures = format!(
+            "{:<18} seed {:<20} ops {:>5} acked {:>5} unknown {:>3} failed {:>4} elections {:>2} faults {:>2} stopped {:>2} replaced {:>2} new-leader(median/max) {new_leader:>11} writes/s-in-faults {:>6.1} max-unavailable {:>5} ms converge {:>5} ms writes/s {:>6.1} stale-behind {:>3}",
             format!("{:?}", self.nemesis),
             self.seed,
             self.operations,
@@ -103,19 +105,26 @@ impl RunReport {
             self.converge_ms,
             self.writes_per_second,
             self.stale_reads_behind,
-            if self.violations.is_empty()
-                && self.divergent.is_empty()
-                && self.undecided.is_empty()
-                && self.placement.is_empty()
-            {
-                "linearizable, nothing lost, placement sound".to_owned()
-            } else {
-                format!(
-                    "VIOLATIONS {:?} {:?} {:?} undecided {:?}",
-                    self.violations, self.divergent, self.placement, self.undecided
-                )
-            }
-        )
+        );
+        let verdict = if self.violations.is_empty()
+            && self.divergent.is_empty()
+            && self.undecided.is_empty()
+            && self.placement.is_empty()
+        {
+            "linearizable, nothing lost, placement sound".to_owned()
+        } else {
+            format!(
+                "VIOLATIONS {:?} {:?} {:?} undecided {:?}",
+                self.violations, self.divergent, self.placement, self.undecided
+            )
+        };
+        let mix = if self.struck.len() > 1 {
+            let each: Vec<String> = self.struck.iter().map(|(n, c)| format!("{n} {c}")).collect();
+            format!(" (faults: {})", each.join(", "))
+        } else {
+            String::new()
+        };
+        format!("{figures} verdict {verdict}{mix}")
     }
 }
 
@@ -269,13 +278,16 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     let mut faults = 0;
     let mut stopped_by_faults = 0;
     let mut replaced = 0;
+    let mut struck_by = BTreeMap::new();
     let mut windows = Vec::new();
     let mut new_leader_ms = Vec::new();
     while Instant::now() + config.calm_for + config.fault_for < until {
         tokio::time::sleep(config.calm_for).await;
         let old_leader = nemesis::leader_index(cluster).await;
         let struck = Instant::now();
-        let injected = nemesis::inject(cluster, config.nemesis, &mut rng).await;
+        let drawn = config.nemesis.draw(&mut rng);
+        *struck_by.entry(format!("{drawn:?}")).or_insert(0) += 1;
+        let injected = nemesis::inject(cluster, drawn, &mut rng).await;
         faults += 1;
         if let Some(old) = old_leader
             && let Some(waited) = new_leader(cluster, old, struck + config.fault_for).await
@@ -343,7 +355,9 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     let mut violations = Vec::new();
     let mut undecided = Vec::new();
     for (key, history) in recorder.history() {
-        match check(&WorkloadModel, &history, 20_000_000) {
+        // Long runs have long histories: the budget grows with them.
+        let budget = (history.len() as u64 * 200).max(20_000_000);
+        match check(&WorkloadModel, &history, budget) {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable { reason } => violations.push(format!("{key}: {reason}")),
             Verdict::Unknown { steps } => undecided.push(format!("{key} after {steps} steps")),
@@ -366,6 +380,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
         faults,
         stopped_by_faults,
         replaced,
+        struck: struck_by,
         max_unavailable_ms: tally.max_unavailable_ms(run_ms),
         converge_ms,
         violations,
