@@ -1,12 +1,26 @@
 //! Applying what changes allocations: plans from the reconciler and the
 //! state changes agents report, with the node bookkeeping that follows.
 
-use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus};
+use std::collections::BTreeMap;
+
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus, WorkloadName};
 
 use super::cluster_state::{ClusterState, slot_request};
 use super::command::{CommandOutput, Rejection};
 use super::plan::{Placement, Plan, PlanOutcome};
 use crate::placement;
+
+/// A workload's live replicas while a plan's placements are applied:
+/// counted once per plan and kept up to date as placements land, not
+/// counted again for each (a plan of 10,000 replicas of one workload would
+/// visit 50 million allocations). A placement never changes whether a
+/// rollout is under way: it is of the current version, on a node that is
+/// not draining.
+struct ReplicaTally {
+    live: u32,
+    /// The replicas, plus the rollout's surge while old ones remain.
+    limit: u32,
+}
 
 impl ClusterState {
     /// Applies a plan, re-checking every placement against the latest state:
@@ -19,8 +33,12 @@ impl ClusterState {
                 outcome.stopped += 1;
             }
         }
+        let mut tallies = BTreeMap::new();
         for placement in plan.placements {
-            if self.placement_fits(&placement, plan.now_ms) {
+            if self.placement_fits(&placement, plan.now_ms, &mut tallies) {
+                if let Some(tally) = tallies.get_mut(&placement.workload) {
+                    tally.live += 1;
+                }
                 self.add_allocation(index, plan.now_ms, placement);
                 outcome.placed += 1;
             } else {
@@ -38,20 +56,27 @@ impl ClusterState {
         outcome
     }
 
-    pub(super) fn placement_fits(&self, placement: &Placement, now_ms: u64) -> bool {
+    fn placement_fits(
+        &self,
+        placement: &Placement,
+        now_ms: u64,
+        tallies: &mut BTreeMap<WorkloadName, ReplicaTally>,
+    ) -> bool {
         let Some(workload) = self.workloads.get(&placement.workload) else {
             return false;
         };
         if workload.version != placement.version {
             return false;
         }
-        let live: Vec<&Allocation> =
-            self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
-        let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
-        let update = &workload.spec.update;
-        let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
-        let limit = workload.spec.replicas.saturating_add(extra);
-        if live.len() as u32 >= limit {
+        let tally = tallies.entry(placement.workload.clone()).or_insert_with(|| {
+            let live: Vec<&Allocation> =
+                self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
+            let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
+            let update = &workload.spec.update;
+            let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
+            ReplicaTally { live: live.len() as u32, limit: workload.spec.replicas.saturating_add(extra) }
+        });
+        if tally.live >= tally.limit {
             return false;
         }
         let Some(view) = self.node_view(&placement.node, now_ms) else {
