@@ -104,6 +104,12 @@ pub struct AgentArgs {
     /// served to anyone.
     #[arg(long)]
     insecure: bool,
+    /// Runs this many simulated nodes in this one process (`--driver sim`
+    /// only), named NAME-1 to NAME-N after --name, each offering --cpu and
+    /// --memory and registering, heartbeating, long-polling and reporting
+    /// as an agent of its own: a fleet of thousands on one machine.
+    #[arg(long, requires = "name", value_parser = clap::value_parser!(u32).range(1..))]
+    fleet: Option<u32>,
 }
 
 /// A driver that `--allow-driver` can turn on.
@@ -238,7 +244,49 @@ fn host_volumes(offers: Vec<(String, HostVolume)>) -> anyhow::Result<BTreeMap<St
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_logging("info");
+    let fleet = args.fleet;
     let config = config(args)?;
-    flotilla_agent::run(config, shutdown_signal()).await?;
+    match fleet {
+        Some(size) => run_fleet(config, size).await,
+        None => Ok(flotilla_agent::run(config, shutdown_signal()).await?),
+    }
+}
+
+/// `--fleet N`: N simulated agents in this process, stopped together.
+async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
+    if config.runtimes.as_deref() != Some(&[RuntimeKind::Sim]) {
+        bail!("--fleet: only simulated nodes come in fleets; add --driver sim");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut agents = tokio::task::JoinSet::new();
+    for member in 1..=size {
+        let mut node = config.clone();
+        node.name = format!("{}-{member}", config.name);
+        node.data_dir = config.data_dir.join(&node.name);
+        let mut stopped = stopped.clone();
+        let name = node.name.clone();
+        agents.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            (name, flotilla_agent::run(node, shutdown).await)
+        });
+    }
+    tracing::info!(nodes = size, "fleet started");
+    tokio::select! {
+        () = shutdown_signal() => {}
+        // One member stopping on its own is a failure of the fleet.
+        Some(ended) = agents.join_next() => {
+            let (name, result) = ended.context("a fleet member panicked")?;
+            let _ = stop.send(true);
+            result.with_context(|| format!("fleet member {name}"))?;
+            bail!("fleet member {name} stopped on its own");
+        }
+    }
+    let _ = stop.send(true);
+    while let Some(ended) = agents.join_next().await {
+        let (name, result) = ended.context("a fleet member panicked")?;
+        result.with_context(|| format!("fleet member {name}"))?;
+    }
     Ok(())
 }

@@ -115,6 +115,12 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, and how it exited (`None`: still running after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal("-TERM");
+        self.wait_for_exit(timeout)
+    }
+
     /// Waits for a process that is expected to exit on its own (refusing to start).
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;

@@ -1,0 +1,82 @@
+//! `flotilla agent --driver sim --fleet N`: N simulated nodes in one
+//! process, each registering (with a certificate of its own), heartbeating,
+//! long-polling and reporting as an agent does, so that a scale test can
+//! stand up thousands of nodes on one machine.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use flotilla_api::{AllocationState, NodeStatus, parse_yaml};
+use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, wait_until};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_of_simulated_nodes_runs_replicas_as_agents_do() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let fleet = ["--driver", "sim", "--fleet", "25", "--cpu", "1", "--memory", "1Gi"];
+    let prefix = format!("{}-", cluster.add_agent("fleet", &fleet).name);
+    let client = cluster.client();
+    let members = |nodes: Vec<flotilla_api::Node>| -> BTreeSet<String> {
+        nodes
+            .into_iter()
+            .filter(|n| n.name.starts_with(&prefix) && n.status == NodeStatus::Ready)
+            .map(|n| n.name)
+            .collect()
+    };
+    let ready = wait_until(Duration::from_secs(60), "25 fleet nodes ready", || async {
+        let ready = members(client.nodes(false).await.ok()?);
+        (ready.len() == 25).then_some(ready)
+    })
+    .await;
+    let expected: BTreeSet<String> = (1..=25).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(ready, expected, "named NAME-1 to NAME-N");
+
+    // 100 replicas of 200m: at most five fit a node, so at least 20 nodes run them.
+    let spec = parse_yaml("name: spread\nimage: x\nreplicas: 100\nresources: {cpu: 200m, memory: 64Mi}\n")
+        .expect("spec");
+    client.deploy(&spec, None).await.expect("deploy");
+    let running = |wanted: usize| {
+        let client = client.clone();
+        async move {
+            wait_until(Duration::from_secs(60), &format!("{wanted} replicas running"), || async {
+                let allocations = client.allocations(Some("spread"), None).await.ok()?;
+                let live: Vec<_> = allocations.into_iter().filter(|a| a.is_replica()).collect();
+                let all_running = live.iter().all(|a| a.state == AllocationState::Running);
+                (live.len() == wanted && all_running).then_some(live)
+            })
+            .await
+        }
+    };
+    let live = running(100).await;
+    let nodes: BTreeSet<&str> = live.iter().map(|a| a.node.as_str()).collect();
+    assert!(nodes.len() >= 20 && nodes.iter().all(|n| expected.contains(*n)), "{nodes:?}");
+    assert!(
+        live.iter().all(|a| a.runtime_id.is_some()),
+        "each replica reported with its (simulated) container"
+    );
+
+    // Scaled down, the nodes report the stopped replicas as agents do.
+    client.scale("spread", 10).await.expect("scale");
+    running(10).await;
+    wait_until(Duration::from_secs(30), "the 90 stopped replicas reported stopped", || async {
+        let allocations = client.allocations(Some("spread"), None).await.ok()?;
+        allocations.iter().all(|a| !a.stopping || !a.state.is_live()).then_some(())
+    })
+    .await;
+
+    let agent = cluster.agent("fleet");
+    let status = agent.terminate(Duration::from_secs(20)).expect("the fleet stops when told");
+    assert!(status.success(), "the fleet stops cleanly: {}", agent.log_text());
+}
+
+#[test]
+fn only_simulated_nodes_come_in_fleets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(flotilla_binary())
+        .args(["agent", "--insecure", "--driver", "process", "--fleet", "3", "--name", "f", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("flotilla runs");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("--fleet: only simulated nodes come in fleets; add --driver sim"), "{said}");
+}
