@@ -240,7 +240,12 @@ async fn replace(cluster: &mut TestCluster, index: usize) {
         cluster.client_for(others.clone(), cluster.admin_token()).with_retry_for(Duration::from_secs(10));
     client.remove_member(id).await.expect("the others remove the server that refused its file");
     let server = &mut cluster.servers[index];
-    std::fs::remove_dir_all(&server.data_dir).expect("the refused data wiped");
+    // Its contents: the data dir may be a small disk's mount point.
+    for entry in std::fs::read_dir(&server.data_dir).expect("the refused data dir").flatten() {
+        let path = entry.path();
+        let wiped = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        wiped.expect("the refused data wiped");
+    }
     server.set_args(vec!["--join".to_owned(), others[0].clone()]);
     server.start();
 }
