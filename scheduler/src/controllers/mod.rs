@@ -4,6 +4,7 @@
 
 pub mod autoscale;
 pub mod ca_rotation;
+pub mod incremental;
 pub mod node_health;
 pub mod reconcile;
 pub mod rollout;
@@ -12,14 +13,15 @@ use std::time::Duration;
 
 use crate::raft::RaftHandle;
 use crate::state::Command;
-use reconcile::{ReconcileConfig, reconcile};
+use incremental::IncrementalReconciler;
+use reconcile::ReconcileConfig;
 
 /// How often the reconciler looks again when nothing has changed, to pick
 /// up what a state change alone does not announce.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
-/// How long the reconciler lets changes pile up before a pass: a pass reads
-/// the whole state, so under a stream of writes it runs per batch, not per write.
+/// How long the reconciler lets changes pile up before a pass, so that
+/// under a stream of writes it runs per batch, not per write.
 const COALESCE: Duration = Duration::from_millis(100);
 
 /// Proposes the rollout verdicts due now; answers when one may next fall
@@ -47,17 +49,21 @@ async fn judge_rollouts(raft: &RaftHandle) -> Option<u64> {
 /// until the Raft node stops.
 pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let mut applied = raft.applied_watch();
+    let mut reconciler = IncrementalReconciler::default();
     loop {
         let mut recheck = IDLE_RECHECK;
-        if raft.is_leader() {
+        if !raft.is_leader() {
+            reconciler.reset();
+        } else {
             if let Some(due) = judge_rollouts(&raft).await {
                 let wait = due.saturating_sub(flotilla_api::now_ms());
                 recheck = recheck.min(Duration::from_millis(wait.max(10)));
             }
+            // Under the state's read lock: a pass looks at what changed
+            // (see `incremental`), so it holds up applying entries briefly.
             let (plan, unchanged) = {
-                let state = raft.state().planning_copy();
                 let seed = *applied.borrow_and_update();
-                let plan = reconcile(&state, seed, flotilla_api::now_ms(), &config);
+                let plan = reconciler.pass(&raft.state(), seed, flotilla_api::now_ms(), &config);
                 let unchanged = plan.changes_nothing();
                 (plan, unchanged)
             };

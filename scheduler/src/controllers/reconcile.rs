@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload};
+use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload, WorkloadName};
 
 use super::rollout;
 use crate::placement::{self, ClusterView, SplitMix64};
@@ -44,26 +44,85 @@ pub fn cluster_view(state: &ClusterState, now_ms: u64) -> ClusterView {
     ClusterView::new(state.nodes().filter_map(|n| state.node_view(&n.name, now_ms)).collect())
 }
 
+/// A full pass: every workload and node, on a view built for it.
 pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
     let mut view = cluster_view(state, now_ms);
+    reconcile_in(state, &mut view, &Scope::Everything, seed, now_ms, config).plan
+}
+
+/// What a pass looks at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    Everything,
+    /// These workloads, and these nodes' excess (see [`shed_excess`]).
+    Only {
+        workloads: BTreeSet<WorkloadName>,
+        nodes: BTreeSet<String>,
+    },
+}
+
+/// A pass's plan, and the workloads it leaves unsettled: those with work
+/// left that no change will announce (replicas waiting for room or for a
+/// backoff, a rollout waiting for replicas to count as healthy), which the
+/// next pass must look at again.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub plan: Plan,
+    pub unsettled: BTreeSet<WorkloadName>,
+}
+
+/// Reconciles what `scope` names on `view` (reserving in it what the plan
+/// places).
+pub fn reconcile_in(
+    state: &ClusterState,
+    view: &mut ClusterView,
+    scope: &Scope,
+    seed: u64,
+    now_ms: u64,
+    config: &ReconcileConfig,
+) -> Pass {
     let mut rng = SplitMix64::new(seed);
     let mut plan = Plan { now_ms, ..Plan::default() };
     let mut budget = config.max_placements;
-    for node in state.nodes().filter(|n| n.is_overcommitted()) {
-        shed_excess(state, node, &mut view, &mut plan);
+    let mut unsettled = BTreeSet::new();
+    let (workloads, nodes): (Vec<&Workload>, Vec<&flotilla_api::Node>) = match scope {
+        Scope::Everything => (state.workloads().collect(), state.nodes().collect()),
+        Scope::Only { workloads, nodes } => (
+            workloads.iter().filter_map(|name| state.workload_ref(name)).collect(),
+            nodes.iter().filter_map(|name| state.node(name)).collect(),
+        ),
+    };
+    for node in nodes.into_iter().filter(|n| n.is_overcommitted()) {
+        shed_excess(state, node, view, &mut plan);
     }
-    forget_deleted(state, &mut plan);
-    for workload in state.workloads() {
-        reconcile_workload(state, workload, &mut view, &mut rng, &mut budget, config, &mut plan);
+    match scope {
+        Scope::Everything => forget_deleted(state, state.allocations(), &mut plan),
+        Scope::Only { workloads, .. } => {
+            for name in workloads.iter().filter(|name| !state.has_workload(name)) {
+                forget_deleted(state, state.workload_allocations(name), &mut plan);
+            }
+        }
+    }
+    for workload in workloads {
+        let settled = reconcile_workload(state, workload, view, &mut rng, &mut budget, config, &mut plan);
+        if !settled {
+            unsettled.insert(workload.spec.name.clone());
+        }
     }
     // Keep only what changed in the pending figures.
     let current = state.unplaced();
+    let in_scope = |name: &WorkloadName| match scope {
+        Scope::Everything => true,
+        Scope::Only { workloads, .. } => workloads.contains(name),
+    };
     plan.no_longer_unplaced =
-        current.keys().filter(|name| !plan.unplaced.contains_key(*name)).cloned().collect();
+        current.keys().filter(|name| in_scope(name) && !plan.unplaced.contains_key(*name)).cloned().collect();
     plan.unplaced.retain(|name, unplaced| current.get(name) != Some(unplaced));
-    plan
+    Pass { plan, unsettled }
 }
 
+/// Plans one workload; whether it is settled (nothing left that only
+/// time, not a change, would bring).
 fn reconcile_workload(
     state: &ClusterState,
     workload: &Workload,
@@ -72,7 +131,7 @@ fn reconcile_workload(
     budget: &mut usize,
     config: &ReconcileConfig,
     plan: &mut Plan,
-) {
+) -> bool {
     let name = &workload.spec.name;
     let allocations: Vec<&Allocation> = state.workload_allocations(name).collect();
 
@@ -115,7 +174,11 @@ fn reconcile_workload(
     let missing = step.place_new;
     let count = missing.min(*budget);
     if missing == 0 {
-        return;
+        return old.is_empty()
+            && step.stop_old == 0
+            && new_to_stop == 0
+            && counts.new_counted == counts.new
+            && terminal.len() <= config.keep_terminal;
     }
     let mut request = request_of(workload);
     // Replicas that failed are replaced elsewhere if possible, and after a
@@ -129,7 +192,7 @@ fn reconcile_workload(
             let seconds = (last + wait_ms - plan.now_ms).div_ceil(1000);
             let reason = format!("{} recent failures; placing a replacement in {seconds}s", failed.len());
             plan.unplaced.insert(name.clone(), Unplaced { count: missing as u32, reason });
-            return;
+            return false;
         }
     }
     request.avoid_nodes = failed.iter().map(|a| a.node.clone()).collect();
@@ -180,6 +243,7 @@ fn reconcile_workload(
         let count = (missing - placed.nodes.len()) as u32;
         plan.unplaced.insert(name.clone(), Unplaced { count, reason });
     }
+    false
 }
 
 /// Replicas placed for a workload's free slots.
@@ -304,9 +368,12 @@ fn shed_excess(state: &ClusterState, node: &flotilla_api::Node, view: &mut Clust
 }
 
 /// Terminal allocations of deleted workloads are history nobody can ask for.
-fn forget_deleted(state: &ClusterState, plan: &mut Plan) {
-    let gone =
-        state.allocations().filter(|a| !a.state.is_live() && !state.has_workload(&a.workload)).map(|a| a.id);
+fn forget_deleted<'a>(
+    state: &ClusterState,
+    allocations: impl Iterator<Item = &'a Allocation>,
+    plan: &mut Plan,
+) {
+    let gone = allocations.filter(|a| !a.state.is_live() && !state.has_workload(&a.workload)).map(|a| a.id);
     plan.stops.extend(gone);
 }
 

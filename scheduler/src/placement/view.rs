@@ -78,4 +78,68 @@ impl ClusterView {
     pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeView> {
         self.position(name).map(|i| &mut self.nodes[i])
     }
+
+    /// Puts `node` in place of the view of that name, or in its place by
+    /// name if there was none (a view kept from pass to pass is refreshed
+    /// node by node).
+    pub fn upsert(&mut self, node: NodeView) {
+        if let Some(i) = self.position(&node.name) {
+            self.nodes[i] = node;
+            return;
+        }
+        let at = self.nodes.partition_point(|n| n.name < node.name);
+        self.nodes.insert(at, node);
+        self.reindex();
+    }
+
+    /// Drops the view of a node that is gone.
+    pub fn remove(&mut self, name: &str) {
+        if let Some(i) = self.position(name) {
+            self.nodes.remove(i);
+            self.reindex();
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, used_cpu: u64) -> NodeView {
+        NodeView {
+            name: name.to_owned(),
+            status: NodeStatus::Ready,
+            held: false,
+            drivers: BTreeSet::new(),
+            labels: BTreeMap::new(),
+            capacity_cpu: 1000,
+            capacity_memory: 1 << 30,
+            used_cpu,
+            used_memory: 0,
+            ports: HashSet::new(),
+            workload_counts: HashMap::new(),
+            host_volumes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn upserts_and_removals_keep_nodes_in_name_order_and_the_index_true() {
+        let mut view = ClusterView::new(vec![node("b", 0), node("d", 0)]);
+        view.upsert(node("c", 0));
+        view.upsert(node("a", 0));
+        view.upsert(node("d", 500));
+        view.remove("b");
+        view.remove("missing");
+        let names: Vec<&str> = view.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "c", "d"]);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(view.position(name), Some(i));
+        }
+        assert_eq!(view.node_mut("d").map(|n| n.used_cpu), Some(500), "replaced, not added");
+        assert_eq!(view.position("b"), None);
+    }
 }

@@ -63,6 +63,10 @@ pub struct ClusterState {
     /// data is, so the slot is placed back there.
     #[serde(default)]
     pub(super) volumes: BTreeMap<String, flotilla_api::SlotVolume>,
+    /// What each applied command touched, for the reconciler to work
+    /// from: derived from the applies, not part of the state's value.
+    #[serde(skip)]
+    pub(super) journal: super::journal::ChangeJournal,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -118,41 +122,6 @@ impl ClusterState {
         ClusterState { members, next_allocation_id: 1, ..ClusterState::default() }
     }
 
-    /// A copy of what planning reads: everything but the history kept for
-    /// others (events, the outcomes of keyed writes). The reconciler copies
-    /// the state on every pass, under the lock that applying entries needs.
-    pub fn planning_copy(&self) -> ClusterState {
-        ClusterState {
-            workloads: self.workloads.clone(),
-            members: self.members.clone(),
-            nodes: self.nodes.clone(),
-            allocations: self.allocations.clone(),
-            by_node: self.by_node.clone(),
-            by_workload: self.by_workload.clone(),
-            next_allocation_id: self.next_allocation_id,
-            unplaced: self.unplaced.clone(),
-            events: VecDeque::new(),
-            applied_keys: AppliedKeys::default(),
-            // The reconciler needs each workload's rollout, not its history.
-            deployments: self
-                .deployments
-                .iter()
-                .filter_map(|(name, list)| Some((name.clone(), VecDeque::from([list.back()?.clone()]))))
-                .collect(),
-            next_deployment_id: self.next_deployment_id,
-            // Placement does not read service ports.
-            service_ports: BTreeMap::new(),
-            service_port_range: self.service_port_range,
-            // Placement does not read tokens or secrets.
-            tokens: BTreeMap::new(),
-            acl_bootstrapped: self.acl_bootstrapped,
-            secrets: BTreeMap::new(),
-            ca: Default::default(),
-            // Placement pins slots to the nodes holding their volumes.
-            volumes: self.volumes.clone(),
-        }
-    }
-
     /// Applies a committed write at most once per idempotency key: a write
     /// sent again with its key gets the first outcome, and changes nothing.
     pub fn apply_once(
@@ -175,6 +144,15 @@ impl ClusterState {
     /// Applies a committed command at log `index`. A rejected command leaves
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
+        let touched = self.touches(&command);
+        let result = self.apply_command(index, command);
+        if result.is_ok() {
+            self.journal.record(index, touched);
+        }
+        result
+    }
+
+    fn apply_command(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         match command {
             Command::PutWorkload { spec, expected_version, now_ms, service_ports } => {
                 self.put_workload(index, *spec, expected_version, now_ms, service_ports)
@@ -312,6 +290,12 @@ impl ClusterState {
         self.workloads.get(name).map(|w| self.with_status(w.clone()))
     }
 
+    /// The workload as stored, without its status (which costs a look at
+    /// every replica).
+    pub fn workload_ref(&self, name: &WorkloadName) -> Option<&Workload> {
+        self.workloads.get(name)
+    }
+
     pub fn has_workload(&self, name: &WorkloadName) -> bool {
         self.workloads.contains_key(name)
     }
@@ -330,6 +314,10 @@ impl ClusterState {
 
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.allocations.values()
+    }
+
+    pub fn allocation(&self, id: u64) -> Option<&Allocation> {
+        self.allocations.get(&id)
     }
 
     pub fn node_allocations(&self, node: &str) -> impl Iterator<Item = &Allocation> {

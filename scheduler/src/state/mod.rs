@@ -8,6 +8,7 @@ mod cluster_state;
 mod command;
 mod deployments;
 mod idempotency;
+mod journal;
 mod nodes;
 mod plan;
 mod secrets;
@@ -21,6 +22,7 @@ pub use cluster_state::{ClusterState, failing_reason, fixed_ports, request_of, s
 pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection};
 pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};
+pub use journal::{ChangeJournal, Changes, Touched};
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};
 pub use services::{DEFAULT_SERVICE_PORTS, ServicePortRange};
 pub use tokens::StoredToken;

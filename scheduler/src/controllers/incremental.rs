@@ -1,0 +1,357 @@
+//! The reconciler's memory between passes, so that a pass costs what
+//! changed, not what exists: where in the change journal it stopped, the
+//! placement view of every node (refreshed node by node as nodes and their
+//! allocations change), and the workloads it left unsettled. A full pass
+//! (every workload, a view built afresh) runs first, after the journal
+//! forgot what the reconciler had not read, and every [`FULL_RESYNC`] as a
+//! safety net.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use flotilla_api::WorkloadName;
+
+use super::reconcile::{Pass, ReconcileConfig, Scope, cluster_view, reconcile_in};
+use crate::placement::ClusterView;
+use crate::state::{Changes, ClusterState, Plan, Touched};
+
+/// How often a full pass runs even when the journal says nothing else
+/// needs a look.
+pub const FULL_RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+pub struct IncrementalReconciler {
+    /// The journal index the last pass read through; `None` before the
+    /// first pass (and after losing the lead), which is a full one.
+    cursor: Option<u64>,
+    /// Every node's placement view as of the last pass.
+    view: ClusterView,
+    /// Nodes whose view is read again before the next pass: reserved in by
+    /// the last plan, which might not be applied.
+    stale: BTreeSet<String>,
+    /// Nodes held back (back from flapping) and until when (ms): their
+    /// views change when the hold ends, with no command to say so.
+    held_until: BTreeMap<String, u64>,
+    /// Workloads the last pass left with work that only time brings.
+    unsettled: BTreeSet<WorkloadName>,
+    last_full: Option<Instant>,
+}
+
+impl IncrementalReconciler {
+    /// Forgets everything: the next pass is a full one (for a server that
+    /// stopped leading and may lead again).
+    pub fn reset(&mut self) {
+        *self = IncrementalReconciler::default();
+    }
+
+    /// Plans what the changes since the last pass call for.
+    pub fn pass(&mut self, state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
+        let full_due = self.last_full.is_none_or(|at| at.elapsed() >= FULL_RESYNC);
+        let changes = match self.cursor {
+            Some(cursor) if !full_due => state.journal().after(cursor),
+            _ => Changes::Forgotten,
+        };
+        let pass = match changes {
+            Changes::Forgotten => self.full(state, seed, now_ms, config),
+            Changes::Since { touched, through } => {
+                self.cursor = Some(through);
+                self.incremental(state, touched, seed, now_ms, config)
+            }
+        };
+        self.unsettled = pass.unsettled;
+        self.stale = plan_nodes(state, &pass.plan);
+        pass.plan
+    }
+
+    fn full(&mut self, state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Pass {
+        self.cursor = Some(state.journal().latest());
+        self.last_full = Some(Instant::now());
+        self.view = cluster_view(state, now_ms);
+        self.held_until = state
+            .nodes()
+            .filter(|n| n.eligible_at_ms > now_ms)
+            .map(|n| (n.name.clone(), n.eligible_at_ms))
+            .collect();
+        reconcile_in(state, &mut self.view, &Scope::Everything, seed, now_ms, config)
+    }
+
+    fn incremental(
+        &mut self,
+        state: &ClusterState,
+        touched: Vec<Touched>,
+        seed: u64,
+        now_ms: u64,
+        config: &ReconcileConfig,
+    ) -> Pass {
+        let mut workloads = std::mem::take(&mut self.unsettled);
+        let mut nodes = BTreeSet::new();
+        for item in touched {
+            match item {
+                Touched::Workload(name) => {
+                    workloads.insert(name);
+                }
+                Touched::Node(name) => {
+                    nodes.insert(name);
+                }
+            }
+        }
+        // A node's change is a change for every workload on it.
+        for node in &nodes {
+            workloads.extend(state.node_allocations(node).map(|a| a.workload.clone()));
+        }
+        let hold_ended: Vec<String> =
+            self.held_until.iter().filter(|(_, until)| **until <= now_ms).map(|(n, _)| n.clone()).collect();
+        let mut refresh = std::mem::take(&mut self.stale);
+        refresh.extend(nodes.iter().cloned());
+        refresh.extend(hold_ended);
+        for name in &refresh {
+            self.held_until.remove(name);
+            match state.node_view(name, now_ms) {
+                Some(view) => {
+                    if let Some(node) = state.node(name).filter(|n| n.eligible_at_ms > now_ms) {
+                        self.held_until.insert(name.clone(), node.eligible_at_ms);
+                    }
+                    self.view.upsert(view);
+                }
+                None => self.view.remove(name),
+            }
+        }
+        if workloads.is_empty() && nodes.is_empty() {
+            return Pass { plan: Plan { now_ms, ..Plan::default() }, unsettled: BTreeSet::new() };
+        }
+        reconcile_in(state, &mut self.view, &Scope::Only { workloads, nodes }, seed, now_ms, config)
+    }
+}
+
+/// The nodes a plan reserved in or released from.
+fn plan_nodes(state: &ClusterState, plan: &Plan) -> BTreeSet<String> {
+    let stopped = plan.stops.iter().filter_map(|id| state.allocation(*id)).map(|a| a.node.clone());
+    plan.placements.iter().map(|p| p.node.clone()).chain(stopped).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use flotilla_api::spec::Driver;
+    use flotilla_api::{
+        AllocationState, AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, NodeStatus,
+        parse_yaml,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::controllers::reconcile::reconcile;
+    use crate::state::Command;
+
+    /// Late enough that replicas reported healthy at 0 count as healthy.
+    const NOW: u64 = 1_000_000;
+
+    /// Something that happens to a cluster between passes.
+    #[derive(Debug, Clone)]
+    enum Event {
+        Deploy {
+            workload: u8,
+            replicas: u32,
+            cpu: u64,
+            version: u8,
+        },
+        Scale {
+            workload: u8,
+            replicas: u32,
+        },
+        Delete {
+            workload: u8,
+        },
+        /// Registers (or registers again, perhaps with less room) a node.
+        Register {
+            node: u8,
+            cpu: u64,
+        },
+        Drain {
+            node: u8,
+        },
+        Undrain {
+            node: u8,
+        },
+        MarkDown {
+            node: u8,
+        },
+        /// The agent reports the `pick`th live replica failed.
+        Fail {
+            pick: usize,
+        },
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0..3u8, 0..8u32, prop_oneof![Just(100u64), Just(300), Just(700)], 0..3u8).prop_map(
+                |(workload, replicas, cpu, version)| Event::Deploy { workload, replicas, cpu, version }
+            ),
+            (0..3u8, 0..8u32).prop_map(|(workload, replicas)| Event::Scale { workload, replicas }),
+            (0..3u8).prop_map(|workload| Event::Delete { workload }),
+            (0..4u8, prop_oneof![Just(500u64), Just(1000), Just(2000)])
+                .prop_map(|(node, cpu)| Event::Register { node, cpu }),
+            (0..4u8).prop_map(|node| Event::Drain { node }),
+            (0..4u8).prop_map(|node| Event::Undrain { node }),
+            (0..4u8).prop_map(|node| Event::MarkDown { node }),
+            (0..20usize).prop_map(|pick| Event::Fail { pick }),
+        ]
+    }
+
+    /// Applies commands at increasing log indexes, as Raft would.
+    struct Cluster {
+        state: ClusterState,
+        index: u64,
+    }
+
+    impl Cluster {
+        fn apply(&mut self, command: Command) {
+            self.index += 1;
+            // Refusals (a node unknown, already down) change nothing.
+            let _ = self.state.apply(self.index, command);
+        }
+
+        fn happen(&mut self, event: &Event) {
+            match *event {
+                Event::Deploy { workload, replicas, cpu, version } => {
+                    let yaml = format!(
+                        "name: w{workload}\nimage: x\nreplicas: {replicas}\nresources: {{cpu: {cpu}m, memory: 64Mi}}\nenv: {{V: \"{version}\"}}\n"
+                    );
+                    let spec = parse_yaml(&yaml).expect("valid spec");
+                    self.apply(Command::put_workload(spec, 0));
+                }
+                Event::Scale { workload, replicas } => {
+                    let name = WorkloadName::parse(&format!("w{workload}")).expect("name");
+                    self.apply(Command::ScaleWorkload { name, replicas });
+                }
+                Event::Delete { workload } => {
+                    let name = WorkloadName::parse(&format!("w{workload}")).expect("name");
+                    self.apply(Command::DeleteWorkload { name, volumes: false });
+                }
+                Event::Register { node, cpu } => {
+                    let registration = NodeRegistration {
+                        name: format!("n{node}"),
+                        address: String::new(),
+                        cpu: CpuMillis(cpu),
+                        memory: MemoryBytes(2 << 30),
+                        labels: BTreeMap::new(),
+                        drivers: [Driver::Docker].into(),
+                        host_volumes: Default::default(),
+                    };
+                    self.apply(Command::RegisterNode { registration });
+                }
+                Event::Drain { node } | Event::Undrain { node } => {
+                    let status = if matches!(event, Event::Drain { .. }) {
+                        NodeStatus::Draining
+                    } else {
+                        NodeStatus::Ready
+                    };
+                    self.apply(Command::SetNodeStatus { name: format!("n{node}"), status, now_ms: NOW });
+                }
+                Event::MarkDown { node } => {
+                    let name = format!("n{node}");
+                    if let Some(ready_index) = self.state.node(&name).map(|n| n.ready_index) {
+                        self.apply(Command::MarkNodeDown { name, ready_index, now_ms: NOW });
+                    }
+                }
+                Event::Fail { pick } => {
+                    let live: Vec<(String, u64)> = self
+                        .state
+                        .allocations()
+                        .filter(|a| a.is_replica())
+                        .map(|a| (a.node.clone(), a.id))
+                        .collect();
+                    if let Some((node, id)) = live.get(pick % live.len().max(1)).cloned() {
+                        let update = AllocationUpdate {
+                            state: AllocationState::Failed,
+                            message: "exited 1".into(),
+                            ..AllocationUpdate::running(id)
+                        };
+                        self.apply(Command::UpdateAllocations { node, updates: vec![update], now_ms: NOW });
+                    }
+                }
+            }
+        }
+
+        /// Does what agents do: pending replicas start (healthy), those
+        /// being stopped stop.
+        fn act_as_agents(&mut self) {
+            let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
+            for allocation in self.state.allocations() {
+                let update = if allocation.stopping && allocation.state.is_live() {
+                    AllocationUpdate::stopped(allocation.id)
+                } else if allocation.state == AllocationState::Pending {
+                    AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) }
+                } else {
+                    continue;
+                };
+                by_node.entry(allocation.node.clone()).or_default().push(update);
+            }
+            for (node, updates) in by_node {
+                self.apply(Command::UpdateAllocations { node, updates, now_ms: 0 });
+            }
+        }
+
+        /// One reconciler pass, its plan applied, the agents acting on it;
+        /// whether it planned anything.
+        fn pass(&mut self, reconciler: &mut IncrementalReconciler) -> bool {
+            let plan = reconciler.pass(&self.state, self.index, NOW, &ReconcileConfig::default());
+            if plan.changes_nothing() {
+                return false;
+            }
+            self.apply(Command::ApplyPlan { plan });
+            self.act_as_agents();
+            true
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever happens, once the incremental reconciler has nothing
+        /// left to do, neither has a full pass over the whole state: the
+        /// journal and the kept view missed nothing.
+        #[test]
+        fn a_full_pass_finds_nothing_the_incremental_ones_missed(
+            events in proptest::collection::vec((event(), 0..3usize), 1..40),
+        ) {
+            let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
+            let mut reconciler = IncrementalReconciler::default();
+            for (event, passes) in &events {
+                cluster.happen(event);
+                for _ in 0..*passes {
+                    cluster.pass(&mut reconciler);
+                }
+            }
+            let mut quiet = false;
+            for _ in 0..100 {
+                if !cluster.pass(&mut reconciler) {
+                    quiet = true;
+                    break;
+                }
+            }
+            prop_assert!(quiet, "the incremental reconciler never settled");
+            let full = reconcile(&cluster.state, cluster.index, NOW, &ReconcileConfig::default());
+            prop_assert!(full.changes_nothing(), "a full pass still plans {:?}", full);
+        }
+    }
+
+    #[test]
+    fn a_pass_with_nothing_changed_looks_at_nothing() {
+        let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
+        let mut reconciler = IncrementalReconciler::default();
+        cluster.happen(&Event::Register { node: 0, cpu: 2000 });
+        cluster.happen(&Event::Deploy { workload: 0, replicas: 3, cpu: 100, version: 0 });
+        while cluster.pass(&mut reconciler) {}
+        assert!(reconciler.unsettled.is_empty(), "a placed, healthy workload is settled");
+        let cursor = reconciler.cursor;
+        let plan = reconciler.pass(&cluster.state, 1, NOW, &ReconcileConfig::default());
+        assert!(plan.changes_nothing());
+        assert_eq!(reconciler.cursor, cursor, "nothing new in the journal");
+        // A change to one workload is seen without a full pass.
+        cluster.happen(&Event::Scale { workload: 0, replicas: 5 });
+        let plan = reconciler.pass(&cluster.state, 2, NOW, &ReconcileConfig::default());
+        assert_eq!(plan.placements.len(), 2);
+    }
+}
