@@ -14,7 +14,12 @@ use flotilla_tests::{ClusterOptions, TestCluster};
 
 async fn survives(nemesis: Nemesis, test: &str) {
     let seed = run_seed(test);
-    let small_disks_mib = matches!(nemesis, Nemesis::DiskFull | Nemesis::Mixed).then_some(64);
+    // Room for a long mixed run's data; a full disk takes whatever is left.
+    let small_disks_mib = match nemesis {
+        Nemesis::DiskFull => Some(64),
+        Nemesis::Mixed => Some(512),
+        _ => None,
+    };
     let options = ClusterOptions { namespaces: true, small_disks_mib, ..ClusterOptions::default() };
     let mut cluster = TestCluster::start(options).await;
     // Two simulated nodes run the workloads' replicas, for the placement invariants.

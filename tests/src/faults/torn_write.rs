@@ -12,15 +12,18 @@ use super::nemesis::Seeded;
 /// How far from the end of the file a tear may start.
 const TEAR_WITHIN: u64 = 64 * 1024;
 
-/// Tears the end of `file`; how many bytes it zeroed.
+/// Tears the end of `file` in place (on a full disk too); how many bytes
+/// it zeroed.
 pub fn tear(file: &Path, rng: &mut Seeded) -> u64 {
-    let mut bytes = std::fs::read(file).expect("the data file");
-    let length = bytes.len() as u64;
+    use std::os::unix::fs::FileExt as _;
+    let data = std::fs::OpenOptions::new().read(true).write(true).open(file).expect("the data file");
+    let length = data.metadata().expect("the data file's length").len();
     let from = length - 1 - rng.below(TEAR_WITHIN.min(length));
-    let torn = &mut bytes[from as usize..];
+    let mut torn = vec![0; (length - from) as usize];
+    data.read_exact_at(&mut torn, from).expect("the end of the data file");
     let zeroed = torn.iter().filter(|b| **b != 0).count() as u64;
-    torn.fill(0);
-    std::fs::write(file, &bytes).expect("the torn data file written");
+    data.write_all_at(&vec![0; torn.len()], from).expect("the torn end written");
+    data.sync_all().expect("the torn end on disk");
     zeroed
 }
 
