@@ -17,6 +17,7 @@
 
 use std::io::BufRead as _;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -331,7 +332,6 @@ impl Network {
         let args =
             [&binary, "delay-link", "--queue", &queue, "--delay-us", &delay_us, "--jitter-us", &jitter_us];
         let mut command = self.members[index].namespace.command(&args)?;
-        use std::os::unix::process::CommandExt as _;
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
