@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{AllocationState, AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, WorkloadName};
+use flotilla_api::{
+    AllocationState, AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, WorkloadName,
+};
 use flotilla_scheduler::controllers::incremental::IncrementalReconciler;
 use flotilla_scheduler::controllers::reconcile::{ReconcileConfig, reconcile};
 use flotilla_scheduler::state::{ClusterState, Command};
@@ -35,7 +37,8 @@ impl Cluster {
     fn run_pending(&mut self) {
         let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
         for allocation in self.state.allocations().filter(|a| a.state == AllocationState::Pending) {
-            let update = AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) };
+            let update =
+                AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) };
             by_node.entry(allocation.node.clone()).or_default().push(update);
         }
         for (node, updates) in by_node {
@@ -59,7 +62,8 @@ fn state_of(nodes: usize) -> Cluster {
         cluster.apply(Command::RegisterNode { registration });
     }
     for i in 0..nodes / 10 {
-        let yaml = format!("name: w{i}\nimage: app:1\nreplicas: 100\nresources: {{cpu: 100m, memory: 64Mi}}\n");
+        let yaml =
+            format!("name: w{i}\nimage: app:1\nreplicas: 100\nresources: {{cpu: 100m, memory: 64Mi}}\n");
         cluster.apply(Command::put_workload(flotilla_api::parse_yaml(&yaml).expect("spec"), 0));
     }
     let config = ReconcileConfig::default();
@@ -92,7 +96,7 @@ fn main() {
         let (mut full, mut incremental) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             let name = WorkloadName::parse(&format!("w{}", round as usize % (nodes / 10))).expect("name");
-            let replicas = 101 + round;
+            let replicas = cluster.state.workload_ref(&name).map_or(0, |w| w.spec.replicas) + 1;
             cluster.apply(Command::ScaleWorkload { name, replicas });
 
             let started = Instant::now();

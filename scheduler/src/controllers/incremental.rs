@@ -85,25 +85,26 @@ impl IncrementalReconciler {
     ) -> Pass {
         let mut workloads = std::mem::take(&mut self.unsettled);
         let mut nodes = BTreeSet::new();
+        let mut refresh = std::mem::take(&mut self.stale);
         for item in touched {
             match item {
                 Touched::Workload(name) => {
                     workloads.insert(name);
                 }
                 Touched::Node(name) => {
+                    refresh.insert(name.clone());
                     nodes.insert(name);
+                }
+                Touched::Booking(name) => {
+                    refresh.insert(name);
                 }
             }
         }
-        // A node's change is a change for every workload on it.
+        // A node's own change is a change for every workload on it.
         for node in &nodes {
             workloads.extend(state.node_allocations(node).map(|a| a.workload.clone()));
         }
-        let hold_ended: Vec<String> =
-            self.held_until.iter().filter(|(_, until)| **until <= now_ms).map(|(n, _)| n.clone()).collect();
-        let mut refresh = std::mem::take(&mut self.stale);
-        refresh.extend(nodes.iter().cloned());
-        refresh.extend(hold_ended);
+        refresh.extend(self.held_until.iter().filter(|(_, until)| **until <= now_ms).map(|(n, _)| n.clone()));
         for name in &refresh {
             self.held_until.remove(name);
             match state.node_view(name, now_ms) {

@@ -23,8 +23,13 @@ const KEPT: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Touched {
     Workload(WorkloadName),
-    /// A node: its status or capacity, or an allocation on it.
+    /// A node itself (its status, capacity or volumes): every workload on
+    /// it may plan differently.
     Node(String),
+    /// What a node has booked (an allocation placed, stopped or changed on
+    /// it): its placement view changes; the allocations' own workloads are
+    /// touched beside it.
+    Booking(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,10 +93,11 @@ impl ClusterState {
     pub(super) fn touches(&self, command: &Command) -> Vec<Touched> {
         let workload = |name: &WorkloadName| Touched::Workload(name.clone());
         let node = |name: &str| Touched::Node(name.to_owned());
+        let booking = |name: &str| Touched::Booking(name.to_owned());
         let allocation = |id: u64| {
             self.allocations
                 .get(&id)
-                .map(|a| [Touched::Workload(a.workload.clone()), Touched::Node(a.node.clone())])
+                .map(|a| [Touched::Workload(a.workload.clone()), Touched::Booking(a.node.clone())])
                 .into_iter()
                 .flatten()
         };
@@ -113,7 +119,7 @@ impl ClusterState {
                 let mut touched: Vec<Touched> = plan
                     .placements
                     .iter()
-                    .flat_map(|p| [workload(&p.workload), node(&p.node)])
+                    .flat_map(|p| [workload(&p.workload), booking(&p.node)])
                     .chain(plan.stops.iter().flat_map(|id| allocation(*id)))
                     .chain(plan.unplaced.keys().map(workload))
                     .chain(plan.no_longer_unplaced.iter().map(workload))
@@ -123,7 +129,7 @@ impl ClusterState {
                 touched
             }
             Command::UpdateAllocations { node: name, updates, .. } => {
-                let mut touched: Vec<Touched> = std::iter::once(node(name))
+                let mut touched: Vec<Touched> = std::iter::once(booking(name))
                     .chain(updates.iter().flat_map(|u| allocation(u.id)))
                     .collect();
                 touched.sort();
