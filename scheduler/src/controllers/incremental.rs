@@ -34,6 +34,9 @@ pub struct IncrementalReconciler {
     held_until: BTreeMap<String, u64>,
     /// Workloads the last pass left with work that only time brings.
     unsettled: BTreeSet<WorkloadName>,
+    /// Workloads whose replicas fit no node: looked at again when some
+    /// node's view changes, not on every pass.
+    waiting_for_room: BTreeSet<WorkloadName>,
     last_full: Option<Instant>,
 }
 
@@ -52,13 +55,17 @@ impl IncrementalReconciler {
             _ => Changes::Forgotten,
         };
         let pass = match changes {
-            Changes::Forgotten => self.full(state, seed, now_ms, config),
+            Changes::Forgotten => {
+                self.waiting_for_room.clear();
+                self.full(state, seed, now_ms, config)
+            }
             Changes::Since { touched, through } => {
                 self.cursor = Some(through);
                 self.incremental(state, touched, seed, now_ms, config)
             }
         };
         self.unsettled = pass.unsettled;
+        self.waiting_for_room.extend(pass.waiting_for_room);
         self.stale = plan_nodes(state, &pass.plan);
         pass.plan
     }
@@ -105,6 +112,12 @@ impl IncrementalReconciler {
             workloads.extend(state.node_allocations(node).map(|a| a.workload.clone()));
         }
         refresh.extend(self.held_until.iter().filter(|(_, until)| **until <= now_ms).map(|(n, _)| n.clone()));
+        // Room may have changed only where a node's view does.
+        if !refresh.is_empty() {
+            workloads.append(&mut self.waiting_for_room);
+        }
+        // Those looked at now say again whether they wait.
+        self.waiting_for_room.retain(|name| !workloads.contains(name));
         for name in &refresh {
             self.held_until.remove(name);
             match state.node_view(name, now_ms) {
@@ -118,7 +131,8 @@ impl IncrementalReconciler {
             }
         }
         if workloads.is_empty() && nodes.is_empty() {
-            return Pass { plan: Plan { now_ms, ..Plan::default() }, unsettled: BTreeSet::new() };
+            let plan = Plan { now_ms, ..Plan::default() };
+            return Pass { plan, unsettled: BTreeSet::new(), waiting_for_room: BTreeSet::new() };
         }
         reconcile_in(state, &mut self.view, &Scope::Only { workloads, nodes }, seed, now_ms, config)
     }

@@ -61,14 +61,26 @@ pub enum Scope {
     },
 }
 
-/// A pass's plan, and the workloads it leaves unsettled: those with work
-/// left that no change will announce (replicas waiting for room or for a
-/// backoff, a rollout waiting for replicas to count as healthy), which the
-/// next pass must look at again.
+/// A pass's plan, and the workloads it leaves with work to do that no
+/// change to them announces.
 #[derive(Debug, Clone)]
 pub struct Pass {
     pub plan: Plan,
+    /// Waiting for time: a failure's backoff, replicas of a rollout to
+    /// count as healthy, a plan's replicas to be reported. Looked at again
+    /// on the next pass.
     pub unsettled: BTreeSet<WorkloadName>,
+    /// Waiting for room: replicas that fit no node now. Looked at again
+    /// when a node or what it has booked changes.
+    pub waiting_for_room: BTreeSet<WorkloadName>,
+}
+
+/// Where a workload stands after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Settled,
+    Unsettled,
+    WaitingForRoom,
 }
 
 /// Reconciles what `scope` names on `view` (reserving in it what the plan
@@ -84,7 +96,7 @@ pub fn reconcile_in(
     let mut rng = SplitMix64::new(seed);
     let mut plan = Plan { now_ms, ..Plan::default() };
     let mut budget = config.max_placements;
-    let mut unsettled = BTreeSet::new();
+    let (mut unsettled, mut waiting_for_room) = (BTreeSet::new(), BTreeSet::new());
     let (workloads, nodes): (Vec<&Workload>, Vec<&flotilla_api::Node>) = match scope {
         Scope::Everything => (state.workloads().collect(), state.nodes().collect()),
         Scope::Only { workloads, nodes } => (
@@ -104,9 +116,15 @@ pub fn reconcile_in(
         }
     }
     for workload in workloads {
-        let settled = reconcile_workload(state, workload, view, &mut rng, &mut budget, config, &mut plan);
-        if !settled {
-            unsettled.insert(workload.spec.name.clone());
+        let name = workload.spec.name.clone();
+        match reconcile_workload(state, workload, view, &mut rng, &mut budget, config, &mut plan) {
+            Standing::Settled => {}
+            Standing::Unsettled => {
+                unsettled.insert(name);
+            }
+            Standing::WaitingForRoom => {
+                waiting_for_room.insert(name);
+            }
         }
     }
     // Keep only what changed in the pending figures.
@@ -118,11 +136,10 @@ pub fn reconcile_in(
     plan.no_longer_unplaced =
         current.keys().filter(|name| in_scope(name) && !plan.unplaced.contains_key(*name)).cloned().collect();
     plan.unplaced.retain(|name, unplaced| current.get(name) != Some(unplaced));
-    Pass { plan, unsettled }
+    Pass { plan, unsettled, waiting_for_room }
 }
 
-/// Plans one workload; whether it is settled (nothing left that only
-/// time, not a change, would bring).
+/// Plans one workload; where it stands after.
 fn reconcile_workload(
     state: &ClusterState,
     workload: &Workload,
@@ -131,7 +148,7 @@ fn reconcile_workload(
     budget: &mut usize,
     config: &ReconcileConfig,
     plan: &mut Plan,
-) -> bool {
+) -> Standing {
     let name = &workload.spec.name;
     let allocations: Vec<&Allocation> = state.workload_allocations(name).collect();
 
@@ -174,11 +191,12 @@ fn reconcile_workload(
     let missing = step.place_new;
     let count = missing.min(*budget);
     if missing == 0 {
-        return old.is_empty()
+        let settled = old.is_empty()
             && step.stop_old == 0
             && new_to_stop == 0
             && counts.new_counted == counts.new
             && terminal.len() <= config.keep_terminal;
+        return if settled { Standing::Settled } else { Standing::Unsettled };
     }
     let mut request = request_of(workload);
     // Replicas that failed are replaced elsewhere if possible, and after a
@@ -192,7 +210,7 @@ fn reconcile_workload(
             let seconds = (last + wait_ms - plan.now_ms).div_ceil(1000);
             let reason = format!("{} recent failures; placing a replacement in {seconds}s", failed.len());
             plan.unplaced.insert(name.clone(), Unplaced { count: missing as u32, reason });
-            return false;
+            return Standing::Unsettled;
         }
     }
     request.avoid_nodes = failed.iter().map(|a| a.node.clone()).collect();
@@ -239,11 +257,20 @@ fn reconcile_workload(
     if placed.nodes.is_empty() && step.in_place_if_stuck {
         replace_in_place(&mut old, &placed.stuck, view, plan);
     }
-    if let Some(reason) = placed.unplaced_reason {
-        let count = (missing - placed.nodes.len()) as u32;
-        plan.unplaced.insert(name.clone(), Unplaced { count, reason });
+    match placed.unplaced_reason {
+        // Nothing placed and nothing stopped to make room: only a change
+        // of room can help.
+        Some(reason) if placed.nodes.is_empty() && !step.in_place_if_stuck && step.stop_old == 0 => {
+            plan.unplaced.insert(name.clone(), Unplaced { count: missing as u32, reason });
+            Standing::WaitingForRoom
+        }
+        Some(reason) => {
+            let count = (missing - placed.nodes.len()) as u32;
+            plan.unplaced.insert(name.clone(), Unplaced { count, reason });
+            Standing::Unsettled
+        }
+        None => Standing::Unsettled,
     }
-    false
 }
 
 /// Replicas placed for a workload's free slots.
