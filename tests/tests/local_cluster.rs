@@ -425,3 +425,15 @@ async fn chaos_verbs_on_a_docker_cluster() {
     assert_eq!(docker_ids(&["ps", "-aq", "--filter", &format!("label=flotilla.cluster={name}")]), "");
     assert!(!running(delayer), "cluster down stops the delaying process");
 }
+
+/// A packet cannot leave before it is sent: jitter wider than the delay is
+/// refused with the reason, before any cluster is looked up.
+#[test]
+fn a_jitter_wider_than_the_delay_is_refused() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let output =
+        flotilla(home.path(), &["cluster", "slow", "1", "--delay", "10ms", "--jitter", "20ms"], None);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("--jitter 20ms is more than --delay 10ms"), "{said}");
+}
