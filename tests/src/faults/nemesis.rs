@@ -204,6 +204,20 @@ pub async fn heal(cluster: &mut TestCluster, injected: Injected) -> Aftermath {
     Aftermath::Nothing
 }
 
+/// Starts again every server that stopped on its own since the last look
+/// (a server stops when its disk is full, perhaps only after the disk was
+/// freed); how many. A panic is still caught by the run's log check.
+pub fn revive_stopped(cluster: &mut TestCluster) -> u32 {
+    let mut revived = 0;
+    for server in &mut cluster.servers {
+        if server.exited() {
+            server.start();
+            revived += 1;
+        }
+    }
+    revived
+}
+
 /// Whether server `index`, just started on a torn file, came up (it
 /// answers) rather than refused the file; a refusal must say why.
 async fn started_on_its_file(cluster: &mut TestCluster, index: usize) -> bool {

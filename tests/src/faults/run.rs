@@ -283,6 +283,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     let mut new_leader_ms = Vec::new();
     while Instant::now() + config.calm_for + config.fault_for < until {
         tokio::time::sleep(config.calm_for).await;
+        stopped_by_faults += nemesis::revive_stopped(cluster);
         let old_leader = nemesis::leader_index(cluster).await;
         let struck = Instant::now();
         let drawn = config.nemesis.draw(&mut rng);
@@ -300,6 +301,7 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
             Aftermath::Restarted => stopped_by_faults += 1,
             Aftermath::Replaced => replaced += 1,
         }
+        stopped_by_faults += nemesis::revive_stopped(cluster);
         let window = |at: Instant| at.duration_since(start).as_millis() as u64;
         windows.push((window(struck), window(Instant::now())));
     }
