@@ -316,6 +316,8 @@ async fn exercise_chaos_verbs(home: &std::path::Path, name: &str, env: &Env) -> 
     chaos(&["resume", "2"]);
     chaos(&["kill", &agent]);
     assert!(cluster_status().contains(&format!("fault in force: {agent} killed")));
+    // The network heals with a member down (a stopped container has none).
+    chaos(&["heal"]);
     chaos(&["restart", &agent]);
     let all = flotilla_cli::cluster_credentials::secure_client(&addresses, &ca_dir, token.as_deref())
         .expect("client")

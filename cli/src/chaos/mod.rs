@@ -159,7 +159,7 @@ pub fn partition(name: &str, list: &str, from: Option<&str>) -> anyhow::Result<(
 }
 
 fn position(network: &network::Network, member: &str) -> anyhow::Result<usize> {
-    network.position(member).with_context(|| format!("`{member}` has no namespace"))
+    network.position(member).with_context(|| format!("`{member}` has no network now (is it running?)"))
 }
 
 /// Removes every network fault (partitions, loss, delay).

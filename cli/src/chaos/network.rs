@@ -191,8 +191,9 @@ impl Network {
         }
     }
 
-    /// The containers `(member name, container name)` of a `cluster up
-    /// --docker` cluster, each at the address it has now on `docker_network`.
+    /// The running containers `(member name, container name)` of a
+    /// `cluster up --docker` cluster, each at the address it has now on
+    /// `docker_network`.
     pub fn of_containers(
         docker_network: &str,
         containers: &[(String, String)],
@@ -201,10 +202,11 @@ impl Network {
         let mut members = Vec::new();
         for (name, container) in containers {
             let address = output("docker", &["inspect", "--format", &format, container])?;
-            let ip = address.parse().map_err(|_| NetworkError {
-                command: format!("docker inspect {container}"),
-                stderr: format!("no address on network {docker_network} (`{address}`): is it running?"),
-            })?;
+            // A stopped container has no address and no namespace: there is
+            // nothing to cut or heal in it until it starts again.
+            let Ok(ip) = address.parse() else {
+                continue;
+            };
             members.push(Member {
                 name: name.clone(),
                 namespace: Namespace::Container(container.clone()),
@@ -369,16 +371,10 @@ impl Network {
         Ok(())
     }
 
-    /// Every cut, lossy and delayed link removed. A container that is not
-    /// running has no rules left to remove: Docker gives it a fresh
-    /// namespace when it starts.
+    /// Every cut, lossy and delayed link removed (a stopped container is
+    /// no member: its rules went with its namespace).
     pub fn heal(&mut self) -> Result<(), NetworkError> {
-        for (index, member) in self.members.iter().enumerate() {
-            if let Namespace::Container(container) = &member.namespace
-                && output("docker", &["inspect", "--format", "{{.State.Running}}", container])? != "true"
-            {
-                continue;
-            }
+        for index in 0..self.members.len() {
             self.exec(index, &["iptables", "-F", "INPUT"])?;
             self.exec(index, &["iptables", "-F", "OUTPUT"])?;
         }
