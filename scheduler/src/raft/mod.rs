@@ -6,6 +6,7 @@ mod handle;
 mod membership;
 mod node;
 mod pending;
+mod reads;
 mod slog_bridge;
 mod snapshot_chunks;
 mod snapshots;

@@ -5,7 +5,6 @@
 //! drains every input that is waiting before it handles a `Ready`, so many
 //! proposals share one fsync.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -21,6 +20,7 @@ use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
 use super::membership::ConfChangeContext;
 use super::pending::Pending;
+use super::reads::Reads;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
 use crate::state::{ClusterState, CommandOutput, Envelope};
@@ -56,8 +56,6 @@ impl NodeConfig {
         }
     }
 }
-/// How long a read index request goes unanswered before it is asked again.
-const READ_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 /// The Raft node and everything waiting on it; owned by the Raft thread.
 pub struct Node {
@@ -70,14 +68,7 @@ pub struct Node {
     next_request: u64,
     pub(super) proposals: Pending<CommandOutput>,
     pub(super) membership: Pending<()>,
-    /// Reads waiting for the leader to confirm the read index.
-    reads_unconfirmed: Pending<()>,
-    /// Reads with a confirmed index, waiting for it to be applied here.
-    reads_confirmed: Pending<()>,
-    /// The read index each confirmed read waits for, by request id.
-    read_indexes: HashMap<u64, u64>,
-    /// When each unconfirmed read was last asked for, to ask again.
-    reads_asked: HashMap<u64, Instant>,
+    reads: Reads,
     leader: u64,
     pub(super) applied: u64,
     leader_shared: Arc<AtomicU64>,
@@ -131,10 +122,7 @@ impl Node {
             next_request,
             proposals: Pending::default(),
             membership: Pending::default(),
-            reads_unconfirmed: Pending::default(),
-            reads_confirmed: Pending::default(),
-            read_indexes: HashMap::new(),
-            reads_asked: HashMap::new(),
+            reads: Reads::default(),
             leader: 0,
             applied,
             leader_shared,
@@ -179,8 +167,7 @@ impl Node {
         let stopped = RaftError::Stopped;
         self.proposals.fail_all(&stopped);
         self.membership.fail_all(&stopped);
-        self.reads_unconfirmed.fail_all(&stopped);
-        self.reads_confirmed.fail_all(&stopped);
+        self.reads.fail_all(&stopped);
         result
     }
 
@@ -228,8 +215,7 @@ impl Node {
                 let id = self.new_request_id();
                 self.raw.read_index(id.to_le_bytes().to_vec());
                 let deadline = self.deadline();
-                self.reads_unconfirmed.insert(id, reply, deadline);
-                self.reads_asked.insert(id, Instant::now());
+                self.reads.wait(id, reply, deadline);
             }
             Input::Messages(messages) => {
                 for message in messages {
@@ -258,34 +244,17 @@ impl Node {
         let timeout = RaftError::Timeout(self.config.request_timeout);
         self.proposals.expire(now, &timeout);
         self.membership.expire(now, &timeout);
-        self.reads_unconfirmed.expire(now, &timeout);
-        self.reads_confirmed.expire(now, &timeout);
-        let confirmed = &self.reads_confirmed;
-        self.read_indexes.retain(|id, _| confirmed.contains(*id));
+        self.reads.expire(now, &timeout);
         self.ask_unconfirmed_reads_again(now);
         self.promote_caught_up_learner();
     }
 
-    /// raft-rs drops a read index request that reaches a leader before it
-    /// has committed an entry of its term (right after an election), and
-    /// one lost with a message: a read still unconfirmed after a while is
-    /// asked again, so it waits for the first commit, not for its timeout.
     fn ask_unconfirmed_reads_again(&mut self, now: Instant) {
-        let unconfirmed = &self.reads_unconfirmed;
-        self.reads_asked.retain(|id, _| unconfirmed.contains(*id));
         if self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        let again: Vec<u64> = self
-            .reads_unconfirmed
-            .ids()
-            .filter(|id| {
-                self.reads_asked.get(id).is_some_and(|at| now.duration_since(*at) >= READ_AGAIN_AFTER)
-            })
-            .collect();
-        for id in again {
+        for id in self.reads.due_again(now) {
             self.raw.read_index(id.to_le_bytes().to_vec());
-            self.reads_asked.insert(id, now);
         }
     }
 
@@ -305,10 +274,7 @@ impl Node {
         }
         for read in ready.take_read_states() {
             let id = read.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
-            if let Some((reply, deadline)) = self.reads_unconfirmed.take(id) {
-                self.reads_confirmed.insert(id, reply, deadline);
-                self.read_indexes.insert(id, read.index);
-            }
+            self.reads.confirm(id, read.index);
         }
         self.apply_committed(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
@@ -329,7 +295,7 @@ impl Node {
         if *self.applied_shared.borrow() != self.applied {
             self.applied_shared.send_replace(self.applied);
         }
-        self.answer_reads();
+        self.reads.answer_applied(self.applied);
         Ok(())
     }
 
@@ -342,20 +308,10 @@ impl Node {
             let error = RaftError::LeaderChanged;
             self.proposals.fail_all(&error);
             self.membership.fail_all(&error);
-            self.reads_unconfirmed.fail_all(&error);
+            self.reads.fail_unconfirmed(&error);
         }
         self.leader = leader;
         self.leader_shared.store(leader, Ordering::Relaxed);
-    }
-
-    fn answer_reads(&mut self) {
-        let applied = self.applied;
-        let done: Vec<u64> =
-            self.read_indexes.iter().filter(|(_, index)| **index <= applied).map(|(id, _)| *id).collect();
-        for id in done {
-            self.read_indexes.remove(&id);
-            self.reads_confirmed.answer(id, Ok(()));
-        }
     }
 
     fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
