@@ -57,7 +57,9 @@ pub struct AgentConfig {
     /// older files are kept).
     pub process_log_max_bytes: u64,
     /// Where the agent's own API (logs) listens; port 0 picks a free one.
-    pub listen: String,
+    /// `None`: no API (a simulated node of a fleet has no logs to serve,
+    /// and ten thousand listeners would cost ten thousand descriptors).
+    pub listen: Option<String>,
     pub heartbeat: Duration,
     /// How often each allocation's CPU and memory are sampled.
     pub sample_every: Duration,
@@ -78,6 +80,12 @@ pub struct AgentConfig {
     /// An agent join token, needed until the agent holds a certificate
     /// for its node.
     pub join_token: Option<flotilla_security::JoinToken>,
+    /// A client to the servers shared by the simulated nodes of a fleet,
+    /// so that they share one connection pool (a node's heartbeats and
+    /// reports reuse idle connections instead of each node keeping its
+    /// own); `None`: the node makes its own. Plain HTTP only: a node that
+    /// speaks TLS speaks with its own certificate.
+    pub shared_client: Option<Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,13 +187,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 .await?,
         )
     };
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| AgentError::Listen { address: config.listen.clone(), reason: e.to_string() })?;
-    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
-    crate::logs_api::serve(listener, logs_app, tls.as_deref())
-        .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
+    let address = match &config.listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| AgentError::Listen { address: listen.clone(), reason: e.to_string() })?;
+            let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
+            crate::logs_api::serve(listener, logs_app, tls.as_deref())
+                .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
+            address
+        }
+        None => String::new(),
+    };
 
     let registration = NodeRegistration {
         name: config.name.clone(),
@@ -196,7 +210,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         drivers: runtimes.keys().copied().collect(),
         host_volumes: config.host_volumes.clone(),
     };
-    let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    let mut client = match (&config.shared_client, &tls) {
+        (Some(shared), None) => shared.clone(),
+        _ => Client::new(config.servers.clone()),
+    }
+    .with_retry_for(Duration::from_secs(3));
     let mut renewal = None;
     if let Some(tls) = &tls {
         let config = tls.client_config().map_err(|e| AgentError::Tls(e.into()))?;

@@ -107,7 +107,9 @@ pub struct AgentArgs {
     /// Runs this many simulated nodes in this one process (`--driver sim`
     /// only), named NAME-1 to NAME-N after --name, each offering --cpu and
     /// --memory and registering, heartbeating, long-polling and reporting
-    /// as an agent of its own: a fleet of thousands on one machine.
+    /// as an agent of its own: a fleet of thousands on one machine. They
+    /// serve no logs API (they have no logs), and under --insecure they
+    /// share one connection pool.
     #[arg(long, requires = "name", value_parser = clap::value_parser!(u32).range(1..))]
     fleet: Option<u32>,
 }
@@ -207,7 +209,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         allow_process: args.allow_drivers.contains(&AllowedDriver::Process),
         process_user: args.process_user,
         process_log_max_bytes: args.process_log_max_size.0,
-        listen: args.listen,
+        listen: Some(args.listen),
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
         sample_every: Duration::from_millis(args.sample_ms.max(100)),
         restart: RestartConfig {
@@ -228,6 +230,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .map(JoinToken::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?,
+        shared_client: None,
     })
 }
 
@@ -257,10 +260,17 @@ async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
     if config.runtimes.as_deref() != Some(&[RuntimeKind::Sim]) {
         bail!("--fleet: only simulated nodes come in fleets; add --driver sim");
     }
+    crate::open_files::raise_limit();
+    // One connection pool for the fleet: a node's heartbeats and reports
+    // reuse connections idle between other nodes' calls, so the fleet holds
+    // about one connection per waiting long-poll, not three per node.
+    let shared_client = config.insecure.then(|| flotilla_api::Client::new(config.servers.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
     for member in 1..=size {
         let mut node = config.clone();
+        node.listen = None;
+        node.shared_client = shared_client.clone();
         node.name = format!("{}-{member}", config.name);
         node.data_dir = config.data_dir.join(&node.name);
         let mut stopped = stopped.clone();

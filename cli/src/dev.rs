@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         allow_process: true,
         process_user: "nobody".into(),
         process_log_max_bytes: 10 << 20,
-        listen: "127.0.0.1:0".into(),
+        listen: Some("127.0.0.1:0".into()),
         heartbeat: Duration::from_secs(1),
         sample_every: Duration::from_secs(1),
         restart: RestartConfig::default(),
@@ -106,6 +106,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stop_on_exit: true,
         insecure: args.insecure,
         join_token,
+        shared_client: None,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));
 

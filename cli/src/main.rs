@@ -8,6 +8,7 @@ mod dev;
 mod events;
 mod logs;
 mod nodes;
+mod open_files;
 mod output;
 mod rollout;
 mod secrets;

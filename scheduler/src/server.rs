@@ -109,8 +109,10 @@ pub async fn run(
         }
     }
     let state: ClusterState = if storage.is_initialized() {
-        serde_json::from_slice(&storage.latest_snapshot().data)
-            .map_err(|e| ServerError::Snapshot(e.to_string()))?
+        let mut state: ClusterState = serde_json::from_slice(&storage.latest_snapshot().data)
+            .map_err(|e| ServerError::Snapshot(e.to_string()))?;
+        state.restored_at(storage.snapshot_index());
+        state
     } else {
         ClusterState::default()
     };

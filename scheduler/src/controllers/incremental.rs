@@ -220,11 +220,30 @@ mod tests {
         index: u64,
     }
 
+    /// What a node's agent is told (its long-poll's answer, less the
+    /// workloads' specs, which it reads only for allocations it is told of).
+    fn agent_view(state: &ClusterState, node: &str) -> String {
+        let allocations: Vec<_> = state.node_allocations(node).collect();
+        serde_json::to_string(&(allocations, state.volumes_to_remove(node))).expect("encodes")
+    }
+
     impl Cluster {
+        /// Applies a command, and checks on the way that every node whose
+        /// agent view it changed is marked changed at its index and
+        /// published: an agent's long-poll wakes for every change it must see.
         fn apply(&mut self, command: Command) {
             self.index += 1;
+            let nodes: Vec<String> = (0..4).map(|n| format!("n{n}")).collect();
+            let before: Vec<String> = nodes.iter().map(|node| agent_view(&self.state, node)).collect();
             // Refusals (a node unknown, already down) change nothing.
             let _ = self.state.apply(self.index, command);
+            let published = self.state.take_recent_node_changes();
+            for (node, was) in nodes.iter().zip(before) {
+                if agent_view(&self.state, node) != was {
+                    assert_eq!(self.state.node_changes().of(node), self.index, "{node} changed unmarked");
+                    assert!(published.contains(&(node.clone(), self.index)), "{node} changed unpublished");
+                }
+            }
         }
 
         fn happen(&mut self, event: &Event) {

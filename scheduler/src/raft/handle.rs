@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::RaftError;
 use super::membership::MembershipChange;
+use super::node_watches::SharedNodeWatches;
 use super::pending::Reply;
 use crate::state::{ClusterState, Command, CommandOutput, Idempotency};
 
@@ -39,6 +40,8 @@ pub struct RaftHandle {
     pub(super) leader: Arc<AtomicU64>,
     /// The applied index, for loops and blocking queries that wait for change.
     pub(super) applied: watch::Receiver<u64>,
+    /// Each node's latest change, for its agent's long-poll.
+    pub(super) node_watches: SharedNodeWatches,
 }
 
 impl RaftHandle {
@@ -122,5 +125,11 @@ impl RaftHandle {
     /// Changes whenever this server applies entries.
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// The index at which what `node`'s agent is told last changed, as it
+    /// changes: an agent's long-poll waits on this, not on every write.
+    pub fn node_watch(&self, node: &str) -> watch::Receiver<u64> {
+        self.node_watches.subscribe(node, &self.state)
     }
 }

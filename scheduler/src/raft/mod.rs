@@ -5,6 +5,7 @@ mod error;
 mod handle;
 mod membership;
 mod node;
+mod node_watches;
 mod pending;
 mod reads;
 mod slog_bridge;

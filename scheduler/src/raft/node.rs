@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
 use super::membership::ConfChangeContext;
+use super::node_watches::SharedNodeWatches;
 use super::pending::Pending;
 use super::reads::Reads;
 use super::storage::{RaftStorage, StorageError};
@@ -73,6 +74,7 @@ pub struct Node {
     pub(super) applied: u64,
     leader_shared: Arc<AtomicU64>,
     applied_shared: watch::Sender<u64>,
+    pub(super) node_watches: SharedNodeWatches,
 }
 
 pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
@@ -87,6 +89,7 @@ impl Node {
         transport: Arc<PeerTransport>,
         leader_shared: Arc<AtomicU64>,
         applied_shared: watch::Sender<u64>,
+        node_watches: SharedNodeWatches,
     ) -> Result<Self, raft::Error> {
         let applied = storage.snapshot_index();
         let raft_config = raft::Config {
@@ -127,6 +130,7 @@ impl Node {
             applied,
             leader_shared,
             applied_shared,
+            node_watches,
         })
     }
 
@@ -154,6 +158,7 @@ impl Node {
             if stop {
                 break Ok(());
             }
+            self.ask_read_index();
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
@@ -212,10 +217,8 @@ impl Node {
                     let _ = reply.send(Err(RaftError::NoLeader));
                     return;
                 }
-                let id = self.new_request_id();
-                self.raw.read_index(id.to_le_bytes().to_vec());
                 let deadline = self.deadline();
-                self.reads.wait(id, reply, deadline);
+                self.reads.wait(reply, deadline);
             }
             Input::Messages(messages) => {
                 for message in messages {
@@ -247,6 +250,14 @@ impl Node {
         self.reads.expire(now, &timeout);
         self.ask_unconfirmed_reads_again(now);
         self.promote_caught_up_learner();
+    }
+
+    /// One read index request for every read asked for in this turn.
+    fn ask_read_index(&mut self) {
+        let id = self.new_request_id();
+        if self.reads.form_group(id, Instant::now()) {
+            self.raw.read_index(id.to_le_bytes().to_vec());
+        }
     }
 
     fn ask_unconfirmed_reads_again(&mut self, now: Instant) {
@@ -367,6 +378,9 @@ impl Node {
                 }
             }
         }
+        let changed = state.take_recent_node_changes();
+        drop(state);
+        self.node_watches.publish(changed);
         Ok(())
     }
 
@@ -425,11 +439,19 @@ pub(crate) fn spawn(
     let id = node_config.id;
     let leader = Arc::new(AtomicU64::new(0));
     let (applied_shared, applied) = watch::channel(storage.snapshot_index());
-    let node =
-        Node::new(node_config, storage, Arc::clone(&state), transport, Arc::clone(&leader), applied_shared)?;
+    let node_watches = SharedNodeWatches::default();
+    let node = Node::new(
+        node_config,
+        storage,
+        Arc::clone(&state),
+        transport,
+        Arc::clone(&leader),
+        applied_shared,
+        Arc::clone(&node_watches),
+    )?;
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))
         .map_err(raft::Error::Io)?;
-    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied }, thread))
+    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied, node_watches }, thread))
 }

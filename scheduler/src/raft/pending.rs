@@ -44,21 +44,8 @@ impl<T> Pending<T> {
         }
     }
 
-    /// Moves request `id` out, keeping its deadline, to wait somewhere else.
-    pub(super) fn take(&mut self, id: u64) -> Option<(Reply<T>, Instant)> {
-        self.waiting.remove(&id).map(|w| (w.reply, w.deadline))
-    }
-
     pub(super) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
-    }
-
-    pub(super) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.waiting.keys().copied()
-    }
-
-    pub(super) fn contains(&self, id: u64) -> bool {
-        self.waiting.contains_key(&id)
     }
 
     /// Fails every request whose deadline has passed.

@@ -11,13 +11,15 @@ use crate::state::ClusterState;
 impl Node {
     pub(super) fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
-        let restored: ClusterState = serde_json::from_slice(&snapshot.data)
+        let mut restored: ClusterState = serde_json::from_slice(&snapshot.data)
             .map_err(|e| corrupt_entry(index, format!("snapshot: {e}")))?;
+        restored.restored_at(index);
         self.raw.mut_store().install_snapshot(snapshot)?;
         tracing::info!(index, "installed snapshot from leader");
         self.transport.learn_members(restored.members());
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
         self.applied = index;
+        self.node_watches.publish_all(index);
         Ok(())
     }
 

@@ -96,6 +96,7 @@ impl ClusterState {
                 }
                 allocation.stopping = true;
                 allocation.modified_index = index;
+                self.node_changes.mark(&allocation.node);
                 true
             }
             Some(_) => self.remove_allocation(id),
@@ -148,6 +149,7 @@ impl ClusterState {
             node.allocated_memory += allocation.memory;
             node.allocations += 1;
         }
+        self.node_changes.mark(&allocation.node);
         self.by_node.entry(allocation.node.clone()).or_default().insert(id);
         self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
         self.allocations.insert(id, allocation);
@@ -161,6 +163,7 @@ impl ClusterState {
         if allocation.state.is_live() {
             self.release(&allocation);
         }
+        self.node_changes.mark(&allocation.node);
         if let Some(ids) = self.by_node.get_mut(&allocation.node) {
             ids.remove(&id);
         }
@@ -188,6 +191,7 @@ impl ClusterState {
         let was_live = allocation.state.is_live();
         allocation.state = state;
         allocation.modified_index = index;
+        self.node_changes.mark(&allocation.node);
         if was_live && !state.is_live() {
             let allocation = allocation.clone();
             self.release(&allocation);

@@ -67,6 +67,10 @@ pub struct ClusterState {
     /// from: derived from the applies, not part of the state's value.
     #[serde(skip)]
     pub(super) journal: super::journal::ChangeJournal,
+    /// When each node's agent view last changed, for agents' long-polls:
+    /// derived from the applies, not part of the state's value.
+    #[serde(skip)]
+    pub(super) node_changes: super::node_changes::NodeChanges,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -145,6 +149,7 @@ impl ClusterState {
     /// the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<CommandOutput, Rejection> {
         let touched = self.touches(&command);
+        self.node_changes.applying(index);
         let result = self.apply_command(index, command);
         if result.is_ok() {
             self.journal.record(index, touched);
@@ -186,9 +191,16 @@ impl ClusterState {
                 self.finish_ca_rotation(index, &to_digest, now_ms)
             }
             Command::PutSecret { name, sealed, size, now_ms } => {
+                self.mark_every_node();
                 Ok(self.put_secret(name, sealed, size, now_ms))
             }
-            Command::DeleteSecret { name } => self.delete_secret(&name),
+            Command::DeleteSecret { name } => {
+                let result = self.delete_secret(&name);
+                if result.is_ok() {
+                    self.mark_every_node();
+                }
+                result
+            }
             Command::AutoscaleWorkload(decision) => self.autoscale_workload(index, decision),
             Command::ApplyPlan { plan } => Ok(CommandOutput::Planned(self.apply_plan(index, plan))),
             Command::SetDeploymentStatus { name, deployment, status, reason, now_ms } => {

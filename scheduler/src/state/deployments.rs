@@ -97,6 +97,7 @@ impl ClusterState {
             if let Some(allocation) = self.allocations.get_mut(id) {
                 allocation.version = workload.version;
                 allocation.modified_index = index;
+                self.node_changes.mark(&allocation.node);
             }
         }
         ids.len()

@@ -9,6 +9,7 @@ mod command;
 mod deployments;
 mod idempotency;
 mod journal;
+mod node_changes;
 mod nodes;
 mod plan;
 mod secrets;
@@ -23,6 +24,7 @@ pub use command::{AutoscaleDecision, Command, CommandOutput, Envelope, Rejection
 pub use deployments::MAX_HISTORY;
 pub use idempotency::{Idempotency, REMEMBERED_KEYS};
 pub use journal::{ChangeJournal, Changes, Touched};
+pub use node_changes::NodeChanges;
 pub use plan::{Placement, Plan, PlanOutcome, Unplaced};
 pub use services::{DEFAULT_SERVICE_PORTS, ServicePortRange};
 pub use tokens::StoredToken;

@@ -99,6 +99,9 @@ impl ClusterState {
         {
             volume.removing = true;
             count += 1;
+            for holder in volume.holders() {
+                self.node_changes.mark(holder);
+            }
         }
         count
     }
@@ -134,6 +137,7 @@ impl ClusterState {
             if !volume.removing {
                 continue;
             }
+            self.node_changes.mark(node);
             volume.stale_nodes.remove(node);
             if volume.node == node {
                 match volume.stale_nodes.pop_first() {

@@ -1,0 +1,60 @@
+//! Per-node change notifications for agents' long-polls: the Raft thread
+//! publishes the nodes each batch of applied entries changed (the state's
+//! `NodeChanges`), and only the long-polls of those nodes wake.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+use crate::state::ClusterState;
+
+/// One watch per node some agent has waited on, holding its latest mark.
+#[derive(Default)]
+pub(crate) struct NodeWatches {
+    /// Locked around reading a mark from the state and subscribing, and
+    /// around publishing: a change applied while an agent subscribes is
+    /// either read by it or published to it, never lost between the two.
+    senders: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl NodeWatches {
+    /// A receiver of `node`'s marks, starting at its mark in `state` now.
+    pub(super) fn subscribe(&self, node: &str, state: &RwLock<ClusterState>) -> watch::Receiver<u64> {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = senders.get(node) {
+            return sender.subscribe();
+        }
+        let mark = state.read().unwrap_or_else(|p| p.into_inner()).node_changes().of(node);
+        let (sender, receiver) = watch::channel(mark);
+        senders.insert(node.to_owned(), sender);
+        receiver
+    }
+
+    /// Wakes the waiters of the nodes changed, and forgets the watches no
+    /// one holds any more (an agent gone for good).
+    pub(super) fn publish(&self, changed: Vec<(String, u64)>) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        for (node, mark) in changed {
+            if let Some(sender) = senders.get(&node) {
+                if sender.receiver_count() == 0 {
+                    senders.remove(&node);
+                } else {
+                    sender.send_replace(mark);
+                }
+            }
+        }
+    }
+
+    /// A snapshot replaced the state: every node may have changed.
+    pub(super) fn publish_all(&self, index: u64) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        senders.retain(|_, sender| sender.receiver_count() > 0);
+        for sender in senders.values() {
+            sender.send_replace(index);
+        }
+    }
+}
+
+/// Shared between the Raft thread and the handle.
+pub(crate) type SharedNodeWatches = Arc<NodeWatches>;
