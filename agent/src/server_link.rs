@@ -81,8 +81,11 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
     // A server that cannot answer (cut off, paused) must not hold the
     // heartbeats back until the node is marked down: the next one is tried.
     let client = client.with_request_timeout(HEARTBEAT_TIMEOUT);
-    let mut interval = tokio::time::interval(beat.every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Agents that start together (a fleet, hosts back from a power cut)
+    // spread their beats over one interval instead of arriving at once.
+    tokio::time::sleep(beat.every.mul_f64(random_fraction(&registration.name))).await;
+    let mut every = beat.every;
+    let mut interval = beat_every(every);
     loop {
         interval.tick().await;
         let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
@@ -90,6 +93,14 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
         let tls = beat.tls.as_ref().map(|tls| tls.report());
         match client.heartbeat(&registration.name, &Heartbeat { usage, holding, tls }).await {
             Ok(answer) => {
+                // A large cluster asks its nodes to beat less often, never more.
+                let asked = answer.next_in_ms.map_or(beat.every, Duration::from_millis).max(beat.every);
+                if asked != every {
+                    tracing::info!(node = %registration.name, every_ms = asked.as_millis() as u64, "heartbeat interval set by the servers");
+                    every = asked;
+                    interval = beat_every(every);
+                    interval.reset();
+                }
                 if !answer.stop.is_empty() {
                     tracing::warn!(node = %registration.name, stop = ?answer.stop, "the node was down; stopping what was placed elsewhere");
                     let _ = beat.messages.send(Message::StopNow(answer.stop));
@@ -104,6 +115,22 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
         }
     }
+}
+
+/// An interval of heartbeats that, after a pause, goes on from now
+/// rather than sending the missed beats in a burst.
+fn beat_every(every: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// A number in [0, 1), different for each node and each start.
+fn random_fraction(node: &str) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(node.as_bytes());
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Sends what the agent did on its own (orphans removed) to `flotilla events`.

@@ -280,4 +280,9 @@ pub struct HeartbeatAnswer {
     /// Set when the agent's TLS differs from the cluster's (a CA rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<crate::TrustAdvice>,
+    /// How long the agent waits before its next heartbeat, when the
+    /// cluster is large enough that every node beating every second would
+    /// pass the leader's budget; `None`: the agent's own interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_in_ms: Option<u64>,
 }

@@ -41,6 +41,11 @@ pub struct ServerArgs {
     node_ttl_ms: u64,
     #[arg(long, default_value_t = 500)]
     node_grace_ms: u64,
+    /// The most heartbeats per second the leader asks of all nodes
+    /// together: past this many nodes, each beats less often (and its TTL
+    /// grows to three of its intervals).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeats_per_second: u32,
     /// Bytes per request to a peer; bigger snapshots go in chunks of this
     /// size (tests make it small to send even small snapshots in chunks).
     #[arg(long, hide = true, default_value_t = 8 << 20)]
@@ -181,6 +186,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         health: HealthConfig {
             ttl: Duration::from_millis(args.node_ttl_ms),
             grace: Duration::from_millis(args.node_grace_ms),
+            heartbeats_per_second: args.heartbeats_per_second,
         },
         fault_injection: args.fault_injection,
         service_ports: ServicePortRange::parse(&args.service_ports)

@@ -197,6 +197,7 @@ pub async fn run(
         ));
     }
     let app = router(AppState {
+        health: config.health.clone(),
         ca_rotation,
         liveness,
         http: request_http,

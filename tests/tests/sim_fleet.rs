@@ -80,3 +80,48 @@ fn only_simulated_nodes_come_in_fleets() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("--fleet: only simulated nodes come in fleets; add --driver sim"), "{said}");
 }
+
+/// Past the leader's heartbeat budget each node is asked to beat less
+/// often, and is given three of its longer intervals before it is marked
+/// down: 40 nodes at 10 beats/s beat every 4 s, past the default TTL of
+/// 3 s, and none is marked down over three of those intervals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_fleet_beats_less_often_within_the_leaders_budget_and_stays_ready() {
+    let options = ClusterOptions {
+        server_args: vec!["--heartbeats-per-second".into(), "10".into()],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = TestCluster::start(options).await;
+    let fleet = ["--driver", "sim", "--fleet", "40", "--cpu", "1", "--memory", "1Gi"];
+    let prefix = format!("{}-", cluster.add_agent("fleet", &fleet).name);
+    let client = cluster.client();
+    let ready_indexes = |nodes: Vec<flotilla_api::Node>| -> Option<Vec<(String, u64)>> {
+        let fleet: Vec<_> = nodes.into_iter().filter(|n| n.name.starts_with(&prefix)).collect();
+        (fleet.len() == 40 && fleet.iter().all(|n| n.status == NodeStatus::Ready))
+            .then(|| fleet.into_iter().map(|n| (n.name, n.ready_index)).collect())
+    };
+    let first = wait_until(Duration::from_secs(60), "40 fleet nodes ready", || async {
+        ready_indexes(client.nodes(false).await.ok()?)
+    })
+    .await;
+    let agent = cluster.agent("fleet");
+    wait_until(Duration::from_secs(30), "every node told to beat every 4 s", || async {
+        let log = agent.log_text();
+        let told = log
+            .lines()
+            .filter(|line| {
+                line.contains("heartbeat interval set by the servers") && line.contains("every_ms=4000")
+            })
+            .count();
+        (told == 40).then_some(())
+    })
+    .await;
+    // Three intervals and more: a node the TTL did not stretch for would
+    // have been marked down (and its ready index moved on) by now.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(13) {
+        let now = client.nodes(false).await.expect("nodes");
+        assert_eq!(ready_indexes(now).as_ref(), Some(&first), "a node was marked down");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

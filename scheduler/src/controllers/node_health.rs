@@ -5,6 +5,12 @@
 //! Liveness is leader memory, not Raft state: heartbeats every second from
 //! every node would flood the log. A new leader has no history, so it gives
 //! every node a full TTL before it marks any down.
+//!
+//! The leader answers every heartbeat, so their rate is bounded as Nomad
+//! bounds it: past `heartbeats_per_second` nodes, each node is asked to
+//! beat less often (10,000 nodes at 2,000 beats/s: every 5 s), and the TTL
+//! grows with the interval, so that a large cluster costs the leader a fixed
+//! budget rather than one answer per node per second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,11 +27,41 @@ pub struct HealthConfig {
     pub ttl: Duration,
     /// Extra slack past the TTL before it is marked down.
     pub grace: Duration,
+    /// The most heartbeats per second the leader asks of all nodes together.
+    pub heartbeats_per_second: u32,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { ttl: Duration::from_secs(3), grace: Duration::from_millis(500) }
+        HealthConfig {
+            ttl: Duration::from_secs(3),
+            grace: Duration::from_millis(500),
+            heartbeats_per_second: 2000,
+        }
+    }
+}
+
+/// How often an agent beats unless asked to beat less often.
+const AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Heartbeat intervals a node may be missing before it is overdue.
+const MISSED_BEATS: u32 = 3;
+
+impl HealthConfig {
+    /// How often each of `nodes` nodes is asked to heartbeat, so that all of
+    /// them together stay within the budget; an agent's own interval when
+    /// that is within it.
+    pub fn heartbeat_every(&self, nodes: usize) -> Duration {
+        let budget = self.heartbeats_per_second.max(1) as f64;
+        AGENT_HEARTBEAT.max(Duration::from_secs_f64(nodes as f64 / budget))
+    }
+
+    /// How long a node of a cluster of `nodes` may go unheard before it is
+    /// overdue: the configured TTL, or a few of its heartbeat intervals when
+    /// the budget has stretched them.
+    pub fn ttl_for(&self, nodes: usize) -> Duration {
+        let stretched = self.heartbeat_every(nodes);
+        if stretched <= AGENT_HEARTBEAT { self.ttl } else { self.ttl.max(stretched * MISSED_BEATS) }
     }
 }
 
@@ -88,9 +124,12 @@ pub fn overdue<'a>(
     now: Instant,
     config: &HealthConfig,
 ) -> Vec<String> {
+    let nodes: Vec<(&str, NodeStatus)> = nodes.collect();
+    let limit = config.ttl_for(nodes.len()) + config.grace;
     nodes
+        .into_iter()
         .filter(|(_, status)| *status != NodeStatus::Down)
-        .filter(|(name, _)| now.duration_since(last_seen(name)) > config.ttl + config.grace)
+        .filter(|(name, _)| now.duration_since(last_seen(name)) > limit)
         .map(|(name, _)| name.to_owned())
         .collect()
 }
@@ -112,23 +151,26 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
             continue;
         }
         let now = Instant::now();
-        let down: Vec<(String, u64)> = {
+        let (down, limit) = {
             let state = raft.state();
+            let limit = config.ttl_for(state.node_count()) + config.grace;
             let overdue = overdue(
                 state.nodes().map(|n| (n.name.as_str(), n.status)),
                 |n| liveness.last_seen(n, now),
                 now,
                 &config,
             );
-            overdue.into_iter().filter_map(|name| state.node(&name).map(|n| (name, n.ready_index))).collect()
+            let down: Vec<(String, u64)> = overdue
+                .into_iter()
+                .filter_map(|name| state.node(&name).map(|n| (name, n.ready_index)))
+                .collect();
+            (down, limit)
         };
         for (name, ready_index) in down {
             // The state read above may be old by now: a heartbeat that came
             // meanwhile saves the node (and the state refuses the decision
             // if the node registered or came back since `ready_index`).
-            if Instant::now().duration_since(liveness.last_seen(&name, Instant::now()))
-                <= config.ttl + config.grace
-            {
+            if Instant::now().duration_since(liveness.last_seen(&name, Instant::now())) <= limit {
                 continue;
             }
             tracing::warn!(node = %name, ready_index, "node missed its heartbeats; marking it down");
@@ -163,5 +205,40 @@ mod tests {
         ];
         let down = overdue(nodes.iter().map(|(n, s)| (*n, *s)), seen, start, &config);
         assert_eq!(down, vec!["gone".to_owned(), "draining-gone".to_owned()]);
+    }
+
+    #[test]
+    fn a_large_cluster_beats_less_often_within_the_budget_and_waits_longer() {
+        let config = HealthConfig { heartbeats_per_second: 2000, ..HealthConfig::default() };
+        // (nodes, each node's interval, TTL before the grace)
+        let table = [
+            (0, 1.0, 3.0),
+            (100, 1.0, 3.0),
+            (2000, 1.0, 3.0),
+            (4000, 2.0, 6.0),
+            (10_000, 5.0, 15.0),
+            (100_000, 50.0, 150.0),
+        ];
+        for (nodes, every, ttl) in table {
+            assert_eq!(config.heartbeat_every(nodes), Duration::from_secs_f64(every), "{nodes} nodes");
+            assert_eq!(config.ttl_for(nodes), Duration::from_secs_f64(ttl), "{nodes} nodes");
+            let rate = nodes as f64 / config.heartbeat_every(nodes).as_secs_f64();
+            assert!(rate <= 2000.0, "{nodes} nodes beat {rate}/s");
+        }
+    }
+
+    #[test]
+    fn a_node_of_a_large_cluster_is_overdue_only_past_its_longer_ttl() {
+        let config = HealthConfig { heartbeats_per_second: 10, ..HealthConfig::default() };
+        let start = Instant::now();
+        let names: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+        // 50 nodes at 10 beats/s: every 5 s, overdue after 15 s + 0.5 s.
+        let seen = |name: &str| match name {
+            "n0" => start - Duration::from_secs(15),
+            "n1" => start - Duration::from_secs(16),
+            _ => start,
+        };
+        let down = overdue(names.iter().map(|n| (n.as_str(), NodeStatus::Ready)), seen, start, &config);
+        assert_eq!(down, vec!["n1".to_owned()]);
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Heartbeats heard while leader.
     pub liveness: Arc<Liveness>,
+    /// How often nodes are asked to heartbeat, and the budget behind it.
+    pub health: crate::controllers::node_health::HealthConfig,
     /// For passing requests only the leader can answer on to it.
     pub http: crate::member_http::MemberHttp,
     /// For reading allocations' logs from their agents.

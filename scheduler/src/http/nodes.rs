@@ -144,15 +144,17 @@ pub async fn heartbeat(
     }
     app.liveness.beat(&name, &heartbeat.usage, heartbeat.tls.as_ref());
     let trust = trust_advice(&app, heartbeat.tls.as_ref());
+    let every = app.health.heartbeat_every(app.raft.state().node_count());
+    let next_in_ms = (every > Duration::from_secs(1)).then_some(every.as_millis() as u64);
     if status != NodeStatus::Down {
-        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust }));
+        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust, next_in_ms }));
     }
     if !heartbeat.holding.is_empty() {
-        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding, trust }));
+        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding, trust, next_in_ms }));
     }
     let now_ms = flotilla_api::now_ms();
     let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
-    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust }))
+    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust, next_in_ms }))
 }
 
 /// What an agent should trust and renew from, when its TLS differs from

@@ -328,6 +328,10 @@ impl ClusterState {
         self.allocations.values()
     }
 
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub fn allocation(&self, id: u64) -> Option<&Allocation> {
         self.allocations.get(&id)
     }
