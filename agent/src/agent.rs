@@ -260,15 +260,29 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The loop ticks after anything happened (to send its reports) and
+    // while something waits on the clock; an idle node does not tick.
+    let mut busy = true;
     let mut orphan_scan = tokio::time::interval(supervisor.orphan_scan_every());
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(message) = messages_rx.recv() => supervisor.handle(message).await,
-            Some(event) = events_rx.recv() => supervisor.handle(Message::Runtime(event)).await,
-            _ = orphan_scan.tick() => supervisor.take_inventory(),
-            _ = tick.tick() => {
+            Some(message) = messages_rx.recv() => {
+                supervisor.handle(message).await;
+                busy = true;
+            }
+            Some(event) = events_rx.recv() => {
+                supervisor.handle(Message::Runtime(event)).await;
+                busy = true;
+            }
+            _ = orphan_scan.tick() => {
+                supervisor.take_inventory();
+                busy = true;
+            }
+            _ = tick.tick(), if busy => {
                 supervisor.tick();
+                busy = supervisor.waits_on_time();
                 let reports = supervisor.take_reports();
                 if !reports.is_empty() {
                     let _ = reports_tx.send(reports);

@@ -335,6 +335,16 @@ impl Supervisor {
         }
     }
 
+    /// Whether something waits on the clock (a restart backoff, a drain, a
+    /// stop to retry, a volume to remove): while nothing does, the agent's
+    /// loop need not tick, and an idle node costs no wakeups.
+    pub fn waits_on_time(&self) -> bool {
+        let timed = |l: &local::Local| {
+            matches!(l.phase, Phase::Backoff(_) | Phase::Draining(_) | Phase::StopRetry { .. })
+        };
+        self.local.values().any(timed) || self.removals.values().any(|r| !r.in_flight)
+    }
+
     pub fn take_reports(&mut self) -> Vec<AllocationUpdate> {
         std::mem::take(&mut self.reports).into_values().collect()
     }

@@ -15,7 +15,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Removal {
     /// A removal runs now; its outcome comes back as a message.
-    in_flight: bool,
+    pub(super) in_flight: bool,
     /// When to try (again).
     due: Instant,
 }
