@@ -238,8 +238,11 @@ pub async fn node_allocations(
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     }
     let allocations: Vec<Allocation> = state.node_allocations(&name).cloned().collect();
-    let names: std::collections::BTreeSet<&str> = allocations.iter().map(|a| a.workload.as_str()).collect();
-    let workloads: Vec<_> = names.into_iter().filter_map(|n| state.workload(n)).collect();
+    // The specs as stored: an agent reads no status, and a workload's
+    // status costs a look at each of its replicas, on every node.
+    let names: std::collections::BTreeSet<&flotilla_api::WorkloadName> =
+        allocations.iter().map(|a| &a.workload).collect();
+    let workloads: Vec<_> = names.into_iter().filter_map(|n| state.workload_ref(n).cloned()).collect();
     let secrets = super::secrets::values_for(&app, &state, workloads.iter().map(|w| &w.spec));
     let remove_volumes = state.volumes_to_remove(&name);
     Ok(Json(NodeAllocations { index, allocations, workloads, secrets, remove_volumes }))

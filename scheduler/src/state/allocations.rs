@@ -191,7 +191,6 @@ impl ClusterState {
         let was_live = allocation.state.is_live();
         allocation.state = state;
         allocation.modified_index = index;
-        self.node_changes.mark(&allocation.node);
         if was_live && !state.is_live() {
             let allocation = allocation.clone();
             self.release(&allocation);

@@ -4,6 +4,11 @@
 //! pass the index it last saw, so ten thousand waiting agents are not all
 //! woken by every write, only the ones a write concerns.
 //!
+//! An agent's own reports of its allocations do not mark its node: it
+//! knows what it reported, and answering each report with the node's whole
+//! list again would cost, for a node of a hundred replicas that report one
+//! by one, a hundred lists of a hundred.
+//!
 //! Like the change journal this is derived from the applies, not part of
 //! the state's value: a state restored from a snapshot counts every node as
 //! changed at the snapshot's index.

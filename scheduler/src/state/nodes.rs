@@ -102,6 +102,7 @@ impl ClusterState {
         for id in live {
             self.set_allocation_state(index, id, AllocationState::Lost);
         }
+        self.node_changes.mark(name);
         let node = self.nodes.get(name).cloned().ok_or_else(|| Rejection::NodeNotFound(name.to_owned()))?;
         self.record_node_event(index, now_ms, name, "node is down: it missed its heartbeats".to_owned());
         Ok(CommandOutput::Node(node))
