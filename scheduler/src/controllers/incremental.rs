@@ -157,6 +157,8 @@ mod tests {
 
     use super::*;
     use crate::controllers::reconcile::reconcile;
+    use crate::controllers::rollout;
+    use crate::controllers::rollout_judge::RolloutJudge;
     use crate::state::Command;
 
     /// Late enough that replicas reported healthy at 0 count as healthy.
@@ -337,6 +339,20 @@ mod tests {
             }
         }
 
+        /// A pass of the incremental rollout judge, its verdicts applied.
+        fn judge(&mut self, judge: &mut RolloutJudge) {
+            for verdict in judge.judge(&self.state, NOW).0 {
+                let rollout::Verdict { workload, deployment, status, reason } = verdict;
+                self.apply(Command::SetDeploymentStatus {
+                    name: workload,
+                    deployment,
+                    status,
+                    reason,
+                    now_ms: NOW,
+                });
+            }
+        }
+
         /// One reconciler pass, its plan applied, the agents acting on it;
         /// whether it planned anything.
         fn pass(&mut self, reconciler: &mut IncrementalReconciler) -> bool {
@@ -362,10 +378,12 @@ mod tests {
         ) {
             let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
             let mut reconciler = IncrementalReconciler::default();
+            let mut judge = RolloutJudge::default();
             for (event, passes) in &events {
                 cluster.happen(event);
                 for _ in 0..*passes {
                     cluster.pass(&mut reconciler);
+                    cluster.judge(&mut judge);
                 }
             }
             let mut quiet = false;
@@ -378,6 +396,20 @@ mod tests {
             prop_assert!(quiet, "the incremental reconciler never settled");
             let full = reconcile(&cluster.state, cluster.index, NOW, &ReconcileConfig::default());
             prop_assert!(full.changes_nothing(), "a full pass still plans {:?}", full);
+            // Now and an hour on (every timer run out), the judge that looked
+            // only at what changed finds what judging everything finds; its
+            // verdicts are applied in between, as the leader applies them.
+            for at in [NOW, NOW + 3_600_000] {
+                let (mut incremental, _) = judge.judge(&cluster.state, at);
+                let (mut full, _) = rollout::judge(&cluster.state, at);
+                incremental.sort_by(|a, b| a.workload.cmp(&b.workload));
+                full.sort_by(|a, b| a.workload.cmp(&b.workload));
+                prop_assert_eq!(&incremental, &full);
+                for verdict in incremental {
+                    let rollout::Verdict { workload, deployment, status, reason } = verdict;
+                    cluster.apply(Command::SetDeploymentStatus { name: workload, deployment, status, reason, now_ms: at });
+                }
+            }
         }
     }
 

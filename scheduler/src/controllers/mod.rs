@@ -8,6 +8,7 @@ pub mod incremental;
 pub mod node_health;
 pub mod reconcile;
 pub mod rollout;
+pub mod rollout_judge;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::raft::RaftHandle;
 use crate::state::Command;
 use incremental::IncrementalReconciler;
 use reconcile::ReconcileConfig;
+use rollout_judge::RolloutJudge;
 
 /// How often the reconciler looks again when nothing has changed, to pick
 /// up what a state change alone does not announce.
@@ -26,13 +28,13 @@ const COALESCE: Duration = Duration::from_millis(100);
 
 /// Proposes the rollout verdicts due now; answers when one may next fall
 /// due on its own (ms since the epoch).
-async fn judge_rollouts(raft: &RaftHandle) -> Option<u64> {
-    let (verdicts, next) = rollout::judge(&raft.state(), flotilla_api::now_ms());
+async fn judge_rollouts(raft: &RaftHandle, judge: &mut RolloutJudge) -> Option<u64> {
+    let (verdicts, next) = judge.judge(&raft.state(), flotilla_api::now_ms());
     for verdict in verdicts {
         let rollout::Verdict { workload, deployment, status, reason } = verdict;
         tracing::info!(%workload, deployment, %status, ?reason, "rollout verdict");
         let command = Command::SetDeploymentStatus {
-            name: workload,
+            name: workload.clone(),
             deployment,
             status,
             reason,
@@ -40,6 +42,7 @@ async fn judge_rollouts(raft: &RaftHandle) -> Option<u64> {
         };
         if let Err(error) = raft.propose(command).await {
             tracing::debug!(%error, "rollout verdict not applied; judged again next pass");
+            judge.again(workload);
         }
     }
     next
@@ -50,12 +53,14 @@ async fn judge_rollouts(raft: &RaftHandle) -> Option<u64> {
 pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let mut applied = raft.applied_watch();
     let mut reconciler = IncrementalReconciler::default();
+    let mut judge = RolloutJudge::default();
     loop {
         let mut recheck = IDLE_RECHECK;
         if !raft.is_leader() {
             reconciler.reset();
+            judge.reset();
         } else {
-            if let Some(due) = judge_rollouts(&raft).await {
+            if let Some(due) = judge_rollouts(&raft, &mut judge).await {
                 let wait = due.saturating_sub(flotilla_api::now_ms());
                 recheck = recheck.min(Duration::from_millis(wait.max(10)));
             }

@@ -140,24 +140,34 @@ pub fn judge(state: &ClusterState, now_ms: u64) -> (Vec<Verdict>, Option<u64>) {
     let mut verdicts = Vec::new();
     let mut next: Option<u64> = None;
     for workload in state.workloads() {
-        let Some(deployment) = state.active_deployment(&workload.spec.name) else { continue };
-        if deployment.to_version != workload.version || deployment.status == DeploymentStatus::Paused {
-            continue;
-        }
-        let (verdict, due) = judge_one(state, workload, deployment, now_ms);
-        if let Some((status, reason)) = verdict {
-            verdicts.push(Verdict {
-                workload: workload.spec.name.clone(),
-                deployment: deployment.id,
-                status,
-                reason,
-            });
-        }
+        let (verdict, due) = judge_workload(state, workload, now_ms);
+        verdicts.extend(verdict);
         if let Some(due) = due {
             next = Some(next.map_or(due, |n| n.min(due)));
         }
     }
     (verdicts, next)
+}
+
+/// The verdict due now on the workload's active deployment, if any, and
+/// when one may next fall due on its own.
+pub fn judge_workload(
+    state: &ClusterState,
+    workload: &Workload,
+    now_ms: u64,
+) -> (Option<Verdict>, Option<u64>) {
+    let Some(deployment) = state.active_deployment(&workload.spec.name) else { return (None, None) };
+    if deployment.to_version != workload.version || deployment.status == DeploymentStatus::Paused {
+        return (None, None);
+    }
+    let (verdict, due) = judge_one(state, workload, deployment, now_ms);
+    let verdict = verdict.map(|(status, reason)| Verdict {
+        workload: workload.spec.name.clone(),
+        deployment: deployment.id,
+        status,
+        reason,
+    });
+    (verdict, due)
 }
 
 type Judgement = (Option<(DeploymentStatus, Option<String>)>, Option<u64>);
