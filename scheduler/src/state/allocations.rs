@@ -1,7 +1,8 @@
 //! Applying what changes allocations: plans from the reconciler and the
 //! state changes agents report, with the node bookkeeping that follows.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus, WorkloadName};
 
@@ -9,6 +10,7 @@ use super::cluster_state::{ClusterState, slot_request};
 use super::command::{CommandOutput, Rejection};
 use super::plan::{Placement, Plan, PlanOutcome};
 use crate::placement;
+use crate::placement::NodeView;
 
 /// A workload's live replicas while a plan's placements are applied:
 /// counted once per plan and kept up to date as placements land, not
@@ -34,10 +36,22 @@ impl ClusterState {
             }
         }
         let mut tallies = BTreeMap::new();
+        // Each node's view, built once per plan and kept up to date with
+        // its placements: a plan of thousands of placements on nodes of a
+        // hundred replicas each would otherwise look at every replica of a
+        // node for each placement on it.
+        let mut views: HashMap<String, NodeView> = HashMap::new();
         for placement in plan.placements {
-            if self.placement_fits(&placement, plan.now_ms, &mut tallies) {
+            if self.placement_fits(&placement, plan.now_ms, &mut tallies, &mut views) {
                 if let Some(tally) = tallies.get_mut(&placement.workload) {
                     tally.live += 1;
+                }
+                if let Some(view) = views.get_mut(&placement.node) {
+                    view.used_cpu += placement.cpu;
+                    view.used_memory += placement.memory;
+                    let bound = placement.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol));
+                    view.ports.extend(bound);
+                    *view.workload_counts.entry(placement.workload.clone()).or_default() += 1;
                 }
                 self.add_allocation(index, plan.now_ms, placement);
                 outcome.placed += 1;
@@ -61,6 +75,7 @@ impl ClusterState {
         placement: &Placement,
         now_ms: u64,
         tallies: &mut BTreeMap<WorkloadName, ReplicaTally>,
+        views: &mut HashMap<String, NodeView>,
     ) -> bool {
         let Some(workload) = self.workloads.get(&placement.workload) else {
             return false;
@@ -79,10 +94,14 @@ impl ClusterState {
         if tally.live >= tally.limit {
             return false;
         }
-        let Some(view) = self.node_view(&placement.node, now_ms) else {
-            return false;
+        let view = match views.entry(placement.node.clone()) {
+            Entry::Occupied(view) => view.into_mut(),
+            Entry::Vacant(vacant) => match self.node_view(&placement.node, now_ms) {
+                Some(view) => vacant.insert(view),
+                None => return false,
+            },
         };
-        placement::feasibility::check(&view, &slot_request(self, workload, placement.replica)).is_ok()
+        placement::feasibility::check(view, &slot_request(self, workload, placement.replica)).is_ok()
     }
 
     /// Asks a live allocation's agent to stop it (it keeps what it books
