@@ -3,6 +3,7 @@
 //! what happens.
 
 pub mod agent;
+mod desired_view;
 pub mod health;
 pub mod host;
 pub mod logs_api;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use flotilla_api::{Client, Heartbeat, NodeRegistration};
 use tokio::sync::mpsc;
 
+use crate::desired_view::DesiredView;
 use crate::supervisor::{Holding, Message};
 use crate::usage::Samples;
 
@@ -32,14 +33,16 @@ pub(crate) async fn poll_allocations(
     messages: mpsc::UnboundedSender<Message>,
 ) {
     // The highest state index seen: an answer older than it (from a server
-    // that lags) is ignored, and every query asks for newer.
+    // that lags) is ignored, and every query asks for newer, and for the
+    // changes since (the view keeps the rest).
     let mut index = 0;
+    let mut view = DesiredView::default();
     loop {
-        match client.node_allocations(&registration.name, index, Duration::from_secs(20)).await {
-            Ok(desired) => {
-                if desired.index > index {
-                    index = desired.index;
-                    if messages.send(Message::Desired(desired)).is_err() {
+        match client.node_allocations(&registration.name, index, Duration::from_secs(20), true).await {
+            Ok(answer) => {
+                if answer.index > index {
+                    index = answer.index;
+                    if messages.send(Message::Desired(view.merge(answer))).is_err() {
                         return;
                     }
                 }

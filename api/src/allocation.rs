@@ -230,11 +230,19 @@ impl AllocationUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAllocations {
     pub index: u64,
+    /// Every allocation on the node; or, when `all_ids` is set, only those
+    /// changed after the query's index.
     pub allocations: Vec<Allocation>,
+    /// Set when the query asked for changes only: the ids of every
+    /// allocation on the node, so that the agent forgets those gone. A node
+    /// of a hundred replicas placed one plan at a time is then sent each
+    /// once, not the whole list again with each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_ids: Option<Vec<u64>>,
     /// The workloads those allocations belong to, with their current specs.
     pub workloads: Vec<crate::model::Workload>,
-    /// The values of the secrets those workloads name, by name: sent only
-    /// to the node's own agent.
+    /// The values of the secrets the workloads of every allocation on the
+    /// node name, by name: sent only to the node's own agent.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secrets: std::collections::BTreeMap<String, crate::SecretValue>,
     /// Slot volumes (Docker names) the node is to remove: their workload

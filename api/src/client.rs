@@ -534,13 +534,20 @@ impl Client {
     }
 
     /// A node's allocations once the state index passes `index`, waiting up to `wait`.
+    /// A node's allocations once the state passes `index` (or `wait`
+    /// passes); with `changes_only`, only those changed after `index`, with
+    /// the ids of all.
     pub async fn node_allocations(
         &self,
         node: &str,
         index: u64,
         wait: Duration,
+        changes_only: bool,
     ) -> Result<NodeAllocations, ClientError> {
-        let path = format!("/v1/nodes/{node}/allocations?index={index}&wait_ms={}", wait.as_millis());
+        let path = format!(
+            "/v1/nodes/{node}/allocations?index={index}&wait_ms={}&changes_only={changes_only}",
+            wait.as_millis()
+        );
         self.request::<(), _>(Method::GET, &path, None).await
     }
 

@@ -125,3 +125,44 @@ async fn a_large_fleet_beats_less_often_within_the_leaders_budget_and_stays_read
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// An agent's long-poll asks for changes only: the answer carries the
+/// allocations changed after the index it holds, and the ids of all, so
+/// that a node's replicas are sent once each, not again with every change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_for_changes_only_carries_what_changed_and_the_ids_of_all() {
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
+    flotilla_tests::simulated_nodes::register_nodes(&cluster, "only", 1, 4000, 8 << 30, &[]).await;
+    let node = cluster.node_client("only-0");
+    let client = cluster.client();
+    let spec = |replicas: u32| {
+        parse_yaml(&format!(
+            "name: web\nimage: x\nreplicas: {replicas}\nresources: {{cpu: 100m, memory: 64Mi}}\n"
+        ))
+        .expect("spec")
+    };
+    client.deploy(&spec(2), None).await.expect("deploy");
+    let whole = wait_until(Duration::from_secs(20), "two replicas placed", || async {
+        let answer = node.node_allocations("only-0", 0, Duration::ZERO, true).await.ok()?;
+        (answer.allocations.len() == 2).then_some(answer)
+    })
+    .await;
+    assert_eq!(whole.all_ids, None, "index 0: the whole list");
+    assert_eq!(whole.workloads.len(), 1);
+
+    client.scale("web", 3).await.expect("scale");
+    let changes =
+        node.node_allocations("only-0", whole.index, Duration::from_secs(20), true).await.expect("changes");
+    let known: BTreeSet<u64> = whole.allocations.iter().map(|a| a.id).collect();
+    assert_eq!(changes.allocations.len(), 1, "only the new replica: {:?}", changes.allocations);
+    assert!(!known.contains(&changes.allocations[0].id));
+    let all: BTreeSet<u64> = changes.all_ids.clone().expect("the ids of all").into_iter().collect();
+    assert_eq!(all.len(), 3);
+    assert!(known.is_subset(&all));
+    assert_eq!(changes.workloads.len(), 1, "the new replica's spec comes with it");
+
+    // Without changes_only the same query answers the whole list.
+    let whole_again =
+        node.node_allocations("only-0", whole.index, Duration::ZERO, false).await.expect("whole");
+    assert_eq!((whole_again.allocations.len(), whole_again.all_ids), (3, None));
+}

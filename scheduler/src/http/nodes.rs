@@ -230,22 +230,50 @@ async fn wait_for(
 pub async fn node_allocations(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<BlockingQuery>,
+    Query(query): Query<NodeQuery>,
 ) -> Result<Json<NodeAllocations>, ApiError> {
-    let index = wait_for(&app, app.raft.node_watch(&name), &query).await?;
+    let blocking = BlockingQuery { index: query.index, wait_ms: query.wait_ms };
+    let index = wait_for(&app, app.raft.node_watch(&name), &blocking).await?;
     let state = app.raft.state();
     if state.node(&name).is_none() {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     }
-    let allocations: Vec<Allocation> = state.node_allocations(&name).cloned().collect();
+    let on_node: Vec<&Allocation> = state.node_allocations(&name).collect();
+    // Changes only after the index the agent holds; everything when it
+    // holds nothing yet. The wait above and the read barrier put this
+    // server's state past that index, wherever the agent read it.
+    let since = query.changes_only.then_some(query.index).filter(|since| *since > 0);
+    let allocations: Vec<Allocation> = match since {
+        Some(since) => on_node.iter().filter(|a| a.modified_index > since).map(|a| (*a).clone()).collect(),
+        None => on_node.iter().map(|a| (*a).clone()).collect(),
+    };
+    let all_ids = since.map(|_| on_node.iter().map(|a| a.id).collect());
     // The specs as stored: an agent reads no status, and a workload's
     // status costs a look at each of its replicas, on every node.
     let names: std::collections::BTreeSet<&flotilla_api::WorkloadName> =
         allocations.iter().map(|a| &a.workload).collect();
     let workloads: Vec<_> = names.into_iter().filter_map(|n| state.workload_ref(n).cloned()).collect();
-    let secrets = super::secrets::values_for(&app, &state, workloads.iter().map(|w| &w.spec));
+    // Secrets for every workload on the node, changed or not: the agent
+    // takes each answer's values as the current ones.
+    let all_names: std::collections::BTreeSet<&flotilla_api::WorkloadName> =
+        on_node.iter().map(|a| &a.workload).collect();
+    let specs = all_names.into_iter().filter_map(|n| state.workload_ref(n)).map(|w| &w.spec);
+    let secrets = super::secrets::values_for(&app, &state, specs);
     let remove_volumes = state.volumes_to_remove(&name);
-    Ok(Json(NodeAllocations { index, allocations, workloads, secrets, remove_volumes }))
+    Ok(Json(NodeAllocations { index, allocations, all_ids, workloads, secrets, remove_volumes }))
+}
+
+/// A blocking query for a node's allocations (no `flatten`: query
+/// strings carry numbers as text, which a flattened struct cannot read).
+#[derive(Debug, Deserialize)]
+pub struct NodeQuery {
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    wait_ms: u64,
+    /// Only the allocations changed after `index`, with the ids of all.
+    #[serde(default)]
+    changes_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
