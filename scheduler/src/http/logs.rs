@@ -26,8 +26,7 @@ pub async fn logs(
     let address = {
         let state = app.raft.state();
         let allocation = state
-            .allocations()
-            .find(|a| a.id == id)
+            .allocation(id)
             .ok_or_else(|| ApiError::NotFound(format!("allocation {id} does not exist")))?;
         let node = state
             .node(&allocation.node)
