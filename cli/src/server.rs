@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use flotilla_api::MemoryBytes;
 use flotilla_scheduler::ServerConfig;
 use flotilla_scheduler::controllers::node_health::HealthConfig;
 use flotilla_scheduler::raft::NodeConfig;
@@ -33,6 +34,10 @@ pub struct ServerArgs {
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// ... or once the log's entries take this much (256Mi, 1Gi); a
+    /// compaction for size keeps at most half of it.
+    #[arg(long, value_parser = MemoryBytes::parse_size, default_value = "256Mi")]
+    snapshot_bytes: MemoryBytes,
     /// Milliseconds per Raft tick (heartbeat every 2 ticks, election after 20).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
@@ -168,6 +173,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let mut node = NodeConfig::new(args.id);
     node.snapshot_every = args.snapshot_every;
+    if args.snapshot_bytes.0 < 64 << 10 {
+        bail!("--snapshot-bytes: must be at least 64Ki");
+    }
+    node.snapshot_bytes = args.snapshot_bytes.0;
     if args.raft_chunk_bytes < 1024 {
         bail!("--raft-chunk-bytes: must be at least 1024");
     }

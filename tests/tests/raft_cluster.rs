@@ -432,3 +432,26 @@ async fn a_concurrent_membership_change_is_refused_at_once_and_reads_follow_an_e
     let last = client.list(false).await;
     assert!(last.is_ok(), "{last:?}");
 }
+
+/// The log is compacted by size as well as by length: with a snapshot due
+/// only every 100,000 entries but at 64 KiB of log, a few hundred writes
+/// take snapshots, and what the log keeps stays within half of that.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_is_compacted_once_it_grows_past_its_size_bound() {
+    let options = ClusterOptions {
+        snapshot_every: 100_000,
+        server_args: vec!["--snapshot-bytes".into(), "64Ki".into()],
+        insecure: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = TestCluster::start(options).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let written = write_many(&cluster.client(), "sized", 400, 8).await;
+    assert_eq!(written.len(), 400);
+    let status = cluster.status_of(leader).await.expect("the leader answers");
+    assert!(status.snapshot_index > 1, "a snapshot was taken for size: {status:?}");
+    assert!(status.first_index > 1, "the log was compacted: {status:?}");
+    let kept = status.last_index - status.first_index + 1;
+    assert!(kept < 400, "the log keeps a tail within the bound, not every write: {kept} entries, {status:?}");
+    wait_for_names(&cluster, leader, &written, Duration::from_secs(10)).await;
+}

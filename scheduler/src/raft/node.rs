@@ -35,6 +35,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_every: u64,
+    /// ... or once the log's entries take this many bytes (the log is held
+    /// in memory as well as on disk); a compaction for size keeps at most
+    /// half of this.
+    pub snapshot_bytes: u64,
     /// How long a proposal or read may wait to commit before it fails.
     pub request_timeout: Duration,
     /// How big one request to a peer gets; bigger snapshots go in chunks.
@@ -52,6 +56,7 @@ impl NodeConfig {
             election_ticks: 20,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
+            snapshot_bytes: 256 << 20,
             request_timeout: Duration::from_secs(5),
             peer_request_bytes: 8 << 20,
         }

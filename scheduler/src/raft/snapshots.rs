@@ -8,6 +8,10 @@ use super::node::{Node, corrupt_entry};
 use super::storage::StorageError;
 use crate::state::ClusterState;
 
+/// Entries applied since the last snapshot before the log's size alone
+/// calls for another.
+const MIN_ENTRIES_BETWEEN_SNAPSHOTS: u64 = 16;
+
 impl Node {
     pub(super) fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
@@ -26,9 +30,13 @@ impl Node {
     pub(super) fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let every = self.config.snapshot_every;
         let wanted = self.raw.store().take_snapshot_request();
-        if self.applied < self.raw.store().snapshot_index() + every
-            && !(wanted && self.applied > self.raw.store().snapshot_index())
-        {
+        let since = self.applied.saturating_sub(self.raw.store().snapshot_index());
+        // Big entries (plans of thousands of placements) bound the log by
+        // size before its length: a few entries past the last compaction,
+        // so that a tail that stays big does not compact on every one.
+        let too_big = self.raw.store().log_bytes() > self.config.snapshot_bytes
+            && since >= MIN_ENTRIES_BETWEEN_SNAPSHOTS;
+        if since < every && !too_big && !(wanted && since > 0) {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -42,7 +50,10 @@ impl Node {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let keep_from = index.saturating_sub(every / 2) + 1;
+        let mut keep_from = index.saturating_sub(every / 2) + 1;
+        if too_big {
+            keep_from = keep_from.max(self.raw.store().keep_within(index, self.config.snapshot_bytes / 2));
+        }
         self.raw.mut_store().compact(snapshot, keep_from)?;
         let total_ms = started.elapsed().as_millis() as u64;
         tracing::info!(

@@ -61,6 +61,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     !bytes.iter().fold(!0u32, |c, b| TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8))
 }
 
+/// What an entry's data and context take.
+fn entry_bytes(entry: &Entry) -> u64 {
+    (entry.data.len() + entry.context.len()) as u64
+}
+
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.extend_from_slice(&crc32(payload).to_le_bytes());
@@ -82,6 +87,9 @@ pub struct RaftStorage {
     /// Index and term of the entry just before `entries[0]`.
     truncated: (u64, u64),
     entries: Vec<Entry>,
+    /// The bytes of `entries`' data, kept up to date with them: the log's
+    /// size, which bounds compaction as well as its length does.
+    entry_bytes: u64,
     /// Set when Raft asked for a snapshot that does not suit the follower (it
     /// predates that follower's membership); the node takes a fresh one.
     snapshot_wanted: Cell<bool>,
@@ -106,6 +114,7 @@ impl RaftStorage {
             snapshot: Snapshot::default(),
             truncated: (0, 0),
             entries: Vec::new(),
+            entry_bytes: 0,
             snapshot_wanted: Cell::new(false),
         };
         storage.load()?;
@@ -205,6 +214,7 @@ impl RaftStorage {
                         self.corrupted(format!("log entry {index} is out of place (expected {expected})"))
                     );
                 }
+                self.entry_bytes += entry_bytes(&entry);
                 self.entries.push(entry);
             }
         }
@@ -224,6 +234,27 @@ impl RaftStorage {
 
     pub fn latest_snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The bytes of the log's entries held (since the last compaction).
+    pub fn log_bytes(&self) -> u64 {
+        self.entry_bytes
+    }
+
+    /// The first index of the longest tail of the log up to `upto` whose
+    /// entries take at most `budget` bytes: where a compaction for size
+    /// keeps the log from.
+    pub fn keep_within(&self, upto: u64, budget: u64) -> u64 {
+        let mut kept = 0;
+        let mut first = upto + 1;
+        for entry in self.entries.iter().rev().skip_while(|e| e.index > upto) {
+            kept += entry_bytes(entry);
+            if kept > budget {
+                break;
+            }
+            first = entry.index;
+        }
+        first
     }
 
     /// Whether Raft needs a newer snapshot than the stored one; clears the request.
@@ -257,8 +288,10 @@ impl RaftStorage {
         }
         txn.commit().map_err(|e| self.write_error(e))?;
         if let Some(first_new) = first_new {
-            let keep = first_new.saturating_sub(self.truncated.0 + 1) as usize;
+            let keep = (first_new.saturating_sub(self.truncated.0 + 1) as usize).min(self.entries.len());
+            self.entry_bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<u64>();
             self.entries.truncate(keep);
+            self.entry_bytes += entries.iter().map(entry_bytes).sum::<u64>();
             self.entries.extend_from_slice(entries);
         }
         Ok(())
@@ -281,6 +314,7 @@ impl RaftStorage {
         self.snapshot = snapshot;
         self.truncated = (index, term);
         self.entries.clear();
+        self.entry_bytes = 0;
         Ok(())
     }
 
@@ -294,8 +328,9 @@ impl RaftStorage {
             if truncate_to == index { snapshot.get_metadata().term } else { self.term_inner(truncate_to)? };
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.write_snapshot(&snapshot, (truncate_to, term), false)?;
-        let drop = (truncate_to - self.truncated.0) as usize;
-        self.entries.drain(..drop.min(self.entries.len()));
+        let drop = ((truncate_to - self.truncated.0) as usize).min(self.entries.len());
+        self.entry_bytes -= self.entries[..drop].iter().map(entry_bytes).sum::<u64>();
+        self.entries.drain(..drop);
         self.snapshot = snapshot;
         self.truncated = (truncate_to, term);
         Ok(())
@@ -519,6 +554,35 @@ mod tests {
         assert_eq!(storage.first_index().expect("first"), 81);
         assert_eq!(storage.last_index().expect("last"), 100);
         assert_eq!(storage.snapshot_index(), 90);
+    }
+
+    /// The bytes the log holds from `first` to `last`, as entries of `entry`.
+    fn bytes_of(first: u64, last: u64) -> u64 {
+        (first..=last).map(|i| entry_bytes(&entry(i, 2))).sum()
+    }
+
+    #[test]
+    fn the_log_size_follows_appends_conflicts_compactions_and_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        assert_eq!(storage.log_bytes(), 0);
+        storage.persist(&(2..=100).map(|i| entry(i, 2)).collect::<Vec<_>>(), None).expect("persist");
+        assert_eq!(storage.log_bytes(), bytes_of(2, 100));
+        // A new leader's entries from 91 replace the old suffix.
+        storage.persist(&(91..=95).map(|i| entry(i, 2)).collect::<Vec<_>>(), None).expect("conflict");
+        assert_eq!(storage.log_bytes(), bytes_of(2, 95));
+        storage.compact(snapshot_at(90, 2), 81).expect("compact");
+        assert_eq!(storage.log_bytes(), bytes_of(81, 95));
+        drop(storage);
+        let mut storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.log_bytes(), bytes_of(81, 95));
+        // The longest tail up to 90 within the bytes of entries 86 to 90 starts at 86.
+        assert_eq!(storage.keep_within(90, bytes_of(86, 90)), 86);
+        assert_eq!(storage.keep_within(90, bytes_of(86, 90) - 1), 87);
+        assert_eq!(storage.keep_within(90, 0), 91, "nothing kept up to 90");
+        storage.install_snapshot(snapshot_at(200, 3)).expect("install");
+        assert_eq!(storage.log_bytes(), 0);
     }
 
     #[test]
