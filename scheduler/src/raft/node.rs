@@ -259,6 +259,9 @@ impl Node {
 
     /// One read index request for every read asked for in this turn.
     fn ask_read_index(&mut self) {
+        if !self.reads.forming() {
+            return;
+        }
         let id = self.new_request_id();
         if self.reads.form_group(id, Instant::now()) {
             self.raw.read_index(id.to_le_bytes().to_vec());

@@ -50,6 +50,11 @@ impl Reads {
         self.forming.push((reply, deadline));
     }
 
+    /// Whether reads wait to form a group.
+    pub(super) fn forming(&self) -> bool {
+        !self.forming.is_empty()
+    }
+
     /// Makes the reads asked for since the last call one group under
     /// request `id`; true when there were any, and Raft is to be asked.
     pub(super) fn form_group(&mut self, id: u64, now: Instant) -> bool {

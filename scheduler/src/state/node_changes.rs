@@ -63,7 +63,13 @@ impl NodeChanges {
         let mut recent = std::mem::take(&mut self.recent);
         recent.sort_unstable();
         recent.dedup();
-        recent.into_iter().map(|node| (self.of(&node), node)).map(|(mark, node)| (node, mark)).collect()
+        recent
+            .into_iter()
+            .map(|node| {
+                let mark = self.of(&node);
+                (node, mark)
+            })
+            .collect()
     }
 }
 
