@@ -11,6 +11,7 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use flotilla_api::{AllocationState, Client, parse_yaml};
+use flotilla_tests::process_memory::rss_kib;
 use flotilla_tests::{ClusterOptions, TestCluster, docker_available};
 
 const REPLICAS: usize = 50;
@@ -24,14 +25,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn docker_cli(args: &[&str]) -> String {

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use flotilla_api::{Client, WorkloadSpec, parse_yaml};
+use flotilla_tests::process_memory::rss_kib;
 use flotilla_tests::{ClusterOptions, TestCluster};
 
 /// Replicas per workload: a million replicas are a thousand workloads.
@@ -30,14 +31,7 @@ fn spec(name: &str, replicas: u64) -> WorkloadSpec {
 }
 
 fn rss_mib(pid: Option<u32>) -> f64 {
-    let status = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
-    let kib = status
-        .as_deref()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    pid.map_or(0, rss_kib) as f64 / 1024.0
 }
 
 fn dir_mib(path: &std::path::Path) -> f64 {

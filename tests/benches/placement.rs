@@ -10,20 +10,12 @@ use flotilla_api::spec::Driver;
 use flotilla_api::{CpuMillis, MemoryBytes, NodeRegistration, WorkloadSpec, parse_yaml};
 use flotilla_scheduler::controllers::reconcile::{ReconcileConfig, reconcile};
 use flotilla_scheduler::state::{ClusterState, Command};
+use flotilla_tests::process_memory::{rss_kib, status_kib};
 use flotilla_tests::{ClusterOptions, TestCluster};
 
 const NODES: usize = 5_000;
 const WORKLOADS: usize = 1_000;
 const REPLICAS: u32 = 100;
-
-/// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
-fn proc_kib(pid: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn workload_spec(i: usize) -> WorkloadSpec {
     let zone = ["a", "b", "c", "d"][i % 4];
@@ -58,14 +50,14 @@ fn placement_core() -> (f64, u64, u64) {
     for i in 0..WORKLOADS {
         state.apply(2, Command::put_workload(workload_spec(i), 0)).expect("workload");
     }
-    let before = proc_kib("self", "VmRSS:");
+    let before = status_kib("self", "VmRSS:");
     let config = ReconcileConfig { max_placements: usize::MAX, ..ReconcileConfig::default() };
     let start = Instant::now();
     let plan = reconcile(&state, 42, 0, &config);
     let elapsed = start.elapsed();
     let placed = plan.placements.len();
     assert_eq!(placed, WORKLOADS * REPLICAS as usize, "everything fits: {:?}", plan.unplaced.values().next());
-    let peak = proc_kib("self", "VmHWM:");
+    let peak = status_kib("self", "VmHWM:");
     state.apply(3, Command::ApplyPlan { plan }).expect("plan applies");
     (placed as f64 / elapsed.as_secs_f64(), before, peak)
 }
@@ -109,7 +101,7 @@ async fn end_to_end() -> (f64, Duration, u64) {
     let elapsed = start.elapsed();
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     let pid = cluster.servers.iter().find(|s| s.id == leader).and_then(|s| s.pid()).expect("leader pid");
-    let rss = proc_kib(&pid.to_string(), "VmRSS:");
+    let rss = rss_kib(pid);
     (f64::from(total) / elapsed.as_secs_f64(), elapsed, rss)
 }
 

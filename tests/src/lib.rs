@@ -14,6 +14,7 @@ pub mod docker_available;
 pub mod docker_network;
 pub mod faults;
 pub mod http_load;
+pub mod process_memory;
 pub mod registry;
 pub mod server_process;
 pub mod simulated_nodes;

@@ -63,6 +63,12 @@ impl HealthConfig {
         let stretched = self.heartbeat_every(nodes);
         if stretched <= AGENT_HEARTBEAT { self.ttl } else { self.ttl.max(stretched * MISSED_BEATS) }
     }
+
+    /// How long past its last heartbeat a node of a cluster of `nodes` is
+    /// marked down: its TTL and the grace.
+    pub fn down_after(&self, nodes: usize) -> Duration {
+        self.ttl_for(nodes) + self.grace
+    }
 }
 
 /// What the leader has heard from nodes lately.
@@ -122,14 +128,11 @@ pub fn overdue<'a>(
     nodes: impl Iterator<Item = (&'a str, NodeStatus)>,
     last_seen: impl Fn(&str) -> Instant,
     now: Instant,
-    config: &HealthConfig,
+    down_after: Duration,
 ) -> Vec<String> {
-    let nodes: Vec<(&str, NodeStatus)> = nodes.collect();
-    let limit = config.ttl_for(nodes.len()) + config.grace;
     nodes
-        .into_iter()
         .filter(|(_, status)| *status != NodeStatus::Down)
-        .filter(|(name, _)| now.duration_since(last_seen(name)) > limit)
+        .filter(|(name, _)| now.duration_since(last_seen(name)) > down_after)
         .map(|(name, _)| name.to_owned())
         .collect()
 }
@@ -153,12 +156,12 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
         let now = Instant::now();
         let (down, limit) = {
             let state = raft.state();
-            let limit = config.ttl_for(state.node_count()) + config.grace;
+            let limit = config.down_after(state.node_count());
             let overdue = overdue(
                 state.nodes().map(|n| (n.name.as_str(), n.status)),
                 |n| liveness.last_seen(n, now),
                 now,
-                &config,
+                limit,
             );
             let down: Vec<(String, u64)> = overdue
                 .into_iter()
@@ -203,7 +206,7 @@ mod tests {
             ("draining-gone", NodeStatus::Draining),
             ("already-down", NodeStatus::Down),
         ];
-        let down = overdue(nodes.iter().map(|(n, s)| (*n, *s)), seen, start, &config);
+        let down = overdue(nodes.iter().map(|(n, s)| (*n, *s)), seen, start, config.down_after(nodes.len()));
         assert_eq!(down, vec!["gone".to_owned(), "draining-gone".to_owned()]);
     }
 
@@ -238,7 +241,8 @@ mod tests {
             "n1" => start - Duration::from_secs(16),
             _ => start,
         };
-        let down = overdue(names.iter().map(|n| (n.as_str(), NodeStatus::Ready)), seen, start, &config);
+        let limit = config.down_after(names.len());
+        let down = overdue(names.iter().map(|n| (n.as_str(), NodeStatus::Ready)), seen, start, limit);
         assert_eq!(down, vec!["n1".to_owned()]);
     }
 }

@@ -135,7 +135,10 @@ pub struct Verdict {
 
 /// The verdicts due on every active deployment, and when (ms since the
 /// epoch) a verdict may next fall due without any state change: a
-/// `min_healthy_time` or a deadline running out.
+/// `min_healthy_time` or a deadline running out. The leader judges
+/// incrementally (`rollout_judge`); this whole-state judge is what tests
+/// check that one against.
+#[cfg(test)]
 pub fn judge(state: &ClusterState, now_ms: u64) -> (Vec<Verdict>, Option<u64>) {
     let mut verdicts = Vec::new();
     let mut next: Option<u64> = None;

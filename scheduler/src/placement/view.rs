@@ -42,9 +42,20 @@ impl NodeView {
 
     /// Reserves a replica on this node.
     pub fn assign(&mut self, workload: &WorkloadName, request: &Request) {
-        self.used_cpu += request.cpu;
-        self.used_memory += request.memory;
-        self.ports.extend(request.host_ports.iter().copied());
+        self.book(workload, request.cpu, request.memory, request.host_ports.iter().copied());
+    }
+
+    /// Books a replica of `workload` taking `cpu`, `memory` and host `ports`.
+    pub fn book(
+        &mut self,
+        workload: &WorkloadName,
+        cpu: u64,
+        memory: u64,
+        ports: impl IntoIterator<Item = (u16, Protocol)>,
+    ) {
+        self.used_cpu += cpu;
+        self.used_memory += memory;
+        self.ports.extend(ports);
         *self.workload_counts.entry(workload.clone()).or_default() += 1;
     }
 

@@ -47,11 +47,8 @@ impl ClusterState {
                     tally.live += 1;
                 }
                 if let Some(view) = views.get_mut(&placement.node) {
-                    view.used_cpu += placement.cpu;
-                    view.used_memory += placement.memory;
                     let bound = placement.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol));
-                    view.ports.extend(bound);
-                    *view.workload_counts.entry(placement.workload.clone()).or_default() += 1;
+                    view.book(&placement.workload, placement.cpu, placement.memory, bound);
                 }
                 self.add_allocation(index, plan.now_ms, placement);
                 outcome.placed += 1;
