@@ -109,8 +109,7 @@ pub async fn run(
         }
     }
     let state: ClusterState = if storage.is_initialized() {
-        let mut state: ClusterState = serde_json::from_slice(&storage.latest_snapshot().data)
-            .map_err(|e| ServerError::Snapshot(e.to_string()))?;
+        let mut state: ClusterState = storage.restore()?;
         state.restored_at(storage.snapshot_index());
         state
     } else {

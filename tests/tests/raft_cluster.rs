@@ -455,3 +455,54 @@ async fn the_log_is_compacted_once_it_grows_past_its_size_bound() {
     assert!(kept < 400, "the log keeps a tail within the bound, not every write: {kept} entries, {status:?}");
     wait_for_names(&cluster, leader, &written, Duration::from_secs(10)).await;
 }
+
+/// Snapshots are written by a thread of their own to a file beside the
+/// Raft log while writes go on: each server keeps one finished file (older
+/// ones removed), it holds the state, and all three restart from theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_go_to_files_of_their_own_and_every_server_restarts_from_its_file() {
+    let options = ClusterOptions { snapshot_every: 50, insecure: true, ..ClusterOptions::default() };
+    let mut cluster = TestCluster::start(options).await;
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let written = write_many(&cluster.client(), "filed", 300, 8).await;
+    for id in 1..=3 {
+        let dir = cluster.server(id).data_dir.join("snapshots");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let finished: Vec<_> =
+                files.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+            let status = cluster.status_of(id).await;
+            let snapshot_index = status.as_ref().map_or(0, |s| s.snapshot_index);
+            if let [file] = finished.as_slice()
+                && snapshot_index > 250
+            {
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                assert!(
+                    name.ends_with(&format!("{snapshot_index:020}.json")),
+                    "{name} is snapshot {snapshot_index}"
+                );
+                let data = std::fs::read_to_string(file).expect("snapshot file");
+                assert!(data.contains("\"filed-"), "the file holds the state's workloads");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server {id} keeps one snapshot file of a recent index: {files:?}, {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for id in 1..=3 {
+        cluster.server(id).kill();
+    }
+    for id in 1..=3 {
+        cluster.server(id).start();
+    }
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    for id in 1..=3 {
+        wait_for_names(&cluster, id, &written, Duration::from_secs(10)).await;
+    }
+}

@@ -14,16 +14,34 @@ use super::error::RaftError;
 use super::membership::MembershipChange;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Reply;
+use super::snapshot_files::SnapshotFile;
+use super::storage::StorageError;
 use crate::state::{ClusterState, Command, CommandOutput, Idempotency};
 
 pub(crate) enum Input {
-    Propose { command: Box<Command>, once: Option<Idempotency>, reply: Reply<CommandOutput> },
-    ChangeMembership { change: MembershipChange, reply: Reply<()> },
-    ReadIndex { reply: Reply<()> },
+    Propose {
+        command: Box<Command>,
+        once: Option<Idempotency>,
+        reply: Reply<CommandOutput>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<()>,
+    },
+    ReadIndex {
+        reply: Reply<()>,
+    },
     Messages(Vec<Message>),
     Unreachable(u64),
-    SnapshotReported { to: u64, ok: bool },
-    Status { reply: oneshot::Sender<ServerStatus> },
+    SnapshotReported {
+        to: u64,
+        ok: bool,
+    },
+    /// The snapshot thread's file, or why it could not write it.
+    SnapshotWritten(Result<SnapshotFile, StorageError>),
+    Status {
+        reply: oneshot::Sender<ServerStatus>,
+    },
     Shutdown,
 }
 

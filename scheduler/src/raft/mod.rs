@@ -1,6 +1,7 @@
 //! The only place that touches raft-rs: the node thread, its redb storage,
 //! and the HTTP transport between servers.
 
+mod checksum;
 mod error;
 mod handle;
 mod membership;
@@ -10,6 +11,7 @@ mod pending;
 mod reads;
 mod slog_bridge;
 mod snapshot_chunks;
+mod snapshot_files;
 mod snapshots;
 mod storage;
 mod transport;

@@ -3,7 +3,9 @@
 //! Storage calls block on fsync, so Raft runs on a dedicated OS thread and
 //! everything else talks to it over a channel ([`RaftHandle`]). The thread
 //! drains every input that is waiting before it handles a `Ready`, so many
-//! proposals share one fsync.
+//! proposals share one fsync. Nothing on it waits for the size of the
+//! state: snapshots are written by a thread of their own while applies wait
+//! in a queue (`snapshots.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -22,6 +24,8 @@ use super::membership::ConfChangeContext;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Pending;
 use super::reads::Reads;
+use super::snapshot_files::SnapshotFile;
+use super::snapshots::SnapshotJob;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
 use crate::state::{ClusterState, CommandOutput, Envelope};
@@ -77,8 +81,26 @@ pub struct Node {
     reads: Reads,
     leader: u64,
     pub(super) applied: u64,
-    leader_shared: Arc<AtomicU64>,
-    applied_shared: watch::Sender<u64>,
+    pub(super) published: Published,
+    /// Back into this thread, for the snapshot thread's report.
+    pub(super) inputs: Sender<Input>,
+    /// The snapshot being written, if one is.
+    pub(super) snapshot_job: Option<SnapshotJob>,
+    /// Its report, once it came.
+    pub(super) snapshot_written: Option<Result<SnapshotFile, StorageError>>,
+    /// Committed entries not yet applied: while a snapshot is written the
+    /// state must stay at the snapshot's index, so applies wait here.
+    pub(super) unapplied: Vec<Entry>,
+}
+
+/// What the Raft thread publishes for the async side, each read there
+/// without a round trip to this thread.
+pub(super) struct Published {
+    /// The leader this server last heard of (0: none), for leader-only loops.
+    pub(super) leader: Arc<AtomicU64>,
+    /// The applied index, for blocking queries and loops that wait for change.
+    pub(super) applied: watch::Sender<u64>,
+    /// Each node's latest change, for its agent's long-poll.
     pub(super) node_watches: SharedNodeWatches,
 }
 
@@ -92,9 +114,8 @@ impl Node {
         storage: RaftStorage,
         state: Arc<RwLock<ClusterState>>,
         transport: Arc<PeerTransport>,
-        leader_shared: Arc<AtomicU64>,
-        applied_shared: watch::Sender<u64>,
-        node_watches: SharedNodeWatches,
+        published: Published,
+        inputs: Sender<Input>,
     ) -> Result<Self, raft::Error> {
         let applied = storage.snapshot_index();
         let raft_config = raft::Config {
@@ -133,9 +154,11 @@ impl Node {
             reads: Reads::default(),
             leader: 0,
             applied,
-            leader_shared,
-            applied_shared,
-            node_watches,
+            published,
+            inputs,
+            snapshot_job: None,
+            snapshot_written: None,
+            unapplied: Vec::new(),
         })
     }
 
@@ -170,10 +193,15 @@ impl Node {
                 self.on_tick(now);
                 next_tick = (next_tick + self.config.tick).max(now);
             }
-            if let Err(error) = self.on_ready().and_then(|()| self.maybe_compact()) {
+            let turn =
+                self.on_ready().and_then(|()| self.finish_snapshot()).and_then(|()| self.maybe_snapshot());
+            if let Err(error) = turn {
                 break Err(error);
             }
         };
+        if let Some(job) = self.snapshot_job.take() {
+            job.wait();
+        }
         let stopped = RaftError::Stopped;
         self.proposals.fail_all(&stopped);
         self.membership.fail_all(&stopped);
@@ -237,6 +265,7 @@ impl Node {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
+            Input::SnapshotWritten(result) => self.snapshot_written = Some(result),
             Input::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -302,7 +331,7 @@ impl Node {
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }
-        let mut light = self.raw.advance(ready);
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
@@ -310,12 +339,18 @@ impl Node {
             self.transport.send(light.take_messages());
         }
         self.apply_committed(light.take_committed_entries())?;
-        self.raw.advance_apply();
-        if *self.applied_shared.borrow() != self.applied {
-            self.applied_shared.send_replace(self.applied);
+        self.applied_moved();
+        Ok(())
+    }
+
+    /// Tells Raft, blocking queries and waiting reads how far this server
+    /// has applied.
+    pub(super) fn applied_moved(&mut self) {
+        self.raw.advance_apply_to(self.applied);
+        if *self.published.applied.borrow() != self.applied {
+            self.published.applied.send_replace(self.applied);
         }
         self.reads.answer_applied(self.applied);
-        Ok(())
     }
 
     fn on_leader_seen(&mut self, leader: u64) {
@@ -330,13 +365,17 @@ impl Node {
             self.reads.fail_unconfirmed(&error);
         }
         self.leader = leader;
-        self.leader_shared.store(leader, Ordering::Relaxed);
+        self.published.leader.store(leader, Ordering::Relaxed);
     }
 
-    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        if entries.is_empty() {
+    /// Applies committed entries, after those that waited; while a
+    /// snapshot is written they wait too.
+    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        self.unapplied.extend(entries);
+        if self.snapshot_job.is_some() || self.unapplied.is_empty() {
             return Ok(());
         }
+        let entries = std::mem::take(&mut self.unapplied);
         let state = Arc::clone(&self.state);
         let mut state = state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
@@ -388,7 +427,7 @@ impl Node {
         }
         let changed = state.take_recent_node_changes();
         drop(state);
-        self.node_watches.publish(changed);
+        self.published.node_watches.publish(changed);
         Ok(())
     }
 
@@ -448,15 +487,12 @@ pub(crate) fn spawn(
     let leader = Arc::new(AtomicU64::new(0));
     let (applied_shared, applied) = watch::channel(storage.snapshot_index());
     let node_watches = SharedNodeWatches::default();
-    let node = Node::new(
-        node_config,
-        storage,
-        Arc::clone(&state),
-        transport,
-        Arc::clone(&leader),
-        applied_shared,
-        Arc::clone(&node_watches),
-    )?;
+    let published = Published {
+        leader: Arc::clone(&leader),
+        applied: applied_shared,
+        node_watches: Arc::clone(&node_watches),
+    };
+    let node = Node::new(node_config, storage, Arc::clone(&state), transport, published, inputs.clone())?;
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))

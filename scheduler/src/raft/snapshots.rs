@@ -1,9 +1,21 @@
 //! Snapshots: installing one sent by the leader, and taking one of the
 //! applied state to compact the log.
+//!
+//! Taking one is the only work on a Raft server that grows with the whole
+//! state (a million allocations serialize to hundreds of megabytes), so it
+//! runs on a thread of its own: the Raft thread goes on ticking, sending
+//! heartbeats and persisting entries, and only applying waits, so that the
+//! state stays at the snapshot's index while the thread reads it.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use raft::Storage as _;
-use raft::eraftpb::Snapshot;
+use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
+use super::handle::Input;
 use super::node::{Node, corrupt_entry};
 use super::storage::StorageError;
 use crate::state::ClusterState;
@@ -11,6 +23,29 @@ use crate::state::ClusterState;
 /// Entries applied since the last snapshot before the log's size alone
 /// calls for another.
 const MIN_ENTRIES_BETWEEN_SNAPSHOTS: u64 = 16;
+
+/// A snapshot being written by its thread.
+pub(super) struct SnapshotJob {
+    /// The snapshot's index, term and membership: the applied state's when
+    /// the job began (applies wait until it ends).
+    metadata: SnapshotMetadata,
+    /// Whether the log's size called for it: the log then keeps a tail
+    /// bounded by size as well as by length.
+    for_size: bool,
+    /// When it began, for the log line that says how long it took.
+    started: Instant,
+    /// Joined once it reports, and on shutdown (a half-written file is
+    /// removed on the next start, but a finished one should be whole).
+    thread: JoinHandle<()>,
+}
+
+impl SnapshotJob {
+    pub(super) fn wait(self) {
+        if self.thread.join().is_err() {
+            tracing::error!(index = self.metadata.index, "the snapshot thread panicked");
+        }
+    }
+}
 
 impl Node {
     pub(super) fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
@@ -22,46 +57,85 @@ impl Node {
         tracing::info!(index, "installed snapshot from leader");
         self.transport.learn_members(restored.members());
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+        // Raft installs a snapshot only past its commit index, so every
+        // entry still waiting to be applied is in it.
+        self.unapplied.retain(|entry| entry.index > index);
         self.applied = index;
-        self.node_watches.publish_all(index);
+        self.published.node_watches.publish_all(index);
         Ok(())
     }
 
-    pub(super) fn maybe_compact(&mut self) -> Result<(), StorageError> {
-        let every = self.config.snapshot_every;
-        let wanted = self.raw.store().take_snapshot_request();
-        let since = self.applied.saturating_sub(self.raw.store().snapshot_index());
+    /// Starts a snapshot when the log is long or big enough, or when Raft
+    /// asked for a newer one (for a follower that joined since the last).
+    pub(super) fn maybe_snapshot(&mut self) -> Result<(), StorageError> {
+        if self.snapshot_job.is_some() {
+            return Ok(());
+        }
+        let store = self.raw.store();
+        let wanted = store.take_snapshot_request();
+        let since = self.applied.saturating_sub(store.snapshot_index());
         // Big entries (plans of thousands of placements) bound the log by
         // size before its length: a few entries past the last compaction,
         // so that a tail that stays big does not compact on every one.
-        let too_big = self.raw.store().log_bytes() > self.config.snapshot_bytes
-            && since >= MIN_ENTRIES_BETWEEN_SNAPSHOTS;
-        if since < every && !too_big && !(wanted && since > 0) {
+        let for_size =
+            store.log_bytes() > self.config.snapshot_bytes && since >= MIN_ENTRIES_BETWEEN_SNAPSHOTS;
+        if since < self.config.snapshot_every && !for_size && !(wanted && since > 0) {
             return Ok(());
         }
-        let started = std::time::Instant::now();
         let index = self.applied;
-        let term = self.raw.store().term(index).map_err(|e| corrupt_entry(index, e))?;
-        let data = serde_json::to_vec(&*self.state()).map_err(|e| corrupt_entry(index, e))?;
-        let bytes = data.len();
-        let serialized_ms = started.elapsed().as_millis() as u64;
-        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let mut keep_from = index.saturating_sub(every / 2) + 1;
-        if too_big {
-            keep_from = keep_from.max(self.raw.store().keep_within(index, self.config.snapshot_bytes / 2));
+        let mut metadata = SnapshotMetadata {
+            index,
+            term: store.term(index).map_err(|e| corrupt_entry(index, e))?,
+            ..SnapshotMetadata::default()
+        };
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let dir = store.snapshot_dir().clone();
+        let term = metadata.term;
+        let state = Arc::clone(&self.state);
+        let inputs = self.inputs.clone();
+        let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            let written = dir.write(index, term, |out| {
+                let state = state.read().unwrap_or_else(|p| p.into_inner());
+                serde_json::to_writer(out, &*state).map_err(io::Error::from)
+            });
+            let _ = inputs.send(Input::SnapshotWritten(written));
+        });
+        match spawned {
+            Ok(thread) => {
+                self.snapshot_job = Some(SnapshotJob { metadata, for_size, started: Instant::now(), thread });
+            }
+            // Nothing is lost without it; the next turn tries again.
+            Err(error) => tracing::warn!(%error, index, "cannot start the snapshot thread"),
         }
-        self.raw.mut_store().compact(snapshot, keep_from)?;
-        let total_ms = started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// Once the snapshot thread reports: records the snapshot, compacts the
+    /// log and applies what waited. A snapshot that could not be written
+    /// stops the server, as any storage failure does.
+    pub(super) fn finish_snapshot(&mut self) -> Result<(), StorageError> {
+        let Some(written) = self.snapshot_written.take() else { return Ok(()) };
+        let Some(job) = self.snapshot_job.take() else { return Ok(()) };
+        let (metadata, for_size, started) = (job.metadata.clone(), job.for_size, job.started);
+        job.wait();
+        let file = written?;
+        let index = metadata.index;
+        let bytes = file.bytes;
+        let store = self.raw.store();
+        let mut keep_from = index.saturating_sub(self.config.snapshot_every / 2) + 1;
+        if for_size {
+            keep_from = keep_from.max(store.keep_within(index, self.config.snapshot_bytes / 2));
+        }
+        self.raw.mut_store().compact(metadata, file, keep_from)?;
+        let waited = self.unapplied.len();
+        self.apply_committed(Vec::new())?;
+        self.applied_moved();
         tracing::info!(
             index,
             keep_from,
             bytes,
-            serialized_ms,
-            total_ms,
+            applies_waited = waited,
+            took_ms = started.elapsed().as_millis() as u64,
             "took snapshot and compacted the log"
         );
         Ok(())

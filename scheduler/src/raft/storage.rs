@@ -1,5 +1,6 @@
 //! Raft's durable storage in one redb file: log entries, hard state and the
-//! latest snapshot (whose metadata carries the conf state).
+//! latest snapshot's metadata (which carries the conf state) with the name
+//! of the file that holds its data (`snapshot_files`).
 //!
 //! Every stored value is framed with a CRC-32 of its bytes and checked when
 //! the file is opened, so a corrupted file stops the server with an error
@@ -7,21 +8,27 @@
 //! since the last compaction is also kept in memory: Raft reads it on every
 //! append to a follower, and compaction bounds its size.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::checksum::{frame, unframe};
+use super::snapshot_files::{SnapshotDir, SnapshotFile};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The snapshot, alone in its table: the hard state in `meta` is written with
 /// every batch of entries, and redb rewrites (and checksums) a whole leaf when
 /// one of its keys changes, so a snapshot of many megabytes beside the hard
-/// state would be copied on every write.
+/// state would be copied on every write. Data dirs written before snapshots
+/// had files of their own hold the data here too.
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// The file holding the snapshot's data, in `snapshot`.
+const SNAPSHOT_FILE_KEY: &str = "file";
 const HARD_STATE_KEY: &str = "hard_state";
 /// The snapshot's key, in `snapshot` (and, in data dirs written before the
 /// snapshot had its own table, in `meta`).
@@ -41,49 +48,26 @@ pub enum StorageError {
     Write { path: PathBuf, reason: String },
 }
 
-/// CRC-32 (IEEE), the checksum framing every stored value.
-fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    !bytes.iter().fold(!0u32, |c, b| TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8))
-}
-
 /// What an entry's data and context take.
 fn entry_bytes(entry: &Entry) -> u64 {
     (entry.data.len() + entry.context.len()) as u64
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn unframe(bytes: &[u8]) -> Option<&[u8]> {
-    let (sum, payload) = bytes.split_at_checked(4)?;
-    (u32::from_le_bytes(sum.try_into().ok()?) == crc32(payload)).then_some(payload)
 }
 
 pub struct RaftStorage {
     db: Database,
     path: PathBuf,
     hard_state: HardState,
-    /// Latest snapshot, with its data; sent to followers that fell behind compaction.
+    /// Latest snapshot's metadata (and, in a data dir from before snapshot
+    /// files, its data).
     snapshot: Snapshot,
+    /// The file holding the latest snapshot's data.
+    snapshot_file: Option<SnapshotFile>,
+    /// Where snapshot files are.
+    snapshots: SnapshotDir,
+    /// The latest snapshot with its data, read from its file when a
+    /// follower that fell behind compaction first needs it, and kept while
+    /// it is the latest: a lagging follower may ask again.
+    sendable: RefCell<Option<Snapshot>>,
     /// Index and term of the entry just before `entries[0]`.
     truncated: (u64, u64),
     entries: Vec<Entry>,
@@ -107,11 +91,15 @@ impl RaftStorage {
             }
             other => StorageError::Open { path: path.clone(), reason: other.to_string() },
         })?;
+        let snapshots = SnapshotDir::open(dir)?;
         let mut storage = RaftStorage {
             db,
             path,
             hard_state: HardState::default(),
             snapshot: Snapshot::default(),
+            snapshot_file: None,
+            snapshots,
+            sendable: RefCell::new(None),
             truncated: (0, 0),
             entries: Vec::new(),
             entry_bytes: 0,
@@ -175,6 +163,15 @@ impl RaftStorage {
                         .ok_or_else(|| self.corrupted("the snapshot fails its checksum"))?;
                     snapshot = Some(payload.to_vec());
                 }
+                if let Some(value) = table.get(SNAPSHOT_FILE_KEY).map_err(|e| self.read_error(e))? {
+                    let payload = unframe(value.value())
+                        .ok_or_else(|| self.corrupted("the snapshot's file name fails its checksum"))?;
+                    let file: SnapshotFile = serde_json::from_slice(payload).map_err(|e| {
+                        self.corrupted(format!("the snapshot's file name does not decode: {e}"))
+                    })?;
+                    self.snapshots.check_present(&file)?;
+                    self.snapshot_file = Some(file);
+                }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(self.read_error(e)),
@@ -232,8 +229,28 @@ impl RaftStorage {
         self.snapshot.get_metadata().index
     }
 
-    pub fn latest_snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    /// Where the thread that takes snapshots writes them.
+    pub fn snapshot_dir(&self) -> &SnapshotDir {
+        &self.snapshots
+    }
+
+    /// Reads the latest snapshot's state as a stream (never as one buffer),
+    /// checked against its file's size and checksum.
+    pub fn restore<T: serde::de::DeserializeOwned>(&self) -> Result<T, StorageError> {
+        let index = self.snapshot_index();
+        let Some(file) = &self.snapshot_file else {
+            return serde_json::from_slice(&self.snapshot.data)
+                .map_err(|e| self.corrupted(format!("snapshot {index} does not decode: {e}")));
+        };
+        let mut reader = self.snapshots.reader(file)?;
+        let state = serde_json::from_reader(&mut reader);
+        // A damaged file is reported as such, even when the damage also
+        // broke its JSON.
+        reader.verify()?;
+        state.map_err(|e| StorageError::Corrupted {
+            path: self.snapshots.path_of(file),
+            what: format!("snapshot {index} does not decode: {e}"),
+        })
     }
 
     /// The bytes of the log's entries held (since the last compaction).
@@ -303,42 +320,64 @@ impl RaftStorage {
         self.hard_state.commit = self.hard_state.commit.max(commit);
     }
 
-    /// Installs a snapshot received from the leader, replacing the whole log,
-    /// in one transaction.
+    /// Installs a snapshot received from the leader (or the one a new
+    /// cluster starts from), replacing the whole log: its data goes to a
+    /// file, then its metadata to redb in one transaction.
     pub fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        let meta = snapshot.get_metadata();
+        let meta = snapshot.get_metadata().clone();
         let (index, term) = (meta.index, meta.term);
+        let file = self.snapshots.write(index, term, |out| std::io::Write::write_all(out, &snapshot.data))?;
         self.hard_state.term = self.hard_state.term.max(term);
         self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&snapshot, (index, term), true)?;
-        self.snapshot = snapshot;
+        self.write_snapshot(&meta, &file, (index, term), true)?;
+        self.snapshot_taken(meta, file);
         self.truncated = (index, term);
         self.entries.clear();
         self.entry_bytes = 0;
         Ok(())
     }
 
-    /// Stores a snapshot taken of the local state at its metadata's index and
-    /// drops the log up to `keep_from - 1`, in one transaction.
-    pub fn compact(&mut self, snapshot: Snapshot, keep_from: u64) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
+    /// Records a snapshot taken of the local state, its data already in
+    /// `file`, and drops the log up to `keep_from - 1`, in one transaction.
+    /// A snapshot no newer than the latest (one from the leader was
+    /// installed while it was taken) is dropped.
+    pub fn compact(
+        &mut self,
+        meta: SnapshotMetadata,
+        file: SnapshotFile,
+        keep_from: u64,
+    ) -> Result<(), StorageError> {
+        let index = meta.index;
+        if index <= self.snapshot_index() {
+            self.snapshots.remove_all_but(self.snapshot_file.as_ref());
+            return Ok(());
+        }
         let keep_from = keep_from.clamp(self.truncated.0 + 1, index + 1);
         let truncate_to = keep_from - 1;
-        let term =
-            if truncate_to == index { snapshot.get_metadata().term } else { self.term_inner(truncate_to)? };
+        let term = if truncate_to == index { meta.term } else { self.term_inner(truncate_to)? };
         self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&snapshot, (truncate_to, term), false)?;
+        self.write_snapshot(&meta, &file, (truncate_to, term), false)?;
         let drop = ((truncate_to - self.truncated.0) as usize).min(self.entries.len());
         self.entry_bytes -= self.entries[..drop].iter().map(entry_bytes).sum::<u64>();
         self.entries.drain(..drop);
-        self.snapshot = snapshot;
+        self.snapshot_taken(meta, file);
         self.truncated = (truncate_to, term);
         Ok(())
     }
 
+    /// The snapshot just stored becomes the latest; older files go.
+    fn snapshot_taken(&mut self, meta: SnapshotMetadata, file: SnapshotFile) {
+        self.snapshot = Snapshot::default();
+        self.snapshot.set_metadata(meta);
+        self.snapshots.remove_all_but(Some(&file));
+        self.snapshot_file = Some(file);
+        self.sendable.replace(None);
+    }
+
     fn write_snapshot(
         &self,
-        snapshot: &Snapshot,
+        meta: &SnapshotMetadata,
+        file: &SnapshotFile,
         truncated: (u64, u64),
         clear_log: bool,
     ) -> Result<(), StorageError> {
@@ -347,9 +386,13 @@ impl RaftStorage {
             let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
             let upto = if clear_log { u64::MAX } else { truncated.0 };
             log.retain_in(..=upto, |_, _| false).map_err(|e| self.write_error(e))?;
+            let mut snapshot = Snapshot::default();
+            snapshot.set_metadata(meta.clone());
             let snap = snapshot.write_to_bytes().map_err(|e| self.write_error(e))?;
             let mut snapshots = txn.open_table(SNAPSHOT).map_err(|e| self.write_error(e))?;
             snapshots.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
+            let file = serde_json::to_vec(file).map_err(|e| self.write_error(e))?;
+            snapshots.insert(SNAPSHOT_FILE_KEY, frame(&file).as_slice()).map_err(|e| self.write_error(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
             meta.remove(SNAPSHOT_KEY).map_err(|e| self.write_error(e))?;
             let mut mark = truncated.0.to_le_bytes().to_vec();
@@ -424,7 +467,18 @@ impl raft::Storage for RaftStorage {
             self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(self.snapshot.clone())
+        let Some(file) = &self.snapshot_file else { return Ok(self.snapshot.clone()) };
+        if let Some(sendable) = &*self.sendable.borrow() {
+            return Ok(sendable.clone());
+        }
+        let data = self.snapshots.read_all(file).map_err(|error| {
+            tracing::error!(%error, "cannot read the snapshot a follower needs");
+            raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable)
+        })?;
+        let mut sendable = self.snapshot.clone();
+        sendable.data = data.into();
+        self.sendable.replace(Some(sendable.clone()));
+        Ok(sendable)
     }
 }
 
@@ -438,26 +492,31 @@ mod tests {
     }
 
     #[test]
-    fn a_data_dir_with_the_snapshot_beside_the_hard_state_still_opens_and_moves_it_on_compaction() {
+    fn a_data_dir_with_the_snapshot_data_beside_the_hard_state_still_opens_and_moves_it_to_a_file_on_compaction()
+     {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut storage = RaftStorage::open(dir.path()).expect("open");
         storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
         drop(storage);
-        // Rewrite it the way earlier versions stored it: in `meta`.
+        // Rewrite it the way the earliest versions stored it: with its data,
+        // in `meta`.
         let db = Database::create(dir.path().join("raft.redb")).expect("db");
         let txn = db.begin_write().expect("txn");
         {
             let mut snapshots = txn.open_table(SNAPSHOT).expect("table");
-            let old = snapshots.remove(SNAPSHOT_KEY).expect("remove").expect("stored").value().to_vec();
+            snapshots.remove(SNAPSHOT_KEY).expect("remove");
+            snapshots.remove(SNAPSHOT_FILE_KEY).expect("remove");
+            let old = snapshot_at(1, 1).write_to_bytes().expect("encode");
             let mut meta = txn.open_table(META).expect("meta");
-            meta.insert(SNAPSHOT_KEY, old.as_slice()).expect("insert");
+            meta.insert(SNAPSHOT_KEY, frame(&old).as_slice()).expect("insert");
         }
         txn.commit().expect("commit");
         drop(db);
         let mut storage = RaftStorage::open(dir.path()).expect("reopen");
         assert_eq!(storage.snapshot_index(), 1, "the snapshot is found where earlier versions kept it");
+        assert_eq!(&storage.snapshot(1, 2).expect("sendable").data[..], b"state", "with its data");
         storage.persist(&(2..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
-        storage.compact(snapshot_at(8, 1), 5).expect("compact");
+        compact_at(&mut storage, 8, 1, 5);
         drop(storage);
         let storage = RaftStorage::open(dir.path()).expect("reopen");
         assert_eq!(storage.snapshot_index(), 8);
@@ -466,6 +525,10 @@ mod tests {
         let txn = db.begin_read().expect("txn");
         let meta = txn.open_table(META).expect("meta");
         assert!(meta.get(SNAPSHOT_KEY).expect("get").is_none(), "moved out of `meta`");
+        let snapshots = txn.open_table(SNAPSHOT).expect("snapshots");
+        let stored = snapshots.get(SNAPSHOT_KEY).expect("get").expect("stored");
+        let stored = Snapshot::parse_from_bytes(unframe(stored.value()).expect("framed")).expect("decode");
+        assert!(stored.data.is_empty(), "redb keeps only the metadata; the data is in its file");
     }
 
     /// A commit torn after it was made (its new pages zeroed, its commit
@@ -507,6 +570,61 @@ mod tests {
         }
     }
 
+    /// Compacts as the node does: the snapshot's data written to its file
+    /// first, then recorded.
+    fn compact_at(storage: &mut RaftStorage, index: u64, term: u64, keep_from: u64) {
+        let snapshot = snapshot_at(index, term);
+        let file = storage
+            .snapshot_dir()
+            .write(index, term, |out| std::io::Write::write_all(out, &snapshot.data))
+            .expect("snapshot file");
+        storage.compact(snapshot.get_metadata().clone(), file, keep_from).expect("compact");
+    }
+
+    #[test]
+    fn a_snapshot_is_restored_and_sent_from_its_file_and_a_missing_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        storage.persist(&(2..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
+        let state = serde_json::json!({"replicas": 3});
+        let file = storage
+            .snapshot_dir()
+            .write(8, 1, |out| serde_json::to_writer(out, &state).map_err(std::io::Error::from))
+            .expect("file");
+        storage.compact(snapshot_at(8, 1).get_metadata().clone(), file.clone(), 5).expect("compact");
+        drop(storage);
+        let storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!(storage.restore::<serde_json::Value>().expect("restore"), state);
+        let sent = storage.snapshot(8, 2).expect("a follower's snapshot");
+        assert_eq!(sent.get_metadata().index, 8);
+        assert_eq!(&sent.data[..], serde_json::to_vec(&state).expect("json").as_slice());
+        let files = std::fs::read_dir(dir.path().join("snapshots")).expect("dir").count();
+        assert_eq!(files, 1, "the bootstrap snapshot's file is gone");
+        drop(storage);
+        std::fs::remove_file(dir.path().join("snapshots").join(&file.name)).expect("remove");
+        match RaftStorage::open(dir.path()) {
+            Err(StorageError::Corrupted { path, .. }) => assert!(path.ends_with(&file.name), "{path:?}"),
+            Err(other) => panic!("refused, but not as corrupted: {other}"),
+            Ok(_) => panic!("opened without its snapshot's data"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_a_newer_one_was_installed_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        storage.persist(&(2..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
+        let stale =
+            storage.snapshot_dir().write(8, 1, |out| std::io::Write::write_all(out, b"old")).expect("file");
+        storage.install_snapshot(snapshot_at(20, 2)).expect("from the leader");
+        storage.compact(snapshot_at(8, 1).get_metadata().clone(), stale.clone(), 5).expect("compact");
+        assert_eq!(storage.snapshot_index(), 20);
+        assert_eq!(storage.first_index().expect("first"), 21);
+        assert!(!storage.snapshot_dir().path_of(&stale).exists(), "its file is removed");
+    }
+
     fn snapshot_at(index: u64, term: u64) -> Snapshot {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = index;
@@ -545,7 +663,7 @@ mod tests {
         storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
         let entries: Vec<Entry> = (2..=100).map(|i| entry(i, 2)).collect();
         storage.persist(&entries, None).expect("persist");
-        storage.compact(snapshot_at(90, 2), 81).expect("compact");
+        compact_at(&mut storage, 90, 2, 81);
         assert_eq!(storage.first_index().expect("first"), 81);
         assert_eq!(storage.term(80).expect("term"), 2);
         assert!(storage.entries(50, 60, None, GetEntriesContext::empty(false)).is_err());
@@ -572,7 +690,7 @@ mod tests {
         // A new leader's entries from 91 replace the old suffix.
         storage.persist(&(91..=95).map(|i| entry(i, 2)).collect::<Vec<_>>(), None).expect("conflict");
         assert_eq!(storage.log_bytes(), bytes_of(2, 95));
-        storage.compact(snapshot_at(90, 2), 81).expect("compact");
+        compact_at(&mut storage, 90, 2, 81);
         assert_eq!(storage.log_bytes(), bytes_of(81, 95));
         drop(storage);
         let mut storage = RaftStorage::open(dir.path()).expect("reopen");
