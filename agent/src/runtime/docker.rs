@@ -377,13 +377,17 @@ impl DockerRuntime {
                 let mut stream = docker.events(Some(options));
                 while let Some(event) = stream.next().await {
                     let Ok(event) = event else { break };
-                    let allocation = event
-                        .actor
-                        .and_then(|a| a.attributes)
-                        .and_then(|attrs| attrs.get(LABEL_ALLOC).and_then(|v| v.parse().ok()));
-                    if let Some(allocation) = allocation
-                        && events.send(RuntimeEvent::Exited { allocation }).is_err()
-                    {
+                    let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                    let Some(allocation) = attributes.get(LABEL_ALLOC).and_then(|v| v.parse().ok()) else {
+                        continue;
+                    };
+                    let happened = if event.action.as_deref() == Some("oom") {
+                        RuntimeEvent::OutOfMemory { allocation }
+                    } else {
+                        let exit_code = attributes.get("exitCode").and_then(|code| code.parse().ok());
+                        RuntimeEvent::Exited { allocation, exit_code }
+                    };
+                    if events.send(happened).is_err() {
                         return;
                     }
                 }

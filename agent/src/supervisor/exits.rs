@@ -14,9 +14,11 @@ use crate::runtime::Observed;
 impl Supervisor {
     /// The runtime says a replica exited. Before anything else it leaves
     /// this node's mesh, and the servers hear that its health is unknown (so
-    /// every other mesh drops it too); how it ended is learnt by inspecting
-    /// it in a task of its own, which a loaded engine can make slow.
-    pub(super) fn on_exit(&mut self, id: u64) {
+    /// every other mesh drops it too). With the exit code in the event, what
+    /// follows is decided at once; without, how it ended is learnt by
+    /// inspecting it in a task of its own, which a loaded engine can make
+    /// slow.
+    pub(super) fn on_exit(&mut self, id: u64, exit_code: Option<i64>) {
         let Some(local) = self.local.get_mut(&id) else { return };
         if local.phase == Phase::Starting {
             local.exit_seen_while_starting = true;
@@ -33,7 +35,35 @@ impl Supervisor {
         if let Some(directory) = &self.directory {
             directory.eject(id);
         }
-        self.spawn_inspect(id, true);
+        match exit_code {
+            Some(code) => {
+                let oom = local.out_of_memory_seen;
+                let message = if oom { "killed: out of memory".to_owned() } else { String::new() };
+                self.after_exit(id, Some(code), oom, message);
+            }
+            None => self.spawn_inspect(id, true),
+        }
+    }
+
+    /// The runtime says the kernel killed a replica for its memory: noted
+    /// for the exit that follows, or, where the exit came first, reported
+    /// now.
+    pub(super) fn on_out_of_memory(&mut self, id: u64) {
+        let Some(local) = self.local.get_mut(&id) else { return };
+        match local.phase {
+            Phase::Running | Phase::Starting => local.out_of_memory_seen = true,
+            Phase::Backoff(_) | Phase::Done if !local.oom_killed => {
+                local.oom_killed = true;
+                let state = if local.phase == Phase::Done {
+                    AllocationState::Failed
+                } else {
+                    AllocationState::Restarting
+                };
+                let report = update(local, state, "killed: out of memory".to_owned());
+                self.reports.insert(id, report);
+            }
+            _ => {}
+        }
     }
 
     /// Inspects a running replica in a task of its own; the answer comes
@@ -130,8 +160,14 @@ impl Supervisor {
                 Some(flotilla_api::now_ms() + at.saturating_duration_since(now).as_millis() as u64);
         }
         self.reports.insert(id, report);
-        if phase == Phase::Done {
-            self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match phase {
+            Phase::Done => {
+                self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+            // A first restart waits for nothing: started now, not at the
+            // loop's next tick.
+            Phase::Backoff(at) if at <= now => self.spawn_start(id),
+            _ => {}
         }
     }
 

@@ -39,6 +39,9 @@ pub(super) struct Local {
     /// How it last exited, reported until it exits again.
     pub(super) last_exit: Option<i64>,
     pub(super) oom_killed: bool,
+    /// The runtime said the kernel killed it for its memory (before the
+    /// exit that follows); cleared by each start.
+    pub(super) out_of_memory_seen: bool,
     /// An exit event arrived while it was still starting (a command that
     /// exits at once can beat the start call's answer); checked once started.
     pub(super) exit_seen_while_starting: bool,

@@ -191,7 +191,10 @@ impl Supervisor {
     pub async fn handle(&mut self, message: Message) {
         match message {
             Message::Desired(desired) => self.reconcile(desired),
-            Message::Runtime(RuntimeEvent::Exited { allocation }) => self.on_exit(allocation),
+            Message::Runtime(RuntimeEvent::Exited { allocation, exit_code }) => {
+                self.on_exit(allocation, exit_code)
+            }
+            Message::Runtime(RuntimeEvent::OutOfMemory { allocation }) => self.on_out_of_memory(allocation),
             Message::Inspected { allocation, generation, exited, result } => {
                 self.on_inspected(allocation, generation, exited, result)
             }
@@ -267,6 +270,7 @@ impl Supervisor {
                 last_exit: allocation.exit_code,
                 oom_killed: allocation.oom_killed,
                 exit_seen_while_starting: false,
+                out_of_memory_seen: false,
                 generation: 0,
                 watch: None,
                 health: flotilla_api::Health::Unknown,

@@ -19,6 +19,7 @@ impl Supervisor {
         let Some(runtime) = self.runtimes.get(&local.driver).cloned() else { return };
         local.phase = Phase::Starting;
         local.exit_seen_while_starting = false;
+        local.out_of_memory_seen = false;
         local.forget_health();
         let report = update(local, AllocationState::Starting, String::new());
         self.reports.insert(id, report);
@@ -156,7 +157,7 @@ impl Supervisor {
                         self.reports.insert(id, report);
                     }
                     if exited_meanwhile {
-                        self.on_exit(id);
+                        self.on_exit(id, None);
                     }
                 } else {
                     self.after_exit(id, observed.exit_code, observed.oom_killed, String::new());

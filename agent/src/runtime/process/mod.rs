@@ -238,7 +238,7 @@ impl ProcessRuntime {
                 s.code().map(i64::from).or_else(|| s.signal().map(|sig| 128 + i64::from(sig))).unwrap_or(-1)
             });
             exited(&tracked, pid, code).await;
-            let _ = events.send(RuntimeEvent::Exited { allocation });
+            let _ = events.send(RuntimeEvent::Exited { allocation, exit_code: None });
         });
         Ok(self.observed(pid).unwrap_or(Observed {
             allocation,
@@ -332,7 +332,7 @@ impl ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             exited(&tracked, pid, None).await;
-            let _ = events.send(RuntimeEvent::Exited { allocation });
+            let _ = events.send(RuntimeEvent::Exited { allocation, exit_code: None });
         });
     }
 }
