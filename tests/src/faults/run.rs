@@ -144,10 +144,18 @@ async fn highest(cluster: &TestCluster, field: fn(&flotilla_api::ServerStatus) -
 
 /// Waits until every server names one leader and has applied at least
 /// `index` (with `index` 0: all have applied the same); how long it waited
-/// (`None`: not within `within`).
-async fn converge(cluster: &TestCluster, index: u64, within: Duration) -> Option<Duration> {
+/// (`None`: not within `within`). A server that stops on its own meanwhile
+/// is started again and counted in `revived`: one whose disk filled stops
+/// at its next write, which may come after the heal freed the disk.
+async fn converge(
+    cluster: &mut TestCluster,
+    index: u64,
+    within: Duration,
+    revived: &mut u32,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
+        *revived += nemesis::revive_stopped(cluster);
         let mut leaders = Vec::new();
         let mut applied = Vec::new();
         for server in &cluster.servers {
@@ -308,13 +316,13 @@ pub async fn run(cluster: &mut TestCluster, config: &RunConfig) -> RunReport {
     // After the last heal, while the clients go on: one leader, and every
     // server past what was committed when the heal came.
     let committed = highest(cluster, |s| s.commit).await;
-    let converge_ms = converge(cluster, committed.max(1), Duration::from_secs(30))
+    let converge_ms = converge(cluster, committed.max(1), Duration::from_secs(30), &mut stopped_by_faults)
         .await
         .map_or(u64::MAX, |waited| waited.as_millis() as u64);
     for client in clients {
         let _ = client.await;
     }
-    let settled = converge(cluster, 0, Duration::from_secs(30)).await.is_some();
+    let settled = converge(cluster, 0, Duration::from_secs(30), &mut stopped_by_faults).await.is_some();
     let run_ms = start.elapsed().as_millis() as u64;
 
     // The final linearizable reads join the history; every server's own
