@@ -202,6 +202,10 @@ impl Node {
         if let Some(job) = self.snapshot_job.take() {
             job.wait();
         }
+        // Nothing here answers any more: long-polls and leader-only loops
+        // stop waiting on this server.
+        self.published.leader.store(raft::INVALID_ID, Ordering::Relaxed);
+        self.published.node_watches.close();
         let stopped = RaftError::Stopped;
         self.proposals.fail_all(&stopped);
         self.membership.fail_all(&stopped);

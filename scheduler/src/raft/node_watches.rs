@@ -54,7 +54,31 @@ impl NodeWatches {
             sender.send_replace(index);
         }
     }
+
+    /// The Raft thread stopped: every waiter learns it now (its watch
+    /// closes) instead of waiting out its long-poll, which would hold up
+    /// the server's graceful shutdown by as long.
+    pub(super) fn close(&self) {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 /// Shared between the Raft thread and the handle.
 pub(crate) type SharedNodeWatches = Arc<NodeWatches>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_learn_at_once_that_the_raft_thread_stopped() {
+        let watches = NodeWatches::default();
+        let state = RwLock::new(ClusterState::default());
+        let mut waiting = watches.subscribe("n1", &state);
+        watches.publish(vec![("n1".to_owned(), 7)]);
+        waiting.changed().await.expect("a change wakes the waiter");
+        assert_eq!(*waiting.borrow(), 7);
+        watches.close();
+        assert!(waiting.changed().await.is_err(), "a closed watch ends the wait");
+    }
+}
