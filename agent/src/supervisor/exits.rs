@@ -46,23 +46,18 @@ impl Supervisor {
     }
 
     /// The runtime says the kernel killed a replica for its memory: noted
-    /// for the exit that follows, or, where the exit came first, reported
-    /// now.
+    /// for the exit that follows; or, where the exit came first (and the
+    /// replica may be starting again already), that exit was an OOM kill,
+    /// said in the pending report or, once that is sent, in the next.
     pub(super) fn on_out_of_memory(&mut self, id: u64) {
         let Some(local) = self.local.get_mut(&id) else { return };
-        match local.phase {
-            Phase::Running | Phase::Starting => local.out_of_memory_seen = true,
-            Phase::Backoff(_) | Phase::Done if !local.oom_killed => {
-                local.oom_killed = true;
-                let state = if local.phase == Phase::Done {
-                    AllocationState::Failed
-                } else {
-                    AllocationState::Restarting
-                };
-                let report = update(local, state, "killed: out of memory".to_owned());
-                self.reports.insert(id, report);
-            }
-            _ => {}
+        if local.phase == Phase::Running {
+            local.out_of_memory_seen = true;
+            return;
+        }
+        local.oom_killed = true;
+        if let Some(report) = self.reports.get_mut(&id) {
+            report.oom_killed = true;
         }
     }
 
