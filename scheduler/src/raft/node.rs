@@ -375,11 +375,22 @@ impl Node {
     /// Applies committed entries, after those that waited; while a
     /// snapshot is written they wait too.
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        self.unapplied.extend(entries);
-        if self.snapshot_job.is_some() || self.unapplied.is_empty() {
+        if self.snapshot_job.is_some() {
+            self.unapplied.extend(entries);
             return Ok(());
         }
-        let entries = std::mem::take(&mut self.unapplied);
+        // Without a queue (nearly always) the batch is applied as it came,
+        // neither copied nor allocated again.
+        let entries = if self.unapplied.is_empty() {
+            entries
+        } else {
+            let mut waited = std::mem::take(&mut self.unapplied);
+            waited.extend(entries);
+            waited
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
         let state = Arc::clone(&self.state);
         let mut state = state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
