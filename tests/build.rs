@@ -8,6 +8,7 @@ use std::process::Command;
 fn main() {
     cgroups();
     namespaces();
+    browser();
     println!("cargo::rustc-check-cfg=cfg(docker)");
     println!("cargo::rerun-if-env-changed=FLOTILLA_REQUIRE_DOCKER");
     println!("cargo::rerun-if-env-changed=DOCKER_HOST");
@@ -66,5 +67,25 @@ fn namespaces() {
     );
     println!(
         "cargo::warning=cannot make network namespaces here: the fault suites are compiled as ignored (skipped)"
+    );
+}
+
+/// The dashboard suites drive Debian's headless chromium through
+/// chromedriver (`apt-get install chromium chromium-driver`, which the
+/// README's test command and CI run).
+fn browser() {
+    println!("cargo::rustc-check-cfg=cfg(browser)");
+    println!("cargo::rerun-if-changed=/usr/bin/chromium");
+    println!("cargo::rerun-if-changed=/usr/bin/chromedriver");
+    let installed =
+        ["/usr/bin/chromium", "/usr/bin/chromedriver"].iter().all(|p| std::path::Path::new(p).exists());
+    if installed {
+        println!("cargo::rustc-cfg=browser");
+        return;
+    }
+    let required = std::env::var("FLOTILLA_REQUIRE_DOCKER").as_deref() == Ok("1");
+    assert!(!required, "FLOTILLA_REQUIRE_DOCKER=1 but chromium and chromedriver are not installed");
+    println!(
+        "cargo::warning=no chromium or chromedriver: the dashboard suites are compiled as ignored (skipped)"
     );
 }

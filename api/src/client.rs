@@ -32,6 +32,9 @@ pub enum ClientError {
     Protocol { address: String, reason: String },
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    /// An event stream broke off or sent a message that cannot be read.
+    #[error("event stream: {0}")]
+    Stream(String),
 }
 
 impl ClientError {
@@ -451,10 +454,22 @@ impl Client {
     /// agent). `follow` keeps the stream open as the allocation writes, so
     /// it has no overall timeout.
     pub async fn logs(&self, allocation: u64, follow: bool) -> Result<reqwest::Response, ClientError> {
-        let path = format!("/v1/allocations/{allocation}/logs?follow={follow}");
+        self.open_stream(&format!("/v1/allocations/{allocation}/logs?follow={follow}")).await
+    }
+
+    /// The cluster's events and state changes after `index`, pushed as they
+    /// happen (Server-Sent Events); see `EventStream`.
+    pub async fn event_stream(&self, index: u64) -> Result<crate::EventStream, ClientError> {
+        let response = self.open_stream(&format!("/v1/events/stream?index={index}")).await?;
+        Ok(crate::EventStream::new(response))
+    }
+
+    /// A GET whose answer streams for as long as the caller reads it, so
+    /// it has no overall timeout; the first server that answers serves it.
+    async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let mut last = String::from("no address given");
         for address in &self.addresses {
-            let request = self.authorize(self.http.get(self.url(address, &path)));
+            let request = self.authorize(self.http.get(self.url(address, path)));
             let response = match request.timeout(Duration::from_secs(365 * 24 * 3600)).send().await {
                 Ok(response) => response,
                 Err(error) => {

@@ -113,6 +113,10 @@ pub struct ServerStatus {
     pub last_index: u64,
     pub snapshot_index: u64,
     pub members: Vec<Member>,
+    /// Peers whose Raft messages this server drops (a partition injected
+    /// by a test cluster's fault API): faults in force, for the dashboard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_peers: Vec<u64>,
 }
 
 /// The JSON body of every error the API returns.
@@ -157,4 +161,17 @@ pub struct Utilisation {
     pub cpu_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_percent: Option<f64>,
+    /// Each sampled replica's use against its own request, for charts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaUtilisation>,
+}
+
+/// One replica's CPU and memory use, in percent of what it requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaUtilisation {
+    /// The allocation.
+    pub id: u64,
+    pub replica: u32,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
 }

@@ -195,7 +195,9 @@ pub async fn run(
             Arc::clone(&ca_rotation),
         ));
     }
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let app = router(AppState {
+        closing,
         health: config.health.clone(),
         ca_rotation,
         liveness,
@@ -218,6 +220,7 @@ pub async fn run(
             () = shutdown => {}
             _ = raft_stopped_rx => {}
         }
+        closing_tx.send_replace(true);
     };
     let app = app.into_make_service_with_connect_info::<Peer>();
     let served = match &tls {

@@ -6,6 +6,7 @@
 
 pub mod agent_process;
 pub mod binary;
+pub mod browser;
 pub mod checker;
 pub mod cluster;
 pub mod containers;

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use flotilla_security::{
     Access, ApiToken, Identity, NODE_ROLE_NAME, Peer, PeerCertificate, Role, SERVER_ROLE_NAME, TokenRole,
 };
@@ -23,6 +23,14 @@ use crate::raft::{PEER_PATH, SENDER_HEADER, SNAPSHOT_PATH};
 /// Every route, its method, and what it asks of the caller.
 pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::GET, "/metrics", Access::Role(Role::Read)),
+    (Method::GET, "/", Access::Public),
+    (Method::GET, "/ui", Access::Public),
+    (Method::GET, "/ui/", Access::Role(Role::Read)),
+    (Method::GET, "/ui/nodes", Access::Role(Role::Read)),
+    (Method::GET, "/ui/workloads", Access::Role(Role::Read)),
+    (Method::GET, "/ui/workloads/{name}", Access::Role(Role::Read)),
+    (Method::GET, "/ui/events", Access::Role(Role::Read)),
+    (Method::GET, "/ui/assets/{file}", Access::Public),
     (Method::GET, "/v1/workloads", Access::Role(Role::Read)),
     (Method::POST, "/v1/workloads", Access::Role(Role::Deploy)),
     (Method::GET, "/v1/workloads/{name}", Access::Role(Role::Read)),
@@ -35,6 +43,7 @@ pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/services", Access::AnyNodeOrRole(Role::Read)),
     (Method::GET, "/v1/services/{name}", Access::Role(Role::Read)),
     (Method::GET, "/v1/events", Access::Role(Role::Read)),
+    (Method::GET, "/v1/events/stream", Access::Role(Role::Read)),
     (Method::GET, "/v1/nodes", Access::Role(Role::Read)),
     (Method::POST, "/v1/nodes", Access::OwnNode),
     (Method::PUT, "/v1/nodes/{name}/status", Access::Role(Role::Admin)),
@@ -102,15 +111,40 @@ fn path_param<'a>(pattern: &str, uri_path: &'a str, param: &str) -> Option<&'a s
     pattern.split('/').zip(uri_path.split('/')).find(|(p, _)| *p == wanted).map(|(_, value)| value)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+/// The cookie the dashboard's token prompt sets for the browser's session.
+pub const TOKEN_COOKIE: &str = "flotilla_token";
+
+/// The caller's API token: `Authorization: Bearer`, or, for a GET only,
+/// the dashboard's session cookie (a browser sends cookies with every
+/// request it makes, so a cookie must never be enough to change anything).
+fn bearer<'a>(headers: &'a HeaderMap, method: &Method) -> Option<&'a str> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        return Some(token.trim());
+    }
+    if method != Method::GET {
+        return None;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
 }
 
-async fn caller_of(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn caller_of(
+    app: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Caller, ApiError> {
     if !peer.secure {
         return Ok(Caller::Unchecked);
     }
-    if let Some(text) = bearer(headers) {
+    if let Some(text) = bearer(headers, method) {
         let unknown = || {
             ApiError::Unauthorized(
                 "the token is not recognised: revoked, expired, mistyped or another cluster's".into(),
@@ -234,14 +268,22 @@ pub async fn authorize(
     let Some(access) = access_of(&method, pattern) else {
         return ApiError::Internal(format!("{method} {pattern} has no access rule")).into_response();
     };
-    let caller = match caller_of(&app, &peer, request.headers()).await {
+    let checked = match caller_of(&app, &peer, request.headers(), &method).await {
+        Ok(caller) => {
+            let node = path_param(pattern, request.uri().path(), "name");
+            check(access, &caller, node.filter(|_| access == Access::OwnNode), &method, pattern)
+                .map(|()| caller)
+        }
+        Err(error) => Err(error),
+    };
+    let caller = match checked {
         Ok(caller) => caller,
+        // A browser asking for a dashboard page gets the token prompt, not JSON.
+        Err(ApiError::Unauthorized(reason)) if pattern.starts_with("/ui/") => {
+            return (StatusCode::UNAUTHORIZED, Html(super::ui::login(&reason))).into_response();
+        }
         Err(error) => return error.into_response(),
     };
-    let node = path_param(pattern, request.uri().path(), "name");
-    if let Err(error) = check(access, &caller, node.filter(|_| access == Access::OwnNode), &method, pattern) {
-        return error.into_response();
-    }
     if access == Access::Members
         && peer.secure
         && let Err(error) = check_sender(&app, &peer, request.headers())
@@ -255,6 +297,19 @@ pub async fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_cookie_is_a_credential_for_reads_only() {
+        let mut headers = HeaderMap::new();
+        headers
+            .insert(header::COOKIE, "theme=dark; flotilla_token=flt_abc ; other=1".parse().expect("header"));
+        assert_eq!(bearer(&headers, &Method::GET), Some("flt_abc"));
+        assert_eq!(bearer(&headers, &Method::PUT), None, "a browser sends cookies with any request");
+        assert_eq!(bearer(&headers, &Method::POST), None);
+        headers.insert(header::AUTHORIZATION, "Bearer flt_header".parse().expect("header"));
+        assert_eq!(bearer(&headers, &Method::PUT), Some("flt_header"), "the header works for every method");
+        assert_eq!(bearer(&headers, &Method::GET), Some("flt_header"), "and wins over the cookie");
+    }
 
     #[test]
     fn path_parameters_are_read_by_their_place_in_the_pattern() {

@@ -6,6 +6,7 @@ mod body;
 mod certificate_authority;
 mod cluster;
 mod error;
+mod event_stream;
 mod events;
 mod idempotency;
 mod leader;
@@ -16,6 +17,7 @@ mod peer;
 mod secrets;
 mod services;
 mod tokens;
+mod ui;
 mod volumes;
 mod workloads;
 
@@ -52,6 +54,10 @@ pub struct AppState {
     /// What a CA rotation waits for, as this server's controller last saw
     /// it while leading.
     pub ca_rotation: Arc<crate::controllers::ca_rotation::RotationProgress>,
+    /// Turns true when the server begins to shut down, so that streams that
+    /// never end on their own (`/v1/events/stream`) end, and do not hold up
+    /// the graceful shutdown that waits for every connection.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// `?stale=true`: serve this server's state without confirming it is current.
@@ -73,6 +79,14 @@ pub async fn read_barrier(app: &AppState, stale: bool) -> Result<(), ApiError> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::cluster))
+        .route("/ui/nodes", get(ui::nodes))
+        .route("/ui/workloads", get(ui::workloads))
+        .route("/ui/workloads/{name}", get(ui::workload))
+        .route("/ui/events", get(ui::events))
+        .route("/ui/assets/{file}", get(ui::asset))
         .route("/v1/workloads", get(workloads::list).post(workloads::deploy))
         .route("/v1/workloads/{name}", get(workloads::get_one).delete(workloads::delete))
         .route("/v1/workloads/{name}/scale", post(workloads::scale))
@@ -83,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(services::list))
         .route("/v1/services/{name}", get(services::get_one))
         .route("/v1/events", get(events::events))
+        .route("/v1/events/stream", get(event_stream::stream))
         .route("/v1/nodes", get(nodes::list).post(nodes::register))
         .route("/v1/nodes/{name}/status", put(nodes::set_status))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))

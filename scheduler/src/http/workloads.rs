@@ -5,7 +5,8 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use flotilla_api::{
-    DeployResult, Deployment, RolloutAction, ScaleRequest, UndoRequest, Utilisation, Workload, WorkloadName,
+    DeployResult, Deployment, ReplicaUtilisation, RolloutAction, ScaleRequest, UndoRequest, Utilisation,
+    Workload, WorkloadName,
 };
 use serde::Deserialize;
 
@@ -188,5 +189,18 @@ pub async fn utilisation(
         .ok_or_else(|| ApiError::NotFound(format!("workload `{name}` does not exist")))?;
     let samples = crate::controllers::autoscale::workload_samples(&state, &name, &usage);
     let (cpu_percent, memory_percent) = crate::controllers::autoscale::utilisations(&workload.spec, &samples);
-    Ok(Json(Utilisation { sampled: samples.len() as u32, cpu_percent, memory_percent }))
+    let of = |used: f64, requested: u64| if requested == 0 { 0.0 } else { used * 100.0 / requested as f64 };
+    let replicas = samples
+        .iter()
+        .filter_map(|sample| {
+            let allocation = state.allocation(sample.id)?;
+            Some(ReplicaUtilisation {
+                id: sample.id,
+                replica: allocation.replica,
+                cpu_percent: of(sample.cpu_millis, allocation.cpu),
+                memory_percent: of(sample.memory_bytes as f64, allocation.memory),
+            })
+        })
+        .collect();
+    Ok(Json(Utilisation { sampled: samples.len() as u32, cpu_percent, memory_percent, replicas }))
 }

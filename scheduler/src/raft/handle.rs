@@ -126,6 +126,11 @@ impl RaftHandle {
         let _ = self.inputs.send(Input::Shutdown);
     }
 
+    /// This server's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed) == self.id
     }

@@ -484,6 +484,7 @@ impl Node {
             last_index: raft.raft_log.last_index(),
             snapshot_index: store.snapshot_index(),
             members,
+            blocked_peers: self.transport.faults().blocked(),
         }
     }
 }

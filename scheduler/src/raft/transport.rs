@@ -49,6 +49,14 @@ impl FaultRules {
         *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = peers.into_iter().collect();
     }
 
+    /// The peers cut off now, in order.
+    pub fn blocked(&self) -> Vec<u64> {
+        let mut peers: Vec<u64> =
+            self.blocked.read().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        peers.sort_unstable();
+        peers
+    }
+
     pub fn blocks(&self, peer: u64) -> bool {
         self.blocked.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
     }

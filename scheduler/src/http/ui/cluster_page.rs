@@ -1,0 +1,118 @@
+//! The cluster page: every server's own view of Raft (role, term, commit
+//! and applied index, faults in force), and what the state holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use flotilla_api::{Member, RaftRole, ServerStatus};
+
+use super::markup::escape;
+use crate::state::ClusterState;
+
+/// One member and what it said of itself, or why it said nothing.
+#[derive(Debug)]
+pub struct MemberReport {
+    pub member: Member,
+    pub status: Result<ServerStatus, String>,
+}
+
+fn role_name(role: RaftRole) -> &'static str {
+    match role {
+        RaftRole::Leader => "leader",
+        RaftRole::Follower => "follower",
+        RaftRole::Candidate => "candidate",
+        RaftRole::PreCandidate => "pre-candidate",
+        RaftRole::Learner => "learner",
+        RaftRole::Removed => "removed",
+    }
+}
+
+/// Counts by a label, for the summary tiles.
+fn tally<'a>(labels: impl Iterator<Item = String> + 'a) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for label in labels {
+        *counts.entry(label).or_default() += 1;
+    }
+    counts
+}
+
+fn tile(out: &mut String, id: &str, label: &str, value: usize, detail: &BTreeMap<String, usize>) {
+    let detail: Vec<String> = detail.iter().map(|(k, n)| format!("{n} {}", escape(k))).collect();
+    let _ = write!(
+        out,
+        "<div class=\"tile\" id=\"{id}\"><span class=\"value\">{value}</span><span class=\"label\">{label}</span>\
+         <span class=\"detail\">{}</span></div>",
+        detail.join(" · ")
+    );
+}
+
+pub fn render(reports: &[MemberReport], here: &ServerStatus, state: &ClusterState) -> String {
+    let mut out = String::new();
+    let leader = here.leader.map_or_else(|| "none".to_owned(), |l| format!("server {l}"));
+    let _ = write!(
+        out,
+        "<h1>Cluster</h1><p class=\"summary\">Leader: <strong id=\"leader\">{leader}</strong> · term <strong>{}</strong> \
+         · {} servers</p><div class=\"tiles\">",
+        here.term,
+        reports.len()
+    );
+    let nodes = tally(state.nodes().map(|n| n.status.to_string()));
+    tile(&mut out, "tile-nodes", "nodes", state.node_count(), &nodes);
+    let workloads = state.workloads().count();
+    tile(&mut out, "tile-workloads", "workloads", workloads, &BTreeMap::new());
+    let allocations = tally(state.allocations().filter(|a| a.is_replica()).map(|a| a.state.to_string()));
+    tile(&mut out, "tile-replicas", "replicas", allocations.values().sum(), &allocations);
+    out.push_str(
+        "</div><h2>Servers</h2><table id=\"servers\"><thead><tr><th>id</th><th>address</th><th>voter</th>\
+         <th>role</th><th>term</th><th>commit</th><th>applied</th><th>log</th><th>snapshot</th>\
+         <th>matched (leader's view)</th><th>faults in force</th></tr></thead><tbody>",
+    );
+    for report in reports {
+        let member = &report.member;
+        let matched = here
+            .members
+            .iter()
+            .find(|m| m.id == member.id)
+            .and_then(|m| m.matched)
+            .map_or_else(String::new, |m| m.to_string());
+        let _ = write!(
+            out,
+            "<tr data-server=\"{}\"><td>{}</td><td>{}</td><td>{}</td>",
+            member.id,
+            member.id,
+            escape(&member.address),
+            if member.voter { "yes" } else { "learner" }
+        );
+        match &report.status {
+            Ok(status) => {
+                let faults = if status.blocked_peers.is_empty() {
+                    String::new()
+                } else {
+                    let peers: Vec<String> = status.blocked_peers.iter().map(u64::to_string).collect();
+                    format!("<span class=\"fault\">cut off from {}</span>", peers.join(", "))
+                };
+                let _ = write!(
+                    out,
+                    "<td class=\"role {role}\">{role}</td><td>{}</td><td>{}</td><td>{}</td><td>{}–{}</td><td>{}</td>\
+                     <td>{matched}</td><td>{faults}</td></tr>",
+                    status.term,
+                    status.commit,
+                    status.applied,
+                    status.first_index,
+                    status.last_index,
+                    status.snapshot_index,
+                    role = role_name(status.role),
+                );
+            }
+            Err(reason) => {
+                let _ = write!(
+                    out,
+                    "<td class=\"role unreachable\" colspan=\"8\">unreachable: {}</td></tr>",
+                    escape(reason)
+                );
+            }
+        }
+    }
+    out.push_str("</tbody></table>");
+    out
+}
