@@ -12,6 +12,7 @@ use flotilla_api::{Client, CpuMillis, HostVolume, MemoryBytes, NodeRegistration}
 use tokio::sync::mpsc;
 
 use crate::mesh::setup::start_mesh;
+use crate::metrics::AgentMetrics;
 use crate::node_tls::{NodeTls, NodeTlsError};
 use crate::restart::RestartConfig;
 use crate::runtime::docker::DockerRuntime;
@@ -111,6 +112,7 @@ pub enum AgentError {
 async fn build_runtimes(
     config: &AgentConfig,
     events: &mpsc::UnboundedSender<RuntimeEvent>,
+    metrics: &Arc<AgentMetrics>,
 ) -> Result<HashMap<Driver, Arc<Runtime>>, AgentError> {
     let mut runtimes = HashMap::new();
     let wanted = config.runtimes.clone();
@@ -126,7 +128,9 @@ async fn build_runtimes(
         match kind {
             RuntimeKind::Docker => match DockerRuntime::connect_on(config.docker_network.clone()).await {
                 Ok(docker) => {
-                    let docker = docker.with_host_volumes(config.host_volumes.clone());
+                    let docker = docker
+                        .with_host_volumes(config.host_volumes.clone())
+                        .with_metrics(Arc::clone(metrics));
                     if let Err(error) = docker.ensure_busybox_image().await {
                         tracing::warn!(%error, "the examples' base image is not available");
                     }
@@ -172,7 +176,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         reason: e.to_string(),
     })?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let runtimes = build_runtimes(&config, &events_tx).await?;
+    let metrics = Arc::new(AgentMetrics::default());
+    let runtimes = build_runtimes(&config, &events_tx, &metrics).await?;
     let (cpu, memory) =
         crate::host::capacity(config.cpu, config.memory, config.reserve_cpu, config.reserve_memory)
             .map_err(AgentError::Capacity)?;
@@ -193,7 +198,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 .await
                 .map_err(|e| AgentError::Listen { address: listen.clone(), reason: e.to_string() })?;
             let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let logs_app = crate::logs_api::router(Arc::clone(&handles), runtimes.clone());
+            let logs_app =
+                crate::logs_api::router(Arc::clone(&handles), runtimes.clone(), Arc::clone(&metrics));
             crate::logs_api::serve(listener, logs_app, tls.as_deref())
                 .map_err(|e| AgentError::Listen { address: address.clone(), reason: e.to_string() })?;
             address
@@ -233,6 +239,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         restart: config.restart.clone(),
         orphan_grace: config.orphan_grace,
         directory: mesh.as_ref().map(|(directory, _)| directory.clone()),
+        metrics: Arc::clone(&metrics),
     };
     let mut supervisor = Supervisor::new(
         supervisor_config,
@@ -253,7 +260,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tls: tls.clone(),
     };
     let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
-    let sampler = tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples));
+    let sampler =
+        tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples, metrics));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
     let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));

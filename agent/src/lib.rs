@@ -8,6 +8,7 @@ pub mod health;
 pub mod host;
 pub mod logs_api;
 pub mod mesh;
+pub mod metrics;
 pub mod node_tls;
 pub mod restart;
 pub mod runtime;

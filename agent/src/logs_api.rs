@@ -1,6 +1,8 @@
 //! The agent's own HTTP API: an allocation's output, streamed, for
-//! `flotilla logs`. The servers fetch it and pass it on to users; over TLS
-//! only a server's certificate is answered. Output never enters the Raft log.
+//! `flotilla logs`, and `/metrics` for Prometheus. The servers fetch logs
+//! and pass them on to users; over TLS only a server's certificate is
+//! answered for them. Output never enters the Raft log. Metrics, like a
+//! node exporter's, are served to whoever reaches the port.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use axum::routing::get;
 use flotilla_api::spec::Driver;
 use flotilla_security::{Peer, SERVER_ROLE_NAME, TlsListener};
 
+use crate::metrics::AgentMetrics;
 use crate::node_tls::NodeTls;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -26,6 +29,7 @@ use crate::supervisor::Handles;
 struct LogsState {
     handles: Handles,
     runtimes: HashMap<Driver, Arc<Runtime>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,11 +59,21 @@ pub fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<&NodeTl
     Ok(())
 }
 
-pub fn router(handles: Handles, runtimes: HashMap<Driver, Arc<Runtime>>) -> Router {
+pub fn router(
+    handles: Handles,
+    runtimes: HashMap<Driver, Arc<Runtime>>,
+    metrics: Arc<AgentMetrics>,
+) -> Router {
     Router::new()
         .route("/v1/allocations/{id}/logs", get(logs))
         .route_layer(axum::middleware::from_fn(servers_only))
-        .with_state(LogsState { handles, runtimes })
+        .route("/metrics", get(metrics_text))
+        .with_state(LogsState { handles, runtimes, metrics })
+}
+
+async fn metrics_text(State(state): State<LogsState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.encode()).into_response()
 }
 
 /// Over TLS, only the cluster's servers may read logs here: users go

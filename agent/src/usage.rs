@@ -8,6 +8,7 @@ use std::time::Duration;
 use flotilla_api::AllocationUsage;
 use flotilla_api::spec::Driver;
 
+use crate::metrics::AgentMetrics;
 use crate::runtime::Runtime;
 use crate::supervisor::Handles;
 
@@ -20,12 +21,14 @@ pub(crate) async fn sample(
     handles: Handles,
     runtimes: HashMap<Driver, Arc<Runtime>>,
     samples: Samples,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let fresh = sample_usage(&handles, &runtimes).await;
+        metrics.allocation_usage(&fresh);
         if !fresh.is_empty() {
             *samples.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         }

@@ -4,6 +4,7 @@
 pub mod controllers;
 pub mod http;
 mod member_http;
+pub mod metrics;
 pub mod placement;
 pub mod raft;
 pub mod server;

@@ -149,7 +149,8 @@ pub async fn run(
     let mut transport_slot = None;
     let members: Vec<_> = state.members().cloned().collect();
     let state = Arc::new(RwLock::new(state));
-    let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, |inputs| {
+    let metrics = Arc::new(crate::metrics::ServerMetrics::default());
+    let (raft, thread) = crate::raft::spawn(config.node.clone(), storage, state, metrics, |inputs| {
         let transport = Arc::new(PeerTransport::new(
             config.id,
             config.listen.clone(),

@@ -168,6 +168,22 @@ impl TestCluster {
         self.client_for(std::iter::empty(), None).http().clone()
     }
 
+    /// An HTTP client for the agents' own API (its `/metrics`), trusting
+    /// the cluster's CA for agents' certificates and presenting none, as a
+    /// Prometheus would; plain when insecure.
+    pub fn http_to_agents(&self) -> reqwest::Client {
+        let Some(ca_dir) = &self.ca_dir else { return self.http() };
+        let pem = std::fs::read_to_string(ca_dir.join("ca.pem")).expect("the cluster's CA");
+        let config =
+            client_config(&Trust::new(pem), None, ExpectedPeer::AnyNode).expect("a TLS configuration");
+        reqwest::Client::builder().tls_backend_preconfigured(config).build().expect("an HTTP client")
+    }
+
+    /// The scheme the cluster speaks: `https`, or `http` when insecure.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_dir.is_some() { "https" } else { "http" }
+    }
+
     /// `path` on server `id`, in this cluster's scheme.
     pub fn url(&self, id: u64, path: &str) -> String {
         let scheme = if self.ca_dir.is_some() { "https" } else { "http" };

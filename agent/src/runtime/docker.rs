@@ -5,7 +5,8 @@
 //! those of other agents sharing the engine, and adopts them.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -23,6 +24,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 
 use super::{Launch, Observed, RuntimeError, RuntimeEvent, Usage};
+use crate::metrics::AgentMetrics;
 
 pub const LABEL_ALLOC: &str = "flotilla.alloc";
 pub const LABEL_WORKLOAD: &str = "flotilla.workload";
@@ -44,6 +46,8 @@ pub struct DockerRuntime {
     puller: Box<super::pull::ImagePuller>,
     /// Directories this node offers as host volumes, by name.
     host_volumes: std::collections::BTreeMap<String, flotilla_api::HostVolume>,
+    /// Where the engine's answer times are recorded.
+    metrics: Arc<AgentMetrics>,
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -79,7 +83,14 @@ impl DockerRuntime {
         docker.ping().await.map_err(docker_error)?;
         let engine = docker.info().await.map_err(docker_error)?.id.unwrap_or_default();
         let puller = Box::new(super::pull::ImagePuller::new(docker.clone()));
-        Ok(DockerRuntime { docker, network, engine, puller, host_volumes: Default::default() })
+        Ok(DockerRuntime {
+            docker,
+            network,
+            engine,
+            puller,
+            host_volumes: Default::default(),
+            metrics: Arc::default(),
+        })
     }
 
     /// The host volumes this node offers, which replicas' specs may mount.
@@ -88,6 +99,19 @@ impl DockerRuntime {
         host_volumes: std::collections::BTreeMap<String, flotilla_api::HostVolume>,
     ) -> Self {
         DockerRuntime { host_volumes, ..self }
+    }
+
+    /// Records the engine's answer times in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<AgentMetrics>) -> Self {
+        DockerRuntime { metrics, ..self }
+    }
+
+    /// Awaits an engine call, timing it as `call`.
+    async fn timed<T>(&self, call: &'static str, answer: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let answer = answer.await;
+        self.metrics.engine_call(call, started.elapsed());
+        answer
     }
 
     /// Removes a slot volume the servers asked this node to remove.
@@ -160,12 +184,13 @@ impl DockerRuntime {
             ..ContainerCreateBody::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let mut created = self.docker.create_container(Some(options.clone()), body.clone()).await;
+        let mut created =
+            self.timed("create", self.docker.create_container(Some(options.clone()), body.clone())).await;
         // A container left from an earlier attempt (say, an agent killed
         // between create and start) holds the name: it is replaced.
         if let Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) = created {
             self.remove(&name).await?;
-            created = self.docker.create_container(Some(options), body).await;
+            created = self.timed("create", self.docker.create_container(Some(options), body)).await;
         }
         let created = created.map_err(|e| {
             if is_not_found(&e) { RuntimeError::ImageMissing(image.clone()) } else { docker_error(e) }
@@ -173,7 +198,7 @@ impl DockerRuntime {
         if !launch.files.is_empty() {
             self.write_files(&created.id, launch.files).await?;
         }
-        self.docker.start_container(&created.id, None).await.map_err(docker_error)?;
+        self.timed("start", self.docker.start_container(&created.id, None)).await.map_err(docker_error)?;
         let mut observed = self
             .inspect(&created.id)
             .await?
@@ -199,7 +224,7 @@ impl DockerRuntime {
     }
 
     pub async fn restart(&self, handle: &str, launch: Launch<'_>) -> Result<Observed, RuntimeError> {
-        match self.docker.start_container(handle, None).await {
+        match self.timed("start", self.docker.start_container(handle, None)).await {
             Ok(()) => self
                 .inspect(handle)
                 .await?
@@ -211,7 +236,7 @@ impl DockerRuntime {
 
     pub async fn stop(&self, handle: &str) -> Result<(), RuntimeError> {
         let options = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
-        match self.docker.stop_container(handle, Some(options)).await {
+        match self.timed("stop", self.docker.stop_container(handle, Some(options))).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
@@ -223,7 +248,7 @@ impl DockerRuntime {
     /// Stops the container and keeps it, for a restart to start again.
     pub async fn terminate(&self, handle: &str) -> Result<(), RuntimeError> {
         let options = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
-        match self.docker.stop_container(handle, Some(options)).await {
+        match self.timed("stop", self.docker.stop_container(handle, Some(options))).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
@@ -287,7 +312,7 @@ impl DockerRuntime {
 
     async fn remove(&self, handle: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        match self.docker.remove_container(handle, Some(options)).await {
+        match self.timed("remove", self.docker.remove_container(handle, Some(options))).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(docker_error(e)),
@@ -295,7 +320,7 @@ impl DockerRuntime {
     }
 
     pub async fn inspect(&self, handle: &str) -> Result<Option<Observed>, RuntimeError> {
-        let details = match self.docker.inspect_container(handle, None).await {
+        let details = match self.timed("inspect", self.docker.inspect_container(handle, None)).await {
             Ok(details) => details,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(docker_error(e)),
@@ -350,7 +375,8 @@ impl DockerRuntime {
     pub async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={node}")])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let summaries = self.docker.list_containers(Some(options)).await.map_err(docker_error)?;
+        let summaries =
+            self.timed("list", self.docker.list_containers(Some(options))).await.map_err(docker_error)?;
         let mut observed = Vec::new();
         for summary in summaries {
             if let Some(id) = summary.id
@@ -404,7 +430,7 @@ impl DockerRuntime {
     /// CPUs), memory as usage less inactive file cache.
     pub async fn usage(&self, handle: &str) -> Option<Usage> {
         let options = StatsOptionsBuilder::default().stream(false).one_shot(false).build();
-        let stats = self.docker.stats(handle, Some(options)).next().await?.ok()?;
+        let stats = self.timed("stats", self.docker.stats(handle, Some(options)).next()).await?.ok()?;
         let cpu = stats.cpu_stats?;
         let precpu = stats.precpu_stats?;
         let total = cpu.cpu_usage.as_ref()?.total_usage? as f64;

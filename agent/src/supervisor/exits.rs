@@ -56,6 +56,7 @@ impl Supervisor {
             return;
         }
         local.oom_killed = true;
+        self.metrics.out_of_memory_kills.inc();
         if let Some(report) = self.reports.get_mut(&id) {
             report.oom_killed = true;
         }
@@ -126,6 +127,9 @@ impl Supervisor {
         if exit_code.is_some() || oom_killed {
             local.last_exit = exit_code;
             local.oom_killed = oom_killed;
+        }
+        if oom_killed {
+            self.metrics.out_of_memory_kills.inc();
         }
         tracing::info!(allocation = id, ?exit_code, oom_killed, ?decision, "allocation exited");
         let (state, phase, message) = match decision {

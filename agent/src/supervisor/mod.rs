@@ -117,6 +117,8 @@ pub struct Supervisor {
     removals: BTreeMap<String, volumes::Removal>,
     /// Volumes removed, not yet told to the servers.
     removed_volumes: Vec<String>,
+    /// Where starts, restarts and OOM kills are counted.
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// How the supervisor is set up, beyond its runtimes.
@@ -127,6 +129,8 @@ pub struct SupervisorConfig {
     pub orphan_grace: Duration,
     /// The mesh's view of the services; `None` where no mesh runs.
     pub directory: Option<crate::mesh::Directory>,
+    /// Where starts, restarts and OOM kills are counted.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Supervisor {
@@ -151,6 +155,7 @@ impl Supervisor {
             removals: BTreeMap::new(),
             removed_volumes: Vec::new(),
             directory: config.directory,
+            metrics: config.metrics,
             local: BTreeMap::new(),
             found: HashMap::new(),
             stopping_found: BTreeSet::new(),

@@ -25,6 +25,7 @@ impl Supervisor {
         self.reports.insert(id, report);
         let (allocation, spec, handle) = (local.allocation.clone(), local.spec.clone(), local.handle.clone());
         let (messages, permits, node) = (self.messages.clone(), Arc::clone(&self.permits), self.node.clone());
+        let metrics = Arc::clone(&self.metrics);
         let inputs = self.environment(&allocation, &spec).and_then(|env| {
             let pull_config = spec.pull_secret.as_deref().map(|name| self.secret_value(name)).transpose()?;
             Ok((env, self.secret_files(&spec)?, pull_config))
@@ -53,10 +54,15 @@ impl Supervisor {
                 pull_config: pull_config.as_deref(),
                 progress: &progress,
             };
+            let started = Instant::now();
+            let restart = handle.is_some();
             let result = match handle {
                 Some(handle) => runtime.restart(&handle, launch).await,
                 None => runtime.start(launch).await,
             };
+            if result.is_ok() {
+                metrics.started(&spec.driver.to_string(), restart, started.elapsed());
+            }
             let _ =
                 messages.send(Message::Started { allocation: id, result: result.map_err(|e| e.to_string()) });
         });

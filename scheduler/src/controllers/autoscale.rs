@@ -221,8 +221,15 @@ pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
                 reason: decision.reason,
                 now_ms,
             });
-            if let Err(error) = raft.propose(command).await {
-                tracing::warn!(workload = %name, %error, "autoscale decision not applied");
+            let direction = if decision.replicas > based_on_replicas { "up" } else { "down" };
+            match raft.propose(command).await {
+                Ok(_) => {
+                    raft.metrics()
+                        .autoscale_decisions
+                        .get_or_create(&[("direction", direction.to_owned())])
+                        .inc();
+                }
+                Err(error) => tracing::warn!(workload = %name, %error, "autoscale decision not applied"),
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod rollout_judge;
 
 use std::time::Duration;
 
+use crate::metrics::ServerMetrics;
 use crate::raft::RaftHandle;
 use crate::state::Command;
 use incremental::IncrementalReconciler;
@@ -66,17 +67,23 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
             }
             // Under the state's read lock: a pass looks at what changed
             // (see `incremental`), so it holds up applying entries briefly.
+            let started = std::time::Instant::now();
             let (plan, unchanged) = {
                 let seed = *applied.borrow_and_update();
                 let plan = reconciler.pass(&raft.state(), seed, flotilla_api::now_ms(), &config);
                 let unchanged = plan.changes_nothing();
                 (plan, unchanged)
             };
+            ServerMetrics::observe(&raft.metrics().reconcile_pass_seconds, started.elapsed());
             if !unchanged {
                 let placements = plan.placements.len();
                 match raft.propose(Command::ApplyPlan { plan }).await {
                     Ok(outcome) => {
                         tracing::debug!(?outcome, placements, "plan applied");
+                        if placements > 0 {
+                            raft.metrics().placements.inc_by(placements as u64);
+                            ServerMetrics::observe(&raft.metrics().placement_seconds, started.elapsed());
+                        }
                         // More may be waiting behind the placement budget; a
                         // plan that only updated bookkeeping waits for changes.
                         if placements == 0 {

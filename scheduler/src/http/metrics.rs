@@ -1,53 +1,54 @@
-//! `/metrics` in the Prometheus text format: Raft progress and what the
-//! state holds, for a scraper to chart. Written by hand: a few gauges do not
-//! need a metrics library.
+//! `/metrics` for Prometheus (OpenMetrics text), and the middleware that
+//! counts and times every API request by its route.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use flotilla_api::RaftRole;
 
 use super::AppState;
 use super::error::ApiError;
-
-fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
-    }
-}
+use crate::metrics::ServerMetrics;
 
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let status = app.raft.status().await?;
-    let mut out = String::new();
-    let one = |v: u64| vec![(String::new(), v)];
-    gauge(&mut out, "flotilla_raft_term", "Current Raft term.", &one(status.term));
-    gauge(&mut out, "flotilla_raft_commit_index", "Highest log index known committed.", &one(status.commit));
-    gauge(&mut out, "flotilla_raft_applied_index", "Highest log index applied here.", &one(status.applied));
-    gauge(
-        &mut out,
-        "flotilla_raft_leader",
-        "1 if this server leads.",
-        &one(u64::from(status.role == RaftRole::Leader)),
+    let metrics = app.raft.metrics();
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    metrics.raft_term.set(gauge(status.term));
+    metrics.raft_commit_index.set(gauge(status.commit));
+    metrics.raft_applied_index.set(gauge(status.applied));
+    metrics.raft_leader.set(i64::from(status.role == RaftRole::Leader));
+    metrics.read_state(&app.raft.state());
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        metrics.encode(),
+    ))
+}
+
+/// Counts and times a request under its route's pattern (`/v1/workloads/{name}`),
+/// never its raw path, so the label sets stay as few as the routes.
+pub async fn record(
+    State(app): State<AppState>,
+    matched: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = matched.as_str().to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let metrics = app.raft.metrics();
+    let status = response.status().as_u16().to_string();
+    metrics
+        .http_requests
+        .get_or_create(&[("route", route.clone()), ("method", method.clone()), ("status", status)])
+        .inc();
+    ServerMetrics::observe(
+        &metrics.http_request_seconds.get_or_create(&[("route", route), ("method", method)]),
+        started.elapsed(),
     );
-    let state = app.raft.state();
-    gauge(&mut out, "flotilla_workloads", "Workloads stored.", &one(state.workloads().count() as u64));
-    let mut allocations: BTreeMap<String, u64> = BTreeMap::new();
-    for allocation in state.allocations() {
-        *allocations.entry(allocation.state.to_string()).or_default() += 1;
-    }
-    let by_state: Vec<(String, u64)> =
-        allocations.into_iter().map(|(s, n)| (format!("{{state=\"{s}\"}}"), n)).collect();
-    gauge(&mut out, "flotilla_allocations", "Allocations by state.", &by_state);
-    let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
-    for node in state.nodes() {
-        *nodes.entry(node.status.to_string()).or_default() += 1;
-    }
-    let by_status: Vec<(String, u64)> =
-        nodes.into_iter().map(|(s, n)| (format!("{{status=\"{s}\"}}"), n)).collect();
-    gauge(&mut out, "flotilla_nodes", "Nodes by status.", &by_status);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+    response
 }

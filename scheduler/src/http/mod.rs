@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route(PEER_PATH, post(peer::messages))
         .route(SNAPSHOT_PATH, post(peer::snapshot_chunk))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .with_state(state)
 }

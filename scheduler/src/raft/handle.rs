@@ -16,6 +16,7 @@ use super::node_watches::SharedNodeWatches;
 use super::pending::Reply;
 use super::snapshot_files::SnapshotFile;
 use super::storage::StorageError;
+use crate::metrics::ServerMetrics;
 use crate::state::{ClusterState, Command, CommandOutput, Idempotency};
 
 pub(crate) enum Input {
@@ -58,6 +59,8 @@ pub struct RaftHandle {
     pub(super) leader: Arc<AtomicU64>,
     /// The applied index, for loops and blocking queries that wait for change.
     pub(super) applied: watch::Receiver<u64>,
+    /// What this server measures; the Raft thread records into it too.
+    pub(super) metrics: Arc<ServerMetrics>,
     /// Each node's latest change, for its agent's long-poll.
     pub(super) node_watches: SharedNodeWatches,
 }
@@ -87,14 +90,17 @@ impl RaftHandle {
         once: Option<Idempotency>,
     ) -> Result<CommandOutput, RaftError> {
         let (reply, answer) = oneshot::channel();
+        let proposed = std::time::Instant::now();
         self.inputs
             .send(Input::Propose { command: Box::new(command), once, reply })
             .map_err(|_| RaftError::Stopped)?;
-        match tokio::time::timeout(self.wait_limit, answer).await {
+        let answered = match tokio::time::timeout(self.wait_limit, answer).await {
             Ok(Ok(result)) => result.map_err(RaftError::after_proposal),
             Ok(Err(_)) => Err(RaftError::Stopped.after_proposal()),
             Err(_) => Err(RaftError::Timeout(self.wait_limit).after_proposal()),
-        }
+        };
+        ServerMetrics::observe(&self.metrics.raft_proposal_seconds, proposed.elapsed());
+        answered
     }
 
     /// Waits until this server has applied everything committed when the
@@ -124,6 +130,11 @@ impl RaftHandle {
 
     pub fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown);
+    }
+
+    /// Where this server's counters and histograms are recorded.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
     }
 
     /// This server's Raft id.

@@ -2,6 +2,7 @@
 //! and the HTTP transport between servers.
 
 mod checksum;
+mod commit_clock;
 mod error;
 mod handle;
 mod membership;

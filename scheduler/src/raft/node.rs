@@ -18,6 +18,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::watch;
 
+use super::commit_clock::CommitClock;
 use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
 use super::membership::ConfChangeContext;
@@ -28,6 +29,7 @@ use super::snapshot_files::SnapshotFile;
 use super::snapshots::SnapshotJob;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
+use crate::metrics::ServerMetrics;
 use crate::state::{ClusterState, CommandOutput, Envelope};
 
 /// How the Raft thread is tuned; the defaults are DESIGN.md's.
@@ -91,6 +93,8 @@ pub struct Node {
     /// Committed entries not yet applied: while a snapshot is written the
     /// state must stay at the snapshot's index, so applies wait here.
     pub(super) unapplied: Vec<Entry>,
+    /// While leading, when appended entries were, to time their commit.
+    commit_clock: CommitClock,
 }
 
 /// What the Raft thread publishes for the async side, each read there
@@ -102,6 +106,8 @@ pub(super) struct Published {
     pub(super) applied: watch::Sender<u64>,
     /// Each node's latest change, for its agent's long-poll.
     pub(super) node_watches: SharedNodeWatches,
+    /// Where the thread records leader changes, commit latency and snapshots.
+    pub(super) metrics: Arc<ServerMetrics>,
 }
 
 pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
@@ -159,6 +165,7 @@ impl Node {
             snapshot_job: None,
             snapshot_written: None,
             unapplied: Vec::new(),
+            commit_clock: CommitClock::default(),
         })
     }
 
@@ -332,6 +339,11 @@ impl Node {
         if !ready.entries().is_empty() || ready.hs().is_some() {
             self.raw.mut_store().persist(ready.entries(), ready.hs())?;
         }
+        if let Some(last) = ready.entries().last()
+            && self.raw.raft.state == StateRole::Leader
+        {
+            self.commit_clock.appended(last.index, Instant::now());
+        }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }
@@ -344,7 +356,19 @@ impl Node {
         }
         self.apply_committed(light.take_committed_entries())?;
         self.applied_moved();
+        self.time_commits();
         Ok(())
+    }
+
+    /// Records how long the leader's newly committed batches took to commit.
+    fn time_commits(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.commit_clock.clear();
+            return;
+        }
+        for waited in self.commit_clock.committed(self.raw.raft.raft_log.committed, Instant::now()) {
+            ServerMetrics::observe(&self.published.metrics.raft_commit_seconds, waited);
+        }
     }
 
     /// Tells Raft, blocking queries and waiting reads how far this server
@@ -362,6 +386,7 @@ impl Node {
             return;
         }
         tracing::info!(previous = self.leader, leader, term = self.raw.raft.term, "leader changed");
+        self.published.metrics.raft_leader_changes.inc();
         if self.leader != raft::INVALID_ID {
             let error = RaftError::LeaderChanged;
             self.proposals.fail_all(&error);
@@ -494,6 +519,7 @@ pub(crate) fn spawn(
     node_config: NodeConfig,
     storage: RaftStorage,
     state: Arc<RwLock<ClusterState>>,
+    metrics: Arc<ServerMetrics>,
     transport_for: impl FnOnce(Sender<Input>) -> Arc<PeerTransport>,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StorageError>>), raft::Error> {
     let (inputs, receiver) = std::sync::mpsc::channel();
@@ -507,11 +533,12 @@ pub(crate) fn spawn(
         leader: Arc::clone(&leader),
         applied: applied_shared,
         node_watches: Arc::clone(&node_watches),
+        metrics: Arc::clone(&metrics),
     };
     let node = Node::new(node_config, storage, Arc::clone(&state), transport, published, inputs.clone())?;
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(receiver))
         .map_err(raft::Error::Io)?;
-    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied, node_watches }, thread))
+    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied, node_watches, metrics }, thread))
 }

@@ -127,6 +127,8 @@ impl Node {
             keep_from = keep_from.max(store.keep_within(index, self.config.snapshot_bytes / 2));
         }
         self.raw.mut_store().compact(metadata, file, keep_from)?;
+        self.published.metrics.raft_snapshots.inc();
+        self.published.metrics.raft_snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         let waited = self.unapplied.len();
         self.apply_committed(Vec::new())?;
         self.applied_moved();
