@@ -15,6 +15,7 @@ mod secrets;
 mod server;
 mod services;
 mod tokens;
+mod top;
 mod volumes;
 mod workloads;
 
@@ -76,6 +77,8 @@ enum Command {
     Services(services::ServicesArgs),
     /// List nodes with their capacity and what is allocated.
     Nodes(nodes::NodesArgs),
+    /// A live full-screen view of nodes, workloads and events; `q` quits.
+    Top(top::TopArgs),
     /// List replica slots' volumes and the node holding each; `volumes rm
     /// WORKLOAD` removes those a deleted workload kept.
     Volumes(volumes::VolumesArgs),
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             Command::Rollout(command) => rollout::run(&client()?, command).await,
             Command::Ps(args) => nodes::ps(&client()?, args).await,
             Command::Nodes(args) => nodes::nodes(&client()?, args).await,
+            Command::Top(args) => top::top(&client()?, args).await,
             Command::Services(args) => services::services(&client()?, args).await,
             Command::Node(command) => nodes::node(&client()?, command).await,
             Command::Completions { shell } => {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flotilla_api::{Client, RaftRole, ServerStatus};
+use flotilla_api::{Client, NodeStatus, RaftRole, ServerStatus};
 use flotilla_cli::cluster_credentials::{StartingTokens, bootstrap, create_ca, secure_client};
 use flotilla_cli::process_layout::{ServerCa, peers_flag};
 use flotilla_security::{
@@ -279,21 +279,32 @@ impl TestCluster {
     /// A client bound to one server, with no failover and no retries.
     /// Runs the `flotilla` CLI against this cluster's servers.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let (environment, arguments) = self.cli_invocation(args);
         let mut command = std::process::Command::new(crate::binary::flotilla_binary());
-        command.args(args).env_remove("FLOTILLA_TOKEN").env_remove("FLOTILLA_CACERT");
+        command.args(arguments).env_remove("FLOTILLA_TOKEN").env_remove("FLOTILLA_CACERT").envs(environment);
+        command.output().expect("flotilla runs")
+    }
+
+    /// The environment and arguments that point the `flotilla` CLI at this
+    /// cluster, for `args`: for callers that run it their own way (in a terminal).
+    pub fn cli_invocation(&self, args: &[&str]) -> (Vec<(String, String)>, Vec<String>) {
+        let mut arguments: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut environment = Vec::new();
         match &self.ca_dir {
             Some(ca_dir) => {
-                command.args(["--addr", &self.client().addresses().join(",")]);
-                command.env("FLOTILLA_CACERT", ca_dir.join("trust.pem"));
-                command.env("FLOTILLA_TOKEN", self.admin_token().unwrap_or_default());
+                arguments.extend(["--addr".to_owned(), self.client().addresses().join(",")]);
+                environment
+                    .push(("FLOTILLA_CACERT".to_owned(), ca_dir.join("trust.pem").display().to_string()));
+                environment
+                    .push(("FLOTILLA_TOKEN".to_owned(), self.admin_token().unwrap_or_default().to_owned()));
             }
             None => {
                 let plain: Vec<String> =
                     self.servers.iter().map(|s| format!("http://{}", s.address)).collect();
-                command.args(["--addr", &plain.join(",")]);
+                arguments.extend(["--addr".to_owned(), plain.join(",")]);
             }
         }
-        command.output().expect("flotilla runs")
+        (environment, arguments)
     }
 
     pub fn client_of(&self, id: u64) -> Client {
@@ -400,6 +411,24 @@ impl TestCluster {
         let agent = self.agents.last_mut().expect("just pushed");
         agent.start();
         agent
+    }
+
+    /// A cluster of three servers and one agent process running a fleet
+    /// of `nodes` simulated nodes (2 CPUs and 4Gi each), once they are all
+    /// ready; with the prefix of the nodes' names (`PREFIX1`..`PREFIXn`).
+    pub async fn with_sim_fleet(nodes: u32) -> (Self, String) {
+        let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+        let count = nodes.to_string();
+        let fleet = ["--driver", "sim", "--fleet", count.as_str(), "--cpu", "2", "--memory", "4Gi"];
+        let prefix = format!("{}-", cluster.add_agent("fleet", &fleet).name);
+        let client = cluster.client();
+        wait_until(Duration::from_secs(60), "the fleet's nodes ready", || async {
+            let ready =
+                client.nodes(false).await.ok()?.iter().filter(|n| n.status == NodeStatus::Ready).count();
+            (ready == nodes as usize).then_some(())
+        })
+        .await;
+        (cluster, prefix)
     }
 
     /// A cluster of three servers and agents `suffixes`, each with `flags`,

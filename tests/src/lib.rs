@@ -19,6 +19,7 @@ pub mod process_memory;
 pub mod registry;
 pub mod server_process;
 pub mod simulated_nodes;
+pub mod terminal;
 pub mod wait;
 pub mod workloads;
 

@@ -7,43 +7,19 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_api::{AllocationState, NodeStatus, StreamMessage, parse_yaml};
+use flotilla_api::{NodeStatus, StreamMessage};
 use flotilla_tests::browser::{Browser, screenshot_dir};
+use flotilla_tests::workloads::{deploy, wait_running};
 use flotilla_tests::{ClusterOptions, TestCluster, wait_until};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn cluster_with_fleet(nodes: u32) -> (TestCluster, String) {
-    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
-    let fleet = ["--driver", "sim", "--fleet", &nodes.to_string(), "--cpu", "2", "--memory", "4Gi"];
-    let prefix = format!("{}-", cluster.add_agent("fleet", &fleet).name);
-    let client = cluster.client();
-    wait_until(Duration::from_secs(60), "the fleet's nodes ready", || async {
-        let nodes_ready =
-            client.nodes(false).await.ok()?.iter().filter(|n| n.status == NodeStatus::Ready).count();
-        (nodes_ready == nodes as usize).then_some(())
-    })
-    .await;
-    (cluster, prefix)
-}
-
 async fn deploy_and_wait(cluster: &TestCluster, name: &str, replicas: u32) {
-    let client = cluster.client();
     let yaml =
         format!("name: {name}\nimage: x\nreplicas: {replicas}\nresources: {{cpu: 250m, memory: 128Mi}}\n");
-    client.deploy(&parse_yaml(&yaml).expect("spec"), None).await.expect("deploy");
-    wait_until(WAIT, &format!("{replicas} replicas of {name} running"), || async {
-        let running = client
-            .allocations(Some(name), None)
-            .await
-            .ok()?
-            .iter()
-            .filter(|a| a.is_replica() && a.state == AllocationState::Running)
-            .count();
-        (running == replicas as usize).then_some(())
-    })
-    .await;
+    deploy(&cluster.client(), &yaml).await;
+    wait_running(&cluster.client(), name, replicas as usize, WAIT).await;
 }
 
 /// The elements' text, for `selector`.
@@ -73,7 +49,7 @@ async fn attribute_values(browser: &Browser, selector: &str, attribute: &str) ->
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(browser), ignore = "no chromium and chromedriver here")]
 async fn every_page_shows_the_real_cluster_updates_live_and_drains_from_a_button() {
-    let (cluster, prefix) = cluster_with_fleet(4).await;
+    let (cluster, prefix) = TestCluster::with_sim_fleet(4).await;
     deploy_and_wait(&cluster, "web", 6).await;
     let client = cluster.client();
     let leader = cluster.wait_for_leader(WAIT).await;
@@ -207,7 +183,7 @@ async fn the_session_cookie_reads_but_never_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_event_stream_pushes_events_and_resumes_after_the_last_one_read() {
-    let (cluster, _) = cluster_with_fleet(2).await;
+    let (cluster, _) = TestCluster::with_sim_fleet(2).await;
     let client = cluster.client();
     let start = client.events(0, Duration::ZERO).await.expect("events").index;
     let mut stream = client.event_stream(start).await.expect("the stream opens");
