@@ -7,3 +7,4 @@ pub mod cluster_credentials;
 pub mod docker_cluster;
 pub mod local_cluster;
 pub mod process_layout;
+pub mod progress;

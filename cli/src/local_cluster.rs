@@ -229,10 +229,15 @@ pub fn spawn_member(member: &MemberProcess) -> anyhow::Result<u32> {
 pub async fn wait_ready(client: &Client, agents: usize) -> anyhow::Result<()> {
     let client = client.clone().with_retry_for(Duration::from_secs(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let progress = crate::progress::Progress::on_stderr();
+    let task = progress.counted(agents as u64);
     loop {
         let leader = client.server_status().await.ok().and_then(|s| s.leader);
         let nodes = client.nodes(true).await.map(|n| n.len()).unwrap_or(0);
+        let elected = leader.map_or_else(|| "no leader yet".to_owned(), |l| format!("server {l} leads"));
+        task.update(nodes as u64, agents as u64, &format!("{elected}; agents registered: {nodes}/{agents}"));
         if leader.is_some() && nodes >= agents {
+            task.finish(&format!("{elected}; all {agents} agents registered"));
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {

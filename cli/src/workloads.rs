@@ -111,28 +111,24 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows each workload's rollout of the version just deployed, printing
-/// a line whenever it changes; succeeds only when every rollout did, and
-/// fails (with the reason) when one failed, was reverted or superseded, or
-/// did not end within `timeout`.
+/// Follows each workload's rollout of the version just deployed, with a
+/// bar per workload (a line per change where stderr is no terminal);
+/// succeeds only when every rollout did, and fails (with the reason) when
+/// one failed, was reverted or superseded, or did not end within `timeout`.
 async fn wait_for_rollout(
     client: &Client,
     deployed: &[(String, u64)],
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    use std::io::{IsTerminal as _, Write as _};
-    let terminal = std::io::stderr().is_terminal();
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
-    let end_line = || {
-        if terminal {
-            eprintln!();
-        }
-    };
+    let progress = flotilla_cli::progress::Progress::on_stderr();
+    let tasks: Vec<_> = deployed.iter().map(|_| progress.counted(1)).collect();
+    let mut finished = vec![false; deployed.len()];
     loop {
-        let mut lines = Vec::new();
-        let mut settled = true;
-        for (name, version) in deployed {
+        for (((name, version), task), finished) in deployed.iter().zip(&tasks).zip(finished.iter_mut()) {
+            if *finished {
+                continue;
+            }
             let workload = client.get(name).await?;
             let deployments = client.deployments(name).await?;
             let Some(deployment) = deployments.iter().find(|d| d.to_version == *version) else {
@@ -152,11 +148,14 @@ async fn wait_for_rollout(
             {
                 line.push_str(&format!(" ({pulling})"));
             }
+            task.update(u64::from(deployment.healthy), u64::from(workload.spec.replicas), &line);
             match outcome {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    task.finish(&line);
+                    *finished = true;
+                }
                 Some(Err(reason)) => {
-                    end_line();
-                    eprintln!("{line}");
+                    task.finish(&line);
                     let what = match deployment.status {
                         flotilla_api::DeploymentStatus::Reverted => "failed and was reverted",
                         flotilla_api::DeploymentStatus::Cancelled => "was superseded",
@@ -170,28 +169,16 @@ async fn wait_for_rollout(
                         };
                     bail!("rollout of {name} version {version} {what}: {reason}{kept}");
                 }
-                None => settled = false,
+                None => {}
             }
-            lines.push(line);
         }
-        let text = lines.join("; ");
-        if text != last {
-            if terminal {
-                eprint!("\r\x1b[2K{text}");
-                let _ = std::io::stderr().flush();
-            } else {
-                eprintln!("{text}");
-            }
-            last = text;
-        }
-        if settled {
-            end_line();
-            eprintln!("rollout complete");
+        if finished.iter().all(|f| *f) {
+            progress.println("rollout complete");
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            end_line();
-            bail!("the rollout did not end within {}s: {last}", timeout.as_secs());
+            let last: Vec<String> = tasks.iter().map(flotilla_cli::progress::Task::last_said).collect();
+            bail!("the rollout did not end within {}s: {}", timeout.as_secs(), last.join("; "));
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

@@ -1,5 +1,6 @@
-//! `flotilla top` in a real terminal (tmux): it shows the cluster's nodes
-//! and workloads, follows a deploy made while it runs, and quits on `q`.
+//! The CLI's full-screen and live views in a real terminal (tmux): `top`
+//! shows the cluster's nodes and workloads, follows a deploy made while it
+//! runs, and quits on `q`; `deploy --wait` draws a bar per workload.
 
 use std::time::Duration;
 
@@ -45,4 +46,29 @@ async fn top_shows_the_cluster_follows_a_deploy_and_quits_on_q() {
         (!terminal.is_running()).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_wait_draws_a_bar_per_workload_on_a_terminal() {
+    let (cluster, _) = TestCluster::with_sim_fleet(2).await;
+    let spec = cluster.dir.path().join("web.yaml");
+    std::fs::write(&spec, "name: web\nimage: x\nreplicas: 3\nresources: {cpu: 100m, memory: 64Mi}\n")
+        .expect("spec");
+    let spec = spec.display().to_string();
+    let (environment, arguments) = cluster.cli_invocation(&["deploy", "-f", &spec, "--wait"]);
+    // The shell keeps the terminal open after the deploy, so its last screen can be read.
+    let line =
+        format!("{} {}; echo deploy-exited=$?; sleep 60", flotilla_binary().display(), arguments.join(" "));
+    let terminal = Terminal::start("sh", &["-c".to_owned(), line], &environment, 200, 20);
+    let screen = wait_until(WAIT, "the deploy to end", || async {
+        let screen = terminal.screen();
+        screen.contains("deploy-exited=").then_some(screen)
+    })
+    .await;
+    assert!(screen.contains("deploy-exited=0"), "{screen}");
+    assert!(
+        screen.contains("[========================] 3/3"),
+        "a full bar, three of three healthy: {screen}"
+    );
+    assert!(screen.contains("rollout complete"), "{screen}");
 }
