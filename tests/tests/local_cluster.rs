@@ -141,7 +141,7 @@ fn up_use_down(name: &str, docker: bool) {
             &spec,
             format!(
                 "name: web\nimage: flotilla/busybox:latest\n\
-                 command: [sh, -c, \"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www\"]\n\
+                 command: [sh, -c, \"mkdir -p /www && hostname > /www/index.html && echo serving && exec httpd -f -p 80 -h /www\"]\n\
                  replicas: 3\nresources: {{cpu: 50m, memory: 16Mi}}\n\
                  ports: [{{name: http, container: 80, ingress: {ingress}}}]\n\
                  checks: [{{name: web, http: {{path: /index.html, port: 80}}, interval: 500ms}}]\n\
@@ -170,6 +170,10 @@ fn up_use_down(name: &str, docker: bool) {
             .filter_map(|a| Some(a["runtime_id"].as_str()?.chars().take(12).collect()))
             .collect();
         through_the_mesh(home.path(), &env, name, docker, ingress, &web_hosts);
+        // Logs come through the servers, which reach the agents (in a
+        // `--docker` cluster only they can: the agents are on its network).
+        let logs = ok(flotilla(home.path(), &["logs", "web"], Some(&env)), "logs");
+        assert_eq!(logs.trim(), "serving", "a replica's output, whatever the kind of cluster");
         if !docker {
             // Process replicas outlive their agents (to be adopted): `down` must end them.
             let spec = home.path().join("sleeper.yaml");
