@@ -43,7 +43,8 @@ async fn main() {
     let workloads = replicas.div_ceil(REPLICAS_PER_WORKLOAD);
     for w in 0..workloads {
         let count = REPLICAS_PER_WORKLOAD.min(replicas - w * REPLICAS_PER_WORKLOAD);
-        let yaml = format!("name: w-{w:02}\nimage: x\nreplicas: {count}\nresources: {{cpu: 100m, memory: 64Mi}}\n");
+        let yaml =
+            format!("name: w-{w:02}\nimage: x\nreplicas: {count}\nresources: {{cpu: 100m, memory: 64Mi}}\n");
         client.deploy(&parse_yaml(&yaml).expect("spec"), None).await.expect("deploy");
     }
     wait_until(Duration::from_secs(300), "every replica running", || async {
@@ -62,7 +63,8 @@ async fn main() {
     let http = cluster.http();
     let mut assets = 0usize;
     for asset in ["/ui/assets/app.js", "/ui/assets/style.css"] {
-        let body = http.get(format!("{base}{asset}")).send().await.expect("the asset").bytes().await.expect("bytes");
+        let body =
+            http.get(format!("{base}{asset}")).send().await.expect("the asset").bytes().await.expect("bytes");
         assets += body.len();
     }
     let browser = Browser::start().await;
@@ -73,7 +75,9 @@ async fn main() {
         .wait_for("signed in", Duration::from_secs(30), "return document.getElementById('servers') !== null")
         .await;
 
-    println!("dashboard: {nodes} simulated nodes, {replicas} replicas in {workloads} workloads; {VISITS} visits a page");
+    println!(
+        "dashboard: {nodes} simulated nodes, {replicas} replicas in {workloads} workloads; {VISITS} visits a page"
+    );
     println!("{:<22} {:>12} {:>16} {:>16}", "page", "bytes", "first paint p50", "load p50 (max)");
     let pages = ["/ui/", "/ui/nodes", "/ui/workloads", "/ui/workloads/w-00", "/ui/events"];
     for page in pages {

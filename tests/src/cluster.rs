@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     /// Each server's data dir on a tmpfs of this many MiB of its own, so
     /// that a fault run can fill it (needs root).
     pub small_disks_mib: Option<u64>,
+    /// Servers run this `flotilla` binary instead of the one under test:
+    /// a bench compares a build of an earlier commit with this one.
+    pub server_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +45,7 @@ impl Default for ClusterOptions {
             insecure: false,
             namespaces: false,
             small_disks_mib: None,
+            server_binary: None,
         }
     }
 }
@@ -133,6 +137,9 @@ impl TestCluster {
             }
         }
         for server in &mut cluster.servers {
+            if let Some(binary) = &cluster.options.server_binary {
+                server.set_binary(binary.clone());
+            }
             server.start();
         }
         if let Some(ca_dir) = &cluster.ca_dir {

@@ -16,11 +16,13 @@ pub struct Daemon {
     child: Option<Child>,
     /// The network namespace it runs in (`ip netns exec`), if not the test's.
     namespace: Option<String>,
+    /// Another `flotilla` binary than the one under test, if set.
+    binary: Option<PathBuf>,
 }
 
 impl Daemon {
     pub fn new(log: PathBuf, args: Vec<OsString>) -> Self {
-        Daemon { log, args, child: None, namespace: None }
+        Daemon { log, args, child: None, namespace: None, binary: None }
     }
 
     /// Runs it, from its next start, in network namespace `namespace`.
@@ -28,17 +30,23 @@ impl Daemon {
         self.namespace = Some(namespace.to_owned());
     }
 
+    /// Runs `binary` from its next start instead of the binary under test.
+    pub fn set_binary(&mut self, binary: PathBuf) {
+        self.binary = Some(binary);
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.log.display());
         let log = File::options().create(true).append(true).open(&self.log).expect("log file");
         // `ip netns exec` execs the daemon in the namespace: its pid is the daemon's.
+        let binary = self.binary.clone().unwrap_or_else(flotilla_binary);
         let mut command = match &self.namespace {
             Some(namespace) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", namespace.as_str()]).arg(flotilla_binary());
+                command.args(["netns", "exec", namespace.as_str()]).arg(binary);
                 command
             }
-            None => Command::new(flotilla_binary()),
+            None => Command::new(binary),
         };
         let child = command
             .args(&self.args)
