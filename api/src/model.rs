@@ -88,6 +88,19 @@ pub enum RaftRole {
     Removed,
 }
 
+impl std::fmt::Display for RaftRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RaftRole::Leader => "leader",
+            RaftRole::Follower => "follower",
+            RaftRole::Candidate => "candidate",
+            RaftRole::PreCandidate => "pre-candidate",
+            RaftRole::Learner => "learner",
+            RaftRole::Removed => "removed",
+        })
+    }
+}
+
 /// A member of the configuration, as the replicated state records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

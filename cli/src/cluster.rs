@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use flotilla_api::{Client, RaftRole, ServerStatus};
+use flotilla_api::{Client, ServerStatus};
 use flotilla_cli::chaos;
 use serde::Serialize;
 
@@ -148,17 +148,6 @@ async fn status_of(client: &Client, address: &str) -> Result<ServerStatus, Strin
     }
 }
 
-fn role_name(role: RaftRole) -> &'static str {
-    match role {
-        RaftRole::Leader => "leader",
-        RaftRole::Follower => "follower",
-        RaftRole::Candidate => "candidate",
-        RaftRole::PreCandidate => "pre-candidate",
-        RaftRole::Learner => "learner",
-        RaftRole::Removed => "removed",
-    }
-}
-
 async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
     let first = client.server_status().await?;
     let leader_view = match first.leader {
@@ -224,7 +213,7 @@ pub async fn run(client: impl Fn() -> anyhow::Result<Client>, command: ClusterCo
                 t.add_row(vec![
                     m.id.to_string(),
                     m.address.clone(),
-                    s.map_or_else(|| "unreachable".to_owned(), |s| role_name(s.role).to_owned()),
+                    s.map_or_else(|| "unreachable".to_owned(), |s| s.role.to_string()),
                     if m.voter { "yes" } else { "no" }.to_owned(),
                     s.map_or_else(dash, |s| s.term.to_string()),
                     s.map_or_else(dash, |s| s.commit.to_string()),

@@ -115,35 +115,27 @@ impl Browser {
         .await
     }
 
-    /// Clicks the first element that matches `selector`, as a user would.
-    pub async fn click(&self, selector: &str) {
-        let element = self
-            .command(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({ "using": "css selector", "value": selector })),
-            )
-            .await;
-        let id = element
+    /// The WebDriver id of the first element that matches `selector`.
+    async fn element(&self, selector: &str) -> String {
+        let request = json!({ "using": "css selector", "value": selector });
+        let element = self.command(reqwest::Method::POST, "/element", Some(request)).await;
+        element
             .as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("no element matches {selector}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Clicks the first element that matches `selector`, as a user would.
+    pub async fn click(&self, selector: &str) {
+        let id = self.element(selector).await;
         self.command(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
     }
 
     /// Types `text` into the element that matches `selector`.
     pub async fn type_into(&self, selector: &str, text: &str) {
-        let element = self
-            .command(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({ "using": "css selector", "value": selector })),
-            )
-            .await;
-        let id =
-            element.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap_or_default();
+        let id = self.element(selector).await;
         self.command(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text })))
             .await;
     }

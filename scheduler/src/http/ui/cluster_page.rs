@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use flotilla_api::{Member, RaftRole, ServerStatus};
+use flotilla_api::{Member, ServerStatus};
 
 use super::markup::escape;
 use crate::state::ClusterState;
@@ -14,17 +14,6 @@ use crate::state::ClusterState;
 pub struct MemberReport {
     pub member: Member,
     pub status: Result<ServerStatus, String>,
-}
-
-fn role_name(role: RaftRole) -> &'static str {
-    match role {
-        RaftRole::Leader => "leader",
-        RaftRole::Follower => "follower",
-        RaftRole::Candidate => "candidate",
-        RaftRole::PreCandidate => "pre-candidate",
-        RaftRole::Learner => "learner",
-        RaftRole::Removed => "removed",
-    }
 }
 
 /// Counts by a label, for the summary tiles.
@@ -101,7 +90,7 @@ pub fn render(reports: &[MemberReport], here: &ServerStatus, state: &ClusterStat
                     status.first_index,
                     status.last_index,
                     status.snapshot_index,
-                    role = role_name(status.role),
+                    role = status.role,
                 );
             }
             Err(reason) => {

@@ -73,11 +73,11 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
 }
 
-/// What `member` says of itself: this server asks its own Raft thread,
-/// others over HTTP.
-async fn report(app: &AppState, member: Member) -> MemberReport {
-    let status: Result<ServerStatus, String> = if member.id == app.raft.id() {
-        app.raft.status().await.map_err(|e| e.to_string())
+/// What `member` says of itself: this server's own status is `here`,
+/// others are asked over HTTP.
+async fn report(app: &AppState, here: &ServerStatus, member: Member) -> MemberReport {
+    let status: Result<ServerStatus, String> = if member.id == here.id {
+        Ok(here.clone())
     } else {
         let url = app.http.url(&member.address, "/v1/cluster/status");
         async {
@@ -96,7 +96,7 @@ pub async fn cluster(State(app): State<AppState>) -> Response {
         Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     };
     let members: Vec<Member> = app.raft.state().members().cloned().collect();
-    let reports = join_all(members.into_iter().map(|m| report(&app, m))).await;
+    let reports = join_all(members.into_iter().map(|m| report(&app, &here, m))).await;
     let frame = frame(&app, "Cluster", Tab::Cluster);
     let body = cluster_page::render(&reports, &here, &app.raft.state());
     page(&frame, &body)
