@@ -49,9 +49,13 @@ impl Supervisor {
     /// for the exit that follows; or, where the exit came first (and the
     /// replica may be starting again already), that exit was an OOM kill,
     /// said in the pending report or, once that is sent, in the next.
+    /// While a start's answer is still on its way, an OOM kill belongs to
+    /// that start (a replica can run out of memory before the agent hears
+    /// that it started) unless an earlier exit went out without one.
     pub(super) fn on_out_of_memory(&mut self, id: u64) {
         let Some(local) = self.local.get_mut(&id) else { return };
-        if local.phase == Phase::Running {
+        let explains_an_earlier_exit = local.last_exit.is_some() && !local.oom_killed;
+        if local.phase == Phase::Running || (local.phase == Phase::Starting && !explains_an_earlier_exit) {
             local.out_of_memory_seen = true;
             return;
         }
