@@ -67,15 +67,7 @@ fn parse_block(block: &str) -> Option<Result<(Option<u64>, StreamMessage), Strin
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "event" => {
-                kind = if value == "event" {
-                    "event"
-                } else if value == "applied" {
-                    "applied"
-                } else {
-                    "other"
-                }
-            }
+            "event" => kind = value,
             "data" => {
                 if !data.is_empty() {
                     data.push('\n');

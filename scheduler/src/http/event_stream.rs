@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppState;
+use crate::raft::RaftHandle;
 
 /// How often at most a stream says the state moved: a browser redrawing on
 /// each of thousands of writes a second would do nothing else.
@@ -35,7 +36,8 @@ pub struct StreamQuery {
 
 /// Where one client's stream stands.
 struct Cursor {
-    app: AppState,
+    /// For the events: the state this server applied.
+    raft: RaftHandle,
     /// Moves when this server applies entries.
     applied: watch::Receiver<u64>,
     /// Turns true when the server shuts down: a stream never ends on its own,
@@ -60,7 +62,7 @@ impl Cursor {
             return;
         }
         {
-            let state = self.app.raft.state();
+            let state = self.raft.state();
             for event in state.events_after(self.sent_to) {
                 let data = serde_json::to_string(event).unwrap_or_default();
                 self.ready
@@ -120,7 +122,7 @@ pub async fn stream(
         announced: 0,
         announced_at: None,
         ready: VecDeque::new(),
-        app,
+        raft: app.raft,
     };
     let messages = futures_util::stream::unfold(cursor, |mut cursor| async move {
         loop {

@@ -125,7 +125,7 @@ pub async fn workload(
         let state = app.raft.state();
         match state.workload(&name) {
             Some(workload) => {
-                workload_page::render(&state, &workload, flotilla_api::now_ms(), may(&caller, Role::Deploy))
+                workload_page::render(&state, workload, flotilla_api::now_ms(), may(&caller, Role::Deploy))
             }
             None => {
                 let body = format!(

@@ -64,9 +64,9 @@ fn replica_row(out: &mut String, allocation: &Allocation, now_ms: u64) {
     );
 }
 
-pub fn render(state: &ClusterState, workload: &Workload, now_ms: u64, may_deploy: bool) -> String {
+pub fn render(state: &ClusterState, workload: Workload, now_ms: u64, may_deploy: bool) -> String {
     let mut out = String::new();
-    let workload = state.with_status(workload.clone());
+    let workload = state.with_status(workload);
     let name = workload.spec.name.as_str();
     let status = &workload.status;
     let (healthy, unhealthy) = health_counts(state, &workload);
