@@ -38,9 +38,14 @@ pub struct ServerArgs {
     /// compaction for size keeps at most half of it.
     #[arg(long, value_parser = MemoryBytes::parse_size, default_value = "256Mi")]
     snapshot_bytes: MemoryBytes,
-    /// Milliseconds per Raft tick (heartbeat every 2 ticks, election after 20).
+    /// Milliseconds per Raft tick (a heartbeat every 2 ticks).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// Milliseconds without a leader's word before a follower asks for votes
+    /// (each waits a random 1 to 1.3 times this). Shorter fails over sooner;
+    /// too short for the machine's stalls elects leaders no fault removed.
+    #[arg(long, default_value_t = 750)]
+    election_timeout_ms: u64,
     /// Mark a node down after this many milliseconds without a heartbeat (plus --node-grace-ms).
     #[arg(long, default_value_t = 3000)]
     node_ttl_ms: u64,
@@ -127,6 +132,23 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
+/// The election timeout in whole ticks. Raft needs it well past the
+/// heartbeat: a follower must be able to miss a few heartbeats (a slow tick,
+/// a busy machine) without calling an election, so at least four fit in it.
+fn election_ticks(timeout_ms: u64, tick: Duration, heartbeat_ticks: usize) -> anyhow::Result<usize> {
+    let tick_ms = tick.as_millis().max(1) as u64;
+    let ticks = timeout_ms.div_ceil(tick_ms);
+    let least = 4 * heartbeat_ticks as u64;
+    if ticks < least {
+        bail!(
+            "--election-timeout-ms: {timeout_ms} ms is under four heartbeats; at --tick-ms {tick_ms} it must be \
+             at least {} ms",
+            least * tick_ms
+        );
+    }
+    usize::try_from(ticks).with_context(|| format!("--election-timeout-ms: {timeout_ms} ms is too long"))
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -182,6 +204,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     node.peer_request_bytes = args.raft_chunk_bytes;
     node.tick = Duration::from_millis(args.tick_ms.max(1));
+    node.election_ticks = election_ticks(args.election_timeout_ms, node.tick, node.heartbeat_ticks)?;
     let peers = parse_peers(&args.peers)?;
     let tls = ca_source(&args, peers.len())?;
     let config = ServerConfig {
@@ -243,5 +266,31 @@ mod tests {
         let restarted = ca_source(&args(dir.path(), &peers), 3).expect("a restart");
         assert!(matches!(restarted.map(|s| s.source), Some(CaSource::Stored)));
         assert!(ca_source(&args(dir.path(), &["--insecure"]), 1).expect("insecure").is_none());
+    }
+
+    #[test]
+    fn the_election_timeout_becomes_whole_ticks_and_must_hold_four_heartbeats() {
+        let cases: [(u64, u64, Result<usize, &str>); 6] = [
+            (750, 50, Ok(15)),
+            (1000, 50, Ok(20)),
+            (760, 50, Ok(16)),
+            (400, 50, Ok(8)),
+            (399, 50, Err("at least 400 ms")),
+            (300, 100, Err("at --tick-ms 100 it must be at least 800 ms")),
+        ];
+        for (timeout_ms, tick_ms, expected) in cases {
+            let got = election_ticks(timeout_ms, Duration::from_millis(tick_ms), 2);
+            match (got, expected) {
+                (Ok(ticks), Ok(want)) => assert_eq!(ticks, want, "{timeout_ms} ms at {tick_ms} ms ticks"),
+                (Err(error), Err(reason)) => {
+                    let error = error.to_string();
+                    assert!(error.starts_with("--election-timeout-ms: "), "{error}");
+                    assert!(error.contains(reason), "{error}");
+                }
+                (got, want) => panic!("{timeout_ms} ms at {tick_ms} ms ticks: {got:?}, expected {want:?}"),
+            }
+        }
+        let defaults = args(std::path::Path::new("/d"), &[]);
+        assert_eq!(defaults.election_timeout_ms, 750);
     }
 }

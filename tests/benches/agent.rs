@@ -11,6 +11,7 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use flotilla_api::{AllocationState, Client, parse_yaml};
+use flotilla_tests::latency::{ms, percentile};
 use flotilla_tests::process_memory::rss_kib;
 use flotilla_tests::{ClusterOptions, TestCluster, docker_available};
 
@@ -18,14 +19,6 @@ const REPLICAS: usize = 50;
 /// Replicas on the agent that is killed.
 const MOVING: usize = 10;
 const IMAGE: &str = "flotilla/busybox:latest";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn docker_cli(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().expect("docker runs");

@@ -8,21 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::{Client, WorkloadSpec, parse_yaml};
+use flotilla_api::Client;
+use flotilla_tests::failover::{failover_trials, spec};
+use flotilla_tests::latency::{ms, percentile};
 use flotilla_tests::{ClusterOptions, TestCluster};
-
-fn spec(name: &str) -> WorkloadSpec {
-    parse_yaml(&format!("name: {name}\nimage: busybox\nreplicas: 2\n")).expect("valid spec")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 async fn single_client(client: &Client, writes: usize) -> (f64, Vec<Duration>) {
     let mut latencies = Vec::with_capacity(writes);
@@ -94,42 +83,6 @@ async fn raw_writes(cluster: &TestCluster, id: u64, clients: usize, writes_each:
         task.await.expect("client task");
     }
     (clients * writes_each) as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Tries every server in a tight loop until one acknowledges the write.
-async fn write_until_acknowledged(cluster: &TestCluster, name: &str) {
-    let clients: Vec<Client> = cluster.servers.iter().map(|s| cluster.client_of(s.id)).collect();
-    loop {
-        for client in &clients {
-            if client.deploy(&spec(name), None).await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> Vec<Duration> {
-    let mut times = Vec::new();
-    for trial in 0..trials {
-        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-        // Let every follower hear a fresh heartbeat, as in steady state.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let killed_at = Instant::now();
-        cluster.server(leader).kill();
-        write_until_acknowledged(cluster, &format!("failover-{trial}")).await;
-        times.push(killed_at.elapsed());
-        cluster.server(leader).start();
-        let everyone = cluster.client();
-        let expected = everyone.list(false).await.expect("list").len();
-        let back = cluster.client_of(leader);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while back.list(true).await.map(|l| l.len()).unwrap_or(0) < expected && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    times.sort();
-    times
 }
 
 #[tokio::main(flavor = "multi_thread")]
