@@ -83,14 +83,15 @@ impl Node {
                     return;
                 }
                 if self.raw.raft.leader_id == id {
-                    let prs = self.raw.raft.prs();
-                    let transferee = conf
-                        .voters
-                        .iter()
-                        .copied()
-                        .filter(|v| *v != id)
-                        .max_by_key(|v| prs.get(*v).map_or(0, |p| p.matched));
+                    // Voters refuse a candidate with a log no longer than
+                    // theirs whose id is lower than their own (the election
+                    // priority, node.rs), and Raft catches the transferee up
+                    // before it stands: so the highest id left stands, and
+                    // this leader, on its way out, steps back from the
+                    // priority that would make it refuse too.
+                    let transferee = conf.voters.iter().copied().filter(|v| *v != id).max();
                     if let Some(transferee) = transferee {
+                        self.raw.raft.set_priority(0);
                         self.raw.transfer_leader(transferee);
                     }
                     let _ = reply.send(Err(RaftError::LeaderMoving));
