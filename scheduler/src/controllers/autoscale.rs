@@ -183,12 +183,24 @@ pub fn workload_samples(
         .collect()
 }
 
-/// Runs the autoscaler every second while this server leads.
+/// The autoscaler's pace: a pass every second (the scale-down window and
+/// the bounds need the clock even when no samples come), and one soon after
+/// samples arrive, but never more often than this: in a big cluster beats
+/// arrive thousands of times a second, and a pass reads every sample.
+const PASS_EVERY: Duration = Duration::from_secs(1);
+const PASS_GAP: Duration = Duration::from_millis(200);
+
+/// Runs the autoscaler while this server leads: when samples arrive, and
+/// every second.
 pub async fn run_autoscaler(raft: RaftHandle, liveness: Arc<Liveness>) {
     let mut histories: HashMap<WorkloadName, History> = HashMap::new();
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        interval.tick().await;
+        tokio::select! {
+            () = tokio::time::sleep_until(last_pass + PASS_EVERY) => {}
+            () = liveness.sampled() => tokio::time::sleep_until(last_pass + PASS_GAP).await,
+        }
+        last_pass = tokio::time::Instant::now();
         if raft.is_stopped() {
             return;
         }

@@ -79,6 +79,9 @@ pub struct Liveness {
     usage: Mutex<HashMap<u64, (AllocationUsage, Instant)>>,
     /// Each node's TLS as its agent last reported it, for a CA rotation.
     tls: Mutex<HashMap<String, TlsReport>>,
+    /// Wakes the autoscaler when a beat brought samples, so that a load
+    /// is acted on when it is seen, not at the autoscaler's next second.
+    sampled: tokio::sync::Notify,
 }
 
 impl Liveness {
@@ -88,10 +91,21 @@ impl Liveness {
         if let Some(report) = tls {
             self.tls.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned(), report.clone());
         }
+        if usage.is_empty() {
+            return;
+        }
         let mut samples = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         for sample in usage {
             samples.insert(sample.id, (*sample, now));
         }
+        drop(samples);
+        self.sampled.notify_one();
+    }
+
+    /// Returns once a beat has brought samples since the last call (at
+    /// once if one did meanwhile).
+    pub async fn sampled(&self) {
+        self.sampled.notified().await;
     }
 
     /// Usage samples newer than `max_age`, by allocation.
@@ -189,6 +203,19 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_beat_with_samples_wakes_the_autoscaler_and_a_bare_beat_does_not() {
+        let liveness = Liveness::default();
+        let soon = Duration::from_millis(50);
+        liveness.beat("a", &[], None);
+        assert!(tokio::time::timeout(soon, liveness.sampled()).await.is_err(), "a beat without samples");
+        let sample = AllocationUsage { id: 7, cpu_millis: 80.0, memory_bytes: 1 << 20 };
+        liveness.beat("a", &[sample], None);
+        tokio::time::timeout(soon, liveness.sampled()).await.expect("a beat with a sample wakes the waiter");
+        assert_eq!(liveness.usage(Duration::from_secs(3)).get(&7), Some(&sample));
+        assert!(tokio::time::timeout(soon, liveness.sampled()).await.is_err(), "one wake per beat");
+    }
 
     #[test]
     fn a_node_is_down_only_past_ttl_plus_grace() {
