@@ -270,12 +270,13 @@ mod tests {
 
     #[test]
     fn the_election_timeout_becomes_whole_ticks_and_must_hold_four_heartbeats() {
-        let cases: [(u64, u64, Result<usize, &str>); 6] = [
+        let cases: [(u64, u64, Result<usize, &str>); 7] = [
             (750, 50, Ok(15)),
             (1000, 50, Ok(20)),
             (760, 50, Ok(16)),
             (400, 50, Ok(8)),
-            (399, 50, Err("at least 400 ms")),
+            (399, 50, Ok(8)),
+            (350, 50, Err("at least 400 ms")),
             (300, 100, Err("at --tick-ms 100 it must be at least 800 ms")),
         ];
         for (timeout_ms, tick_ms, expected) in cases {
