@@ -23,7 +23,7 @@ use crate::server_link::{
     Beat, heartbeat, poll_allocations, register, report, report_volumes_removed, send_node_events,
 };
 use crate::supervisor::{Handles, Holding, Message, Supervisor, SupervisorConfig};
-use crate::usage::{Samples, sample};
+use crate::usage::Sampler;
 
 /// Which runtimes an agent offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,8 +62,6 @@ pub struct AgentConfig {
     /// and ten thousand listeners would cost ten thousand descriptors).
     pub listen: Option<String>,
     pub heartbeat: Duration,
-    /// How often each allocation's CPU and memory are sampled.
-    pub sample_every: Duration,
     pub restart: RestartConfig,
     /// How long a container labelled with this node may stay unowned by
     /// any allocation before the agent removes it.
@@ -251,17 +249,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     supervisor.discover().await;
 
     let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
-    let samples: Samples = Arc::default();
     let beat = Beat {
         every: config.heartbeat,
-        samples: Arc::clone(&samples),
+        sampler: Sampler { handles: Arc::clone(&handles), runtimes: runtimes.clone(), metrics },
         holding,
         messages: messages_tx.clone(),
         tls: tls.clone(),
     };
     let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
-    let sampler =
-        tokio::spawn(sample(config.sample_every, Arc::clone(&handles), runtimes.clone(), samples, metrics));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
     let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));
@@ -315,7 +310,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     poller.abort();
     beater.abort();
-    sampler.abort();
     if config.stop_on_exit {
         supervisor.stop_all().await;
     }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::desired_view::DesiredView;
 use crate::supervisor::{Holding, Message};
-use crate::usage::Samples;
+use crate::usage::Sampler;
 
 pub(crate) async fn register(client: &Client, registration: &NodeRegistration) {
     loop {
@@ -62,8 +62,8 @@ pub(crate) async fn poll_allocations(
 /// What the heartbeat task needs besides the client.
 pub(crate) struct Beat {
     pub(crate) every: Duration,
-    /// Usage taken since the last heartbeat, sent with the next.
-    pub(crate) samples: Samples,
+    /// Reads the allocations' usage for each heartbeat to carry.
+    pub(crate) sampler: Sampler,
     /// What the node still holds, for a node coming back from down.
     pub(crate) holding: Holding,
     /// To pass on the servers' word to stop allocations lost while down.
@@ -77,9 +77,9 @@ pub(crate) struct Beat {
 /// servers' node TTL (3 s), so a heartbeat reaches another server in time.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1200);
 
-/// Tells the leader this node lives, with the latest usage samples and what
-/// it holds. It never waits on sampling (a Docker stats call takes a
-/// second), so a slow engine cannot make a healthy node miss its heartbeats.
+/// Tells the leader this node lives, with usage samples read for this beat
+/// (each allocation's read bounded, so a slow engine delays a beat by a
+/// quarter of a second at most) and what it holds.
 pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
     // A server that cannot answer (cut off, paused) must not hold the
     // heartbeats back until the node is marked down: the next one is tried.
@@ -91,7 +91,7 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
     let mut interval = beat_every(every);
     loop {
         interval.tick().await;
-        let usage = std::mem::take(&mut *beat.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let usage = beat.sampler.sample().await;
         let holding = beat.holding.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tls = beat.tls.as_ref().map(|tls| tls.report());
         match client.heartbeat(&registration.name, &Heartbeat { usage, holding, tls }).await {

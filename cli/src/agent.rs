@@ -56,9 +56,6 @@ pub struct AgentArgs {
     listen: String,
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
-    /// How often each allocation's CPU and memory are sampled, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    sample_ms: u64,
     /// Delay before the second restart of a failing allocation; doubles from there.
     #[arg(long, default_value_t = 1000)]
     restart_backoff_ms: u64,
@@ -211,7 +208,6 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         process_log_max_bytes: args.process_log_max_size.0,
         listen: Some(args.listen),
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
-        sample_every: Duration::from_millis(args.sample_ms.max(100)),
         restart: RestartConfig {
             initial_backoff: Duration::from_millis(args.restart_backoff_ms),
             max_backoff: Duration::from_millis(args.restart_max_backoff_ms),

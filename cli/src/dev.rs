@@ -98,7 +98,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         process_log_max_bytes: 10 << 20,
         listen: Some("127.0.0.1:0".into()),
         heartbeat: Duration::from_secs(1),
-        sample_every: Duration::from_secs(1),
         restart: RestartConfig::default(),
         orphan_grace: std::time::Duration::from_secs(60),
         docker_network: None,

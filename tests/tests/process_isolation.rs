@@ -19,7 +19,7 @@ const AGENT: [&str; 10] = [
     "2",
     "--memory",
     "2Gi",
-    "--sample-ms",
+    "--heartbeat-ms",
     "500",
 ];
 

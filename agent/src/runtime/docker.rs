@@ -48,6 +48,32 @@ pub struct DockerRuntime {
     host_volumes: std::collections::BTreeMap<String, flotilla_api::HostVolume>,
     /// Where the engine's answer times are recorded.
     metrics: Arc<AgentMetrics>,
+    /// Each container's last CPU reading (its CPU time and the host's, in
+    /// ns): a sample is the CPU used since the previous one, read in one
+    /// quick call instead of the engine's own two readings a second apart.
+    cpu_readings: std::sync::Mutex<std::collections::HashMap<String, CpuReading>>,
+}
+
+/// A container's CPU time and the host's at one stats read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuReading {
+    container_ns: u64,
+    host_ns: u64,
+}
+
+/// Millicores used between two readings: the container's share of the
+/// host's CPU time between them, times the host's CPUs (the docker CLI's
+/// formula); 0 for the first reading of a container or a counter that went
+/// back (a restarted container).
+fn cpu_millis_between(before: Option<CpuReading>, now: CpuReading, cpus: f64) -> f64 {
+    match before {
+        Some(before) if now.host_ns > before.host_ns && now.container_ns >= before.container_ns => {
+            (now.container_ns - before.container_ns) as f64 / (now.host_ns - before.host_ns) as f64
+                * cpus
+                * 1000.0
+        }
+        _ => 0.0,
+    }
 }
 
 fn docker_error(error: bollard::errors::Error) -> RuntimeError {
@@ -90,6 +116,7 @@ impl DockerRuntime {
             puller,
             host_volumes: Default::default(),
             metrics: Arc::default(),
+            cpu_readings: Default::default(),
         })
     }
 
@@ -311,6 +338,7 @@ impl DockerRuntime {
     }
 
     async fn remove(&self, handle: &str) -> Result<(), RuntimeError> {
+        self.cpu_readings.lock().unwrap_or_else(|p| p.into_inner()).remove(handle);
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.timed("remove", self.docker.remove_container(handle, Some(options))).await {
             Ok(()) => Ok(()),
@@ -425,28 +453,25 @@ impl DockerRuntime {
         });
     }
 
-    /// One stats sample: CPU by the docker CLI's formula (the container's
-    /// share of the host's CPU time between two readings, times the host's
-    /// CPUs), memory as usage less inactive file cache.
+    /// One stats sample: CPU used since the previous sample (a one-shot
+    /// read, not the engine's own second-long pair), memory as usage less
+    /// inactive file cache.
     pub async fn usage(&self, handle: &str) -> Option<Usage> {
-        let options = StatsOptionsBuilder::default().stream(false).one_shot(false).build();
+        let options = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
         let stats = self.timed("stats", self.docker.stats(handle, Some(options)).next()).await?.ok()?;
         let cpu = stats.cpu_stats?;
-        let precpu = stats.precpu_stats?;
-        let total = cpu.cpu_usage.as_ref()?.total_usage? as f64;
-        let pre_total = precpu.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0) as f64;
-        let system = cpu.system_cpu_usage.unwrap_or(0) as f64;
-        let pre_system = precpu.system_cpu_usage.unwrap_or(0) as f64;
+        let now = CpuReading {
+            container_ns: cpu.cpu_usage.as_ref()?.total_usage?,
+            host_ns: cpu.system_cpu_usage.unwrap_or(0),
+        };
         let cpus = cpu
             .online_cpus
             .map(f64::from)
             .or_else(|| cpu.cpu_usage.as_ref()?.percpu_usage.as_ref().map(|p| p.len() as f64))
             .unwrap_or(1.0);
-        let cpu_millis = if system > pre_system && total >= pre_total {
-            (total - pre_total) / (system - pre_system) * cpus * 1000.0
-        } else {
-            0.0
-        };
+        let before =
+            self.cpu_readings.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.to_owned(), now);
+        let cpu_millis = cpu_millis_between(before, now, cpus);
         let memory = stats.memory_stats?;
         let usage = memory.usage.unwrap_or(0);
         let inactive = memory
@@ -465,5 +490,29 @@ impl DockerRuntime {
                 .logs(handle, Some(options))
                 .map(|item| item.map(|output| output.into_bytes()).map_err(docker_error)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_the_containers_share_of_the_host_time_between_two_readings() {
+        let reading = |container_ns, host_ns| CpuReading { container_ns, host_ns };
+        // (before, now, cpus, millicores)
+        let table = [
+            (None, reading(5_000, 1_000_000), 2.0, 0.0),
+            (Some(reading(0, 0)), reading(500_000_000, 2_000_000_000), 2.0, 500.0),
+            (Some(reading(100, 1_000)), reading(100, 2_000), 4.0, 0.0),
+            (Some(reading(200_000_000, 1_000_000_000)), reading(250_000_000, 3_000_000_000), 2.0, 50.0),
+            // A restarted container's counter starts again: no sample.
+            (Some(reading(900, 1_000)), reading(100, 2_000), 2.0, 0.0),
+            // The host's counter did not move: no sample.
+            (Some(reading(100, 2_000)), reading(200, 2_000), 2.0, 0.0),
+        ];
+        for (before, now, cpus, millicores) in table {
+            assert_eq!(cpu_millis_between(before, now, cpus), millicores, "{before:?} -> {now:?}");
+        }
     }
 }
