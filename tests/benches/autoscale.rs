@@ -39,9 +39,10 @@ fn exec_in(containers: &[String], command: &[&str]) {
 
 /// A replica burns its whole CPU limit (the request, 100m; the engine's
 /// quota lets it read a few percent over) while /tmp/busy exists, and
-/// starts idle: one busy replica of one asks the HPA formula for
-/// ceil(1 × ~105 / 50) = 3 against a 50% target. The new replicas start
-/// idle, so the mean falls back under target and nothing more is asked.
+/// starts idle: one busy replica asks the HPA formula for
+/// ceil(~105 / 50) = 3 against a 50% target (2 for a sample that caught
+/// only part of the load). The new replicas start idle, so the mean falls
+/// back under target and nothing more is asked.
 fn spec(name: &str) -> flotilla_api::WorkloadSpec {
     parse_yaml(&format!(
         "name: {name}\nimage: flotilla/busybox:latest\nresources: {{cpu: 100m, memory: 32Mi}}\n\
@@ -55,8 +56,10 @@ fn spec(name: &str) -> flotilla_api::WorkloadSpec {
 struct Trial {
     /// Load start until the second replica runs.
     scale_up: Duration,
-    /// The HPA formula's answer for the sample the first decision read:
-    /// ceil(1 × utilisation / target), from the decision's own words.
+    /// The most the HPA formula asked for on any sample: the first
+    /// decision's (from its own words) and, while watching, ceil(the sum of
+    /// the replicas' CPU % / target) on the leader's samples (unsampled
+    /// replicas count as idle when scaling up, as in the HPA).
     formula: u32,
     /// The most replicas asked for while watching after the scale-up.
     most: u32,
@@ -86,17 +89,22 @@ async fn trial(cluster: &TestCluster, client: &Client, name: &str) -> Trial {
     wait_running(client, name, 2).await;
     let scale_up = load_started.elapsed();
     let watch_until = Instant::now() + WATCH;
-    let mut most = 0;
+    let (mut most, mut formula) = (0, 0);
     while Instant::now() < watch_until {
         most = most.max(client.get(name).await.map(|w| w.spec.replicas).unwrap_or(0));
+        if let Ok(utilisation) = client.utilisation(name).await {
+            let used: f64 = utilisation.replicas.iter().map(|r| r.cpu_percent).sum();
+            formula = formula.max((used / 50.0).ceil() as u32);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let events = client.events(0, Duration::ZERO).await.map(|p| p.events).expect("events");
-    let formula = events
+    let first_decision = events
         .iter()
         .filter(|e| e.workload.as_deref() == Some(name))
         .find_map(|e| formula_of(&e.message))
         .expect("an autoscale decision among the workload's events");
+    let formula = formula.max(first_decision);
     Trial { scale_up, formula, most, loaded: first }
 }
 
