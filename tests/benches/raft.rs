@@ -1,6 +1,7 @@
 //! Control-plane benchmark on a three-server cluster on loopback:
 //! committed writes per second with 1 and 64 clients (and with and without
-//! idempotency keys, side by side), write latency, and
+//! idempotency keys, side by side; and from 64 connections of wrk, a client
+//! light enough to leave the two cores to the servers), write latency, and
 //! leader failover time (kill -9 of the leader until the next write is
 //! acknowledged); then the same cluster secure (mutual TLS and API
 //! tokens, the default) and started `--insecure`, side by side, to price
@@ -110,6 +111,7 @@ async fn main() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (keyed, unkeyed) = (mean(&keyed), mean(&unkeyed));
+    let light = light_client_writes(&cluster, leader);
     let failover = failover_trials(&mut cluster, 20).await;
 
     println!("flotilla control plane, 3 servers on loopback (fsync on every Raft write)");
@@ -122,6 +124,13 @@ async fn main() {
     println!("{:<44} {:>12.0}", "writes/s, 64 clients, no idempotency key", unkeyed);
     println!("{:<44} {:>12.0}", "writes/s, 64 clients, idempotency key", keyed);
     println!("{:<44} {:>12.3}", "  keyed / unkeyed", keyed / unkeyed);
+    match &light {
+        Some(w) => {
+            println!("{:<44} {:>12.0}", "writes/s, 64 connections of wrk (to the leader)", w.rate);
+            println!("{:<44} {:>12}", "  wrk latency p50 / p99 ms", format!("{} / {}", w.p50, w.p99));
+        }
+        None => println!("{:<44} {:>12}", "writes/s, 64 connections of wrk", "no wrk here"),
+    }
     println!("{:<44} {:>12.2}", "write latency p50 ms, 64 clients", ms(percentile(&lat64, 0.50)));
     println!("{:<44} {:>12.2}", "write latency p99 ms, 64 clients", ms(percentile(&lat64, 0.99)));
     println!(
@@ -137,6 +146,51 @@ async fn main() {
     println!("{:<44} {:>12.0}", "failover max ms", ms(failover[failover.len() - 1]));
     drop(cluster);
     compare_tls_with_insecure().await;
+}
+
+/// What wrk measured.
+struct WrkRun {
+    rate: f64,
+    p50: String,
+    p99: String,
+}
+
+/// The 64-writer load from a client that costs little: wrk (C, one
+/// connection each, TLS, the admin token) posting deploys of 64 workloads to
+/// the leader for 10 s. The clients above run in this process, on the same
+/// two cores as the servers, and reqwest with rustls costs about as much CPU
+/// per write as a server does; this figure is closer to what the servers
+/// alone can take. `None` where wrk is not installed (`apt-get install wrk`).
+fn light_client_writes(cluster: &TestCluster, leader: u64) -> Option<WrkRun> {
+    let script = tempfile::NamedTempFile::new().expect("a temp file");
+    let token =
+        cluster.admin_token().map(|t| format!(r#"["Authorization"]="Bearer {t}","#)).unwrap_or_default();
+    std::fs::write(
+        script.path(),
+        format!(
+            "counter = 0\nrequest = function()\n  counter = counter + 1\n  local body = \
+             string.format('{{\"name\":\"wrk-%d\",\"image\":\"busybox\",\"replicas\":2}}', counter % 64)\n  \
+             return wrk.format(\"POST\", \"/v1/workloads\", {{{token}[\"Content-Type\"]=\"application/json\"}}, body)\nend\n"
+        ),
+    )
+    .expect("write the wrk script");
+    let url = cluster.url(leader, "/");
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", "-d10s", "--latency", "-s"])
+        .arg(script.path())
+        .arg(url.trim_end_matches('/'))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!text.contains("Non-2xx"), "wrk's writes were refused: {text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let rate = field("Requests/sec:").parse().expect("wrk prints its rate");
+    Some(WrkRun { rate, p50: field("50%"), p99: field("99%") })
 }
 
 /// The same measurements on a secure cluster and an `--insecure` one, in
