@@ -33,10 +33,49 @@ pub fn flotilla_binary() -> PathBuf {
         .clone()
 }
 
-/// A port that was free a moment ago, chosen by the OS.
+/// Where the harness picks its servers' ports: below the services' default
+/// range (20000-29999) and the kernel's ephemeral range (32768 and up). A
+/// port the OS hands out for `:0` comes from the ephemeral range, where any
+/// outgoing connection of a test running alongside can take it before the
+/// server binds it (seen in CI: "Address already in use"); below it, only
+/// another pick can, and picks are spread at random over ten thousand ports.
+const PICKED_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// A port that was free a moment ago.
 pub fn free_port() -> u16 {
+    static PICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let span = u64::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    for _ in 0..1000 {
+        // A splitmix step per pick: spread, and different in every process.
+        let n = PICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut x = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let port = PICKED_PORTS.start + ((x ^ (x >> 31)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("the OS hands out a free port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picked_ports_are_free_outside_the_ephemeral_and_service_ranges_and_spread() {
+        let ports: std::collections::BTreeSet<u16> = (0..200).map(|_| free_port()).collect();
+        assert!(ports.len() > 190, "200 picks gave {} ports", ports.len());
+        assert!(ports.iter().all(|p| PICKED_PORTS.contains(p)), "{ports:?}");
+        let port = free_port();
+        TcpListener::bind(("127.0.0.1", port)).expect("a picked port can be bound");
+    }
 }
