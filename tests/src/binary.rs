@@ -43,19 +43,16 @@ const PICKED_PORTS: std::ops::Range<u16> = 10_000..20_000;
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's hasher is keyed at random per process: picks differ between
+    // test processes, and the counter makes them differ within one.
     static PICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seed = u64::from(std::process::id())
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let keys = std::collections::hash_map::RandomState::new();
     let span = u64::from(PICKED_PORTS.end - PICKED_PORTS.start);
     for _ in 0..1000 {
-        // A splitmix step per pick: spread, and different in every process.
-        let n = PICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut x = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let port = PICKED_PORTS.start + ((x ^ (x >> 31)) % span) as u16;
+        let mut hasher = keys.build_hasher();
+        hasher.write_u64(PICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = PICKED_PORTS.start + (hasher.finish() % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
