@@ -40,6 +40,9 @@ pub struct ServerMetrics {
     /// On the leader, from entries appended to its log to their commit by a
     /// majority: replication and the followers' fsyncs.
     pub raft_commit_seconds: Histogram,
+    /// Writing a ready's entries and hard state to disk, fsyncs included:
+    /// every commit waits on it, on the leader and on a majority.
+    pub raft_persist_seconds: Histogram,
     pub raft_snapshots: Counter,
     pub raft_snapshot_bytes: Gauge,
     pub reconcile_pass_seconds: Histogram,
@@ -70,6 +73,7 @@ impl Default for ServerMetrics {
             raft_leader_changes: Counter::default(),
             raft_proposal_seconds: latency_histogram(),
             raft_commit_seconds: latency_histogram(),
+            raft_persist_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             raft_snapshots: Counter::default(),
             raft_snapshot_bytes: Gauge::default(),
             reconcile_pass_seconds: latency_histogram(),
@@ -108,6 +112,11 @@ impl ServerMetrics {
             "raft_commit_seconds",
             "On the leader, time from appending entries to their commit",
             self.raft_commit_seconds.clone(),
+        );
+        r.register(
+            "raft_persist_seconds",
+            "Time to write entries and hard state to disk, fsyncs included",
+            self.raft_persist_seconds.clone(),
         );
         r.register("raft_snapshots", "Snapshots taken", self.raft_snapshots.clone());
         r.register(

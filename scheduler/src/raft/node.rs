@@ -352,7 +352,9 @@ impl Node {
         }
         self.apply_committed(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
+            let started = Instant::now();
             self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+            ServerMetrics::observe(&self.published.metrics.raft_persist_seconds, started.elapsed());
         }
         if let Some(last) = ready.entries().last()
             && self.raw.raft.state == StateRole::Leader
