@@ -1,6 +1,7 @@
 //! The only place that touches raft-rs: the node thread, its redb storage,
 //! and the HTTP transport between servers.
 
+mod apply;
 mod checksum;
 mod commit_clock;
 mod error;
@@ -10,6 +11,7 @@ mod node;
 mod node_watches;
 mod pending;
 mod reads;
+mod ready;
 mod slog_bridge;
 mod snapshot_chunks;
 mod snapshot_files;

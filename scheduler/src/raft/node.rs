@@ -13,15 +13,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use flotilla_api::{Member, RaftRole, ServerStatus};
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::Entry;
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::watch;
 
 use super::commit_clock::CommitClock;
 use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
-use super::membership::ConfChangeContext;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Pending;
 use super::reads::Reads;
@@ -84,8 +82,8 @@ pub struct Node {
     next_request: u64,
     pub(super) proposals: Pending<CommandOutput>,
     pub(super) membership: Pending<()>,
-    reads: Reads,
-    leader: u64,
+    pub(super) reads: Reads,
+    pub(super) leader: u64,
     pub(super) applied: u64,
     pub(super) published: Published,
     /// Back into this thread, for the snapshot thread's report.
@@ -98,7 +96,7 @@ pub struct Node {
     /// state must stay at the snapshot's index, so applies wait here.
     pub(super) unapplied: Vec<Entry>,
     /// While leading, when appended entries were, to time their commit.
-    commit_clock: CommitClock,
+    pub(super) commit_clock: CommitClock,
 }
 
 /// What the Raft thread publishes for the async side, each read there
@@ -112,10 +110,6 @@ pub(super) struct Published {
     pub(super) node_watches: SharedNodeWatches,
     /// Where the thread records leader changes, commit latency and snapshots.
     pub(super) metrics: Arc<ServerMetrics>,
-}
-
-pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
 }
 
 impl Node {
@@ -330,162 +324,6 @@ impl Node {
         for id in self.reads.due_again(now) {
             self.raw.read_index(id.to_le_bytes().to_vec());
         }
-    }
-
-    fn on_ready(&mut self) -> Result<(), StorageError> {
-        if !self.raw.has_ready() {
-            return Ok(());
-        }
-        let mut ready = self.raw.ready();
-        if let Some(soft) = ready.ss() {
-            self.on_leader_seen(soft.leader_id);
-        }
-        if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
-        }
-        if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot().clone())?;
-        }
-        for read in ready.take_read_states() {
-            let id = read.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
-            self.reads.confirm(id, read.index);
-        }
-        self.apply_committed(ready.take_committed_entries())?;
-        if !ready.entries().is_empty() || ready.hs().is_some() {
-            let started = Instant::now();
-            self.raw.mut_store().persist(ready.entries(), ready.hs())?;
-            ServerMetrics::observe(&self.published.metrics.raft_persist_seconds, started.elapsed());
-        }
-        if let Some(last) = ready.entries().last()
-            && self.raw.raft.state == StateRole::Leader
-        {
-            self.commit_clock.appended(last.index, Instant::now());
-        }
-        if !ready.persisted_messages().is_empty() {
-            self.transport.send(ready.take_persisted_messages());
-        }
-        let mut light = self.raw.advance_append(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit);
-        }
-        if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
-        }
-        self.apply_committed(light.take_committed_entries())?;
-        self.applied_moved();
-        self.time_commits();
-        Ok(())
-    }
-
-    /// Records how long the leader's newly committed batches took to commit.
-    fn time_commits(&mut self) {
-        if self.raw.raft.state != StateRole::Leader {
-            self.commit_clock.clear();
-            return;
-        }
-        for waited in self.commit_clock.committed(self.raw.raft.raft_log.committed, Instant::now()) {
-            ServerMetrics::observe(&self.published.metrics.raft_commit_seconds, waited);
-        }
-    }
-
-    /// Tells Raft, blocking queries and waiting reads how far this server
-    /// has applied.
-    pub(super) fn applied_moved(&mut self) {
-        self.raw.advance_apply_to(self.applied);
-        if *self.published.applied.borrow() != self.applied {
-            self.published.applied.send_replace(self.applied);
-        }
-        self.reads.answer_applied(self.applied);
-    }
-
-    fn on_leader_seen(&mut self, leader: u64) {
-        if leader == self.leader {
-            return;
-        }
-        tracing::info!(previous = self.leader, leader, term = self.raw.raft.term, "leader changed");
-        self.published.metrics.raft_leader_changes.inc();
-        if self.leader != raft::INVALID_ID {
-            let error = RaftError::LeaderChanged;
-            self.proposals.fail_all(&error);
-            self.membership.fail_all(&error);
-            self.reads.fail_unconfirmed(&error);
-        }
-        self.leader = leader;
-        self.published.leader.store(leader, Ordering::Relaxed);
-    }
-
-    /// Applies committed entries, after those that waited; while a
-    /// snapshot is written they wait too.
-    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        if self.snapshot_job.is_some() {
-            self.unapplied.extend(entries);
-            return Ok(());
-        }
-        // Without a queue (nearly always) the batch is applied as it came,
-        // neither copied nor allocated again.
-        let entries = if self.unapplied.is_empty() {
-            entries
-        } else {
-            let mut waited = std::mem::take(&mut self.unapplied);
-            waited.extend(entries);
-            waited
-        };
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let state = Arc::clone(&self.state);
-        let mut state = state.write().unwrap_or_else(|p| p.into_inner());
-        for entry in entries {
-            self.applied = entry.index;
-            match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {}
-                EntryType::EntryNormal => {
-                    let envelope: Envelope =
-                        serde_json::from_slice(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
-                    let result = state.apply_once(entry.index, envelope.once, envelope.command);
-                    if envelope.origin == self.config.id {
-                        self.proposals.answer(envelope.request_id, result.map_err(RaftError::from));
-                    }
-                }
-                EntryType::EntryConfChange => {
-                    let change = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(|e| corrupt_entry(entry.index, e))?;
-                    if let Err(error) = self.raw.apply_conf_change(&change) {
-                        tracing::warn!(%error, index = entry.index, "conf change refused");
-                    }
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let change = ConfChangeV2::parse_from_bytes(&entry.data)
-                        .map_err(|e| corrupt_entry(entry.index, e))?;
-                    let context: Option<ConfChangeContext> = serde_json::from_slice(&entry.context).ok();
-                    let result = self.raw.apply_conf_change(&change);
-                    if result.is_ok() {
-                        for single in change.get_changes() {
-                            let address = context.as_ref().and_then(|c| c.address.clone());
-                            match single.get_change_type() {
-                                ConfChangeType::AddNode => state.add_member(single.node_id, address, true),
-                                ConfChangeType::AddLearnerNode => {
-                                    state.add_member(single.node_id, address, false)
-                                }
-                                ConfChangeType::RemoveNode => state.remove_member(single.node_id),
-                            }
-                        }
-                        self.transport.learn_members(state.members());
-                        tracing::info!(index = entry.index, changes = ?change.get_changes(), "membership changed");
-                    }
-                    if let Some(context) = context
-                        && context.origin == self.config.id
-                    {
-                        let answer = result.map_err(|e| RaftError::Membership(e.to_string()));
-                        self.membership.answer(context.request_id, answer.map(|_| ()));
-                    }
-                }
-            }
-        }
-        let changed = state.take_recent_node_changes();
-        drop(state);
-        self.published.node_watches.publish(changed);
-        Ok(())
     }
 
     fn status(&self) -> ServerStatus {

@@ -15,8 +15,9 @@ use std::time::Instant;
 use raft::Storage as _;
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
+use super::apply::corrupt_entry;
 use super::handle::Input;
-use super::node::{Node, corrupt_entry};
+use super::node::Node;
 use super::storage::StorageError;
 use crate::state::ClusterState;
 

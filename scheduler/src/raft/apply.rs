@@ -1,0 +1,93 @@
+//! Applying committed entries to the replicated state, and answering the
+//! proposals and membership changes this server made once theirs apply.
+
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+
+use super::error::RaftError;
+use super::membership::ConfChangeContext;
+use super::node::Node;
+use super::storage::StorageError;
+use crate::state::Envelope;
+
+pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
+}
+
+impl Node {
+    /// Applies committed entries, after those that waited; while a
+    /// snapshot is written they wait too.
+    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        if self.snapshot_job.is_some() {
+            self.unapplied.extend(entries);
+            return Ok(());
+        }
+        // Without a queue (nearly always) the batch is applied as it came,
+        // neither copied nor allocated again.
+        let entries = if self.unapplied.is_empty() {
+            entries
+        } else {
+            let mut waited = std::mem::take(&mut self.unapplied);
+            waited.extend(entries);
+            waited
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let state = Arc::clone(&self.state);
+        let mut state = state.write().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            self.applied = entry.index;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let envelope: Envelope =
+                        serde_json::from_slice(&entry.data).map_err(|e| corrupt_entry(entry.index, e))?;
+                    let result = state.apply_once(entry.index, envelope.once, envelope.command);
+                    if envelope.origin == self.config.id {
+                        self.proposals.answer(envelope.request_id, result.map_err(RaftError::from));
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let change = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| corrupt_entry(entry.index, e))?;
+                    if let Err(error) = self.raw.apply_conf_change(&change) {
+                        tracing::warn!(%error, index = entry.index, "conf change refused");
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| corrupt_entry(entry.index, e))?;
+                    let context: Option<ConfChangeContext> = serde_json::from_slice(&entry.context).ok();
+                    let result = self.raw.apply_conf_change(&change);
+                    if result.is_ok() {
+                        for single in change.get_changes() {
+                            let address = context.as_ref().and_then(|c| c.address.clone());
+                            match single.get_change_type() {
+                                ConfChangeType::AddNode => state.add_member(single.node_id, address, true),
+                                ConfChangeType::AddLearnerNode => {
+                                    state.add_member(single.node_id, address, false)
+                                }
+                                ConfChangeType::RemoveNode => state.remove_member(single.node_id),
+                            }
+                        }
+                        self.transport.learn_members(state.members());
+                        tracing::info!(index = entry.index, changes = ?change.get_changes(), "membership changed");
+                    }
+                    if let Some(context) = context
+                        && context.origin == self.config.id
+                    {
+                        let answer = result.map_err(|e| RaftError::Membership(e.to_string()));
+                        self.membership.answer(context.request_id, answer.map(|_| ()));
+                    }
+                }
+            }
+        }
+        let changed = state.take_recent_node_changes();
+        drop(state);
+        self.published.node_watches.publish(changed);
+        Ok(())
+    }
+}
