@@ -38,6 +38,8 @@ pub(crate) enum Input {
         to: u64,
         ok: bool,
     },
+    /// The persist thread wrote what it was handed; the Raft thread asks it how far.
+    Persisted,
     /// The snapshot thread's file, or why it could not write it.
     SnapshotWritten(Result<SnapshotFile, StorageError>),
     Status {

@@ -1,19 +1,21 @@
 //! The one thread that owns the `RawNode`.
 //!
-//! Storage calls block on fsync, so Raft runs on a dedicated OS thread and
-//! everything else talks to it over a channel ([`RaftHandle`]). The thread
-//! drains every input that is waiting before it handles a `Ready`, so many
-//! proposals share one fsync. Nothing on it waits for the size of the
-//! state: snapshots are written by a thread of their own while applies wait
-//! in a queue (`snapshots.rs`).
+//! Raft runs on a dedicated OS thread and everything else talks to it over
+//! a channel ([`RaftHandle`]). The thread drains every input that is
+//! waiting before it handles a `Ready`, so many proposals share one entry
+//! batch. Nothing on it waits for a disk or for the size of the state: the
+//! log is made durable by a thread of its own (`persister.rs`), and
+//! snapshots are written by another while applies wait in a queue
+//! (`snapshots.rs`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use flotilla_api::{Member, RaftRole, ServerStatus};
-use raft::eraftpb::Entry;
+use raft::eraftpb::{Entry, Message};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::watch;
 
@@ -22,6 +24,7 @@ use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
 use super::node_watches::SharedNodeWatches;
 use super::pending::Pending;
+use super::persister::Persister;
 use super::reads::Reads;
 use super::snapshot_files::SnapshotFile;
 use super::snapshots::SnapshotJob;
@@ -97,6 +100,11 @@ pub struct Node {
     pub(super) unapplied: Vec<Entry>,
     /// While leading, when appended entries were, to time their commit.
     pub(super) commit_clock: CommitClock,
+    /// Writes each ready's log change while this thread goes on.
+    pub(super) persister: Persister,
+    /// Readies handed to the persist thread and not yet durable, by number,
+    /// each with the messages that may leave only once it is.
+    pub(super) persisting: VecDeque<(u64, Vec<Message>)>,
 }
 
 /// What the Raft thread publishes for the async side, each read there
@@ -154,6 +162,9 @@ impl Node {
             ..raft::Config::default()
         };
         raft_config.validate()?;
+        let persister =
+            Persister::start(storage.log_writer(), inputs.clone(), Arc::clone(&published.metrics))
+                .map_err(|e| raft::Error::Io(std::io::Error::other(e.to_string())))?;
         let raw = RawNode::new(&raft_config, storage, &super::slog_bridge::logger(config.id))?;
         let next_request = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -175,6 +186,8 @@ impl Node {
             snapshot_written: None,
             unapplied: Vec::new(),
             commit_clock: CommitClock::default(),
+            persister,
+            persisting: VecDeque::new(),
         })
     }
 
@@ -209,8 +222,11 @@ impl Node {
                 self.on_tick(now);
                 next_tick = (next_tick + self.config.tick).max(now);
             }
-            let turn =
-                self.on_ready().and_then(|()| self.finish_snapshot()).and_then(|()| self.maybe_snapshot());
+            let turn = self
+                .take_persisted()
+                .and_then(|()| self.on_ready())
+                .and_then(|()| self.finish_snapshot())
+                .and_then(|()| self.maybe_snapshot());
             if let Err(error) = turn {
                 break Err(error);
             }
@@ -218,6 +234,7 @@ impl Node {
         if let Some(job) = self.snapshot_job.take() {
             job.wait();
         }
+        self.persister.stop();
         // Nothing here answers any more: long-polls and leader-only loops
         // stop waiting on this server.
         self.published.leader.store(raft::INVALID_ID, Ordering::Relaxed);
@@ -286,6 +303,8 @@ impl Node {
                 self.raw.report_snapshot(to, status);
             }
             Input::SnapshotWritten(result) => self.snapshot_written = Some(result),
+            // Taken at the end of the turn, with whatever else came.
+            Input::Persisted => {}
             Input::Status { reply } => {
                 let _ = reply.send(self.status());
             }

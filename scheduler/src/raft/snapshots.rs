@@ -127,6 +127,9 @@ impl Node {
         if for_size {
             keep_from = keep_from.max(store.keep_within(index, self.config.snapshot_bytes / 2));
         }
+        // The compaction's transaction writes the hard state as it stands in
+        // memory; the writes in flight go first, so that none lands after it.
+        self.wait_until_persisted()?;
         self.raw.mut_store().compact(metadata, file, keep_from)?;
         self.published.metrics.raft_snapshots.inc();
         self.published.metrics.raft_snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -17,10 +18,11 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::checksum::{frame, unframe};
+use super::log_write::{LogWrite, LogWriter};
 use super::snapshot_files::{SnapshotDir, SnapshotFile};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The snapshot, alone in its table: the hard state in `meta` is written with
 /// every batch of entries, and redb rewrites (and checksums) a whole leaf when
 /// one of its keys changes, so a snapshot of many megabytes beside the hard
@@ -29,14 +31,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// The file holding the snapshot's data, in `snapshot`.
 const SNAPSHOT_FILE_KEY: &str = "file";
-const HARD_STATE_KEY: &str = "hard_state";
+pub(super) const HARD_STATE_KEY: &str = "hard_state";
 /// The snapshot's key, in `snapshot` (and, in data dirs written before the
 /// snapshot had its own table, in `meta`).
 const SNAPSHOT_KEY: &str = "snapshot";
 /// Index and term of the last entry removed from the log by compaction.
 const TRUNCATED_KEY: &str = "truncated";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot open Raft data file {path}: {reason}")]
     Open { path: PathBuf, reason: String },
@@ -54,7 +56,7 @@ fn entry_bytes(entry: &Entry) -> u64 {
 }
 
 pub struct RaftStorage {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     hard_state: HardState,
     /// Latest snapshot's metadata (and, in a data dir from before snapshot
@@ -93,7 +95,7 @@ impl RaftStorage {
         })?;
         let snapshots = SnapshotDir::open(dir)?;
         let mut storage = RaftStorage {
-            db,
+            db: Arc::new(db),
             path,
             hard_state: HardState::default(),
             snapshot: Snapshot::default(),
@@ -109,18 +111,9 @@ impl RaftStorage {
         Ok(storage)
     }
 
-    /// A write that commits in two phases: the new state and its commit
-    /// slot are fsynced before the slot becomes the one in force. A crash
-    /// mid-commit then leaves the last commit whole, and a commit torn
-    /// after it was made (and perhaps acknowledged to the leader) is
-    /// refused as corrupted on opening. With one phase, redb would instead
-    /// fall back to the commit before it without a word: a server that
-    /// forgot entries and votes it had acknowledged, which Raft's safety
-    /// does not survive.
-    fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.write_error(e))?;
-        txn.set_two_phase_commit(true);
-        Ok(txn)
+    /// Where log changes are written, from this thread or another.
+    pub(super) fn log_writer(&self) -> LogWriter {
+        LogWriter { db: Arc::clone(&self.db), path: self.path.clone() }
     }
 
     fn corrupted(&self, what: impl Into<String>) -> StorageError {
@@ -129,10 +122,6 @@ impl RaftStorage {
 
     fn read_error(&self, error: impl std::fmt::Display) -> StorageError {
         self.corrupted(format!("read failed: {error}"))
-    }
-
-    fn write_error(&self, error: impl std::fmt::Display) -> StorageError {
-        StorageError::Write { path: self.path.clone(), reason: error.to_string() }
     }
 
     fn load(&mut self) -> Result<(), StorageError> {
@@ -282,36 +271,27 @@ impl RaftStorage {
     /// Appends entries (replacing any conflicting suffix) and records the hard
     /// state, in one fsynced transaction.
     pub fn persist(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError> {
+        let write = self.append(entries, hard_state);
+        self.log_writer().write([&write])
+    }
+
+    /// Appends entries (replacing any conflicting suffix) and records the hard
+    /// state in memory, where Raft reads them; what to write to make that
+    /// durable is returned.
+    pub(super) fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> LogWrite {
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        let first_new = entries.first().map(|e| e.index);
-        let txn = self.begin_write()?;
-        {
-            let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
-            if let Some(first_new) = first_new {
-                let last = self.last_index_inner();
-                for stale in first_new..=last {
-                    log.remove(stale).map_err(|e| self.write_error(e))?;
-                }
-                for entry in entries {
-                    let bytes = entry.write_to_bytes().map_err(|e| self.write_error(e))?;
-                    log.insert(entry.index, frame(&bytes).as_slice()).map_err(|e| self.write_error(e))?;
-                }
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
-            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
-            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
-        }
-        txn.commit().map_err(|e| self.write_error(e))?;
-        if let Some(first_new) = first_new {
+        let last = self.last_index_inner();
+        let stale = entries.first().map(|e| (e.index, last)).filter(|(first, last)| first <= last);
+        if let Some(first_new) = entries.first().map(|e| e.index) {
             let keep = (first_new.saturating_sub(self.truncated.0 + 1) as usize).min(self.entries.len());
             self.entry_bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<u64>();
             self.entries.truncate(keep);
             self.entry_bytes += entries.iter().map(entry_bytes).sum::<u64>();
             self.entries.extend_from_slice(entries);
         }
-        Ok(())
+        LogWrite { stale, entries: entries.to_vec(), hard_state: self.hard_state.clone() }
     }
 
     /// Records a newer commit index in memory; it reaches disk with the next
@@ -381,27 +361,28 @@ impl RaftStorage {
         truncated: (u64, u64),
         clear_log: bool,
     ) -> Result<(), StorageError> {
-        let txn = self.begin_write()?;
+        let writer = self.log_writer();
+        let txn = writer.begin()?;
         {
-            let mut log = txn.open_table(LOG).map_err(|e| self.write_error(e))?;
+            let mut log = txn.open_table(LOG).map_err(|e| writer.error(e))?;
             let upto = if clear_log { u64::MAX } else { truncated.0 };
-            log.retain_in(..=upto, |_, _| false).map_err(|e| self.write_error(e))?;
+            log.retain_in(..=upto, |_, _| false).map_err(|e| writer.error(e))?;
             let mut snapshot = Snapshot::default();
             snapshot.set_metadata(meta.clone());
-            let snap = snapshot.write_to_bytes().map_err(|e| self.write_error(e))?;
-            let mut snapshots = txn.open_table(SNAPSHOT).map_err(|e| self.write_error(e))?;
-            snapshots.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| self.write_error(e))?;
-            let file = serde_json::to_vec(file).map_err(|e| self.write_error(e))?;
-            snapshots.insert(SNAPSHOT_FILE_KEY, frame(&file).as_slice()).map_err(|e| self.write_error(e))?;
-            let mut meta = txn.open_table(META).map_err(|e| self.write_error(e))?;
-            meta.remove(SNAPSHOT_KEY).map_err(|e| self.write_error(e))?;
+            let snap = snapshot.write_to_bytes().map_err(|e| writer.error(e))?;
+            let mut snapshots = txn.open_table(SNAPSHOT).map_err(|e| writer.error(e))?;
+            snapshots.insert(SNAPSHOT_KEY, frame(&snap).as_slice()).map_err(|e| writer.error(e))?;
+            let file = serde_json::to_vec(file).map_err(|e| writer.error(e))?;
+            snapshots.insert(SNAPSHOT_FILE_KEY, frame(&file).as_slice()).map_err(|e| writer.error(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| writer.error(e))?;
+            meta.remove(SNAPSHOT_KEY).map_err(|e| writer.error(e))?;
             let mut mark = truncated.0.to_le_bytes().to_vec();
             mark.extend_from_slice(&truncated.1.to_le_bytes());
-            meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| self.write_error(e))?;
-            let hs = self.hard_state.write_to_bytes().map_err(|e| self.write_error(e))?;
-            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| self.write_error(e))?;
+            meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| writer.error(e))?;
+            let hs = self.hard_state.write_to_bytes().map_err(|e| writer.error(e))?;
+            meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| writer.error(e))?;
         }
-        txn.commit().map_err(|e| self.write_error(e))
+        txn.commit().map_err(|e| writer.error(e))
     }
 
     fn last_index_inner(&self) -> u64 {
