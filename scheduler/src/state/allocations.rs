@@ -168,7 +168,7 @@ impl ClusterState {
         self.node_changes.mark(&allocation.node);
         self.by_node.entry(allocation.node.clone()).or_default().insert(id);
         self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
-        self.allocations.insert(id, allocation);
+        self.allocations.insert(id, Box::new(allocation));
     }
 
     /// Removes an allocation, releasing what it held if it was live.
