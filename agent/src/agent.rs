@@ -79,12 +79,6 @@ pub struct AgentConfig {
     /// An agent join token, needed until the agent holds a certificate
     /// for its node.
     pub join_token: Option<flotilla_security::JoinToken>,
-    /// A client to the servers shared by the simulated nodes of a fleet,
-    /// so that they share one connection pool (a node's heartbeats and
-    /// reports reuse idle connections instead of each node keeping its
-    /// own); `None`: the node makes its own. Plain HTTP only: a node that
-    /// speaks TLS speaks with its own certificate.
-    pub shared_client: Option<Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,11 +208,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         drivers: runtimes.keys().copied().collect(),
         host_volumes: config.host_volumes.clone(),
     };
-    let mut client = match (&config.shared_client, &tls) {
-        (Some(shared), None) => shared.clone(),
-        _ => Client::new(config.servers.clone()),
-    }
-    .with_retry_for(Duration::from_secs(3));
+    let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
     let mut renewal = None;
     if let Some(tls) = &tls {
         let config = tls.client_config().map_err(|e| AgentError::Tls(e.into()))?;

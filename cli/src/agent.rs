@@ -226,7 +226,6 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .map(JoinToken::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?,
-        shared_client: None,
     })
 }
 
@@ -257,16 +256,14 @@ async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
         bail!("--fleet: only simulated nodes come in fleets; add --driver sim");
     }
     crate::open_files::raise_limit();
-    // One connection pool for the fleet: a node's heartbeats and reports
-    // reuse connections idle between other nodes' calls, so the fleet holds
-    // about one connection per waiting long-poll, not three per node.
-    let shared_client = config.insecure.then(|| flotilla_api::Client::new(config.servers.clone()));
+    // Each node has a client of its own, as agents on their own hosts do:
+    // one HTTP/2 connection a node carries its long-poll, heartbeats and
+    // reports.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
     for member in 1..=size {
         let mut node = config.clone();
         node.listen = None;
-        node.shared_client = shared_client.clone();
         node.name = format!("{}-{member}", config.name);
         node.data_dir = config.data_dir.join(&node.name);
         let mut stopped = stopped.clone();

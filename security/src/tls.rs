@@ -45,7 +45,10 @@ pub fn server_config(
         .with_cert_resolver(certificate);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 for clients that offer it (agents and the CLI: one connection
+    // carries an agent's long-poll, heartbeats and reports), HTTP/1.1 for
+    // the rest (servers among themselves, curl).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -272,6 +272,11 @@ impl TestCluster {
         self.servers.iter_mut().find(|s| s.id == id).expect("no server with that id")
     }
 
+    /// The ports the servers listen on, for tests that count connections to them.
+    pub fn server_ports(&self) -> Vec<u16> {
+        self.servers.iter().filter_map(|s| s.address.rsplit_once(':')?.1.parse().ok()).collect()
+    }
+
     pub fn address(&self, id: u64) -> String {
         self.servers.iter().find(|s| s.id == id).map(|s| s.address.clone()).expect("no server with that id")
     }

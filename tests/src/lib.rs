@@ -17,6 +17,7 @@ pub mod failover;
 pub mod faults;
 pub mod http_load;
 pub mod latency;
+pub mod process_connections;
 pub mod process_memory;
 pub mod registry;
 pub mod server_process;

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_api::{AllocationState, NodeStatus, parse_yaml};
+use flotilla_tests::process_connections::established_to;
 use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,6 +54,16 @@ async fn a_fleet_of_simulated_nodes_runs_replicas_as_agents_do() {
         live.iter().all(|a| a.runtime_id.is_some()),
         "each replica reported with its (simulated) container"
     );
+
+    // Each node's registration, heartbeats, long-poll and reports share one
+    // HTTP/2 connection, as a real agent's do: 25 nodes, 25 connections
+    // (over HTTP/1.1 a node held one per call in flight).
+    let ports = cluster.server_ports();
+    let pid = cluster.agent("fleet").pid().expect("the fleet runs");
+    wait_until(Duration::from_secs(20), "one connection per fleet node", || async {
+        (established_to(pid, &ports) == 25).then_some(())
+    })
+    .await;
 
     // Scaled down, the nodes report the stopped replicas as agents do.
     client.scale("spread", 10).await.expect("scale");
