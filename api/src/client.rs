@@ -92,16 +92,26 @@ pub fn new_idempotency_key() -> String {
 /// noticed and replaced, not waited on until TCP gives up.
 const HTTP2_PING: Duration = Duration::from_secs(5);
 
-/// Speaks HTTP/2 (TLS: by ALPN; plain: from the first byte, which servers
-/// detect): an agent's long-poll, heartbeats and reports share one
-/// connection instead of holding one each, which is what lets ten thousand
-/// agents fit under a server's file descriptor limit.
 fn http_client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, reqwest::Error> {
     flotilla_security::install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(30));
+    speaking_http2(builder, tls).build()
+}
+
+/// `builder` speaking HTTP/2 to flotilla servers (TLS with `tls`: by ALPN;
+/// plain: from the first byte, which servers detect), so that all of a
+/// client's calls share one connection: an agent's long-poll, heartbeats
+/// and reports, or a server's requests passed on to the leader, instead of
+/// a connection per call in flight. That is what lets ten thousand agents
+/// fit under a server's file descriptor limit.
+pub fn speaking_http2(
+    builder: reqwest::ClientBuilder,
+    tls: Option<rustls::ClientConfig>,
+) -> reqwest::ClientBuilder {
+    let mut builder = builder
         .http2_keep_alive_interval(HTTP2_PING)
         .http2_keep_alive_timeout(HTTP2_PING)
         .http2_keep_alive_while_idle(true)
@@ -120,8 +130,8 @@ fn http_client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, req
         }
     };
     match config {
-        Some(config) => builder.tls_backend_preconfigured(config).build(),
-        None => builder.build(),
+        Some(config) => builder.tls_backend_preconfigured(config),
+        None => builder,
     }
 }
 

@@ -28,9 +28,14 @@ impl MemberHttp {
         Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls)
     }
 
-    /// For requests passed on to the leader.
+    /// For requests passed on to the leader (agents' heartbeats among
+    /// them): over HTTP/2, so that a follower serving thousands of agents
+    /// holds one connection to the leader, not one per heartbeat in flight.
     pub fn for_requests(tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
-        Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls)
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+        let client = flotilla_api::client::speaking_http2(builder, tls).build()?;
+        Ok(MemberHttp { client, scheme })
     }
 
     fn new(
@@ -50,5 +55,42 @@ impl MemberHttp {
 
     pub fn url(&self, address: &str, path: &str) -> String {
         format!("{}://{address}{path}", self.scheme)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version each request arrived in, as the server saw it.
+    async fn serve_versions() -> String {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|request: axum::extract::Request| async move {
+                format!("{:?}", request.version())
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        address
+    }
+
+    #[tokio::test]
+    async fn requests_for_the_leader_go_over_http2_and_raft_stays_on_http1() {
+        let address = serve_versions().await;
+        let requests = MemberHttp::for_requests(None).expect("client");
+        let answers = futures_util::future::join_all(
+            (0..20).map(|_| requests.client.get(requests.url(&address, "/")).send()),
+        )
+        .await;
+        for answer in answers {
+            let answer = answer.expect("answered");
+            assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+            assert_eq!(answer.text().await.expect("body"), "HTTP/2.0");
+        }
+        let raft = MemberHttp::for_raft(None).expect("client");
+        let answer = raft.client.get(raft.url(&address, "/")).send().await.expect("answered");
+        assert_eq!(answer.version(), reqwest::Version::HTTP_11, "a stalled request drops its connection");
     }
 }
