@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_api::{AllocationState, NodeStatus, parse_yaml};
+use flotilla_api::{AllocationState, AllocationUpdate, AllocationUsage, Heartbeat, NodeStatus, parse_yaml};
 use flotilla_tests::process_connections::established_to;
 use flotilla_tests::{ClusterOptions, TestCluster, flotilla_binary, wait_until};
 
@@ -176,4 +176,23 @@ async fn a_long_poll_for_changes_only_carries_what_changed_and_the_ids_of_all() 
     let whole_again =
         node.node_allocations("only-0", whole.index, Duration::ZERO, false).await.expect("whole");
     assert_eq!((whole_again.allocations.len(), whole_again.all_ids), (3, None));
+}
+
+/// A node of many cores holds thousands of replicas; its heartbeat carries
+/// each one's usage and its reports each one's state. Bodies that size were
+/// refused (413) as any small request's would be, so a busy node missed
+/// its heartbeats and was marked down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_holding_thousands_of_allocations_heartbeats_and_reports_them_all() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    flotilla_tests::simulated_nodes::register_nodes(&cluster, "big", 1, 64_000, 256 << 30, &[]).await;
+    let node = cluster.node_client("big-0");
+    let usage: Vec<AllocationUsage> =
+        (1..=3000).map(|id| AllocationUsage { id, cpu_millis: 12.5, memory_bytes: 48 << 20 }).collect();
+    let heartbeat = Heartbeat { usage, ..Heartbeat::default() };
+    assert!(serde_json::to_vec(&heartbeat).expect("encode").len() > 64 * 1024, "past the small-body limit");
+    let answer = node.heartbeat("big-0", &heartbeat).await.expect("a heartbeat of 3,000 allocations");
+    assert_eq!(answer.status, NodeStatus::Ready);
+    let updates: Vec<AllocationUpdate> = (1..=3000).map(AllocationUpdate::running).collect();
+    node.report_allocations("big-0", &updates).await.expect("a report of 3,000 allocations");
 }

@@ -10,8 +10,14 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Largest JSON body other than a spec (scale, membership): these are tiny.
+/// Largest JSON body other than a spec or a node's (scale, membership):
+/// these are tiny.
 const MAX_SMALL_BODY: usize = 64 * 1024;
+/// Largest body an agent sends of its allocations (heartbeats with their
+/// usage, state reports): about 80 bytes an allocation in a heartbeat and
+/// 300 in a report, and a node of many cores can hold thousands. Refused,
+/// a heartbeat would leave a busy node to be marked down.
+const MAX_NODE_BODY: usize = 16 << 20;
 
 enum Format {
     Json,
@@ -62,8 +68,21 @@ pub async fn read_spec(headers: &HeaderMap, body: Body) -> Result<WorkloadSpec, 
 
 /// A small JSON body, decoded with the failing field's path in the error.
 pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    read_json_within(headers, body, MAX_SMALL_BODY).await
+}
+
+/// What an agent says of all its allocations at once (see `MAX_NODE_BODY`).
+pub async fn read_node_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    read_json_within(headers, body, MAX_NODE_BODY).await
+}
+
+async fn read_json_within<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     format_of(headers, false)?;
-    let bytes = read_limited(body, MAX_SMALL_BODY).await?;
+    let bytes = read_limited(body, limit).await?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| ApiError::BadRequest(format!("field `{}`: {}", e.path(), e.inner())))?;

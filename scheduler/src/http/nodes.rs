@@ -13,7 +13,7 @@ use flotilla_api::{
 };
 use serde::Deserialize;
 
-use super::body::read_json;
+use super::body::{read_json, read_node_json};
 use super::error::ApiError;
 use super::idempotency::idempotency;
 use super::{AppState, Caller, ReadQuery, read_barrier};
@@ -88,7 +88,7 @@ pub async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<u32>, ApiError> {
-    let updates: Vec<AllocationUpdate> = read_json(&headers, body).await?;
+    let updates: Vec<AllocationUpdate> = read_node_json(&headers, body).await?;
     let once = idempotency(&headers, &("report", &name, &updates))?;
     let now_ms = flotilla_api::now_ms();
     match app.raft.propose_once(Command::UpdateAllocations { node: name, updates, now_ms }, once).await? {
@@ -134,7 +134,7 @@ pub async fn heartbeat(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    let heartbeat: Heartbeat = read_json(&headers, body).await?;
+    let heartbeat: Heartbeat = read_node_json(&headers, body).await?;
     let Some(status) = app.raft.state().node(&name).map(|n| n.status) else {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     };
