@@ -42,8 +42,15 @@ fn format_of(headers: &HeaderMap, allow_yaml: bool) -> Result<Format, ApiError> 
     }
 }
 
+/// The whole body, if it is at most `limit` bytes. A body that never
+/// arrived whole (the client gave up and reset the stream) is not "too
+/// large": calling it that hid the cause of failed heartbeats under load.
 async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(error) => Err(ApiError::BadRequest(format!("the request body did not arrive whole: {error}"))),
+    }
 }
 
 /// A workload spec sent as JSON (the CLI's form) or YAML (as a user wrote it).
@@ -87,4 +94,34 @@ async fn read_json_within<T: DeserializeOwned>(
     let value = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| ApiError::BadRequest(format!("field `{}`: {}", e.path(), e.inner())))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(chunks: Vec<Result<&'static str, std::io::Error>>) -> Body {
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_too_large_and_one_cut_short_is_not() {
+        let whole = read_limited(body_of(vec![Ok("{\"a\":"), Ok("1}")]), 64).await.expect("read");
+        assert_eq!(&whole[..], b"{\"a\":1}");
+
+        let large = read_limited(body_of(vec![Ok("0123456789"), Ok("0123456789")]), 16).await;
+        assert!(matches!(large, Err(ApiError::PayloadTooLarge(16))), "{large:?}");
+
+        let cut =
+            read_limited(body_of(vec![Ok("{\"a\":"), Err(std::io::Error::other("stream reset"))]), 64).await;
+        match cut {
+            Err(ApiError::BadRequest(message)) => {
+                assert!(
+                    message.contains("did not arrive whole") && message.contains("stream reset"),
+                    "{message}"
+                )
+            }
+            other => panic!("a body cut short is a bad request, not {other:?}"),
+        }
+    }
 }
