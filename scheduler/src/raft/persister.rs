@@ -192,7 +192,10 @@ mod tests {
             assert_eq!(second.stale, Some((2, 3)));
             persister.submit(2, second).expect("submit");
             assert_eq!(persister.wait_for_all().expect("written"), 2);
-            assert!(woken.try_iter().any(|input| matches!(input, Input::Persisted)));
+            // The wake follows the condvar's signal: waited for, not peeked at.
+            let wake =
+                woken.recv_timeout(std::time::Duration::from_secs(5)).expect("the Raft thread is woken");
+            assert!(matches!(wake, Input::Persisted));
             persister.stop();
         }
         let reopened = RaftStorage::open(dir.path()).expect("reopen");
