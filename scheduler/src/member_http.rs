@@ -19,36 +19,37 @@ impl MemberHttp {
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(2)
             .tcp_nodelay(true);
-        Self::new(builder, tls)
+        Self::new(builder, tls, false)
     }
 
     /// For reading logs from agents: a followed log streams for as long
     /// as the user watches, so there is no overall timeout.
     pub fn for_agents(tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
-        Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls)
+        Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls, false)
     }
 
     /// For requests passed on to the leader (agents' heartbeats among
     /// them): over HTTP/2, so that a follower serving thousands of agents
     /// holds one connection to the leader, not one per heartbeat in flight.
     pub fn for_requests(tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
-        let client = flotilla_api::client::speaking_http2(builder, tls).build()?;
-        Ok(MemberHttp { client, scheme })
+        Self::new(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls, true)
     }
 
     fn new(
         builder: reqwest::ClientBuilder,
         tls: Option<rustls::ClientConfig>,
+        http2: bool,
     ) -> Result<Self, reqwest::Error> {
-        let builder = builder.no_proxy();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        // Plain HTTP too gets a configuration (one that trusts nothing), so
-        // reqwest never looks for the system's CAs: a container has none.
-        let builder = match tls.or_else(|| flotilla_security::plain_client_config().ok()) {
-            Some(config) => builder.tls_backend_preconfigured(config),
-            None => builder,
+        let builder = if http2 {
+            flotilla_api::client::speaking_http2(builder, tls)
+        } else {
+            // Plain HTTP too gets a configuration (one that trusts nothing),
+            // so reqwest never looks for the system's CAs: a container has none.
+            match tls.or_else(|| flotilla_security::plain_client_config().ok()) {
+                Some(config) => builder.no_proxy().tls_backend_preconfigured(config),
+                None => builder.no_proxy(),
+            }
         };
         Ok(MemberHttp { client: builder.build()?, scheme })
     }

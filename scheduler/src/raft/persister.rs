@@ -177,13 +177,19 @@ mod tests {
         Entry { index, term, data: format!("entry {index}").into_bytes().into(), ..Entry::default() }
     }
 
+    /// Storage in `dir` with a persister writing it, and where it wakes the Raft thread.
+    fn started(dir: &std::path::Path) -> (RaftStorage, Persister, Receiver<Input>) {
+        let (wake, woken) = mpsc::channel();
+        let storage = RaftStorage::open(dir).expect("open");
+        let persister = Persister::start(storage.log_writer(), wake, Arc::default()).expect("start");
+        (storage, persister, woken)
+    }
+
     #[test]
     fn changes_handed_over_are_durable_in_order_after_waiting() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (wake, woken) = mpsc::channel();
         {
-            let mut storage = RaftStorage::open(dir.path()).expect("open");
-            let mut persister = Persister::start(storage.log_writer(), wake, Arc::default()).expect("start");
+            let (mut storage, mut persister, woken) = started(dir.path());
             let hs = HardState { term: 2, vote: 1, commit: 0, ..HardState::default() };
             let first = storage.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs));
             persister.submit(1, first).expect("submit");
@@ -208,9 +214,7 @@ mod tests {
     #[test]
     fn a_stopped_persister_refuses_changes_instead_of_dropping_them() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (wake, _woken) = mpsc::channel();
-        let mut storage = RaftStorage::open(dir.path()).expect("open");
-        let mut persister = Persister::start(storage.log_writer(), wake, Arc::default()).expect("start");
+        let (mut storage, mut persister, _woken) = started(dir.path());
         persister.stop();
         let write = storage.append(&[entry(1, 1)], None);
         let error = persister.submit(1, write).expect_err("nothing writes any more");
