@@ -216,7 +216,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             client.with_tls(config).map_err(|e| AgentError::Tls(NodeTlsError::HttpClient(e.to_string())))?;
         renewal = Some(tokio::spawn(Arc::clone(tls).renew_when_due(client.clone())));
     }
-    register(&client, &registration).await;
+    let registered = register(&client, &registration).await;
 
     let (node_events_tx, node_events_rx) = mpsc::unbounded_channel();
     let mesh = start_mesh(&config, &runtimes, &client, &node_events_tx).await;
@@ -248,7 +248,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(report(client.clone(), config.name.clone(), reports_rx));
+    let reporter =
+        tokio::spawn(report(client.clone(), registration.clone(), registered.report_seq, reports_rx));
     let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));
 
     tokio::pin!(shutdown);

@@ -5,19 +5,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::{Client, Heartbeat, NodeRegistration};
+use flotilla_api::{Client, Heartbeat, Node, NodeRegistration};
 use tokio::sync::mpsc;
 
 use crate::desired_view::DesiredView;
 use crate::supervisor::{Holding, Message};
 use crate::usage::Sampler;
 
-pub(crate) async fn register(client: &Client, registration: &NodeRegistration) {
+/// Registers the node, retrying until a server takes it; the node as the
+/// servers hold it.
+pub(crate) async fn register(client: &Client, registration: &NodeRegistration) -> Node {
     loop {
         match client.register_node(registration).await {
             Ok(node) => {
                 tracing::info!(node = %node.name, cpu = %node.capacity_cpu, memory = %node.capacity_memory, "registered");
-                return;
+                return node;
             }
             Err(error) => tracing::warn!(%error, "cannot register yet; retrying"),
         }
@@ -114,7 +116,9 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
                     tracing::warn!(%error, "cannot follow the cluster's CA yet; retrying");
                 }
             }
-            Err(error) if error.code() == Some("not_found") => register(&client, &registration).await,
+            Err(error) if error.code() == Some("not_found") => {
+                register(&client, &registration).await;
+            }
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
         }
     }
@@ -159,12 +163,16 @@ pub(crate) async fn report_volumes_removed(client: Client, node: String, volumes
 }
 
 /// Sends allocation state changes to the servers, batching what piles up
-/// while a report is in flight into the next one.
+/// while a report is in flight into the next one. Each report is numbered
+/// above every earlier one from this node (`ReportOrder`), so that one this
+/// task gave up on cannot undo a later one by arriving after it.
 pub(crate) async fn report(
     client: Client,
-    node: String,
+    registration: NodeRegistration,
+    last_applied: u64,
     mut reports: mpsc::UnboundedReceiver<Vec<flotilla_api::AllocationUpdate>>,
 ) {
+    let mut order = ReportOrder { last: last_applied };
     let mut pending: BTreeMap<u64, flotilla_api::AllocationUpdate> = BTreeMap::new();
     loop {
         if pending.is_empty() {
@@ -177,12 +185,63 @@ pub(crate) async fn report(
             pending.extend(batch.into_iter().map(|u| (u.id, u)));
         }
         let batch: Vec<_> = pending.values().cloned().collect();
-        match client.report_allocations(&node, &batch).await {
+        match client.report_allocations(&registration.name, order.next(), &batch).await {
             Ok(_) => pending.clear(),
+            Err(error) if error.code() == Some("conflict") => {
+                // The servers applied a report numbered higher than this
+                // agent knows of: the clock was set back across a restart,
+                // or another agent reports under this node's name.
+                tracing::warn!(%error, "the servers hold a newer report from this node; numbering past it");
+                order.past(register(&client, &registration).await.report_seq);
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot report allocation states; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The numbers of one node's allocation reports: each above the last, the
+/// last the servers applied, and the clock in microseconds, so that they
+/// keep rising across a restart of the agent.
+struct ReportOrder {
+    last: u64,
+}
+
+impl ReportOrder {
+    fn next(&mut self) -> u64 {
+        let micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        self.last = (self.last + 1).max(u64::try_from(micros).unwrap_or(u64::MAX));
+        self.last
+    }
+
+    /// Numbers the next report past `applied`, a number the servers hold.
+    fn past(&mut self, applied: u64) {
+        self.last = self.last.max(applied);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReportOrder;
+
+    #[test]
+    fn report_numbers_rise_from_the_clock_and_past_what_the_servers_applied() {
+        let mut order = ReportOrder { last: 0 };
+        let first = order.next();
+        assert!(first > 1_700_000_000_000_000, "numbered from the clock in microseconds, got {first}");
+        let mut previous = first;
+        for _ in 0..1000 {
+            let next = order.next();
+            assert!(next > previous, "{next} after {previous}");
+            previous = next;
+        }
+        let ahead = previous + 1_000_000_000;
+        order.past(ahead);
+        assert_eq!(order.next(), ahead + 1, "past a number the servers hold, the clock being behind it");
+        order.past(5);
+        assert_eq!(order.next(), ahead + 2, "a lower number the servers hold does not set the order back");
     }
 }

@@ -167,6 +167,21 @@ impl Allocation {
 }
 
 /// A state change an agent reported for one of its allocations.
+/// An agent's report of changes to its node's allocations. A report the
+/// agent gave up on (its answer timed out, its server lost the leader) may
+/// still reach the leader after a later one, passed on by a server that was
+/// slow; `seq` lets the later one win instead of being undone by it (a
+/// replica shown starting again, for good, after it ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationReport {
+    /// Higher in each report from one node, also across its agent's
+    /// restarts (the agent starts past the node's `report_seq`); a report
+    /// at or below the last one applied is refused. 0: no order, applied
+    /// whenever it arrives.
+    pub seq: u64,
+    pub updates: Vec<AllocationUpdate>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocationUpdate {
     pub id: u64,

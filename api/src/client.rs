@@ -4,15 +4,24 @@
 //! does not answer, or answers that there is no leader yet (an election is
 //! under way), is skipped, and the whole list is retried for a short while
 //! before the client gives up with an error that names every address tried.
+//!
+//! A client sticks to the server that answered last, and a new client
+//! starts at a random one: as a Nomad client does with its server list, so
+//! that ten thousand agents spread over the servers and each keeps one
+//! connection, instead of all of them crowding the first address and
+//! holding a second connection to wherever they were last sent past it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::allocation::{Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, NodeAllocations};
+use crate::allocation::{
+    Allocation, AllocationReport, AllocationUpdate, Heartbeat, HeartbeatAnswer, NodeAllocations,
+};
 use crate::model::{
     AddMemberRequest, ApiErrorBody, DeployResult, EventPage, Member, ScaleRequest, ServerStatus, Utilisation,
     Workload,
@@ -49,8 +58,12 @@ impl ClientError {
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Every server's `host:port`, tried in order, starting from the last that answered.
+    /// Every server's `host:port`, tried in order, starting from `first`.
     addresses: Vec<String>,
+    /// The index in `addresses` of the server tried first: the last that
+    /// answered. Shared by this client's clones, so that an agent's
+    /// long-poll, heartbeats and reports move together to one server.
+    first: Arc<AtomicUsize>,
     http: reqwest::Client,
     /// How long to keep trying while no server can serve the request
     /// (unreachable, or no leader during an election).
@@ -74,16 +87,18 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// A fresh key for one write: 128 random bits, hex. `RandomState` is
 /// seeded from the OS once per thread and stepped per instance.
 pub fn new_idempotency_key() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// 64 random bits, different in each call, process and instant.
+fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let half = || {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(nanos);
-        hasher.write_u32(std::process::id());
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// How often an idle HTTP/2 connection is pinged, and how long an answer
@@ -148,8 +163,10 @@ impl Client {
             })
             .filter(|a| !a.is_empty())
             .collect();
+        let first = random_u64() as usize % addresses.len().max(1);
         Client {
             addresses,
+            first: Arc::new(AtomicUsize::new(first)),
             http: http_client(None).unwrap_or_default(),
             retry_for: Duration::from_secs(5),
             idempotency_key: None,
@@ -213,6 +230,7 @@ impl Client {
     pub fn for_server(&self, address: &str) -> Client {
         Client {
             addresses: vec![address.to_owned()],
+            first: Arc::new(AtomicUsize::new(0)),
             http: self.http.clone(),
             retry_for: Duration::ZERO,
             idempotency_key: self.idempotency_key.clone(),
@@ -231,6 +249,14 @@ impl Client {
     /// A write: sent with an idempotency key (the caller's, or a fresh one
     /// kept for every retry), so that retrying one whose outcome is unknown
     /// (504) or whose answer was lost can never apply it twice.
+    /// The servers with their indexes, in the order to try them: the last
+    /// that answered first.
+    fn in_turn(&self) -> impl Iterator<Item = (usize, &String)> {
+        let first = self.first.load(Ordering::Relaxed);
+        let count = self.addresses.len();
+        (0..count).map(move |turn| (first + turn) % count).map(|index| (index, &self.addresses[index]))
+    }
+
     async fn write<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -260,7 +286,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
             let mut last_error = String::from("no address given");
-            for address in &self.addresses {
+            for (index, address) in self.in_turn() {
                 let mut request = self.authorize(self.http.request(method.clone(), self.url(address, path)));
                 if let Some(payload) = &body {
                     request =
@@ -284,6 +310,9 @@ impl Client {
                     .bytes()
                     .await
                     .map_err(|e| ClientError::Protocol { address: address.clone(), reason: e.to_string() })?;
+                if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::GATEWAY_TIMEOUT {
+                    self.first.store(index, Ordering::Relaxed);
+                }
                 if status.is_success() {
                     return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
                         address: address.clone(),
@@ -501,7 +530,7 @@ impl Client {
     /// it has no overall timeout; the first server that answers serves it.
     async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let mut last = String::from("no address given");
-        for address in &self.addresses {
+        for (index, address) in self.in_turn() {
             let request = self.authorize(self.http.get(self.url(address, path)));
             let response = match request.timeout(Duration::from_secs(365 * 24 * 3600)).send().await {
                 Ok(response) => response,
@@ -512,6 +541,7 @@ impl Client {
             };
             let status = response.status();
             if status.is_success() {
+                self.first.store(index, Ordering::Relaxed);
                 return Ok(response);
             }
             let bytes = response.bytes().await.unwrap_or_default();
@@ -544,13 +574,16 @@ impl Client {
         self.write(Method::PUT, &format!("/v1/nodes/{node}/status"), Some(&body)).await
     }
 
-    /// Reports state changes of a node's allocations, as its agent does.
+    /// Reports state changes of a node's allocations, as its agent does;
+    /// `seq` as in `AllocationReport`.
     pub async fn report_allocations(
         &self,
         node: &str,
+        seq: u64,
         updates: &[AllocationUpdate],
     ) -> Result<u32, ClientError> {
-        self.write(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&updates)).await
+        let report = AllocationReport { seq, updates: updates.to_vec() };
+        self.write(Method::POST, &format!("/v1/nodes/{node}/allocations"), Some(&report)).await
     }
 
     /// Events after `index`, waiting up to `wait` for one to happen.

@@ -20,8 +20,8 @@ pub mod token;
 pub mod volume;
 
 pub use allocation::{
-    Allocation, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress, Health, Heartbeat,
-    HeartbeatAnswer, NodeAllocations, PortBinding,
+    Allocation, AllocationReport, AllocationState, AllocationUpdate, AllocationUsage, ContainerAddress,
+    Health, Heartbeat, HeartbeatAnswer, NodeAllocations, PortBinding,
 };
 pub use certificate_authority::{
     CaRotationPhase, CaRotationStatus, CaStatus, RotateCaRequest, TlsReport, TrustAdvice, same_cas,

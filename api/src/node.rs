@@ -130,6 +130,10 @@ pub struct Node {
     /// Service ports its mesh cannot serve, as its agent last reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unserved_ports: Vec<crate::UnservedPort>,
+    /// The `seq` of the last allocation report applied from its agent,
+    /// which a restarted agent starts past (`AllocationReport`).
+    #[serde(default)]
+    pub report_seq: u64,
 }
 
 impl Node {

@@ -365,6 +365,7 @@ mod tests {
             recent_downs_ms: Vec::new(),
             eligible_at_ms: 0,
             unserved_ports: Vec::new(),
+            report_seq: 0,
         }
     }
 

@@ -42,7 +42,7 @@ impl Cluster {
             by_node.entry(allocation.node.clone()).or_default().push(update);
         }
         for (node, updates) in by_node {
-            self.apply(Command::UpdateAllocations { node, updates, now_ms: 0 });
+            self.apply(Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 });
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn act_as_agents(cluster: &TestCluster) -> u32 {
     }
     let mut reported = 0;
     for (node, updates) in by_node {
-        reported += cluster.node_client(&node).report_allocations(&node, &updates).await.expect("report");
+        reported += cluster.node_client(&node).report_allocations(&node, 0, &updates).await.expect("report");
     }
     reported
 }

@@ -506,3 +506,37 @@ async fn snapshots_go_to_files_of_their_own_and_every_server_restarts_from_its_f
         wait_for_names(&cluster, id, &written, Duration::from_secs(10)).await;
     }
 }
+
+/// A client stays with the server that answered it, clones included, and
+/// moves on only when that server stops answering: an agent's calls share
+/// one connection, and ten thousand agents (each starting at a random
+/// server) spread over the servers instead of crowding the first address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_and_its_clones_stay_with_the_server_that_answered_until_it_stops() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+    let answered_by = |client: Client| async move { client.server_status().await.expect("status").id };
+    let first = answered_by(client.clone()).await;
+    for _ in 0..10 {
+        assert_eq!(answered_by(client.clone()).await, first, "a clone went to another server");
+    }
+
+    cluster.server(first).kill();
+    let second = answered_by(client.clone()).await;
+    assert_ne!(second, first);
+    for _ in 0..10 {
+        assert_eq!(answered_by(client.clone()).await, second, "moved on from a server that answers");
+    }
+
+    // New clients start at random servers: of twenty, not all at one.
+    let addresses: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
+    cluster.server(first).start();
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut firsts = BTreeSet::new();
+    for _ in 0..20 {
+        let fresh = cluster.client().with_retry_for(Duration::from_secs(10));
+        firsts.insert(answered_by(fresh).await);
+    }
+    assert!(firsts.len() > 1, "twenty new clients all went to server {firsts:?} of {addresses:?}");
+}

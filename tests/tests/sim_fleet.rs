@@ -194,5 +194,47 @@ async fn a_node_holding_thousands_of_allocations_heartbeats_and_reports_them_all
     let answer = node.heartbeat("big-0", &heartbeat).await.expect("a heartbeat of 3,000 allocations");
     assert_eq!(answer.status, NodeStatus::Ready);
     let updates: Vec<AllocationUpdate> = (1..=3000).map(AllocationUpdate::running).collect();
-    node.report_allocations("big-0", &updates).await.expect("a report of 3,000 allocations");
+    node.report_allocations("big-0", 1, &updates).await.expect("a report of 3,000 allocations");
+}
+
+/// Found at 10,000 nodes: a report an agent gave up on (its server was slow
+/// to pass it on) reached the leader after the agent's next report, and a
+/// replica that ran was shown starting from then on. Reports are numbered;
+/// the late one is refused, and a re-registering agent learns the number to
+/// go on from.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_arrives_after_a_later_one_does_not_undo_it() {
+    let cluster = TestCluster::start(ClusterOptions::default().without_node_health()).await;
+    flotilla_tests::simulated_nodes::register_nodes(&cluster, "late", 1, 4000, 8 << 30, &[]).await;
+    let node = cluster.node_client("late-0");
+    let client = cluster.client();
+    let spec = "name: web\nimage: x\nreplicas: 1\nresources: {cpu: 100m, memory: 64Mi}\n";
+    client.deploy(&parse_yaml(spec).expect("spec"), None).await.expect("deploy");
+    let id = wait_until(Duration::from_secs(20), "the replica placed", || async {
+        let answer = node.node_allocations("late-0", 0, Duration::ZERO, false).await.ok()?;
+        answer.allocations.first().map(|a| a.id)
+    })
+    .await;
+
+    node.report_allocations("late-0", 100, &[AllocationUpdate::running(id)]).await.expect("report 100");
+    let starting = AllocationUpdate { state: AllocationState::Starting, ..AllocationUpdate::running(id) };
+    let late = node.report_allocations("late-0", 99, std::slice::from_ref(&starting)).await;
+    let error = late.expect_err("report 99 after report 100");
+    assert_eq!(error.code(), Some("conflict"), "{error}");
+    assert!(error.to_string().contains("report 99 arrived after report 100"), "{error}");
+    let allocation = client.allocations(Some("web"), None).await.expect("allocations");
+    assert_eq!(allocation.iter().map(|a| a.state).collect::<Vec<_>>(), [AllocationState::Running]);
+
+    let registration = flotilla_api::NodeRegistration {
+        name: "late-0".into(),
+        address: String::new(),
+        cpu: flotilla_api::CpuMillis(4000),
+        memory: flotilla_api::MemoryBytes(8 << 30),
+        labels: Default::default(),
+        drivers: [flotilla_api::spec::Driver::Docker].into(),
+        host_volumes: Default::default(),
+    };
+    let registered = node.register_node(&registration).await.expect("registers again");
+    assert_eq!(registered.report_seq, 100, "a restarted agent numbers its reports past this");
+    node.report_allocations("late-0", 101, &[starting]).await.expect("a later report is applied");
 }

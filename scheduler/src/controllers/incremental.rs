@@ -314,7 +314,12 @@ mod tests {
                             message: "exited 1".into(),
                             ..AllocationUpdate::running(id)
                         };
-                        self.apply(Command::UpdateAllocations { node, updates: vec![update], now_ms: NOW });
+                        self.apply(Command::UpdateAllocations {
+                            node,
+                            seq: 0,
+                            updates: vec![update],
+                            now_ms: NOW,
+                        });
                     }
                 }
             }
@@ -335,7 +340,7 @@ mod tests {
                 by_node.entry(allocation.node.clone()).or_default().push(update);
             }
             for (node, updates) in by_node {
-                self.apply(Command::UpdateAllocations { node, updates, now_ms: 0 });
+                self.apply(Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 });
             }
         }
 

@@ -498,7 +498,7 @@ mod tests {
                 .into_iter()
                 .map(|id| AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(id) })
                 .collect();
-            state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
+            state.apply(1, Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 }).expect("report");
         }
     }
 
@@ -513,7 +513,7 @@ mod tests {
             });
         for (node, ids) in by_node {
             let updates = ids.into_iter().map(AllocationUpdate::stopped).collect();
-            state.apply(1, Command::UpdateAllocations { node, updates, now_ms: 0 }).expect("report");
+            state.apply(1, Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 }).expect("report");
         }
     }
 
@@ -688,7 +688,7 @@ mod tests {
         };
         let node = new[0].node.clone();
         state
-            .apply(50, Command::UpdateAllocations { node, updates: vec![failing], now_ms: 0 })
+            .apply(50, Command::UpdateAllocations { node, seq: 0, updates: vec![failing], now_ms: 0 })
             .expect("report");
         converge(&mut state, 3);
         let replicas = live(&state, "web");
@@ -788,7 +788,10 @@ mod tests {
         let lost = live(&state, "db")[0].id;
         let failed = AllocationUpdate { state: AllocationState::Failed, ..AllocationUpdate::running(lost) };
         state
-            .apply(5, Command::UpdateAllocations { node: "a".into(), updates: vec![failed], now_ms: 0 })
+            .apply(
+                5,
+                Command::UpdateAllocations { node: "a".into(), seq: 0, updates: vec![failed], now_ms: 0 },
+            )
             .expect("report");
         register(&mut state, "a", 300, 1024, "z", &[Driver::Docker]);
         converge(&mut state, 3);

@@ -286,7 +286,7 @@ mod tests {
                 })
                 .to_vec();
             state
-                .apply(at, Command::UpdateAllocations { node: "a".into(), updates, now_ms: at })
+                .apply(at, Command::UpdateAllocations { node: "a".into(), seq: 0, updates, now_ms: at })
                 .expect("report");
         };
         deploy(&mut state, 0, "v1");

@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::{Extension, Json};
 use flotilla_api::{
-    Allocation, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations, NodeRegistration,
-    NodeStatus, NodeStatusRequest,
+    Allocation, AllocationReport, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations,
+    NodeRegistration, NodeStatus, NodeStatusRequest,
 };
 use serde::Deserialize;
 
@@ -82,16 +82,30 @@ pub async fn set_status(
     Ok(Json(expect_node(output)?))
 }
 
+/// An allocation report as agents send it: ordered, or a bare list from an
+/// agent older than the ordering, during a rolling upgrade.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReportBody {
+    Ordered(AllocationReport),
+    Unordered(Vec<AllocationUpdate>),
+}
+
 pub async fn report(
     State(app): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<u32>, ApiError> {
-    let updates: Vec<AllocationUpdate> = read_node_json(&headers, body).await?;
-    let once = idempotency(&headers, &("report", &name, &updates))?;
+    let report = match read_node_json(&headers, body).await? {
+        ReportBody::Ordered(report) => report,
+        ReportBody::Unordered(updates) => AllocationReport { seq: 0, updates },
+    };
+    let once = idempotency(&headers, &("report", &name, &report))?;
     let now_ms = flotilla_api::now_ms();
-    match app.raft.propose_once(Command::UpdateAllocations { node: name, updates, now_ms }, once).await? {
+    let AllocationReport { seq, updates } = report;
+    match app.raft.propose_once(Command::UpdateAllocations { node: name, seq, updates, now_ms }, once).await?
+    {
         CommandOutput::AllocationsUpdated(count) => Ok(Json(count)),
         other => Err(ApiError::Internal(format!("unexpected command output {other:?}"))),
     }

@@ -217,11 +217,16 @@ impl ClusterState {
         &mut self,
         index: u64,
         node: &str,
+        seq: u64,
         updates: Vec<AllocationUpdate>,
         now_ms: u64,
     ) -> Result<CommandOutput, Rejection> {
-        if !self.nodes.contains_key(node) {
-            return Err(Rejection::NodeNotFound(node.to_owned()));
+        let record = self.nodes.get_mut(node).ok_or_else(|| Rejection::NodeNotFound(node.to_owned()))?;
+        if seq != 0 {
+            if seq <= record.report_seq {
+                return Err(Rejection::StaleReport { node: node.to_owned(), seq, last: record.report_seq });
+            }
+            record.report_seq = seq;
         }
         let mut changed = 0;
         for update in updates {

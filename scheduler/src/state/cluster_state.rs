@@ -214,8 +214,8 @@ impl ClusterState {
             Command::UndoRollout { name, to_version, now_ms } => {
                 self.undo_rollout(index, &name, to_version, now_ms)
             }
-            Command::UpdateAllocations { node, updates, now_ms } => {
-                self.update_allocations(index, &node, updates, now_ms)
+            Command::UpdateAllocations { node, seq, updates, now_ms } => {
+                self.update_allocations(index, &node, seq, updates, now_ms)
             }
         }
     }

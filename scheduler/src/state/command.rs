@@ -147,6 +147,10 @@ pub enum Command {
     /// clock, recorded as the time an allocation finished.
     UpdateAllocations {
         node: String,
+        /// The report's place in its node's order (`AllocationReport`); 0
+        /// in entries written before reports were ordered.
+        #[serde(default)]
+        seq: u64,
         updates: Vec<AllocationUpdate>,
         now_ms: u64,
     },
@@ -246,6 +250,8 @@ pub enum Rejection {
     OutsideAutoscaleRange { name: WorkloadName, replicas: u32, min: u32, max: u32 },
     #[error("node `{0}` does not exist")]
     NodeNotFound(String),
+    #[error("node `{node}`: report {seq} arrived after report {last}, which is newer; it was not applied")]
+    StaleReport { node: String, seq: u64, last: u64 },
     #[error("workload `{0}` does not autoscale")]
     NotAutoscaled(WorkloadName),
     #[error(

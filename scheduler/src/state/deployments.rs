@@ -461,7 +461,9 @@ mod tests {
                 ..flotilla_api::AllocationUpdate::running(id)
             })
             .to_vec();
-        state.apply(4, Command::UpdateAllocations { node: "a".into(), updates, now_ms: 4 }).expect("healthy");
+        state
+            .apply(4, Command::UpdateAllocations { node: "a".into(), seq: 0, updates, now_ms: 4 })
+            .expect("healthy");
         verdict(&mut state, 5, DeploymentStatus::Successful).expect("v1 succeeds");
         deploy(&mut state, 6, "v2", "update: {auto_revert: true}\n");
         verdict(&mut state, 7, DeploymentStatus::Failed).expect("v2 fails and is reverted");

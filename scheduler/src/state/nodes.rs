@@ -40,6 +40,7 @@ impl ClusterState {
             recent_downs_ms: Vec::new(),
             eligible_at_ms: 0,
             unserved_ports: Vec::new(),
+            report_seq: 0,
         });
         node.address = registration.address;
         node.capacity_cpu = registration.cpu;
@@ -214,8 +215,45 @@ mod tests {
         let plan = Plan { placements: vec![placement], ..Plan::default() };
         state.apply(3, Command::ApplyPlan { plan }).expect("plan");
         let updates = vec![AllocationUpdate::running(1)];
-        state.apply(4, Command::UpdateAllocations { node: "n".into(), updates, now_ms: 0 }).expect("report");
         state
+            .apply(4, Command::UpdateAllocations { node: "n".into(), seq: 0, updates, now_ms: 0 })
+            .expect("report");
+        state
+    }
+
+    #[test]
+    fn a_report_that_arrives_after_a_later_one_is_refused_and_undoes_nothing() {
+        // (what, seq of the late "starting" report, applied)
+        let table = [
+            ("an earlier report, arriving late", 9, false),
+            ("the same report, arriving twice", 10, false),
+            ("a later report", 11, true),
+            ("an agent that does not number its reports", 0, true),
+        ];
+        for (what, seq, applied) in table {
+            let mut state = one_replica();
+            let running = vec![AllocationUpdate { restarts: 1, ..AllocationUpdate::running(1) }];
+            let report =
+                Command::UpdateAllocations { node: "n".into(), seq: 10, updates: running, now_ms: 0 };
+            state.apply(5, report).expect("the report numbered 10");
+            let starting =
+                AllocationUpdate { state: AllocationState::Starting, ..AllocationUpdate::running(1) };
+            let late =
+                Command::UpdateAllocations { node: "n".into(), seq, updates: vec![starting], now_ms: 0 };
+            let outcome = state.apply(6, late);
+            let allocation = state.allocation(1).expect("allocation");
+            let node = state.node("n").expect("node");
+            if applied {
+                assert!(outcome.is_ok(), "{what}: {outcome:?}");
+                assert_eq!(allocation.state, AllocationState::Starting, "{what}");
+                assert_eq!(node.report_seq, seq.max(10), "{what}");
+            } else {
+                let expected = Rejection::StaleReport { node: "n".into(), seq, last: 10 };
+                assert_eq!(outcome, Err(expected), "{what}");
+                assert_eq!((allocation.state, allocation.restarts), (AllocationState::Running, 1), "{what}");
+                assert_eq!(node.report_seq, 10, "{what}");
+            }
+        }
     }
 
     fn status(state: &ClusterState) -> NodeStatus {
@@ -302,12 +340,12 @@ mod tests {
         // Agents do not report pending or lost: those are the servers' words.
         let lost = vec![AllocationUpdate { state: AllocationState::Lost, ..AllocationUpdate::running(1) }];
         state
-            .apply(6, Command::UpdateAllocations { node: "n".into(), updates: lost, now_ms: 0 })
+            .apply(6, Command::UpdateAllocations { node: "n".into(), seq: 0, updates: lost, now_ms: 0 })
             .expect("report");
         assert_eq!(state.allocations().next().map(|a| a.state), Some(AllocationState::Running));
         let stopped = vec![AllocationUpdate::stopped(1)];
         state
-            .apply(7, Command::UpdateAllocations { node: "n".into(), updates: stopped, now_ms: 0 })
+            .apply(7, Command::UpdateAllocations { node: "n".into(), seq: 0, updates: stopped, now_ms: 0 })
             .expect("report");
         assert_eq!(state.node("n").map(|n| n.allocated_cpu), Some(0));
     }

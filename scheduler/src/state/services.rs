@@ -268,7 +268,9 @@ mod tests {
             ..AllocationUpdate::running(2)
         };
         let updates = vec![ready, unhealthy];
-        state.apply(3, Command::UpdateAllocations { node: "n".into(), updates, now_ms: 0 }).expect("report");
+        state
+            .apply(3, Command::UpdateAllocations { node: "n".into(), seq: 0, updates, now_ms: 0 })
+            .expect("report");
         let endpoints = state.service(&name("web")).expect("service").endpoints;
         type Seen<'a> = (u64, &'a str, Vec<(String, u16)>, bool);
         let seen: Vec<Seen> =
