@@ -249,12 +249,21 @@ impl Client {
     /// A write: sent with an idempotency key (the caller's, or a fresh one
     /// kept for every retry), so that retrying one whose outcome is unknown
     /// (504) or whose answer was lost can never apply it twice.
-    /// The servers with their indexes, in the order to try them: the last
-    /// that answered first.
-    fn in_turn(&self) -> impl Iterator<Item = (usize, &String)> {
+    /// The server to try first, and the servers with their indexes in the
+    /// order to try them: that one first.
+    fn in_turn(&self) -> (usize, impl Iterator<Item = (usize, &String)>) {
         let first = self.first.load(Ordering::Relaxed);
         let count = self.addresses.len();
-        (0..count).map(move |turn| (first + turn) % count).map(|index| (index, &self.addresses[index]))
+        let turns = (0..count).map(move |turn| (first + turn) % count);
+        (first, turns.map(|index| (index, &self.addresses[index])))
+    }
+
+    /// Makes the server at `index`, which answered a request that started
+    /// at `first`, the one to try first, unless another request moved on
+    /// meanwhile: a long-poll that a slow server answers at last must not
+    /// take the client back to it.
+    fn answered_by(&self, first: usize, index: usize) {
+        let _ = self.first.compare_exchange(first, index, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     async fn write<B: Serialize, T: DeserializeOwned>(
@@ -286,7 +295,8 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
             let mut last_error = String::from("no address given");
-            for (index, address) in self.in_turn() {
+            let (first, turns) = self.in_turn();
+            for (index, address) in turns {
                 let mut request = self.authorize(self.http.request(method.clone(), self.url(address, path)));
                 if let Some(payload) = &body {
                     request =
@@ -311,7 +321,7 @@ impl Client {
                     .await
                     .map_err(|e| ClientError::Protocol { address: address.clone(), reason: e.to_string() })?;
                 if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::GATEWAY_TIMEOUT {
-                    self.first.store(index, Ordering::Relaxed);
+                    self.answered_by(first, index);
                 }
                 if status.is_success() {
                     return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
@@ -530,7 +540,8 @@ impl Client {
     /// it has no overall timeout; the first server that answers serves it.
     async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let mut last = String::from("no address given");
-        for (index, address) in self.in_turn() {
+        let (first, turns) = self.in_turn();
+        for (index, address) in turns {
             let request = self.authorize(self.http.get(self.url(address, path)));
             let response = match request.timeout(Duration::from_secs(365 * 24 * 3600)).send().await {
                 Ok(response) => response,
@@ -541,7 +552,7 @@ impl Client {
             };
             let status = response.status();
             if status.is_success() {
-                self.first.store(index, Ordering::Relaxed);
+                self.answered_by(first, index);
                 return Ok(response);
             }
             let bytes = response.bytes().await.unwrap_or_default();

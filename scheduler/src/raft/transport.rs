@@ -5,8 +5,14 @@
 //! many messages under load, and a slow or dead peer delays nobody else. A
 //! failed send is reported to Raft (`report_unreachable`, and
 //! `report_snapshot` for a snapshot), which then probes the peer gently.
+//!
+//! A queue holds few bytes of entries: Raft sends entries again that a peer
+//! did not get, so entries for a peer that cannot keep up are dropped (and
+//! the peer reported unreachable) rather than piled up, which also keeps
+//! the heartbeats behind them on time.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -36,6 +42,25 @@ pub const SENDER_HEADER: &str = "x-flotilla-raft-sender";
 /// retransmits, and an unbounded queue to a dead peer would only grow.
 const QUEUE_LIMIT: usize = 4096;
 const BATCH_LIMIT: usize = 512;
+/// How many requests' worth of entries (`request_bytes` each) may be queued
+/// or in flight to one peer before more are dropped: one being sent and
+/// one being gathered. At 10,000 agents a follower starved of CPU fell
+/// behind, the leader sent it up to a MiB of the same entries again on
+/// every heartbeat answer, and 4,096 such messages (4 GiB) queued; the
+/// leader grew past 6 GB and the heartbeats waiting behind them came too
+/// late to hold off elections.
+const QUEUED_REQUESTS: usize = 2;
+
+/// The entry bytes a message carries, which its queue counts.
+fn entry_bytes(message: &Message) -> usize {
+    message.get_entries().iter().map(|e| e.get_data().len() + e.get_context().len()).sum()
+}
+
+/// One peer's queue, and the entry bytes in it or in flight from it.
+struct PeerQueue {
+    messages: mpsc::Sender<Message>,
+    bytes: Arc<AtomicUsize>,
+}
 
 /// Drop rules for fault-injection tests: messages to and from these peers
 /// vanish, as in a network partition.
@@ -68,7 +93,7 @@ pub struct PeerTransport {
     http: crate::member_http::MemberHttp,
     runtime: tokio::runtime::Handle,
     addresses: RwLock<HashMap<u64, String>>,
-    queues: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    queues: Mutex<HashMap<u64, PeerQueue>>,
     /// Back into the Raft thread, for unreachable and snapshot reports.
     inputs: Sender<Input>,
     faults: Arc<FaultRules>,
@@ -197,8 +222,13 @@ impl PeerTransport {
     }
 
     /// Queues messages for their peers; never blocks the Raft thread.
+    /// Entries past a peer's byte budget are dropped and the peer reported
+    /// unreachable, so that Raft probes it instead of streaming on; other
+    /// messages (heartbeats, votes, answers) are small and always queued.
     pub fn send(self: &Arc<Self>, messages: Vec<Message>) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = QUEUED_REQUESTS * self.request_bytes;
+        let mut dropped = HashSet::new();
         for message in messages {
             let to = message.to;
             if self.faults.blocks(to) {
@@ -206,16 +236,41 @@ impl PeerTransport {
             }
             let queue = queues.entry(to).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE_LIMIT);
-                self.runtime.spawn(Arc::clone(self).deliver(to, rx));
-                tx
+                let bytes = Arc::new(AtomicUsize::new(0));
+                self.runtime.spawn(Arc::clone(self).deliver(to, rx, Arc::clone(&bytes)));
+                PeerQueue { messages: tx, bytes }
             });
-            if queue.try_send(message).is_err() {
+            let size = entry_bytes(&message);
+            let queued = queue.bytes.load(Ordering::Relaxed);
+            if size > 0 && queued > 0 && queued + size > budget {
+                dropped.insert(to);
+                continue;
+            }
+            queue.bytes.fetch_add(size, Ordering::Relaxed);
+            if queue.messages.try_send(message).is_err() {
+                queue.bytes.fetch_sub(size, Ordering::Relaxed);
                 tracing::debug!(peer = to, "peer queue full; dropping a message");
             }
         }
+        for peer in dropped {
+            tracing::debug!(peer, "peer behind by more than its queue holds; entries dropped");
+            let _ = self.inputs.send(Input::Unreachable(peer));
+        }
     }
 
-    async fn deliver(self: Arc<Self>, peer: u64, mut queue: mpsc::Receiver<Message>) {
+    /// The entry bytes queued or in flight to `peer`.
+    #[cfg(test)]
+    fn queued_bytes(&self, peer: u64) -> usize {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.get(&peer).map_or(0, |queue| queue.bytes.load(Ordering::Relaxed))
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        peer: u64,
+        mut queue: mpsc::Receiver<Message>,
+        queued_bytes: Arc<AtomicUsize>,
+    ) {
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
             while batch.len() < BATCH_LIMIT {
@@ -224,6 +279,7 @@ impl PeerTransport {
                     Err(_) => break,
                 }
             }
+            let bytes: usize = batch.iter().map(entry_bytes).sum();
             let has_snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let address = self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned();
             let delivered = match address {
@@ -236,6 +292,7 @@ impl PeerTransport {
             if has_snapshot {
                 let _ = self.inputs.send(Input::SnapshotReported { to: peer, ok: delivered });
             }
+            queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -307,7 +364,60 @@ impl PeerTransport {
 
 #[cfg(test)]
 mod tests {
+    use raft::eraftpb::Entry;
+
     use super::*;
+
+    fn message(to: u64, kind: MessageType, entry_bytes: usize) -> Message {
+        let entries = if entry_bytes == 0 {
+            Vec::new()
+        } else {
+            vec![Entry { data: vec![7; entry_bytes].into(), ..Entry::default() }]
+        };
+        let mut message = Message { to, term: 3, entries: entries.into(), ..Message::default() };
+        message.set_msg_type(kind);
+        message
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_for_a_peer_that_cannot_keep_up_are_dropped_past_its_budget_but_heartbeats_are_not() {
+        // A peer that takes connections and never answers: what is sent
+        // to it stays in flight until the request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (inputs, reported) = std::sync::mpsc::channel();
+        let http = crate::member_http::MemberHttp::for_raft(None).expect("client");
+        let request_bytes = 1 << 20;
+        let transport = Arc::new(PeerTransport::new(
+            1,
+            "127.0.0.1:1".into(),
+            tokio::runtime::Handle::current(),
+            inputs,
+            Arc::default(),
+            request_bytes,
+            http,
+        ));
+        let address = silent.local_addr().expect("address").to_string();
+        transport.learn_sender(2, &address);
+        transport.learn_sender(3, &address);
+
+        let appends = (0..64).map(|_| message(2, MessageType::MsgAppend, 256 << 10)).collect();
+        transport.send(appends);
+        let queued = transport.queued_bytes(2);
+        assert!(queued > 0, "entries within the budget are queued");
+        assert!(queued <= QUEUED_REQUESTS * request_bytes, "{queued} bytes queued for 16 MiB sent");
+        assert!(matches!(reported.try_recv(), Ok(Input::Unreachable(2))), "the drop is reported to Raft");
+        assert!(reported.try_recv().is_err(), "one report for the whole drop");
+
+        transport.send(vec![message(2, MessageType::MsgHeartbeat, 0)]);
+        assert!(reported.try_recv().is_err(), "a heartbeat is queued, not dropped");
+        assert_eq!(transport.queued_bytes(2), queued);
+
+        // A message bigger than the budget on its own still goes to a peer
+        // with nothing queued, or a large entry could never be sent.
+        transport.send(vec![message(3, MessageType::MsgAppend, 4 * request_bytes)]);
+        assert_eq!(transport.queued_bytes(3), 4 * request_bytes);
+        drop(silent);
+    }
 
     #[test]
     fn batches_round_trip_and_truncation_is_an_error() {
