@@ -2,6 +2,7 @@
 //! commands in the same order and so holds the same [`ClusterState`].
 //! `apply` is split by what a command changes: workloads, nodes, allocations.
 
+mod allocation_table;
 mod allocations;
 mod certificate_authority;
 mod cluster_state;
