@@ -242,6 +242,11 @@ impl RaftStorage {
         })
     }
 
+    /// The size of the latest snapshot's file; 0 before the first.
+    pub fn snapshot_file_bytes(&self) -> u64 {
+        self.snapshot_file.as_ref().map_or(0, |file| file.bytes)
+    }
+
     /// The bytes of the log's entries held (since the last compaction).
     pub fn log_bytes(&self) -> u64 {
         self.entry_bytes
