@@ -211,6 +211,11 @@ impl Runtime {
         }
     }
 
+    /// Whether `usage` can read anything: a simulated replica uses nothing.
+    pub fn measures_usage(&self) -> bool {
+        !matches!(self, Runtime::Sim(_))
+    }
+
     pub async fn usage(&self, handle: &str) -> Option<Usage> {
         match self {
             Runtime::Docker(r) => r.usage(handle).await,
