@@ -200,6 +200,7 @@ pub(crate) async fn report(
                 // or another agent reports under this node's name.
                 tracing::warn!(%error, "the servers hold a newer report from this node; numbering past it");
                 order.past(register(&client, &registration).await.report_seq);
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot report allocation states; retrying");
