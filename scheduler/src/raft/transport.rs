@@ -8,8 +8,9 @@
 //!
 //! A queue holds few bytes of entries: Raft sends entries again that a peer
 //! did not get, so entries for a peer that cannot keep up are dropped (and
-//! the peer reported unreachable) rather than piled up, which also keeps
-//! the heartbeats behind them on time.
+//! the peer reported unreachable) rather than piled up. Entries and
+//! snapshots go in a lane of their own, as etcd's streams do, so that a
+//! heartbeat, vote or answer never waits behind megabytes of log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,7 +57,26 @@ fn entry_bytes(message: &Message) -> usize {
     message.get_entries().iter().map(|e| e.get_data().len() + e.get_context().len()).sum()
 }
 
-/// One peer's queue, and the entry bytes in it or in flight from it.
+/// The two queues to each peer: appends and snapshots, which can be big,
+/// and everything else, which is small and must arrive on time (a
+/// heartbeat late by an election timeout starts an election).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    Log,
+    Control,
+}
+
+impl Lane {
+    fn of(message: &Message) -> Lane {
+        match message.get_msg_type() {
+            MessageType::MsgAppend | MessageType::MsgSnapshot => Lane::Log,
+            _ => Lane::Control,
+        }
+    }
+}
+
+/// One peer's queue in one lane, and the entry bytes in it or in flight
+/// from it.
 struct PeerQueue {
     messages: mpsc::Sender<Message>,
     bytes: Arc<AtomicUsize>,
@@ -93,7 +113,7 @@ pub struct PeerTransport {
     http: crate::member_http::MemberHttp,
     runtime: tokio::runtime::Handle,
     addresses: RwLock<HashMap<u64, String>>,
-    queues: Mutex<HashMap<u64, PeerQueue>>,
+    queues: Mutex<HashMap<(u64, Lane), PeerQueue>>,
     /// Back into the Raft thread, for unreachable and snapshot reports.
     inputs: Sender<Input>,
     faults: Arc<FaultRules>,
@@ -234,7 +254,7 @@ impl PeerTransport {
             if self.faults.blocks(to) {
                 continue;
             }
-            let queue = queues.entry(to).or_insert_with(|| {
+            let queue = queues.entry((to, Lane::of(&message))).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE_LIMIT);
                 let bytes = Arc::new(AtomicUsize::new(0));
                 self.runtime.spawn(Arc::clone(self).deliver(to, rx, Arc::clone(&bytes)));
@@ -262,7 +282,7 @@ impl PeerTransport {
     #[cfg(test)]
     fn queued_bytes(&self, peer: u64) -> usize {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.get(&peer).map_or(0, |queue| queue.bytes.load(Ordering::Relaxed))
+        queues.get(&(peer, Lane::Log)).map_or(0, |queue| queue.bytes.load(Ordering::Relaxed))
     }
 
     async fn deliver(
@@ -377,6 +397,88 @@ mod tests {
         let mut message = Message { to, term: 3, entries: entries.into(), ..Message::default() };
         message.set_msg_type(kind);
         message
+    }
+
+    /// A peer that answers requests without entries and never answers one
+    /// with entries, as a follower starved of CPU stalls on big appends;
+    /// tells `heard` of every message it answered.
+    async fn peer_stalling_on_entries(heard: mpsc::UnboundedSender<MessageType>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let heard = heard.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 65536];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .and_then(|value| value.trim().parse().ok())
+                            .unwrap_or(0);
+                        let body_start = head_end + 4;
+                        while buffer.len() < body_start + length {
+                            let mut chunk = [0u8; 65536];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let messages =
+                            decode_batch(&buffer[body_start..body_start + length]).expect("a batch");
+                        buffer.drain(..body_start + length);
+                        if messages.iter().any(|m| !m.get_entries().is_empty()) {
+                            std::future::pending::<()>().await;
+                        }
+                        for message in &messages {
+                            let _ = heard.send(message.get_msg_type());
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_heartbeat_reaches_a_peer_that_is_stuck_on_a_big_append() {
+        let (heard_tx, mut heard) = mpsc::unbounded_channel();
+        let address = peer_stalling_on_entries(heard_tx).await;
+        let (inputs, reported) = std::sync::mpsc::channel();
+        let http = crate::member_http::MemberHttp::for_raft(None).expect("client");
+        let transport = Arc::new(PeerTransport::new(
+            1,
+            "127.0.0.1:1".into(),
+            tokio::runtime::Handle::current(),
+            inputs,
+            Arc::default(),
+            8 << 20,
+            http,
+        ));
+        transport.learn_sender(2, &address);
+        // 4 MiB: the peer holds this request for its whole timeout (5 s).
+        transport.send(vec![message(2, MessageType::MsgAppend, 4 << 20)]);
+        transport.send(vec![message(2, MessageType::MsgHeartbeat, 0)]);
+        let kind = tokio::time::timeout(std::time::Duration::from_secs(30), heard.recv()).await;
+        assert_eq!(kind.expect("the heartbeat arrives"), Some(MessageType::MsgHeartbeat));
+        assert!(
+            reported.try_recv().is_err(),
+            "the heartbeat went while the append was still in flight, not after it failed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
