@@ -19,20 +19,23 @@ pub async fn register_nodes(
     labels: &[(&str, &str)],
 ) {
     for i in 0..count {
-        let registration = NodeRegistration {
-            name: format!("{prefix}-{i}"),
-            address: String::new(),
-            cpu: CpuMillis(cpu),
-            memory: MemoryBytes(memory),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
-            drivers: [Driver::Docker, Driver::Process].into(),
-            host_volumes: BTreeMap::new(),
-        };
+        let registration = registration(&format!("{prefix}-{i}"), cpu, memory, labels);
         let client = cluster.node_client(&registration.name);
         client.register_node(&registration).await.expect("node registers");
+    }
+}
+
+/// What a simulated node registers with: the capacity and labels given,
+/// both drivers, no volumes.
+pub fn registration(name: &str, cpu: u64, memory: u64, labels: &[(&str, &str)]) -> NodeRegistration {
+    NodeRegistration {
+        name: name.to_owned(),
+        address: String::new(),
+        cpu: CpuMillis(cpu),
+        memory: MemoryBytes(memory),
+        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        drivers: [Driver::Docker, Driver::Process].into(),
+        host_volumes: BTreeMap::new(),
     }
 }
 

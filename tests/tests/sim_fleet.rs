@@ -225,15 +225,7 @@ async fn a_report_that_arrives_after_a_later_one_does_not_undo_it() {
     let allocation = client.allocations(Some("web"), None).await.expect("allocations");
     assert_eq!(allocation.iter().map(|a| a.state).collect::<Vec<_>>(), [AllocationState::Running]);
 
-    let registration = flotilla_api::NodeRegistration {
-        name: "late-0".into(),
-        address: String::new(),
-        cpu: flotilla_api::CpuMillis(4000),
-        memory: flotilla_api::MemoryBytes(8 << 30),
-        labels: Default::default(),
-        drivers: [flotilla_api::spec::Driver::Docker].into(),
-        host_volumes: Default::default(),
-    };
+    let registration = flotilla_tests::simulated_nodes::registration("late-0", 4000, 8 << 30, &[]);
     let registered = node.register_node(&registration).await.expect("registers again");
     assert_eq!(registered.report_seq, 100, "a restarted agent numbers its reports past this");
     node.report_allocations("late-0", 101, &[starting]).await.expect("a later report is applied");

@@ -399,11 +399,24 @@ mod tests {
         message
     }
 
+    /// Reads what arrived on `socket` onto `buffer`; false once it closed.
+    async fn read_more(socket: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 65536];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
     /// A peer that answers requests without entries and never answers one
     /// with entries, as a follower starved of CPU stalls on big appends;
     /// tells `heard` of every message it answered.
     async fn peer_stalling_on_entries(heard: mpsc::UnboundedSender<MessageType>) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         tokio::spawn(async move {
@@ -413,10 +426,8 @@ mod tests {
                     let mut buffer = Vec::new();
                     loop {
                         let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            let mut chunk = [0u8; 65536];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut socket, &mut buffer).await {
+                                return;
                             }
                             continue;
                         };
@@ -428,10 +439,8 @@ mod tests {
                             .unwrap_or(0);
                         let body_start = head_end + 4;
                         while buffer.len() < body_start + length {
-                            let mut chunk = [0u8; 65536];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut socket, &mut buffer).await {
+                                return;
                             }
                         }
                         let messages =
