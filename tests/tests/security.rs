@@ -327,6 +327,50 @@ async fn a_revoked_token_is_refused_by_every_server_within_a_second() {
     }
 }
 
+/// A leader cut off from the majority believes it leads until its next
+/// quorum check (up to two election timeouts), while the majority elects
+/// another and goes on. A token made there is not in the old leader's
+/// state: it must say it cannot tell, never that the token is unknown (a
+/// CLI that heard "not recognised" gives up; `cluster up` did, in CI, after
+/// an election at start-up). Once the partition heals it takes the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_made_across_a_partition_is_never_called_unknown_by_the_cut_off_leader() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+    cluster.block(old_leader, &others).await;
+    for id in &others {
+        cluster.block(*id, &[old_leader]).await;
+    }
+    let new_leader = wait_until(Duration::from_secs(10), "the majority elects a leader", || async {
+        let leader = cluster.status_of(others[0]).await?.leader.filter(|id| others.contains(id))?;
+        let status = cluster.status_of(leader).await?;
+        (status.role == RaftRole::Leader).then_some(leader)
+    })
+    .await;
+    let request = flotilla_api::CreateTokenRequest {
+        role: "read".parse().expect("a role"),
+        description: "made by the majority".into(),
+        ttl_secs: None,
+    };
+    let token =
+        cluster.client_of(new_leader).create_token(&request).await.expect("the new leader makes it").token;
+    let on_old_leader =
+        cluster.client_for([cluster.address(old_leader)], Some(&token)).with_retry_for(Duration::ZERO);
+    let answer = on_old_leader.list(true).await;
+    let error = answer.expect_err("a server cut off from the leader cannot have the token");
+    assert_ne!(error.code(), Some("unauthorized"), "the cut-off leader called the token unknown: {error}");
+
+    cluster.block(old_leader, &[]).await;
+    for id in &others {
+        cluster.block(*id, &[]).await;
+    }
+    wait_until(Duration::from_secs(10), "the healed server takes the token", || async {
+        on_old_leader.list(true).await.ok()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_joins_with_a_server_token_and_receives_the_ca() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;

@@ -158,10 +158,12 @@ async fn caller_of(
         };
         let role = match find() {
             Some(role) => role,
-            // A server that trails the leader (a member just joined, one
-            // cut off) may not have applied the token yet: it catches up
-            // before it says no, and says it cannot tell when it cannot.
-            None if !app.raft.is_leader() => {
+            // A server may not have applied the token yet: a follower that
+            // trails (just joined, cut off), or a leader just elected, whose
+            // log holds entries its predecessor committed that it has not
+            // applied. It catches up with the commit index before it says
+            // no, and says it cannot tell when it cannot.
+            None => {
                 app.raft.read_barrier().await.map_err(|error| ApiError::Unavailable {
                     code: "cannot_check_token",
                     message: format!(
@@ -170,7 +172,6 @@ async fn caller_of(
                 })?;
                 find().ok_or_else(unknown)?
             }
-            None => return Err(unknown()),
         };
         return Role::from_token(role).map(Caller::User).ok_or_else(unknown);
     }
