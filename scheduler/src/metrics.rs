@@ -43,6 +43,10 @@ pub struct ServerMetrics {
     /// Writing a ready's entries and hard state to disk, fsyncs included:
     /// every commit waits on it, on the leader and on a majority.
     pub raft_persist_seconds: Histogram,
+    /// One turn of the Raft loop, from the input that woke it to its end:
+    /// one longer than a heartbeat interval delays heartbeats, and the
+    /// turn's log line names which part took the time.
+    pub raft_loop_turn_seconds: Histogram,
     pub raft_snapshots: Counter,
     pub raft_snapshot_bytes: Gauge,
     pub reconcile_pass_seconds: Histogram,
@@ -73,6 +77,7 @@ impl Default for ServerMetrics {
             raft_leader_changes: Counter::default(),
             raft_proposal_seconds: latency_histogram(),
             raft_commit_seconds: latency_histogram(),
+            raft_loop_turn_seconds: latency_histogram(),
             raft_persist_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             raft_snapshots: Counter::default(),
             raft_snapshot_bytes: Gauge::default(),
@@ -117,6 +122,11 @@ impl ServerMetrics {
             "raft_persist_seconds",
             "Time to write entries and hard state to disk, fsyncs included",
             self.raft_persist_seconds.clone(),
+        );
+        r.register(
+            "raft_loop_turn_seconds",
+            "Time one turn of the Raft loop took, from the input that woke it",
+            self.raft_loop_turn_seconds.clone(),
         );
         r.register("raft_snapshots", "Snapshots taken", self.raft_snapshots.clone());
         r.register(

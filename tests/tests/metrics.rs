@@ -70,6 +70,7 @@ async fn server_and_agent_metrics_move_with_what_the_cluster_does() {
     assert!(moved("flotilla_raft_proposal_seconds_count") >= 1.0, "the plan was proposed here");
     assert!(moved("flotilla_raft_commit_seconds_count") >= 2.0, "the deploy and the plan were committed");
     assert!(moved("flotilla_reconcile_pass_seconds_count") >= 1.0);
+    assert!(moved("flotilla_raft_loop_turn_seconds_count") >= 2.0, "the Raft loop turned for each commit");
     assert!(moved("flotilla_placement_seconds_count") >= 1.0);
     assert_eq!(value(&server, "flotilla_allocations{state=\"running\"}"), 3.0);
     assert_eq!(value(&server, "flotilla_workloads"), 1.0);

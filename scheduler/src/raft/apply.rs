@@ -2,6 +2,7 @@
 //! proposals and membership changes this server made once theirs apply.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
@@ -37,7 +38,10 @@ impl Node {
             return Ok(());
         }
         let state = Arc::clone(&self.state);
+        let asked = Instant::now();
         let mut state = state.write().unwrap_or_else(|p| p.into_inner());
+        let locked = Instant::now();
+        self.turn.state_lock += locked - asked;
         for entry in entries {
             self.applied = entry.index;
             match entry.get_entry_type() {
@@ -87,6 +91,7 @@ impl Node {
         }
         let changed = state.take_recent_node_changes();
         drop(state);
+        self.turn.apply += locked.elapsed();
         self.published.node_watches.publish(changed);
         Ok(())
     }

@@ -20,6 +20,7 @@ mod snapshot_files;
 mod snapshots;
 mod storage;
 mod transport;
+mod turn_clock;
 
 pub use error::RaftError;
 pub use handle::RaftHandle;

@@ -30,6 +30,7 @@ use super::snapshot_files::SnapshotFile;
 use super::snapshots::SnapshotJob;
 use super::storage::{RaftStorage, StorageError};
 use super::transport::PeerTransport;
+use super::turn_clock::TurnClock;
 use crate::metrics::ServerMetrics;
 use crate::state::{ClusterState, CommandOutput, Envelope};
 
@@ -105,6 +106,8 @@ pub struct Node {
     /// Readies handed to the persist thread and not yet durable, by number,
     /// each with the messages that may leave only once it is.
     pub(super) persisting: VecDeque<(u64, Vec<Message>)>,
+    /// Where the turn under way spends its time.
+    pub(super) turn: TurnClock,
 }
 
 /// What the Raft thread publishes for the async side, each read there
@@ -188,6 +191,7 @@ impl Node {
             commit_clock: CommitClock::default(),
             persister,
             persisting: VecDeque::new(),
+            turn: TurnClock::start(Instant::now()),
         })
     }
 
@@ -198,7 +202,9 @@ impl Node {
         let result = loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = false;
-            match inputs.recv_timeout(wait) {
+            let woken = inputs.recv_timeout(wait);
+            self.turn = TurnClock::start(Instant::now());
+            match woken {
                 Ok(Input::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
                 Ok(input) => {
                     self.handle(input);
@@ -215,6 +221,7 @@ impl Node {
             if stop {
                 break Ok(());
             }
+            self.turn.inputs = self.turn.started().elapsed();
             self.ask_read_index();
             let now = Instant::now();
             if now >= next_tick {
@@ -230,6 +237,9 @@ impl Node {
             if let Err(error) = turn {
                 break Err(error);
             }
+            let heartbeat = self.config.tick * self.config.heartbeat_ticks as u32;
+            let took = self.turn.finish(Instant::now(), heartbeat);
+            ServerMetrics::observe(&self.published.metrics.raft_loop_turn_seconds, took);
         };
         if let Some(job) = self.snapshot_job.take() {
             job.wait();
