@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_api::ServerStatus;
@@ -15,6 +15,7 @@ use super::membership::MembershipChange;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Reply;
 use super::snapshot_files::SnapshotFile;
+use super::state_read::StateRead;
 use super::storage::StorageError;
 use crate::metrics::ServerMetrics;
 use crate::state::{ClusterState, Command, CommandOutput, Idempotency};
@@ -122,8 +123,10 @@ impl RaftHandle {
     }
 
     /// This server's applied state, which may trail the leader's.
-    pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    #[track_caller]
+    pub fn state(&self) -> StateRead<'_> {
+        let caller = std::panic::Location::caller();
+        StateRead::new(self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()), caller)
     }
 
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {

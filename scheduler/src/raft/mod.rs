@@ -18,6 +18,7 @@ mod slog_bridge;
 mod snapshot_chunks;
 mod snapshot_files;
 mod snapshots;
+mod state_read;
 mod storage;
 mod transport;
 mod turn_clock;
@@ -27,6 +28,7 @@ pub use handle::RaftHandle;
 pub use membership::MembershipChange;
 pub use node::NodeConfig;
 pub(crate) use node::spawn;
+pub use state_read::StateRead;
 pub use storage::{RaftStorage, StorageError};
 pub use transport::{
     FaultRules, MAX_PEER_BODY, PEER_PATH, PeerTransport, SENDER_HEADER, SNAPSHOT_PATH, decode_batch,

@@ -1,0 +1,52 @@
+//! A read of the replicated state that says so when it holds the state
+//! long. The Raft thread applies under the write lock, and a waiting writer
+//! holds back every reader after it: a reader that keeps the state for a
+//! second keeps the leader's heartbeats back for a second, and the
+//! followers elect another leader. The warning names the reader's line.
+
+use std::ops::Deref;
+use std::panic::Location;
+use std::sync::RwLockReadGuard;
+use std::time::{Duration, Instant};
+
+use crate::state::ClusterState;
+
+/// Half a heartbeat interval: a read held longer delays the Raft thread
+/// enough to be worth finding.
+const SLOW_READ: Duration = Duration::from_millis(50);
+
+/// The applied state, read-locked until this is dropped.
+pub struct StateRead<'a> {
+    guard: RwLockReadGuard<'a, ClusterState>,
+    /// When the lock was taken, to tell how long it was held.
+    since: Instant,
+    /// Whose read it is, for the warning.
+    caller: &'static Location<'static>,
+}
+
+impl<'a> StateRead<'a> {
+    pub(super) fn new(guard: RwLockReadGuard<'a, ClusterState>, caller: &'static Location<'static>) -> Self {
+        StateRead { guard, since: Instant::now(), caller }
+    }
+}
+
+impl Deref for StateRead<'_> {
+    type Target = ClusterState;
+
+    fn deref(&self) -> &ClusterState {
+        &self.guard
+    }
+}
+
+impl Drop for StateRead<'_> {
+    fn drop(&mut self) {
+        let held = self.since.elapsed();
+        if held > SLOW_READ {
+            tracing::warn!(
+                reader = %self.caller,
+                held_ms = held.as_millis() as u64,
+                "a read of the state held it long enough to delay the Raft thread"
+            );
+        }
+    }
+}
