@@ -2,7 +2,7 @@
 //! proposals and membership changes this server made once theirs apply.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
@@ -11,15 +11,22 @@ use super::error::RaftError;
 use super::membership::ConfChangeContext;
 use super::node::Node;
 use super::storage::StorageError;
-use crate::state::Envelope;
+use crate::state::{ClusterState, Envelope};
+
+/// How long one turn of the Raft loop applies entries before it lets the
+/// loop tick, send heartbeats and take messages: a fifth of a heartbeat
+/// interval. A backlog of big plans applied in one go held the leader's
+/// heartbeats for 770 ms at 200,000 allocations.
+const APPLY_BUDGET: Duration = Duration::from_millis(20);
 
 pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
 }
 
 impl Node {
-    /// Applies committed entries, after those that waited; while a
-    /// snapshot is written they wait too.
+    /// Applies committed entries, after those that waited, for as long as
+    /// one turn of the loop may: what is left waits for the next turn,
+    /// which comes at once. While a snapshot is written they all wait.
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         if self.snapshot_job.is_some() {
             self.unapplied.extend(entries);
@@ -42,7 +49,39 @@ impl Node {
         let mut state = state.write().unwrap_or_else(|p| p.into_inner());
         let locked = Instant::now();
         self.turn.state_lock += locked - asked;
-        for entry in entries {
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            self.turn.applied_entries += 1;
+            self.apply_entry(&mut state, entry)?;
+            if locked.elapsed() >= APPLY_BUDGET {
+                self.unapplied.extend(entries);
+                break;
+            }
+        }
+        let changed = state.take_recent_node_changes();
+        drop(state);
+        self.turn.apply += locked.elapsed();
+        self.published.node_watches.publish(changed);
+        Ok(())
+    }
+
+    /// Whether committed entries wait that a turn may apply.
+    pub(super) fn may_apply_more(&self) -> bool {
+        self.snapshot_job.is_none() && !self.unapplied.is_empty()
+    }
+
+    /// Applies from the backlog in a turn that applied nothing else.
+    pub(super) fn apply_backlog(&mut self) -> Result<(), StorageError> {
+        if self.turn.applied_entries > 0 || !self.may_apply_more() {
+            return Ok(());
+        }
+        self.apply_committed(Vec::new())?;
+        self.applied_moved();
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, state: &mut ClusterState, entry: Entry) -> Result<(), StorageError> {
+        {
             self.applied = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
@@ -89,10 +128,6 @@ impl Node {
                 }
             }
         }
-        let changed = state.take_recent_node_changes();
-        drop(state);
-        self.turn.apply += locked.elapsed();
-        self.published.node_watches.publish(changed);
         Ok(())
     }
 }

@@ -200,7 +200,13 @@ impl Node {
     pub(crate) fn run(mut self, inputs: Receiver<Input>) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + self.config.tick;
         let result = loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // A backlog of committed entries is applied a budget at a time,
+            // with ticks and messages between.
+            let wait = if self.may_apply_more() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             let mut stop = false;
             let woken = inputs.recv_timeout(wait);
             self.turn = TurnClock::start(Instant::now());
@@ -232,6 +238,7 @@ impl Node {
             let turn = self
                 .take_persisted()
                 .and_then(|()| self.on_ready())
+                .and_then(|()| self.apply_backlog())
                 .and_then(|()| self.finish_snapshot())
                 .and_then(|()| self.maybe_snapshot());
             if let Err(error) = turn {

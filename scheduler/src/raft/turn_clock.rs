@@ -19,11 +19,20 @@ pub(super) struct TurnClock {
     pub(super) state_lock: Duration,
     /// Applying committed entries, lock held.
     pub(super) apply: Duration,
+    /// How many entries were applied: a long apply of one entry is a big
+    /// command, of many a backlog.
+    pub(super) applied_entries: usize,
 }
 
 impl TurnClock {
     pub(super) fn start(now: Instant) -> Self {
-        TurnClock { started: now, inputs: Duration::ZERO, state_lock: Duration::ZERO, apply: Duration::ZERO }
+        TurnClock {
+            started: now,
+            inputs: Duration::ZERO,
+            state_lock: Duration::ZERO,
+            apply: Duration::ZERO,
+            applied_entries: 0,
+        }
     }
 
     pub(super) fn started(&self) -> Instant {
@@ -41,6 +50,7 @@ impl TurnClock {
                 inputs_ms = self.inputs.as_millis() as u64,
                 state_lock_ms = self.state_lock.as_millis() as u64,
                 apply_ms = self.apply.as_millis() as u64,
+                applied_entries = self.applied_entries,
                 rest_ms = rest.as_millis() as u64,
                 budget_ms = budget.as_millis() as u64,
                 "a turn of the Raft loop took longer than a heartbeat interval"
