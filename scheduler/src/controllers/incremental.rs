@@ -118,6 +118,7 @@ impl IncrementalReconciler {
         }
         // Those looked at now say again whether they wait.
         self.waiting_for_room.retain(|name| !workloads.contains(name));
+        let (mut changed, mut gone) = (Vec::new(), BTreeSet::new());
         for name in &refresh {
             self.held_until.remove(name);
             match state.node_view(name, now_ms) {
@@ -125,11 +126,14 @@ impl IncrementalReconciler {
                     if let Some(node) = state.node(name).filter(|n| n.eligible_at_ms > now_ms) {
                         self.held_until.insert(name.clone(), node.eligible_at_ms);
                     }
-                    self.view.upsert(view);
+                    changed.push(view);
                 }
-                None => self.view.remove(name),
+                None => {
+                    gone.insert(name.clone());
+                }
             }
         }
+        self.view.refresh(changed, &gone);
         if workloads.is_empty() && nodes.is_empty() {
             let plan = Plan { now_ms, ..Plan::default() };
             return Pass { plan, unsettled: BTreeSet::new(), waiting_for_room: BTreeSet::new() };
