@@ -364,6 +364,24 @@ impl TestCluster {
         assert!(response.status().is_success(), "fault endpoint: {}", response.status());
     }
 
+    /// Cuts server `id` off from every other server, both ways; the others
+    /// still reach each other. Returns the others.
+    pub async fn partition(&self, id: u64) -> Vec<u64> {
+        let others: Vec<u64> = self.servers.iter().map(|s| s.id).filter(|other| *other != id).collect();
+        self.block(id, &others).await;
+        for other in &others {
+            self.block(*other, &[id]).await;
+        }
+        others
+    }
+
+    /// Lifts every partition.
+    pub async fn heal(&self) {
+        for server in &self.servers {
+            self.block(server.id, &[]).await;
+        }
+    }
+
     /// Starts a new server that joins through the current members; it is
     /// added as a learner and promoted once it has caught up.
     pub fn add_joining_server(&mut self, id: u64) -> &mut ServerProcess {

@@ -211,11 +211,7 @@ async fn a_fourth_server_joins_and_a_member_is_removed() {
 async fn a_partitioned_leader_stops_acknowledging_writes() {
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
-    cluster.block(old_leader, &others).await;
-    for id in &others {
-        cluster.block(*id, &[old_leader]).await;
-    }
+    let others = cluster.partition(old_leader).await;
     let minority = cluster.client_of(old_leader);
     let refused = minority.deploy(&spec("minority-write"), None).await;
     assert!(refused.is_err(), "a leader cut off from the majority must not acknowledge: {refused:?}");
@@ -225,10 +221,7 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
         .with_retry_for(Duration::from_secs(10));
     majority.deploy(&spec("majority-write"), None).await.expect("the majority elects a leader and commits");
 
-    cluster.block(old_leader, &[]).await;
-    for id in &others {
-        cluster.block(*id, &[]).await;
-    }
+    cluster.heal().await;
     let expected: BTreeSet<String> = ["majority-write".to_owned()].into();
     for id in 1..=3 {
         wait_for_names(&cluster, id, &expected, Duration::from_secs(10)).await;

@@ -337,11 +337,7 @@ async fn a_revoked_token_is_refused_by_every_server_within_a_second() {
 async fn a_token_made_across_a_partition_is_never_called_unknown_by_the_cut_off_leader() {
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
-    cluster.block(old_leader, &others).await;
-    for id in &others {
-        cluster.block(*id, &[old_leader]).await;
-    }
+    let others = cluster.partition(old_leader).await;
     let new_leader = wait_until(Duration::from_secs(10), "the majority elects a leader", || async {
         let leader = cluster.status_of(others[0]).await?.leader.filter(|id| others.contains(id))?;
         let status = cluster.status_of(leader).await?;
@@ -361,10 +357,7 @@ async fn a_token_made_across_a_partition_is_never_called_unknown_by_the_cut_off_
     let error = answer.expect_err("a server cut off from the leader cannot have the token");
     assert_ne!(error.code(), Some("unauthorized"), "the cut-off leader called the token unknown: {error}");
 
-    cluster.block(old_leader, &[]).await;
-    for id in &others {
-        cluster.block(*id, &[]).await;
-    }
+    cluster.heal().await;
     wait_until(Duration::from_secs(10), "the healed server takes the token", || async {
         on_old_leader.list(true).await.ok()
     })
