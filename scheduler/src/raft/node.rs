@@ -205,6 +205,7 @@ impl Node {
     /// the server: continuing could acknowledge writes it did not keep).
     pub(crate) fn run(mut self, inputs: Receiver<Input>) -> Result<(), StorageError> {
         let mut next_tick = Instant::now() + self.config.tick;
+        let heartbeat = self.config.tick * self.config.heartbeat_ticks as u32;
         let result = loop {
             // A backlog of committed entries is applied a budget at a time,
             // with ticks and messages between.
@@ -255,7 +256,6 @@ impl Node {
             if let Err(error) = turn {
                 break Err(error);
             }
-            let heartbeat = self.config.tick * self.config.heartbeat_ticks as u32;
             let took = self.turn.finish(Instant::now(), heartbeat);
             ServerMetrics::observe(&self.published.metrics.raft_loop_turn_seconds, took);
         };
