@@ -477,9 +477,16 @@ async fn snapshots_go_to_files_of_their_own_and_every_server_restarts_from_its_f
                     name.ends_with(&format!("{snapshot_index:020}.json")),
                     "{name} is snapshot {snapshot_index}"
                 );
-                let data = std::fs::read_to_string(file).expect("snapshot file");
-                assert!(data.contains("\"filed-"), "the file holds the state's workloads");
-                break;
+                match std::fs::read_to_string(file) {
+                    Ok(data) => {
+                        assert!(data.contains("\"filed-"), "the file holds the state's workloads");
+                        break;
+                    }
+                    // A newer snapshot replaced it between the listing and
+                    // the read: look again.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => panic!("snapshot file {}: {error}", file.display()),
+                }
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
