@@ -48,6 +48,12 @@ impl Cluster {
 }
 
 fn state_of(nodes: usize) -> Cluster {
+    state_with(nodes, nodes / 10, 100)
+}
+
+/// `nodes` nodes of 16 CPUs and 32 GiB holding `workloads` workloads of
+/// `replicas` replicas each, all placed and reported running.
+fn state_with(nodes: usize, workloads: usize, replicas: u32) -> Cluster {
     let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
     for i in 0..nodes {
         let registration = NodeRegistration {
@@ -61,14 +67,13 @@ fn state_of(nodes: usize) -> Cluster {
         };
         cluster.apply(Command::RegisterNode { registration });
     }
-    for i in 0..nodes / 10 {
-        let yaml =
-            format!("name: w{i}\nimage: app:1\nreplicas: 100\nresources: {{cpu: 100m, memory: 64Mi}}\n");
-        cluster.apply(Command::put_workload(flotilla_api::parse_yaml(&yaml).expect("spec"), 0));
+    for i in 0..workloads {
+        cluster.apply(Command::put_workload(spec_of(&format!("w{i}"), replicas), 0));
     }
     let config = ReconcileConfig::default();
+    let mut reconciler = IncrementalReconciler::default();
     loop {
-        let plan = reconcile(&cluster.state, cluster.index, NOW, &config);
+        let plan = reconciler.pass(&cluster.state, cluster.index, NOW, &config);
         if plan.changes_nothing() {
             break;
         }
@@ -76,6 +81,12 @@ fn state_of(nodes: usize) -> Cluster {
         cluster.run_pending();
     }
     cluster
+}
+
+fn spec_of(name: &str, replicas: u32) -> flotilla_api::WorkloadSpec {
+    let yaml =
+        format!("name: {name}\nimage: app:1\nreplicas: {replicas}\nresources: {{cpu: 100m, memory: 64Mi}}\n");
+    flotilla_api::parse_yaml(&yaml).expect("spec")
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -118,6 +129,55 @@ fn main() {
             full.as_secs_f64() * 1e3,
             incremental.as_secs_f64() * 1e3,
             full.as_secs_f64() / incremental.as_secs_f64().max(1e-9)
+        );
+    }
+    plan_of_many_placements(&config);
+}
+
+/// The leader's largest plan (`max_placements` new replicas at once, as
+/// when a thousand deploys land together) on 10,000 nodes holding 100,000
+/// and 1,000,000 allocations: the pass that makes it, and applying it,
+/// which every server does on its Raft thread.
+fn plan_of_many_placements(config: &ReconcileConfig) {
+    const NODES: usize = 10_000;
+    const REPLICAS: u32 = 1000;
+    const PLAN_ROUNDS: usize = 5;
+    let new_workloads = config.max_placements / REPLICAS as usize;
+    println!();
+    println!(
+        "| nodes | allocations | placements in the plan | pass making it (median) | applying it (median) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for allocations in [100_000, 1_000_000] {
+        let mut cluster = state_with(NODES, allocations / REPLICAS as usize, REPLICAS);
+        let mut reconciler = IncrementalReconciler::default();
+        assert!(reconciler.pass(&cluster.state, 0, NOW, config).changes_nothing());
+        let (mut passes, mut applies) = (Vec::new(), Vec::new());
+        for round in 0..PLAN_ROUNDS {
+            for w in 0..new_workloads {
+                cluster.apply(Command::put_workload(spec_of(&format!("new-{round}-{w}"), REPLICAS), 0));
+            }
+            let started = Instant::now();
+            let plan = reconciler.pass(&cluster.state, cluster.index, NOW, config);
+            passes.push(started.elapsed());
+            assert_eq!(plan.placements.len(), config.max_placements, "one plan places them all");
+
+            cluster.index += 1;
+            let started = Instant::now();
+            let outcome = cluster.state.apply(cluster.index, Command::ApplyPlan { plan }).expect("applies");
+            applies.push(started.elapsed());
+            assert!(
+                matches!(outcome, flotilla_scheduler::state::CommandOutput::Planned(o) if o.refused == 0),
+                "every placement fits"
+            );
+            cluster.run_pending();
+        }
+        println!(
+            "| {NODES} | {} | {} | {:.1} ms | {:.1} ms |",
+            cluster.state.allocations().count(),
+            config.max_placements,
+            median(passes).as_secs_f64() * 1e3,
+            median(applies).as_secs_f64() * 1e3,
         );
     }
 }

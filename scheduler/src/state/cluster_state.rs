@@ -219,8 +219,23 @@ impl ClusterState {
     /// The node as placement sees it, from the live allocations on it.
     /// `now_ms` tells whether a node back from flapping is still held.
     pub fn node_view(&self, name: &str, now_ms: u64) -> Option<NodeView> {
+        let mut view = self.node_capacity_view(name, now_ms)?;
+        for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
+            view.ports.extend(fixed_ports(allocation));
+            if !allocation.stopping {
+                *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
+            }
+        }
+        Some(view)
+    }
+
+    /// A node's view without what only its allocations tell (the host ports
+    /// they hold, the replicas per workload): all that checking a placement
+    /// without fixed host ports needs, and it reads none of the node's
+    /// allocations, which was most of the cost of applying a plan.
+    pub fn node_capacity_view(&self, name: &str, now_ms: u64) -> Option<NodeView> {
         let node = self.nodes.get(name)?;
-        let mut view = NodeView {
+        Some(NodeView {
             name: node.name.clone(),
             status: node.status,
             held: node.eligible_at_ms > now_ms,
@@ -233,14 +248,12 @@ impl ClusterState {
             ports: Default::default(),
             workload_counts: Default::default(),
             host_volumes: node.host_volumes.iter().map(|(name, v)| (name.clone(), v.read_only)).collect(),
-        };
-        for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
-            view.ports.extend(fixed_ports(allocation));
-            if !allocation.stopping {
-                *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
-            }
-        }
-        Some(view)
+        })
+    }
+
+    /// The host ports the live allocations on `name` hold.
+    pub fn node_ports(&self, name: &str) -> impl Iterator<Item = (u16, Protocol)> {
+        self.node_allocations(name).filter(|a| a.state.is_live()).flat_map(fixed_ports)
     }
 
     /// The workload with its replicas' status filled in.
