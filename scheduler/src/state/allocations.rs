@@ -144,9 +144,15 @@ impl ClusterState {
     pub(super) fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
         let id = self.next_allocation_id.max(1);
         self.next_allocation_id = id + 1;
+        // The workload's own name, shared: the plan's copy would cost each
+        // allocation a string of its own.
+        let workload = match self.workloads.get_key_value(&placement.workload) {
+            Some((name, _)) => name.clone(),
+            None => placement.workload,
+        };
         let allocation = Allocation {
             id,
-            workload: placement.workload,
+            workload,
             replica: placement.replica,
             node: placement.node,
             version: placement.version,
