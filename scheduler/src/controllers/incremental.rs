@@ -105,6 +105,8 @@ impl IncrementalReconciler {
                 Touched::Booking(name) => {
                     refresh.insert(name);
                 }
+                // See `Touched::Progress`: it cannot change this workload's plan.
+                Touched::Progress(_) => {}
             }
         }
         // A node's own change is a change for every workload on it.
@@ -329,14 +331,18 @@ mod tests {
             }
         }
 
-        /// Does what agents do: pending replicas start (healthy), those
-        /// being stopped stop.
+        /// Does what agents do: pending replicas start, and pass their
+        /// checks in a later report (progress alone, which the reconciler
+        /// does not look at); those being stopped stop.
         fn act_as_agents(&mut self) {
             let mut by_node: BTreeMap<String, Vec<AllocationUpdate>> = BTreeMap::new();
             for allocation in self.state.allocations() {
                 let update = if allocation.stopping && allocation.state.is_live() {
                     AllocationUpdate::stopped(allocation.id)
                 } else if allocation.state == AllocationState::Pending {
+                    AllocationUpdate::running(allocation.id)
+                } else if allocation.state == AllocationState::Running && allocation.health == Health::Unknown
+                {
                     AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) }
                 } else {
                     continue;
@@ -438,5 +444,33 @@ mod tests {
         cluster.happen(&Event::Scale { workload: 0, replicas: 5 });
         let plan = reconciler.pass(&cluster.state, 2, NOW, &ReconcileConfig::default());
         assert_eq!(plan.placements.len(), 2);
+    }
+
+    #[test]
+    fn a_health_report_is_judged_and_not_reconciled() {
+        let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
+        let mut reconciler = IncrementalReconciler::default();
+        let mut judge = RolloutJudge::default();
+        cluster.happen(&Event::Register { node: 0, cpu: 2000 });
+        cluster.happen(&Event::Deploy { workload: 0, replicas: 2, cpu: 100, version: 0 });
+        assert!(cluster.pass(&mut reconciler), "the replicas are placed, and start");
+        assert!(!cluster.pass(&mut reconciler), "nothing more to plan while they are not healthy yet");
+        assert!(reconciler.unsettled.is_empty(), "with nothing to replace, health changes no plan");
+        // A minute after the deploy: past the replicas' healthy time, well
+        // before the deployment's 10-minute progress deadline.
+        let judged_at = 60_000;
+        let early = judge.judge(&cluster.state, judged_at).0;
+        assert!(early.is_empty(), "not healthy: no verdict yet: {early:?}");
+
+        let before = cluster.index;
+        cluster.act_as_agents();
+        let Changes::Since { touched, .. } = cluster.state.journal().after(before) else {
+            panic!("the journal remembers the report");
+        };
+        let web = WorkloadName::parse("w0").expect("name");
+        assert_eq!(touched, vec![Touched::Progress(web)], "checks passing are progress alone");
+        let (verdicts, _) = judge.judge(&cluster.state, judged_at);
+        let statuses: Vec<_> = verdicts.iter().map(|v| (v.workload.as_str(), v.status)).collect();
+        assert_eq!(statuses, [("w0", flotilla_api::DeploymentStatus::Successful)]);
     }
 }

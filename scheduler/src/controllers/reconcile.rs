@@ -191,10 +191,12 @@ fn reconcile_workload(
     let missing = step.place_new;
     let count = missing.min(*budget);
     if missing == 0 {
+        // With nothing old to replace, whether new replicas are healthy yet
+        // changes nothing here (`rollout::mode` is `Settled`), so waiting for
+        // it would reconcile a large deploy's workloads on every pass.
         let settled = old.is_empty()
             && step.stop_old == 0
             && new_to_stop == 0
-            && counts.new_counted == counts.new
             && terminal.len() <= config.keep_terminal;
         return if settled { Standing::Settled } else { Standing::Unsettled };
     }

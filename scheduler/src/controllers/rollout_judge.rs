@@ -46,7 +46,7 @@ impl RolloutJudge {
                 let mut names = BTreeSet::new();
                 for item in touched {
                     match item {
-                        Touched::Workload(name) => {
+                        Touched::Workload(name) | Touched::Progress(name) => {
                             names.insert(name);
                         }
                         // A node lost or drained changes its replicas' workloads.

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use flotilla_api::WorkloadName;
+use flotilla_api::{AllocationUpdate, WorkloadName};
 
 use super::cluster_state::ClusterState;
 use super::command::Command;
@@ -30,6 +30,14 @@ pub enum Touched {
     /// it): its placement view changes; the allocations' own workloads are
     /// touched beside it.
     Booking(String),
+    /// A replica's progress (started, running, its health, its restarts)
+    /// changed, but not whether it lives. Rollout verdicts follow it. The
+    /// reconciler does not: a workload with nothing to replace plans from
+    /// its live replicas alone, and one that rolls out is unsettled and
+    /// looked at on every pass anyway. Agents' reports are nearly all of
+    /// this kind, and reconciling their workloads for them read every
+    /// replica of every reporting workload on each pass.
+    Progress(WorkloadName),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,10 +136,8 @@ impl ClusterState {
                 touched.dedup();
                 touched
             }
-            Command::UpdateAllocations { node: name, updates, .. } => {
-                let mut touched: Vec<Touched> = std::iter::once(booking(name))
-                    .chain(updates.iter().flat_map(|u| allocation(u.id)))
-                    .collect();
+            Command::UpdateAllocations { updates, .. } => {
+                let mut touched: Vec<Touched> = updates.iter().flat_map(|u| self.report_touches(u)).collect();
                 touched.sort();
                 touched.dedup();
                 touched
@@ -150,6 +156,30 @@ impl ClusterState {
         }
     }
 
+    /// What one reported change touches: its workload and its node's
+    /// booking when the replica stops or starts living (capacity, counts
+    /// and ports change); its node's booking when the agent chose host
+    /// ports; otherwise only its progress.
+    fn report_touches(&self, update: &AllocationUpdate) -> Vec<Touched> {
+        let Some(allocation) = self.allocations.get(&update.id) else {
+            return Vec::new();
+        };
+        let (workload, node) = (allocation.workload.clone(), allocation.node.clone());
+        if allocation.state.is_live() != update.state.is_live() {
+            return vec![Touched::Workload(workload), Touched::Booking(node)];
+        }
+        let ports_chosen = update.ports.iter().any(|bound| {
+            !allocation.ports.iter().any(|p| {
+                p.container == bound.container && p.protocol == bound.protocol && p.host == bound.host
+            })
+        });
+        if ports_chosen {
+            vec![Touched::Progress(workload), Touched::Booking(node)]
+        } else {
+            vec![Touched::Progress(workload)]
+        }
+    }
+
     pub fn journal(&self) -> &ChangeJournal {
         &self.journal
     }
@@ -157,7 +187,69 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
+    use flotilla_api::spec::{Driver, Protocol};
+    use flotilla_api::{AllocationState, CpuMillis, MemoryBytes, NodeRegistration, PortBinding, parse_yaml};
+
     use super::*;
+    use crate::state::{Placement, Plan};
+
+    #[test]
+    fn a_report_touches_its_workload_only_when_a_replica_starts_or_stops_living() {
+        let mut state = ClusterState::default();
+        let registration = NodeRegistration {
+            name: "n".into(),
+            address: String::new(),
+            cpu: CpuMillis(1000),
+            memory: MemoryBytes(1 << 30),
+            labels: Default::default(),
+            drivers: [Driver::Docker].into(),
+            host_volumes: Default::default(),
+        };
+        state.apply(1, Command::RegisterNode { registration }).expect("register");
+        let spec = parse_yaml("name: web\nimage: x\nports: [{container: 80}]\n").expect("spec");
+        state.apply(2, Command::put_workload(spec, 0)).expect("deploy");
+        let web = WorkloadName::parse("web").expect("name");
+        let unbound = PortBinding { container: 80, host: 0, protocol: Protocol::Tcp };
+        let placement = Placement {
+            workload: web.clone(),
+            replica: 0,
+            node: "n".into(),
+            version: 1,
+            cpu: 100,
+            memory: 1 << 20,
+            ports: vec![unbound],
+        };
+        let plan = Plan { placements: vec![placement], ..Plan::default() };
+        state.apply(3, Command::ApplyPlan { plan }).expect("plan");
+        let bound = PortBinding { host: 30000, ..unbound };
+        let (progress, booking) = (Touched::Progress(web.clone()), Touched::Booking("n".into()));
+        let lives = Touched::Workload(web);
+        let cases = [
+            ("started", AllocationUpdate::running(1), vec![progress.clone()]),
+            (
+                "started on a port it chose",
+                AllocationUpdate { ports: vec![bound], ..AllocationUpdate::running(1) },
+                vec![booking.clone(), progress.clone()],
+            ),
+            (
+                "restarting",
+                AllocationUpdate { state: AllocationState::Restarting, ..AllocationUpdate::running(1) },
+                vec![progress],
+            ),
+            (
+                "failed",
+                AllocationUpdate { state: AllocationState::Failed, ..AllocationUpdate::running(1) },
+                vec![lives.clone(), booking.clone()],
+            ),
+            ("stopped", AllocationUpdate::stopped(1), vec![lives, booking]),
+            ("of an allocation that is not there", AllocationUpdate::running(9), vec![]),
+        ];
+        for (what, update, expected) in cases {
+            let command =
+                Command::UpdateAllocations { node: "n".into(), seq: 0, updates: vec![update], now_ms: 0 };
+            assert_eq!(state.touches(&command), expected, "{what}");
+        }
+    }
 
     #[test]
     fn a_reader_gets_what_came_after_its_index_or_is_told_it_fell_behind() {
