@@ -32,6 +32,20 @@ pub struct RolloutJudge {
 impl RolloutJudge {
     /// The verdicts due now, and when one may next fall due on its own.
     pub fn judge(&mut self, state: &ClusterState, now_ms: u64) -> (Vec<Verdict>, Option<u64>) {
+        let mut verdicts = Vec::new();
+        for name in self.to_judge(state, now_ms) {
+            verdicts.extend(self.judge_one(state, name, now_ms));
+        }
+        (verdicts, self.next_due())
+    }
+
+    /// The workloads to judge now: those the journal names since the last
+    /// pass, those whose timer came, those judged again. Cheap (it reads
+    /// the journal, not the replicas), so a caller may take the state
+    /// afresh for each workload it then judges, instead of holding it for
+    /// all of them: judging a thousand workloads in one deploy read a
+    /// million replicas under one read lock.
+    pub fn to_judge(&mut self, state: &ClusterState, now_ms: u64) -> BTreeSet<WorkloadName> {
         let full_due = self.last_full.is_none_or(|at| at.elapsed() >= FULL_RESYNC);
         let changes = if full_due { Changes::Forgotten } else { state.journal().after(self.cursor) };
         let names: BTreeSet<WorkloadName> = match changes {
@@ -66,17 +80,25 @@ impl RolloutJudge {
                 names
             }
         };
-        let mut verdicts = Vec::new();
-        for name in names.into_iter().chain(std::mem::take(&mut self.again)) {
-            self.timers.remove(&name);
-            let Some(workload) = state.workload_ref(&name) else { continue };
-            let (verdict, due) = judge_workload(state, workload, now_ms);
-            verdicts.extend(verdict);
-            if let Some(due) = due {
-                self.timers.insert(name, due);
-            }
+        let mut names = names;
+        names.append(&mut self.again);
+        names
+    }
+
+    /// Judges one workload named by [`Self::to_judge`], setting its timer.
+    pub fn judge_one(&mut self, state: &ClusterState, name: WorkloadName, now_ms: u64) -> Option<Verdict> {
+        self.timers.remove(&name);
+        let workload = state.workload_ref(&name)?;
+        let (verdict, due) = judge_workload(state, workload, now_ms);
+        if let Some(due) = due {
+            self.timers.insert(name, due);
         }
-        (verdicts, self.timers.values().min().copied())
+        verdict
+    }
+
+    /// When a verdict may next fall due on its own (ms since the epoch).
+    pub fn next_due(&self) -> Option<u64> {
+        self.timers.values().min().copied()
     }
 
     /// The verdict on `workload` was not applied: judge it again next pass.
