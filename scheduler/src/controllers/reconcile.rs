@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use flotilla_api::{Allocation, AllocationState, NodeStatus, PortBinding, Workload, WorkloadName};
+use flotilla_api::{Allocation, AllocationState, PortBinding, Workload, WorkloadName};
 
 use super::rollout;
 use crate::placement::{self, ClusterView, SplitMix64};
@@ -163,7 +163,7 @@ fn reconcile_workload(
     terminal.sort_by_key(|a| Reverse(a.modified_index));
     plan.stops.extend(terminal.iter().skip(config.keep_terminal).map(|a| a.id));
 
-    let draining = |a: &Allocation| state.node(&a.node).is_some_and(|n| n.status == NodeStatus::Draining);
+    let draining = |a: &Allocation| view.is_draining(&a.node);
     let outdated = |a: &Allocation| a.version < workload.version;
     let (mut old, mut new): (Vec<&Allocation>, Vec<&Allocation>) = allocations
         .iter()
@@ -439,7 +439,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use flotilla_api::spec::Driver;
-    use flotilla_api::{AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, parse_yaml};
+    use flotilla_api::{
+        AllocationUpdate, CpuMillis, Health, MemoryBytes, NodeRegistration, NodeStatus, parse_yaml,
+    };
     use proptest::prelude::*;
 
     use super::*;

@@ -74,12 +74,22 @@ impl NodeView {
 pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     index: HashMap<String, usize>,
+    /// The draining nodes, usually none: a replica on one counts as old,
+    /// and asking the state about the node of each of a million replicas
+    /// (a map of 10,000 names) was a quarter of the leader's time.
+    draining: HashSet<String>,
 }
 
 impl ClusterView {
     pub fn new(nodes: Vec<NodeView>) -> Self {
-        let index = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        ClusterView { nodes, index }
+        let mut view = ClusterView { nodes, ..ClusterView::default() };
+        view.reindex();
+        view
+    }
+
+    /// Whether the node of this name is draining.
+    pub fn is_draining(&self, name: &str) -> bool {
+        !self.draining.is_empty() && self.draining.contains(name)
     }
 
     pub fn position(&self, name: &str) -> Option<usize> {
@@ -115,11 +125,19 @@ impl ClusterView {
         if reshaped {
             self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
             self.reindex();
+        } else {
+            self.find_draining();
         }
     }
 
     fn reindex(&mut self) {
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        self.find_draining();
+    }
+
+    fn find_draining(&mut self) {
+        let draining = self.nodes.iter().filter(|n| n.status == NodeStatus::Draining);
+        self.draining = draining.map(|n| n.name.clone()).collect();
     }
 }
 
@@ -156,6 +174,11 @@ mod tests {
         }
         assert_eq!(view.node_mut("d").map(|n| n.used_cpu), Some(500), "replaced, not added");
         assert_eq!(view.position("b"), None);
+        let draining = NodeView { status: NodeStatus::Draining, ..node("c", 0) };
+        view.refresh([draining], &BTreeSet::new());
+        assert!(view.is_draining("c") && !view.is_draining("a"), "a refresh sees a drain");
+        view.refresh([node("c", 0)], &BTreeSet::new());
+        assert!(!view.is_draining("c"), "and its end");
         view.refresh([node("e", 0), node("e", 700)], &BTreeSet::new());
         assert_eq!(view.nodes.len(), 4, "one view per name, however often it comes");
         assert_eq!(view.node_mut("e").map(|n| n.used_cpu), Some(700), "the latest view");

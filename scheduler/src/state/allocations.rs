@@ -2,7 +2,7 @@
 //! state changes agents report, with the node bookkeeping that follows.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use flotilla_api::{Allocation, AllocationState, AllocationUpdate, Event, Health, NodeStatus, WorkloadName};
 
@@ -53,8 +53,15 @@ impl ClusterState {
         // hundred replicas each would otherwise look at every replica of a
         // node for each placement on it.
         let mut views: HashMap<String, PlanNodeView> = HashMap::new();
+        // Usually none; looked up for every live replica of each workload placed.
+        let draining: BTreeSet<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Draining)
+            .map(|n| n.name.clone())
+            .collect();
         for placement in plan.placements {
-            if self.placement_fits(&placement, plan.now_ms, &mut tallies, &mut views) {
+            if self.placement_fits(&placement, plan.now_ms, &draining, &mut tallies, &mut views) {
                 if let Some(tally) = tallies.get_mut(&placement.workload) {
                     tally.live += 1;
                 }
@@ -83,6 +90,7 @@ impl ClusterState {
         &self,
         placement: &Placement,
         now_ms: u64,
+        draining: &BTreeSet<String>,
         tallies: &mut BTreeMap<WorkloadName, ReplicaTally>,
         views: &mut HashMap<String, PlanNodeView>,
     ) -> bool {
@@ -95,7 +103,7 @@ impl ClusterState {
         let tally = tallies.entry(placement.workload.clone()).or_insert_with(|| {
             let live: Vec<&Allocation> =
                 self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
-            let rolling = live.iter().any(|a| a.version < workload.version || self.on_draining_node(a));
+            let rolling = live.iter().any(|a| a.version < workload.version || draining.contains(&a.node));
             let update = &workload.spec.update;
             let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
             ReplicaTally { live: live.len() as u32, limit: workload.spec.replicas.saturating_add(extra) }
@@ -135,10 +143,6 @@ impl ClusterState {
             Some(_) => self.remove_allocation(id),
             None => false,
         }
-    }
-
-    pub(super) fn on_draining_node(&self, allocation: &Allocation) -> bool {
-        self.nodes.get(&allocation.node).is_some_and(|n| n.status == NodeStatus::Draining)
     }
 
     pub(super) fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
