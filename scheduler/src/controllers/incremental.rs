@@ -356,7 +356,7 @@ mod tests {
 
         /// A pass of the incremental rollout judge, its verdicts applied.
         fn judge(&mut self, judge: &mut RolloutJudge) {
-            for verdict in judge.judge(&self.state, NOW).0 {
+            for verdict in judge.judge(|| &self.state, NOW).0 {
                 let rollout::Verdict { workload, deployment, status, reason } = verdict;
                 self.apply(Command::SetDeploymentStatus {
                     name: workload,
@@ -415,7 +415,7 @@ mod tests {
             // only at what changed finds what judging everything finds; its
             // verdicts are applied in between, as the leader applies them.
             for at in [NOW, NOW + 3_600_000] {
-                let (mut incremental, _) = judge.judge(&cluster.state, at);
+                let (mut incremental, _) = judge.judge(|| &cluster.state, at);
                 let (mut full, _) = rollout::judge(&cluster.state, at);
                 incremental.sort_by(|a, b| a.workload.cmp(&b.workload));
                 full.sort_by(|a, b| a.workload.cmp(&b.workload));
@@ -459,7 +459,7 @@ mod tests {
         // A minute after the deploy: past the replicas' healthy time, well
         // before the deployment's 10-minute progress deadline.
         let judged_at = 60_000;
-        let early = judge.judge(&cluster.state, judged_at).0;
+        let early = judge.judge(|| &cluster.state, judged_at).0;
         assert!(early.is_empty(), "not healthy: no verdict yet: {early:?}");
 
         let before = cluster.index;
@@ -469,7 +469,7 @@ mod tests {
         };
         let web = WorkloadName::parse("w0").expect("name");
         assert_eq!(touched, vec![Touched::Progress(web)], "checks passing are progress alone");
-        let (verdicts, _) = judge.judge(&cluster.state, judged_at);
+        let (verdicts, _) = judge.judge(|| &cluster.state, judged_at);
         let statuses: Vec<_> = verdicts.iter().map(|v| (v.workload.as_str(), v.status)).collect();
         assert_eq!(statuses, [("w0", flotilla_api::DeploymentStatus::Successful)]);
     }

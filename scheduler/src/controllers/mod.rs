@@ -30,13 +30,7 @@ const COALESCE: Duration = Duration::from_millis(100);
 /// Proposes the rollout verdicts due now; answers when one may next fall
 /// due on its own (ms since the epoch).
 async fn judge_rollouts(raft: &RaftHandle, judge: &mut RolloutJudge) -> Option<u64> {
-    let now_ms = flotilla_api::now_ms();
-    let names = judge.to_judge(&raft.state(), now_ms);
-    // The state is taken for one workload at a time, so that applying
-    // entries waits for one workload's replicas, not for all of them.
-    let verdicts: Vec<_> =
-        names.into_iter().filter_map(|name| judge.judge_one(&raft.state(), name, now_ms)).collect();
-    let next = judge.next_due();
+    let (verdicts, next) = judge.judge(|| raft.state(), flotilla_api::now_ms());
     for verdict in verdicts {
         let rollout::Verdict { workload, deployment, status, reason } = verdict;
         tracing::info!(%workload, deployment, %status, ?reason, "rollout verdict");

@@ -7,6 +7,7 @@
 //! had not read, and every [`FULL_RESYNC`], as the reconciler's does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Deref;
 use std::time::Instant;
 
 use flotilla_api::WorkloadName;
@@ -31,24 +32,27 @@ pub struct RolloutJudge {
 
 impl RolloutJudge {
     /// The verdicts due now, and when one may next fall due on its own.
-    pub fn judge(&mut self, state: &ClusterState, now_ms: u64) -> (Vec<Verdict>, Option<u64>) {
-        let mut verdicts = Vec::new();
-        for name in self.to_judge(state, now_ms) {
-            verdicts.extend(self.judge_one(state, name, now_ms));
-        }
-        (verdicts, self.next_due())
+    /// `state` gives a read of the state. It is called once to learn which
+    /// workloads to judge (from the journal, cheaply), then once for each,
+    /// so that a caller behind a lock holds it for one workload's replicas
+    /// at a time: judging a thousand deploying workloads read a million
+    /// replicas under one read lock.
+    pub fn judge<S: Deref<Target = ClusterState>>(
+        &mut self,
+        state: impl Fn() -> S,
+        now_ms: u64,
+    ) -> (Vec<Verdict>, Option<u64>) {
+        let names = self.workloads_to_judge(&state(), now_ms);
+        let verdicts = names.into_iter().filter_map(|name| self.judge_one(&state(), name, now_ms)).collect();
+        (verdicts, self.timers.values().min().copied())
     }
 
     /// The workloads to judge now: those the journal names since the last
-    /// pass, those whose timer came, those judged again. Cheap (it reads
-    /// the journal, not the replicas), so a caller may take the state
-    /// afresh for each workload it then judges, instead of holding it for
-    /// all of them: judging a thousand workloads in one deploy read a
-    /// million replicas under one read lock.
-    pub fn to_judge(&mut self, state: &ClusterState, now_ms: u64) -> BTreeSet<WorkloadName> {
+    /// pass, those whose timer came, those judged again.
+    fn workloads_to_judge(&mut self, state: &ClusterState, now_ms: u64) -> BTreeSet<WorkloadName> {
         let full_due = self.last_full.is_none_or(|at| at.elapsed() >= FULL_RESYNC);
         let changes = if full_due { Changes::Forgotten } else { state.journal().after(self.cursor) };
-        let names: BTreeSet<WorkloadName> = match changes {
+        let mut names: BTreeSet<WorkloadName> = match changes {
             Changes::Forgotten => {
                 self.last_full = Some(Instant::now());
                 self.cursor = state.journal().latest();
@@ -80,13 +84,12 @@ impl RolloutJudge {
                 names
             }
         };
-        let mut names = names;
         names.append(&mut self.again);
         names
     }
 
-    /// Judges one workload named by [`Self::to_judge`], setting its timer.
-    pub fn judge_one(&mut self, state: &ClusterState, name: WorkloadName, now_ms: u64) -> Option<Verdict> {
+    /// Judges one workload named by [`Self::workloads_to_judge`], setting its timer.
+    fn judge_one(&mut self, state: &ClusterState, name: WorkloadName, now_ms: u64) -> Option<Verdict> {
         self.timers.remove(&name);
         let workload = state.workload_ref(&name)?;
         let (verdict, due) = judge_workload(state, workload, now_ms);
@@ -94,11 +97,6 @@ impl RolloutJudge {
             self.timers.insert(name, due);
         }
         verdict
-    }
-
-    /// When a verdict may next fall due on its own (ms since the epoch).
-    pub fn next_due(&self) -> Option<u64> {
-        self.timers.values().min().copied()
     }
 
     /// The verdict on `workload` was not applied: judge it again next pass.
@@ -134,11 +132,11 @@ mod tests {
         let mut state = ClusterState::default();
         stuck_deploy(&mut state, 1, "web");
         let mut judge = RolloutJudge::default();
-        let (verdicts, next) = judge.judge(&state, MINUTE);
+        let (verdicts, next) = judge.judge(|| &state, MINUTE);
         assert!(verdicts.is_empty());
         assert_eq!(next, Some(10 * MINUTE), "the progress deadline");
         // The journal is quiet; only the timer brings the workload back.
-        let (verdicts, _) = judge.judge(&state, 10 * MINUTE);
+        let (verdicts, _) = judge.judge(|| &state, 10 * MINUTE);
         assert_eq!(verdicts.len(), 1);
         assert_eq!((verdicts[0].workload.as_str(), verdicts[0].status), ("web", DeploymentStatus::Failed));
     }
@@ -148,14 +146,14 @@ mod tests {
         let mut state = ClusterState::default();
         stuck_deploy(&mut state, 1, "web");
         let mut judge = RolloutJudge::default();
-        let (verdicts, _) = judge.judge(&state, 10 * MINUTE);
+        let (verdicts, _) = judge.judge(|| &state, 10 * MINUTE);
         assert_eq!(verdicts.len(), 1, "failed at the deadline");
-        let (verdicts, _) = judge.judge(&state, 10 * MINUTE);
+        let (verdicts, _) = judge.judge(|| &state, 10 * MINUTE);
         assert!(verdicts.is_empty(), "judged once: the verdict is the leader's to propose");
         judge.again(workload_name("web"));
-        assert_eq!(judge.judge(&state, 10 * MINUTE).0.len(), 1, "the proposal failed: judged again");
+        assert_eq!(judge.judge(|| &state, 10 * MINUTE).0.len(), 1, "the proposal failed: judged again");
         stuck_deploy(&mut state, 2, "api");
-        let (verdicts, _) = judge.judge(&state, 10 * MINUTE);
+        let (verdicts, _) = judge.judge(|| &state, 10 * MINUTE);
         let judged: Vec<&str> = verdicts.iter().map(|v| v.workload.as_str()).collect();
         assert_eq!(judged, ["api"], "the new deploy is judged; web, unchanged and untimed, is not");
     }
