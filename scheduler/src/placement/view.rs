@@ -82,8 +82,8 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn new(nodes: Vec<NodeView>) -> Self {
-        let mut view = ClusterView { nodes, ..ClusterView::default() };
-        view.reindex();
+        let mut view = ClusterView::default();
+        view.refresh(nodes, &BTreeSet::new());
         view
     }
 
@@ -109,6 +109,11 @@ impl ClusterView {
     pub fn refresh(&mut self, changed: impl IntoIterator<Item = NodeView>, gone: &BTreeSet<String>) {
         let mut reshaped = false;
         for node in changed {
+            if node.status == NodeStatus::Draining {
+                self.draining.insert(node.name.clone());
+            } else {
+                self.draining.remove(&node.name);
+            }
             match self.position(&node.name) {
                 Some(i) => self.nodes[i] = node,
                 None => {
@@ -120,24 +125,17 @@ impl ClusterView {
         }
         if gone.iter().any(|name| self.index.contains_key(name)) {
             self.nodes.retain(|n| !gone.contains(&n.name));
+            self.draining.retain(|name| !gone.contains(name));
             reshaped = true;
         }
         if reshaped {
             self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
             self.reindex();
-        } else {
-            self.find_draining();
         }
     }
 
     fn reindex(&mut self) {
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        self.find_draining();
-    }
-
-    fn find_draining(&mut self) {
-        let draining = self.nodes.iter().filter(|n| n.status == NodeStatus::Draining);
-        self.draining = draining.map(|n| n.name.clone()).collect();
     }
 }
 
