@@ -105,3 +105,46 @@ pub fn render(reports: &[MemberReport], here: &ServerStatus, state: &ClusterStat
     out.push_str("</tbody></table>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::RaftRole;
+
+    use super::*;
+
+    fn member(id: u64) -> Member {
+        Member { id, address: format!("127.0.0.1:{}", 7000 + id), voter: true, matched: None }
+    }
+
+    fn status(id: u64, role: RaftRole, blocked_peers: Vec<u64>) -> ServerStatus {
+        ServerStatus {
+            id,
+            address: member(id).address,
+            role,
+            leader: Some(1),
+            term: 4,
+            commit: 90,
+            applied: 88,
+            first_index: 10,
+            last_index: 90,
+            snapshot_index: 9,
+            members: (1..=3).map(member).collect(),
+            blocked_peers,
+        }
+    }
+
+    #[test]
+    fn each_server_shows_its_own_raft_view_its_faults_and_why_one_said_nothing() {
+        let reports = vec![
+            MemberReport { member: member(1), status: Ok(status(1, RaftRole::Leader, vec![])) },
+            MemberReport { member: member(2), status: Ok(status(2, RaftRole::Follower, vec![1, 3])) },
+            MemberReport { member: member(3), status: Err("timed out after 1s <no answer>".to_owned()) },
+        ];
+        let page = render(&reports, &status(1, RaftRole::Leader, vec![]), &ClusterState::default());
+        assert!(page.contains("<strong id=\"leader\">server 1</strong>"), "{page}");
+        assert!(page.contains("<td>88</td><td>10–90</td><td>9</td>"), "applied, log and snapshot: {page}");
+        assert!(page.contains("<span class=\"fault\">cut off from 1, 3</span>"), "{page}");
+        assert_eq!(page.matches("class=\"fault\"").count(), 1, "no fault where none is in force");
+        assert!(page.contains("unreachable: timed out after 1s &lt;no answer&gt;"), "{page}");
+    }
+}

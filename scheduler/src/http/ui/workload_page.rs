@@ -161,3 +161,91 @@ pub fn render(state: &ClusterState, workload: Workload, now_ms: u64, may_deploy:
     out.push_str("</ul>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::{RolloutAction, WorkloadName, parse_yaml};
+
+    use super::*;
+    use crate::state::{AutoscaleDecision, Command};
+
+    const AUTOSCALED: &str = "name: web\nimage: v1\nreplicas: 1\nautoscale: {min: 1, max: 4, cpu: 50%}\n";
+
+    fn name() -> WorkloadName {
+        WorkloadName::parse("web").expect("name")
+    }
+
+    fn deployed(yaml: &str) -> ClusterState {
+        let mut state = ClusterState::default();
+        state.apply(1, Command::put_workload(parse_yaml(yaml).expect("spec"), 1_000)).expect("deploy");
+        state
+    }
+
+    fn page(state: &ClusterState, may_deploy: bool) -> String {
+        render(state, state.workload("web").expect("web"), 10_000, may_deploy)
+    }
+
+    fn set_status(state: &mut ClusterState, index: u64, status: DeploymentStatus) {
+        let deployment = state.active_deployment(&name()).expect("a rollout").id;
+        let command =
+            Command::SetDeploymentStatus { name: name(), deployment, status, reason: None, now_ms: index };
+        state.apply(index, command).expect("status");
+    }
+
+    #[test]
+    fn a_deployer_gets_the_actions_the_rollouts_status_allows_and_a_reader_none() {
+        let path = |action: &str| format!("data-path=\"/v1/workloads/web/rollout/{action}\"");
+        let mut state = deployed("name: web\nimage: v1\nreplicas: 2\n");
+        let running = page(&state, true);
+        assert!(running.contains(&path("pause")) && running.contains(&path("undo")), "{running}");
+        assert!(!running.contains(&path("promote")), "nothing waits for promotion: {running}");
+        assert!(!page(&state, false).contains("<button"), "a reader gets no buttons");
+
+        set_status(&mut state, 2, DeploymentStatus::Successful);
+        let canary = parse_yaml("name: web\nimage: v2\nreplicas: 2\nupdate: {canary: 1}\n").expect("spec");
+        state.apply(3, Command::put_workload(canary, 3_000)).expect("deploy v2");
+        set_status(&mut state, 4, DeploymentStatus::WaitingForPromotion);
+        let waiting = page(&state, true);
+        assert!(waiting.contains(&path("promote")) && !waiting.contains(&path("pause")), "{waiting}");
+
+        let promote = Command::Rollout { name: name(), action: RolloutAction::Promote, now_ms: 5_000 };
+        state.apply(5, promote).expect("promote");
+        let pause = Command::Rollout { name: name(), action: RolloutAction::Pause, now_ms: 6_000 };
+        state.apply(6, pause).expect("pause");
+        let paused = page(&state, true);
+        assert!(paused.contains(&path("resume")), "{paused}");
+        assert!(
+            paused.contains("<td class=\"rollout paused\">paused</td>"),
+            "the history's newest row: {paused}"
+        );
+        assert!(paused.contains("<td class=\"rollout successful\">successful</td>"), "and v1's: {paused}");
+    }
+
+    #[test]
+    fn the_charts_mark_the_autoscalers_decisions_and_carry_its_target() {
+        let mut state = deployed(AUTOSCALED);
+        for (index, replicas, at_ms) in [(2, 3, 4_000), (3, 2, 7_000)] {
+            let workload = state.workload("web").expect("web");
+            let decision = AutoscaleDecision {
+                name: name(),
+                replicas,
+                based_on_replicas: workload.spec.replicas,
+                version: workload.version,
+                reason: format!("cpu 90% of request, target 50%: {replicas} replicas"),
+                now_ms: at_ms,
+            };
+            state.apply(index, Command::AutoscaleWorkload(decision)).expect("scale");
+        }
+        let page = page(&state, false);
+        assert!(page.contains("data-marks=\"4000,7000\""), "each decision on the time axis: {page}");
+        assert!(page.contains("data-resource=\"cpu\" data-target=\"50\""), "{page}");
+        assert!(page.contains("data-resource=\"memory\" data-target=\"\""), "no memory target: {page}");
+    }
+
+    #[test]
+    fn a_workload_without_autoscaling_has_charts_and_no_marks() {
+        let page = page(&deployed("name: web\nimage: v1\nreplicas: 2\n"), false);
+        assert!(page.contains("data-marks=\"\""), "{page}");
+        assert!(page.contains("data-resource=\"cpu\" data-target=\"\""), "{page}");
+    }
+}

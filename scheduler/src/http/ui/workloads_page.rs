@@ -75,3 +75,41 @@ pub fn render(state: &ClusterState) -> String {
     out.push_str("</tbody></table>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use flotilla_api::{WorkloadName, parse_yaml};
+
+    use super::*;
+    use crate::state::{Command, Plan, Unplaced};
+
+    #[test]
+    fn pending_replicas_show_the_schedulers_reason_and_mark_the_workload_degraded() {
+        let mut state = ClusterState::default();
+        let spec = parse_yaml("name: big\nimage: x\nreplicas: 2\nresources: {cpu: 64, memory: 1Gi}\n")
+            .expect("spec");
+        state.apply(1, Command::put_workload(spec, 1)).expect("deploy");
+        let spec = parse_yaml("name: small\nimage: x\nreplicas: 1\n").expect("spec");
+        state.apply(2, Command::put_workload(spec, 2)).expect("deploy");
+        let reason = "no node has 64000m CPU free (<largest> 2000m)";
+        let unplaced = Unplaced { count: 2, reason: reason.to_owned() };
+        let plan = Plan {
+            unplaced: BTreeMap::from([(WorkloadName::parse("big").expect("name"), unplaced)]),
+            ..Plan::default()
+        };
+        state.apply(3, Command::ApplyPlan { plan }).expect("plan");
+
+        let page = render(&state);
+        assert!(page.contains("2 workloads"), "{page}");
+        assert!(
+            page.contains(
+                "<td class=\"pending\">2 pending: no node has 64000m CPU free (&lt;largest&gt; 2000m)</td>"
+            ),
+            "the reason, as text: {page}"
+        );
+        assert!(page.contains("<tr class=\"workload degraded\" data-workload=\"big\">"), "{page}");
+        assert!(page.contains("<tr class=\"workload\" data-workload=\"small\">"), "nothing pending: {page}");
+    }
+}
