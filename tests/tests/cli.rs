@@ -181,3 +181,30 @@ async fn a_down_server_and_a_bad_spec_get_messages_a_person_can_act_on() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("web.yaml:3:11: field `replicas`"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_read_is_an_error_that_says_why_never_empty_output() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let args = ["--driver", "process", "--allow-driver", "process", "--cpu", "1", "--memory", "1Gi"];
+    cluster.add_agent("logs", &args);
+    let cli = Cli::of(&cluster);
+    let spec = cluster.dir.path().join("talker.yaml");
+    std::fs::write(
+        &spec,
+        "name: talker\ndriver: process\nreplicas: 1\ncommand: [\"sh\", \"-c\", \"echo said; sleep 100000 & wait\"]\n",
+    )
+    .expect("write spec");
+    cli.ok(&["deploy", "-f", spec.to_str().expect("utf-8 path"), "--wait", "--timeout", "60"]);
+    assert_eq!(cli.ok(&["logs", "talker"]).trim(), "said", "readable while its agent runs");
+
+    let node = cluster.client().nodes(false).await.expect("nodes").remove(0);
+    cluster.agents[0].kill();
+    let output = cli.run(&["logs", "talker"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "a failure, not empty output: {stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        stderr.contains(&format!("cannot read the logs from the agent at {}", node.address)),
+        "the agent it tried and why: {stderr}"
+    );
+}
