@@ -149,7 +149,7 @@ pub async fn heartbeat(
     body: Body,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let heartbeat: Heartbeat = read_node_json(&headers, body).await?;
-    let Some(status) = app.raft.state().node(&name).map(|n| n.status) else {
+    let Some(status) = app.raft.node_status(&name) else {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     };
     if !app.raft.is_leader() {
@@ -158,7 +158,7 @@ pub async fn heartbeat(
     }
     app.liveness.beat(&name, &heartbeat.usage, heartbeat.tls.as_ref());
     let trust = trust_advice(&app, heartbeat.tls.as_ref());
-    let every = app.health.heartbeat_every(app.raft.state().node_count());
+    let every = app.health.heartbeat_every(app.raft.node_count());
     let next_in_ms = (every > Duration::from_secs(1)).then_some(every.as_millis() as u64);
     if status != NodeStatus::Down {
         return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust, next_in_ms }));
@@ -248,15 +248,35 @@ pub async fn node_allocations(
 ) -> Result<Json<NodeAllocations>, ApiError> {
     let blocking = BlockingQuery { index: query.index, wait_ms: query.wait_ms };
     let index = wait_for(&app, app.raft.node_watch(&name), &blocking).await?;
-    let state = app.raft.state();
-    if state.node(&name).is_none() {
-        return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
-    }
-    let on_node: Vec<&Allocation> = state.node_allocations(&name).collect();
     // Changes only after the index the agent holds; everything when it
     // holds nothing yet. The wait above and the read barrier put this
     // server's state past that index, wherever the agent read it.
     let since = query.changes_only.then_some(query.index).filter(|since| *since > 0);
+    // The read may wait for the state's lock behind the Raft thread. A plan
+    // wakes thousands of these at once, and waiting on the runtime's few
+    // workers would hold up every other request with them (heartbeats
+    // among them), so it waits on a blocking thread.
+    tokio::task::spawn_blocking(move || node_allocations_at(&app, &name, index, since))
+        .await
+        .map_err(|error| ApiError::Internal(format!("reading a node's allocations: {error}")))?
+        .map(Json)
+}
+
+/// What an agent's long-poll answers, read from this server's state at
+/// `index`: the node's allocations (those changed after `since`, with the
+/// ids of all, when it holds the rest), their workloads' specs and
+/// secrets, and the slot volumes to remove.
+fn node_allocations_at(
+    app: &AppState,
+    name: &str,
+    index: u64,
+    since: Option<u64>,
+) -> Result<NodeAllocations, ApiError> {
+    let state = app.raft.state();
+    if state.node(name).is_none() {
+        return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
+    }
+    let on_node: Vec<&Allocation> = state.node_allocations(name).collect();
     let allocations: Vec<Allocation> = match since {
         Some(since) => on_node.iter().filter(|a| a.modified_index > since).map(|a| (*a).clone()).collect(),
         None => on_node.iter().map(|a| (*a).clone()).collect(),
@@ -272,9 +292,9 @@ pub async fn node_allocations(
     let all_names: std::collections::BTreeSet<&flotilla_api::WorkloadName> =
         on_node.iter().map(|a| &a.workload).collect();
     let specs = all_names.into_iter().filter_map(|n| state.workload_ref(n)).map(|w| &w.spec);
-    let secrets = super::secrets::values_for(&app, &state, specs);
-    let remove_volumes = state.volumes_to_remove(&name);
-    Ok(Json(NodeAllocations { index, allocations, all_ids, workloads, secrets, remove_volumes }))
+    let secrets = super::secrets::values_for(app, &state, specs);
+    let remove_volumes = state.volumes_to_remove(name);
+    Ok(NodeAllocations { index, allocations, all_ids, workloads, secrets, remove_volumes })
 }
 
 /// A blocking query for a node's allocations (no `flatten`: query

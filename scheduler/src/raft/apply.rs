@@ -59,6 +59,7 @@ impl Node {
             }
         }
         let changed = state.take_recent_node_changes();
+        self.published.node_directory.follow(&state);
         drop(state);
         self.turn.apply += locked.elapsed();
         self.published.node_watches.publish(changed);

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::RaftError;
 use super::membership::MembershipChange;
+use super::node_directory::NodeDirectory;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Reply;
 use super::snapshot_files::SnapshotFile;
@@ -66,6 +67,8 @@ pub struct RaftHandle {
     pub(super) metrics: Arc<ServerMetrics>,
     /// Each node's latest change, for its agent's long-poll.
     pub(super) node_watches: SharedNodeWatches,
+    /// Each node's status as applied here, read without the state's lock.
+    pub(super) node_directory: Arc<NodeDirectory>,
 }
 
 impl RaftHandle {
@@ -170,5 +173,16 @@ impl RaftHandle {
     /// changes: an agent's long-poll waits on this, not on every write.
     pub fn node_watch(&self, node: &str) -> watch::Receiver<u64> {
         self.node_watches.subscribe(node, &self.state)
+    }
+
+    /// `node`'s status as this server applied it (`None`: not registered),
+    /// without waiting for the state's lock: for heartbeats.
+    pub fn node_status(&self, node: &str) -> Option<flotilla_api::NodeStatus> {
+        self.node_directory.status(node)
+    }
+
+    /// The number of registered nodes, without the state's lock.
+    pub fn node_count(&self) -> usize {
+        self.node_directory.len()
     }
 }

@@ -9,6 +9,7 @@ mod handle;
 mod log_write;
 mod membership;
 mod node;
+mod node_directory;
 mod node_watches;
 mod pending;
 mod persister;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::commit_clock::CommitClock;
 use super::error::RaftError;
 use super::handle::{Input, RaftHandle};
+use super::node_directory::NodeDirectory;
 use super::node_watches::SharedNodeWatches;
 use super::pending::Pending;
 use super::persister::Persister;
@@ -125,6 +126,8 @@ pub(super) struct Published {
     pub(super) applied: watch::Sender<u64>,
     /// Each node's latest change, for its agent's long-poll.
     pub(super) node_watches: SharedNodeWatches,
+    /// Each node's status, for heartbeats that must not wait for the state.
+    pub(super) node_directory: Arc<NodeDirectory>,
     /// Where the thread records leader changes, commit latency and snapshots.
     pub(super) metrics: Arc<ServerMetrics>,
 }
@@ -431,10 +434,12 @@ pub(crate) fn spawn(
     let leader = Arc::new(AtomicU64::new(0));
     let (applied_shared, applied) = watch::channel(storage.snapshot_index());
     let node_watches = SharedNodeWatches::default();
+    let node_directory = Arc::new(NodeDirectory::of(&state.read().unwrap_or_else(|p| p.into_inner())));
     let published = Published {
         leader: Arc::clone(&leader),
         applied: applied_shared,
         node_watches: Arc::clone(&node_watches),
+        node_directory: Arc::clone(&node_directory),
         metrics: Arc::clone(&metrics),
     };
     let node = Node::new(node_config, storage, Arc::clone(&state), transport, published, inputs.clone())?;
@@ -442,5 +447,7 @@ pub(crate) fn spawn(
         .name("raft".into())
         .spawn(move || node.run(receiver))
         .map_err(raft::Error::Io)?;
-    Ok((RaftHandle { inputs, state, wait_limit, id, leader, applied, node_watches, metrics }, thread))
+    let handle =
+        RaftHandle { inputs, state, wait_limit, id, leader, applied, node_watches, node_directory, metrics };
+    Ok((handle, thread))
 }

@@ -91,7 +91,10 @@ impl Node {
         self.raw.mut_store().install_snapshot(snapshot)?;
         tracing::info!(index, "installed snapshot from leader");
         self.transport.learn_members(restored.members());
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        *state = restored;
+        self.published.node_directory.rebuild(&state);
+        drop(state);
         // Raft installs a snapshot only past its commit index, so every
         // entry still waiting to be applied is in it.
         self.unapplied.retain(|entry| entry.index > index);

@@ -82,6 +82,21 @@ impl ChangeJournal {
         self.entries.back().map_or(self.forgotten_through, |(index, _)| *index)
     }
 
+    /// The nodes themselves (not their bookings) touched after log index
+    /// `after`, each as often as touched; `None` if the journal no longer
+    /// reaches back that far. Cheaper than `after` for a reader that wants
+    /// only these: nothing else is copied.
+    pub fn nodes_after(&self, after: u64) -> Option<impl Iterator<Item = &str>> {
+        if self.forgotten_through > after {
+            return None;
+        }
+        let start = self.entries.partition_point(|(index, _)| *index <= after);
+        Some(self.entries.range(start..).filter_map(|(_, touched)| match touched {
+            Touched::Node(name) => Some(name.as_str()),
+            _ => None,
+        }))
+    }
+
     /// What was touched after log index `after`.
     pub fn after(&self, after: u64) -> Changes {
         if self.forgotten_through > after {
@@ -272,5 +287,24 @@ mod tests {
         assert_eq!(journal.after(4), Changes::Forgotten, "entries after 4 were dropped");
         assert!(matches!(journal.after(5), Changes::Since { ref touched, .. } if touched.len() == KEPT));
         assert_eq!(journal.latest(), 9 + KEPT as u64);
+    }
+
+    #[test]
+    fn nodes_after_names_the_nodes_touched_and_not_their_bookings() {
+        let mut journal = ChangeJournal::default();
+        journal.record(3, vec![Touched::Node("a".into())]);
+        let web = WorkloadName::parse("web").expect("name");
+        journal.record(4, vec![Touched::Booking("b".into()), Touched::Workload(web)]);
+        journal.record(5, vec![Touched::Node("c".into()), Touched::Node("a".into())]);
+        fn nodes(journal: &ChangeJournal, after: u64) -> Option<Vec<&str>> {
+            journal.nodes_after(after).map(Iterator::collect)
+        }
+        assert_eq!(nodes(&journal, 0), Some(vec!["a", "c", "a"]));
+        assert_eq!(nodes(&journal, 3), Some(vec!["c", "a"]));
+        assert_eq!(nodes(&journal, 5), Some(vec![]));
+        for index in 10..10 + KEPT as u64 {
+            journal.record(index, vec![Touched::Progress(WorkloadName::parse("web").expect("name"))]);
+        }
+        assert_eq!(nodes(&journal, 4), None, "a reader that fell behind is told so");
     }
 }
