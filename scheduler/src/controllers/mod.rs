@@ -27,10 +27,32 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// under a stream of writes it runs per batch, not per write.
 const COALESCE: Duration = Duration::from_millis(100);
 
-/// Proposes the rollout verdicts due now; answers when one may next fall
-/// due on its own (ms since the epoch).
-async fn judge_rollouts(raft: &RaftHandle, judge: &mut RolloutJudge) -> Option<u64> {
-    let (verdicts, next) = judge.judge(|| raft.state(), flotilla_api::now_ms());
+/// Runs a pass's work, which reads the state and may take tens of
+/// milliseconds at scale, on a blocking thread rather than on one of the
+/// runtime's workers (one per core: two here). On a worker it held up
+/// every request queued behind it, agents' heartbeats among them, for as
+/// long as it ran; on a thread of its own the kernel shares the cores
+/// between it and the workers. `None`: the runtime is shutting down.
+pub(crate) async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// Proposes the rollout verdicts due now; answers the judge back and when
+/// a verdict may next fall due on its own (ms since the epoch), or `None`
+/// when the runtime is shutting down.
+async fn judge_rollouts(raft: &RaftHandle, mut judge: RolloutJudge) -> Option<(RolloutJudge, Option<u64>)> {
+    let reader = raft.clone();
+    let (mut judge, verdicts, next) = off_the_workers(move || {
+        let (verdicts, next) = judge.judge(|| reader.state(), flotilla_api::now_ms());
+        (judge, verdicts, next)
+    })
+    .await?;
     for verdict in verdicts {
         let rollout::Verdict { workload, deployment, status, reason } = verdict;
         tracing::info!(%workload, deployment, %status, ?reason, "rollout verdict");
@@ -46,7 +68,7 @@ async fn judge_rollouts(raft: &RaftHandle, judge: &mut RolloutJudge) -> Option<u
             judge.again(workload);
         }
     }
-    next
+    Some((judge, next))
 }
 
 /// Runs the reconciler and the rollout judge whenever this server leads,
@@ -55,25 +77,34 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let mut applied = raft.applied_watch();
     let mut reconciler = IncrementalReconciler::default();
     let mut judge = RolloutJudge::default();
+    let config = std::sync::Arc::new(config);
     loop {
         let mut recheck = IDLE_RECHECK;
         if !raft.is_leader() {
             reconciler.reset();
             judge.reset();
         } else {
-            if let Some(due) = judge_rollouts(&raft, &mut judge).await {
+            let Some((judged, due)) = judge_rollouts(&raft, judge).await else { return };
+            judge = judged;
+            if let Some(due) = due {
                 let wait = due.saturating_sub(flotilla_api::now_ms());
                 recheck = recheck.min(Duration::from_millis(wait.max(10)));
             }
             // Under the state's read lock: a pass looks at what changed
             // (see `incremental`), so it holds up applying entries briefly.
             let started = std::time::Instant::now();
-            let (plan, unchanged) = {
-                let seed = *applied.borrow_and_update();
-                let plan = reconciler.pass(&raft.state(), seed, flotilla_api::now_ms(), &config);
-                let unchanged = plan.changes_nothing();
-                (plan, unchanged)
+            let seed = *applied.borrow_and_update();
+            let (reader, config) = (raft.clone(), std::sync::Arc::clone(&config));
+            let Some((passed, plan)) = off_the_workers(move || {
+                let plan = reconciler.pass(&reader.state(), seed, flotilla_api::now_ms(), &config);
+                (reconciler, plan)
+            })
+            .await
+            else {
+                return;
             };
+            reconciler = passed;
+            let unchanged = plan.changes_nothing();
             ServerMetrics::observe(&raft.metrics().reconcile_pass_seconds, started.elapsed());
             if !unchanged {
                 let placements = plan.placements.len();

@@ -167,13 +167,15 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
         if !leader {
             continue;
         }
-        let now = Instant::now();
-        let (down, limit) = {
-            let state = raft.state();
-            let limit = config.down_after(state.node_count());
+        let (reader, seen, health) = (raft.clone(), std::sync::Arc::clone(&liveness), config.clone());
+        // A look at every node, under the state's read lock: off the workers.
+        let Some((down, limit)) = super::off_the_workers(move || {
+            let now = Instant::now();
+            let state = reader.state();
+            let limit = health.down_after(state.node_count());
             let overdue = overdue(
                 state.nodes().map(|n| (n.name.as_str(), n.status)),
-                |n| liveness.last_seen(n, now),
+                |n| seen.last_seen(n, now),
                 now,
                 limit,
             );
@@ -182,6 +184,10 @@ pub async fn run_node_health(raft: RaftHandle, liveness: std::sync::Arc<Liveness
                 .filter_map(|name| state.node(&name).map(|n| (name, n.ready_index)))
                 .collect();
             (down, limit)
+        })
+        .await
+        else {
+            return;
         };
         for (name, ready_index) in down {
             // The state read above may be old by now: a heartbeat that came
