@@ -241,6 +241,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
     let beat = Beat {
         every: config.heartbeat,
+        asked: registered.heartbeat_every_ms.map(Duration::from_millis),
         sampler: Sampler { handles: Arc::clone(&handles), runtimes: runtimes.clone(), metrics },
         holding,
         messages: messages_tx.clone(),
@@ -249,7 +250,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter =
-        tokio::spawn(report(client.clone(), registration.clone(), registered.report_seq, reports_rx));
+        tokio::spawn(report(client.clone(), registration.clone(), registered.node.report_seq, reports_rx));
     let event_sender = tokio::spawn(send_node_events(client.clone(), config.name.clone(), node_events_rx));
 
     tokio::pin!(shutdown);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::{Client, Heartbeat, Node, NodeRegistration};
+use flotilla_api::{Client, Heartbeat, NodeRegistered, NodeRegistration};
 use tokio::sync::mpsc;
 
 use crate::desired_view::DesiredView;
@@ -14,12 +14,13 @@ use crate::usage::Sampler;
 
 /// Registers the node, retrying until a server takes it; the node as the
 /// servers hold it.
-pub(crate) async fn register(client: &Client, registration: &NodeRegistration) -> Node {
+pub(crate) async fn register(client: &Client, registration: &NodeRegistration) -> NodeRegistered {
     loop {
         match client.register_node(registration).await {
-            Ok(node) => {
+            Ok(registered) => {
+                let node = &registered.node;
                 tracing::info!(node = %node.name, cpu = %node.capacity_cpu, memory = %node.capacity_memory, "registered");
-                return node;
+                return registered;
             }
             Err(error) => tracing::warn!(%error, "cannot register yet; retrying"),
         }
@@ -63,7 +64,10 @@ pub(crate) async fn poll_allocations(
 
 /// What the heartbeat task needs besides the client.
 pub(crate) struct Beat {
+    /// The agent's own interval: the shortest it beats at.
     pub(crate) every: Duration,
+    /// The interval the servers asked for when the node registered.
+    pub(crate) asked: Option<Duration>,
     /// Reads the allocations' usage for each heartbeat to carry.
     pub(crate) sampler: Sampler,
     /// What the node still holds, for a node coming back from down.
@@ -91,11 +95,15 @@ fn heartbeat_timeout(every: Duration) -> Duration {
 pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
     // A server that cannot answer (cut off, paused) must not hold the
     // heartbeats back until the node is marked down: the next one is tried.
-    let mut client = client.with_request_timeout(heartbeat_timeout(beat.every));
+    // A large cluster asks its nodes to beat less often, never more.
+    let mut every = beat.asked.map_or(beat.every, |asked| asked.max(beat.every));
+    if every != beat.every {
+        tracing::info!(node = %registration.name, every_ms = every.as_millis() as u64, "heartbeat interval set by the servers");
+    }
+    let mut client = client.with_request_timeout(heartbeat_timeout(every));
     // Agents that start together (a fleet, hosts back from a power cut)
     // spread their beats over one interval instead of arriving at once.
-    tokio::time::sleep(beat.every.mul_f64(random_fraction(&registration.name))).await;
-    let mut every = beat.every;
+    tokio::time::sleep(every.mul_f64(random_fraction(&registration.name))).await;
     let mut interval = beat_every(every);
     loop {
         interval.tick().await;
@@ -104,7 +112,6 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
         let tls = beat.tls.as_ref().map(|tls| tls.report());
         match client.heartbeat(&registration.name, &Heartbeat { usage, holding, tls }).await {
             Ok(answer) => {
-                // A large cluster asks its nodes to beat less often, never more.
                 let asked = answer.next_in_ms.map_or(beat.every, Duration::from_millis).max(beat.every);
                 if asked != every {
                     tracing::info!(node = %registration.name, every_ms = asked.as_millis() as u64, "heartbeat interval set by the servers");
@@ -199,7 +206,7 @@ pub(crate) async fn report(
                 // agent knows of: the clock was set back across a restart,
                 // or another agent reports under this node's name.
                 tracing::warn!(%error, "the servers hold a newer report from this node; numbering past it");
-                order.past(register(&client, &registration).await.report_seq);
+                order.past(register(&client, &registration).await.node.report_seq);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(error) => {

@@ -26,7 +26,7 @@ use crate::model::{
     AddMemberRequest, ApiErrorBody, DeployResult, EventPage, Member, ScaleRequest, ServerStatus, Utilisation,
     Workload,
 };
-use crate::node::{Node, NodeRegistration, NodeStatus, NodeStatusRequest};
+use crate::node::{Node, NodeRegistered, NodeRegistration, NodeStatus, NodeStatusRequest};
 use crate::spec::WorkloadSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -570,7 +570,10 @@ impl Client {
         Err(ClientError::Unreachable { tried: self.addresses.join(", "), last })
     }
 
-    pub async fn register_node(&self, registration: &NodeRegistration) -> Result<Node, ClientError> {
+    pub async fn register_node(
+        &self,
+        registration: &NodeRegistration,
+    ) -> Result<NodeRegistered, ClientError> {
         self.write(Method::POST, "/v1/nodes", Some(registration)).await
     }
 

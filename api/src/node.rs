@@ -98,6 +98,20 @@ impl NodeRegistration {
     }
 }
 
+/// The servers' answer to a registration: the node as stored and, as
+/// Nomad's registration answers with the heartbeat TTL, how often to beat.
+/// An agent learned the interval only from its first answered heartbeat,
+/// so ten thousand starting together all beat every second until then,
+/// and answers slowed by that very flood came too late to teach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistered {
+    #[serde(flatten)]
+    pub node: Node,
+    /// As a heartbeat's `next_in_ms`: `None` is the agent's own interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_every_ms: Option<u64>,
+}
+
 /// A node as stored, with what is allocated on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {

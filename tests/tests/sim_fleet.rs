@@ -137,6 +137,30 @@ async fn a_large_fleet_beats_less_often_within_the_leaders_budget_and_stays_read
     }
 }
 
+/// A node learns the stretched interval from its registration's answer,
+/// before its first heartbeat: a fleet starting together learned it only
+/// from answered heartbeats, and beat every second until then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_answers_how_often_a_large_cluster_wants_beats() {
+    let options = ClusterOptions {
+        server_args: vec!["--heartbeats-per-second".into(), "4".into()],
+        ..ClusterOptions::default().without_node_health()
+    };
+    let cluster = TestCluster::start(options).await;
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let registration =
+            flotilla_tests::simulated_nodes::registration(&format!("n-{i}"), 1000, 1 << 30, &[]);
+        let registered = cluster.node_client(&registration.name).register_node(&registration).await;
+        answers.push(registered.expect("registers").heartbeat_every_ms);
+    }
+    assert_eq!(answers[0], None, "one node: the agent's own interval");
+    // Twelve nodes within four beats a second: three seconds (the last
+    // registration counted, or not yet, by the server that answered).
+    let last = answers[11].expect("an interval for twelve nodes");
+    assert!((2750..=3000).contains(&last), "{answers:?}");
+}
+
 /// An agent's long-poll asks for changes only: the answer carries the
 /// allocations changed after the index it holds, and the ids of all, so
 /// that a node's replicas are sent once each, not again with every change.
@@ -227,6 +251,6 @@ async fn a_report_that_arrives_after_a_later_one_does_not_undo_it() {
 
     let registration = flotilla_tests::simulated_nodes::registration("late-0", 4000, 8 << 30, &[]);
     let registered = node.register_node(&registration).await.expect("registers again");
-    assert_eq!(registered.report_seq, 100, "a restarted agent numbers its reports past this");
+    assert_eq!(registered.node.report_seq, 100, "a restarted agent numbers its reports past this");
     node.report_allocations("late-0", 101, &[starting]).await.expect("a later report is applied");
 }

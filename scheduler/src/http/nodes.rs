@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method};
 use axum::{Extension, Json};
 use flotilla_api::{
     Allocation, AllocationReport, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations,
-    NodeRegistration, NodeStatus, NodeStatusRequest,
+    NodeRegistered, NodeRegistration, NodeStatus, NodeStatusRequest,
 };
 use serde::Deserialize;
 
@@ -37,7 +37,7 @@ pub async fn register(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Node>, ApiError> {
+) -> Result<Json<NodeRegistered>, ApiError> {
     let registration: NodeRegistration = read_json(&headers, body).await?;
     if !caller.speaks_for_node(&registration.name) {
         return Err(ApiError::Forbidden(format!(
@@ -52,7 +52,8 @@ pub async fn register(
     if app.raft.is_leader() {
         app.liveness.beat(&name, &[], None);
     }
-    Ok(Json(expect_node(output)?))
+    let heartbeat_every_ms = heartbeat_every_ms(&app);
+    Ok(Json(NodeRegistered { node: expect_node(output)?, heartbeat_every_ms }))
 }
 
 pub async fn list(
@@ -158,8 +159,7 @@ pub async fn heartbeat(
     }
     app.liveness.beat(&name, &heartbeat.usage, heartbeat.tls.as_ref());
     let trust = trust_advice(&app, heartbeat.tls.as_ref());
-    let every = app.health.heartbeat_every(app.raft.node_count());
-    let next_in_ms = (every > Duration::from_secs(1)).then_some(every.as_millis() as u64);
+    let next_in_ms = heartbeat_every_ms(&app);
     if status != NodeStatus::Down {
         return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust, next_in_ms }));
     }
@@ -169,6 +169,13 @@ pub async fn heartbeat(
     let now_ms = flotilla_api::now_ms();
     let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
     Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust, next_in_ms }))
+}
+
+/// How often the cluster asks its nodes to beat, when its size stretches
+/// the interval past the agents' own (`None`).
+fn heartbeat_every_ms(app: &AppState) -> Option<u64> {
+    let every = app.health.heartbeat_every(app.raft.node_count());
+    (every > Duration::from_secs(1)).then_some(every.as_millis() as u64)
 }
 
 /// What an agent should trust and renew from, when its TLS differs from
