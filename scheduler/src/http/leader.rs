@@ -18,7 +18,7 @@ pub async fn forward<B: Serialize, T: DeserializeOwned>(
     path: &str,
     body: Option<&B>,
 ) -> Result<T, ApiError> {
-    let leader = app.raft.leader().and_then(|id| app.raft.state().member(id).map(|m| m.address.clone()));
+    let leader = app.raft.leader().and_then(|id| app.transport.address_of(id));
     let Some(leader) = leader else {
         return Err(ApiError::Unavailable {
             code: "no_leader",

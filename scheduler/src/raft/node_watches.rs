@@ -31,25 +31,24 @@ impl NodeWatches {
         receiver
     }
 
-    /// Wakes the waiters of the nodes changed, and forgets the watches no
-    /// one holds any more (an agent gone for good).
+    /// Wakes the waiters of the nodes changed. A watch stays when no one
+    /// holds it (between an agent's long-polls, nearly always): the next
+    /// long-poll then subscribes without reading the state, whose lock it
+    /// would wait on, holding the watches' lock and a runtime worker, for
+    /// as long as the Raft thread applies. One watch per node that ever
+    /// waited: nodes are never removed from the state either.
     pub(super) fn publish(&self, changed: Vec<(String, u64)>) {
-        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         for (node, mark) in changed {
             if let Some(sender) = senders.get(&node) {
-                if sender.receiver_count() == 0 {
-                    senders.remove(&node);
-                } else {
-                    sender.send_replace(mark);
-                }
+                sender.send_replace(mark);
             }
         }
     }
 
     /// A snapshot replaced the state: every node may have changed.
     pub(super) fn publish_all(&self, index: u64) {
-        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        senders.retain(|_, sender| sender.receiver_count() > 0);
+        let senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         for sender in senders.values() {
             sender.send_replace(index);
         }

@@ -231,6 +231,14 @@ impl PeerTransport {
         }
     }
 
+    /// Where member `id` listens, as this server's Raft traffic reaches it.
+    /// Hot paths ask here rather than the replicated state: a follower
+    /// forwards every heartbeat it takes to the leader, and reading the
+    /// state for the address waited on its lock behind every apply.
+    pub fn address_of(&self, id: u64) -> Option<String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
     /// Remembers a sender's address if the replicated state has not told us yet.
     pub fn learn_sender(&self, id: u64, address: &str) {
         let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
