@@ -241,7 +241,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let poller = tokio::spawn(poll_allocations(client.clone(), registration.clone(), messages_tx.clone()));
     let beat = Beat {
         every: config.heartbeat,
-        asked: registered.heartbeat_every_ms.map(Duration::from_millis),
+        asked_ms: registered.heartbeat_every_ms,
         sampler: Sampler { handles: Arc::clone(&handles), runtimes: runtimes.clone(), metrics },
         holding,
         messages: messages_tx.clone(),

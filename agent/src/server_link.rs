@@ -66,8 +66,8 @@ pub(crate) async fn poll_allocations(
 pub(crate) struct Beat {
     /// The agent's own interval: the shortest it beats at.
     pub(crate) every: Duration,
-    /// The interval the servers asked for when the node registered.
-    pub(crate) asked: Option<Duration>,
+    /// The interval the servers asked for when the node registered (ms).
+    pub(crate) asked_ms: Option<u64>,
     /// Reads the allocations' usage for each heartbeat to carry.
     pub(crate) sampler: Sampler,
     /// What the node still holds, for a node coming back from down.
@@ -95,8 +95,7 @@ fn heartbeat_timeout(every: Duration) -> Duration {
 pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, beat: Beat) {
     // A server that cannot answer (cut off, paused) must not hold the
     // heartbeats back until the node is marked down: the next one is tried.
-    // A large cluster asks its nodes to beat less often, never more.
-    let mut every = beat.asked.map_or(beat.every, |asked| asked.max(beat.every));
+    let mut every = asked_interval(beat.every, beat.asked_ms);
     if every != beat.every {
         tracing::info!(node = %registration.name, every_ms = every.as_millis() as u64, "heartbeat interval set by the servers");
     }
@@ -112,7 +111,7 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
         let tls = beat.tls.as_ref().map(|tls| tls.report());
         match client.heartbeat(&registration.name, &Heartbeat { usage, holding, tls }).await {
             Ok(answer) => {
-                let asked = answer.next_in_ms.map_or(beat.every, Duration::from_millis).max(beat.every);
+                let asked = asked_interval(beat.every, answer.next_in_ms);
                 if asked != every {
                     tracing::info!(node = %registration.name, every_ms = asked.as_millis() as u64, "heartbeat interval set by the servers");
                     every = asked;
@@ -136,6 +135,13 @@ pub(crate) async fn heartbeat(client: Client, registration: NodeRegistration, be
             Err(error) => tracing::warn!(%error, "heartbeat not delivered"),
         }
     }
+}
+
+/// The interval the servers asked for, in a registration's or a
+/// heartbeat's answer (`None`: the agent's own): a large cluster asks its
+/// nodes to beat less often, never more.
+fn asked_interval(own: Duration, asked_ms: Option<u64>) -> Duration {
+    asked_ms.map_or(own, Duration::from_millis).max(own)
 }
 
 /// An interval of heartbeats that, after a pause, goes on from now

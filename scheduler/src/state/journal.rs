@@ -87,11 +87,7 @@ impl ChangeJournal {
     /// reaches back that far. Cheaper than `after` for a reader that wants
     /// only these: nothing else is copied.
     pub fn nodes_after(&self, after: u64) -> Option<impl Iterator<Item = &str>> {
-        if self.forgotten_through > after {
-            return None;
-        }
-        let start = self.entries.partition_point(|(index, _)| *index <= after);
-        Some(self.entries.range(start..).filter_map(|(_, touched)| match touched {
+        Some(self.entries_after(after)?.filter_map(|touched| match touched {
             Touched::Node(name) => Some(name.as_str()),
             _ => None,
         }))
@@ -99,13 +95,22 @@ impl ChangeJournal {
 
     /// What was touched after log index `after`.
     pub fn after(&self, after: u64) -> Changes {
-        if self.forgotten_through > after {
+        let Some(entries) = self.entries_after(after) else {
             return Changes::Forgotten;
-        }
-        let start = self.entries.partition_point(|(index, _)| *index <= after);
-        let touched: Vec<Touched> = self.entries.range(start..).map(|(_, t)| t.clone()).collect();
+        };
+        let touched: Vec<Touched> = entries.cloned().collect();
         let through = self.entries.back().map_or(after, |(index, _)| (*index).max(after));
         Changes::Since { touched, through }
+    }
+
+    /// The entries after log index `after`, or `None` if some of them
+    /// were dropped.
+    fn entries_after(&self, after: u64) -> Option<impl Iterator<Item = &Touched>> {
+        if self.forgotten_through > after {
+            return None;
+        }
+        let start = self.entries.partition_point(|(index, _)| *index <= after);
+        Some(self.entries.range(start..).map(|(_, touched)| touched))
     }
 }
 
