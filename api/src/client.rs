@@ -218,9 +218,12 @@ impl Client {
         &self.addresses
     }
 
-    /// Gives each server `timeout` to answer before trying the next: for
-    /// calls that must go through quickly (an agent's heartbeat), past a
-    /// server that accepts connections but cannot answer (cut off, paused).
+    /// Gives the server `timeout` to answer; one that does not ends the
+    /// call, and the next call starts at the next server. For a call made
+    /// again on a clock (an agent's heartbeat), where the next call is the
+    /// retry: waiting out each server in turn within one call would outlast
+    /// the beats after it, and under load it left a connection to every
+    /// server behind each agent (ten thousand agents ran out of descriptors).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self
@@ -264,6 +267,13 @@ impl Client {
     /// take the client back to it.
     fn answered_by(&self, first: usize, index: usize) {
         let _ = self.first.compare_exchange(first, index, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Makes the server after the one at `index`, which did not answer in
+    /// time, the one to try first, unless another call moved on meanwhile.
+    fn move_past(&self, index: usize) {
+        let next = (index + 1) % self.addresses.len().max(1);
+        let _ = self.first.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     async fn write<B: Serialize, T: DeserializeOwned>(
@@ -312,6 +322,10 @@ impl Client {
                     Ok(response) => response,
                     Err(error) => {
                         last_error = format!("{address}: {}", describe_send_error(&error));
+                        if error.is_timeout() && self.request_timeout.is_some() {
+                            self.move_past(index);
+                            return Err(ClientError::Unreachable { tried: address.clone(), last: last_error });
+                        }
                         continue;
                     }
                 };
@@ -663,9 +677,6 @@ impl Client {
     }
 }
 
-/// Why a request got no answer, with the innermost cause (a refused
-/// connection, or the TLS handshake's reason: an unknown CA, a certificate
-/// for another identity) rather than reqwest's outermost wrapper.
 /// A request's body, encoded once and sent as it is to each server tried.
 struct Payload {
     bytes: bytes::Bytes,
@@ -681,6 +692,9 @@ fn encoding_error(error: serde_json::Error) -> ClientError {
     ClientError::Protocol { address: String::new(), reason: format!("cannot encode the request: {error}") }
 }
 
+/// Why a request got no answer, with the innermost cause (a refused
+/// connection, or the TLS handshake's reason: an unknown CA, a certificate
+/// for another identity) rather than reqwest's outermost wrapper.
 pub(crate) fn describe_send_error(error: &reqwest::Error) -> String {
     if error.is_connect() {
         let mut cause: &dyn std::error::Error = error;
@@ -692,5 +706,69 @@ pub(crate) fn describe_send_error(error: &reqwest::Error) -> String {
         "timed out".to_owned()
     } else {
         error.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that takes connections and never answers (paused, or cut
+    /// off behind a proxy): what a heartbeat must not wait on twice.
+    async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (address, task)
+    }
+
+    /// An address where nothing listens: a port just freed.
+    fn refusing_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_in_time_ends_the_call_and_the_next_call_starts_past_it() {
+        let (silent, server) = silent_server().await;
+        let refusing = refusing_address();
+        let client = Client::new([silent.clone(), refusing.clone()])
+            .with_retry_for(Duration::from_secs(30))
+            .with_request_timeout(Duration::from_millis(300));
+        client.first.store(0, Ordering::Relaxed);
+
+        let error = client.heartbeat("n1", &Heartbeat::default()).await.expect_err("nobody answers");
+        match &error {
+            ClientError::Unreachable { tried, last } => {
+                assert_eq!(tried, &silent, "the call ended at the silent server: {error}");
+                assert!(last.contains("timed out"), "{error}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert_eq!(client.first.load(Ordering::Relaxed), 1, "the next call starts at the next server");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_goes_on_to_the_next_server_within_the_call() {
+        let (silent, server) = silent_server().await;
+        let refusing = refusing_address();
+        let client = Client::new([refusing.clone(), silent.clone()])
+            .with_retry_for(Duration::from_secs(30))
+            .with_request_timeout(Duration::from_millis(300));
+        client.first.store(0, Ordering::Relaxed);
+
+        let error = client.heartbeat("n1", &Heartbeat::default()).await.expect_err("nobody answers");
+        match &error {
+            ClientError::Unreachable { tried, .. } => assert_eq!(tried, &silent, "{error}"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert_eq!(client.first.load(Ordering::Relaxed), 0, "the next call starts where this one did");
+        server.abort();
     }
 }
