@@ -324,7 +324,10 @@ impl Client {
                         last_error = format!("{address}: {}", describe_send_error(&error));
                         if error.is_timeout() && self.request_timeout.is_some() {
                             self.move_past(index);
-                            return Err(ClientError::Unreachable { tried: address.clone(), last: last_error });
+                            return Err(ClientError::Unreachable {
+                                tried: address.clone(),
+                                last: last_error,
+                            });
                         }
                         continue;
                     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use raft::eraftpb::Snapshot;
 
 use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
-use crate::http::{AppState, router};
+use crate::http::{AppState, HeartbeatRelay, HttpLeader, router};
 use flotilla_security::{Peer, TlsListener};
 
 use crate::controllers::ca_rotation::{RotationProgress, run_ca_rotation};
@@ -197,11 +197,17 @@ pub async fn run(
         ));
     }
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let heartbeat_relay = HeartbeatRelay::start(HttpLeader {
+        raft: raft.clone(),
+        transport: Arc::clone(&transport),
+        http: request_http.clone(),
+    });
     let app = router(AppState {
         closing,
         health: config.health.clone(),
         ca_rotation,
         liveness,
+        heartbeat_relay,
         http: request_http,
         agent_http,
         tls: tls.clone(),

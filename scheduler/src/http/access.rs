@@ -18,6 +18,7 @@ use flotilla_security::{
 
 use super::AppState;
 use super::error::ApiError;
+use super::heartbeat_relay::RELAY_PATH;
 use crate::raft::{PEER_PATH, SENDER_HEADER, SNAPSHOT_PATH};
 
 /// Every route, its method, and what it asks of the caller.
@@ -74,6 +75,7 @@ pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::POST, "/v1/ca/rotate", Access::Role(Role::Admin)),
     (Method::GET, "/v1/ca/local", Access::Members),
     (Method::POST, PEER_PATH, Access::Members),
+    (Method::POST, RELAY_PATH, Access::Members),
     (Method::POST, SNAPSHOT_PATH, Access::Members),
 ];
 
@@ -331,6 +333,7 @@ mod tests {
             let path = match path.trim() {
                 "PEER_PATH" => PEER_PATH.to_owned(),
                 "SNAPSHOT_PATH" => SNAPSHOT_PATH.to_owned(),
+                "RELAY_PATH" => RELAY_PATH.to_owned(),
                 literal => literal.trim_matches('"').to_owned(),
             };
             let handlers = rest.split("\n").next().unwrap_or_default();

@@ -11,7 +11,7 @@ use flotilla_api::{ApiErrorBody, SpecError};
 use crate::raft::RaftError;
 use crate::state::Rejection;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     InvalidSpec(SpecError),
     BadRequest(String),
@@ -58,8 +58,9 @@ impl From<RaftError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and body this error is answered with.
+    pub fn status_and_body(self) -> (StatusCode, ApiErrorBody) {
         let (status, code, message, spec) = match self {
             ApiError::InvalidSpec(spec) => {
                 (StatusCode::BAD_REQUEST, "invalid_spec", format!("invalid spec: {spec}"), Some(spec))
@@ -82,6 +83,45 @@ impl IntoResponse for ApiError {
             ApiError::OutcomeUnknown(m) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", m, None),
             ApiError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
         };
-        (status, Json(ApiErrorBody { code: code.to_owned(), message, spec })).into_response()
+        (status, ApiErrorBody { code: code.to_owned(), message, spec })
+    }
+
+    /// The error another server answered with, to pass on as it is: a
+    /// refusal of the request (400, 404, 409), an unknown outcome (504), or
+    /// "not now" (503, with its code). Anything else means the other server
+    /// could not be asked properly, which the caller may retry elsewhere.
+    pub fn from_status(status: u16, body: ApiErrorBody) -> Self {
+        let message = body.message;
+        match status {
+            400 => ApiError::BadRequest(message),
+            404 => ApiError::NotFound(message),
+            409 => ApiError::Conflict(message),
+            504 => ApiError::OutcomeUnknown(message),
+            503 => ApiError::Unavailable { code: retryable_code(&body.code), message },
+            _ => ApiError::Unavailable { code: "leader_unreachable", message },
+        }
+    }
+}
+
+/// The stable code of a 503 another server answered, or a general one for
+/// a code this server does not know.
+fn retryable_code(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "no_leader",
+        "leader_changed",
+        "leader_moving",
+        "leader_unreachable",
+        "timeout",
+        "stopping",
+        "cannot_check_token",
+        "agent_unreachable",
+    ];
+    CODES.iter().find(|known| **known == code).copied().unwrap_or("unavailable")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        (status, Json(body)).into_response()
     }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod error;
 mod event_stream;
 mod events;
+mod heartbeat_relay;
 mod idempotency;
 mod leader;
 mod logs;
@@ -28,6 +29,7 @@ use axum::routing::{delete, get, post, put};
 
 pub use access::{Caller, ROUTES};
 pub use error::ApiError;
+pub use heartbeat_relay::{HeartbeatRelay, HttpLeader, RELAY_PATH};
 
 use crate::controllers::node_health::Liveness;
 use crate::raft::{PEER_PATH, PeerTransport, RaftHandle, SNAPSHOT_PATH};
@@ -43,6 +45,9 @@ pub struct AppState {
     pub liveness: Arc<Liveness>,
     /// How often nodes are asked to heartbeat, and the budget behind it.
     pub health: crate::controllers::node_health::HealthConfig,
+    /// Passes this server's agents' heartbeats on to the leader in batches
+    /// while it follows.
+    pub heartbeat_relay: HeartbeatRelay,
     /// For passing requests only the leader can answer on to it.
     pub http: crate::member_http::MemberHttp,
     /// For reading allocations' logs from their agents.
@@ -101,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes::list).post(nodes::register))
         .route("/v1/nodes/{name}/status", put(nodes::set_status))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route(RELAY_PATH, post(nodes::relayed_heartbeats))
         .route("/v1/nodes/{name}/events", post(nodes::record_events))
         .route("/v1/nodes/{name}/unserved", put(nodes::report_unserved))
         .route("/v1/nodes/{name}/allocations", get(nodes::node_allocations).post(nodes::report))

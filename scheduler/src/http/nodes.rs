@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use flotilla_api::{
     Allocation, AllocationReport, AllocationUpdate, Heartbeat, HeartbeatAnswer, Node, NodeAllocations,
@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::body::{read_json, read_node_json};
 use super::error::ApiError;
+use super::heartbeat_relay::{RelayedAnswer, RelayedHeartbeat};
 use super::idempotency::idempotency;
 use super::{AppState, Caller, ReadQuery, read_barrier};
 use crate::state::{Command, CommandOutput};
@@ -140,9 +141,7 @@ pub async fn report_unserved(
 }
 
 /// A node's heartbeat. Liveness is the leader's memory, so a follower
-/// passes the heartbeat on to the leader. A down node's agent is told to
-/// stop what it still holds (all of it was lost and placed elsewhere); once
-/// it holds nothing, the node is ready again.
+/// passes the heartbeat on to the leader (in a batch with others).
 pub async fn heartbeat(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -150,25 +149,61 @@ pub async fn heartbeat(
     body: Body,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let heartbeat: Heartbeat = read_node_json(&headers, body).await?;
-    let Some(status) = app.raft.node_status(&name) else {
-        return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
-    };
-    if !app.raft.is_leader() {
-        let path = format!("/v1/nodes/{name}/heartbeat");
-        return super::leader::forward(&app, Method::POST, &path, Some(&heartbeat)).await.map(Json);
+    if app.raft.node_status(&name).is_none() {
+        return Err(not_registered(&name));
     }
+    if !app.raft.is_leader() {
+        return app.heartbeat_relay.relay(name, heartbeat).await.map(Json);
+    }
+    beat_on_leader(&app, name, heartbeat).await.map(Json)
+}
+
+/// The heartbeats a follower passes on in one batch, each answered as if
+/// its node had sent it here.
+pub async fn relayed_heartbeats(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<RelayedAnswer>>, ApiError> {
+    let batch: Vec<RelayedHeartbeat> = read_node_json(&headers, body).await?;
+    if !app.raft.is_leader() {
+        return Err(ApiError::Unavailable {
+            code: "leader_changed",
+            message: "this server no longer leads".into(),
+        });
+    }
+    let answers = batch.into_iter().map(|relayed| beat_on_leader(&app, relayed.node, relayed.heartbeat));
+    let answers = futures_util::future::join_all(answers).await;
+    Ok(Json(answers.into_iter().map(RelayedAnswer::from_result).collect()))
+}
+
+fn not_registered(name: &str) -> ApiError {
+    ApiError::NotFound(format!("node `{name}` is not registered"))
+}
+
+/// The leader's answer to a heartbeat: a down node's agent is told to stop
+/// what it still holds (all of it was lost and placed elsewhere); once it
+/// holds nothing, the node is ready again.
+async fn beat_on_leader(
+    app: &AppState,
+    name: String,
+    heartbeat: Heartbeat,
+) -> Result<HeartbeatAnswer, ApiError> {
+    let Some(status) = app.raft.node_status(&name) else {
+        return Err(not_registered(&name));
+    };
     app.liveness.beat(&name, &heartbeat.usage, heartbeat.tls.as_ref());
-    let trust = trust_advice(&app, heartbeat.tls.as_ref());
-    let next_in_ms = heartbeat_every_ms(&app);
+    let trust = trust_advice(app, heartbeat.tls.as_ref());
+    let next_in_ms = heartbeat_every_ms(app);
     if status != NodeStatus::Down {
-        return Ok(Json(HeartbeatAnswer { status, stop: Vec::new(), trust, next_in_ms }));
+        return Ok(HeartbeatAnswer { status, stop: Vec::new(), trust, next_in_ms });
     }
     if !heartbeat.holding.is_empty() {
-        return Ok(Json(HeartbeatAnswer { status, stop: heartbeat.holding, trust, next_in_ms }));
+        return Ok(HeartbeatAnswer { status, stop: heartbeat.holding, trust, next_in_ms });
     }
     let now_ms = flotilla_api::now_ms();
     let node = expect_node(app.raft.propose(Command::NodeRecovered { name, now_ms }).await?)?;
-    Ok(Json(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust, next_in_ms }))
+    Ok(HeartbeatAnswer { status: node.status, stop: Vec::new(), trust, next_in_ms })
 }
 
 /// How often the cluster asks its nodes to beat, when its size stretches
