@@ -276,6 +276,18 @@ async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
         });
     }
     tracing::info!(nodes = size, "fleet started");
+    let lag = tokio::spawn(warn_when_behind());
+    let ended = run_until_stopped(agents, stop).await;
+    lag.abort();
+    ended
+}
+
+/// Runs the fleet's members until the process is told to stop or one of
+/// them stops on its own (a failure of the fleet).
+async fn run_until_stopped(
+    mut agents: tokio::task::JoinSet<(String, Result<(), flotilla_agent::AgentError>)>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
     tokio::select! {
         () = shutdown_signal() => {}
         // One member stopping on its own is a failure of the fleet.
@@ -292,4 +304,80 @@ async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
         result.with_context(|| format!("fleet member {name}"))?;
     }
     Ok(())
+}
+
+/// Warns when the fleet's own runtime falls behind its clock: its members'
+/// calls then leave and are read late, their heartbeats time out on this
+/// side, and nodes the servers mark down are the fleet's doing, not the
+/// servers'. A timer that should wake every 100 ms measures how late it is.
+async fn warn_when_behind() {
+    const TICK: Duration = Duration::from_millis(100);
+    let mut watch = LagWatch::new(std::time::Instant::now());
+    loop {
+        let asleep = std::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        let now = std::time::Instant::now();
+        if let Some(worst) = watch.observe(now.duration_since(asleep).saturating_sub(TICK), now) {
+            tracing::warn!(
+                worst_lag_ms = worst.as_millis() as u64,
+                "the fleet is behind its clock: its nodes' calls leave late and heartbeats may time out here"
+            );
+        }
+    }
+}
+
+/// The worst lag over a window of ten seconds, reported when the window
+/// closes if it reached half a second: less is a busy moment, while half
+/// a second is a good share of a heartbeat's timeout (1.2 s at the least).
+struct LagWatch {
+    worst: Duration,
+    since: std::time::Instant,
+}
+
+impl LagWatch {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const WORTH_SAYING: Duration = Duration::from_millis(500);
+
+    fn new(now: std::time::Instant) -> Self {
+        LagWatch { worst: Duration::ZERO, since: now }
+    }
+
+    /// Takes one measured lag; the window's worst when it closes, if worth saying.
+    fn observe(&mut self, lag: Duration, now: std::time::Instant) -> Option<Duration> {
+        self.worst = self.worst.max(lag);
+        if now.duration_since(self.since) < Self::WINDOW {
+            return None;
+        }
+        let worst = std::mem::take(&mut self.worst);
+        self.since = now;
+        (worst >= Self::WORTH_SAYING).then_some(worst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::LagWatch;
+
+    #[test]
+    fn the_worst_lag_of_a_window_is_said_once_when_the_window_closes_and_only_if_worth_saying() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let lag = Duration::from_millis;
+        let mut watch = LagWatch::new(start);
+        // (lag, at, what is said)
+        let table = [
+            (lag(900), at(1_000), None),
+            (lag(20), at(9_000), None),
+            (lag(10), at(10_000), Some(lag(900))),
+            (lag(499), at(15_000), None),
+            (lag(30), at(20_000), None),
+            (lag(500), at(25_000), None),
+            (lag(0), at(30_000), Some(lag(500))),
+        ];
+        for (step, (lag, now, said)) in table.into_iter().enumerate() {
+            assert_eq!(watch.observe(lag, now), said, "step {step}");
+        }
+    }
 }
