@@ -254,3 +254,51 @@ async fn a_report_that_arrives_after_a_later_one_does_not_undo_it() {
     assert_eq!(registered.node.report_seq, 100, "a restarted agent numbers its reports past this");
     node.report_allocations("late-0", 101, &[starting]).await.expect("a later report is applied");
 }
+
+/// A follower passes the heartbeats its nodes send on to the leader through
+/// its relay (`/v1/relay/heartbeats`, in batches): nodes that beat only
+/// through a follower, all at once, are answered ready and stay ready for
+/// twice the TTL, which they could not if their beats stopped there.
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_sent_to_a_follower_reach_the_leader_through_its_relay() {
+    const NODES: usize = 8;
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let follower = cluster.servers.iter().map(|s| s.id).find(|id| *id != leader).expect("a follower");
+    flotilla_tests::simulated_nodes::register_nodes(&cluster, "relayed", NODES, 1000, 1 << 30, &[]).await;
+    let names: Vec<String> = (0..NODES).map(|i| format!("relayed-{i}")).collect();
+    let through_follower: Vec<_> =
+        names.iter().map(|name| cluster.node_client(name).for_server(&cluster.address(follower))).collect();
+    let ready_indexes = || async {
+        let nodes = cluster.client().nodes(false).await.expect("nodes");
+        let ours: Vec<_> = nodes.into_iter().filter(|n| n.name.starts_with("relayed-")).collect();
+        assert!(ours.iter().all(|n| n.status == NodeStatus::Ready), "a node was marked down: {ours:?}");
+        ours.into_iter().map(|n| (n.name, n.ready_index)).collect::<Vec<_>>()
+    };
+    let first = ready_indexes().await;
+    // Beats every half second for twice the default TTL (3 s).
+    let beating = std::time::Instant::now();
+    let beat = Heartbeat::default();
+    while beating.elapsed() < Duration::from_secs(6) {
+        let beats = through_follower.iter().zip(&names).map(|(client, name)| client.heartbeat(name, &beat));
+        for answer in futures_util::future::join_all(beats).await {
+            assert_eq!(answer.expect("answered through the follower").status, NodeStatus::Ready);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ready_indexes().await, first, "no node was marked down and back");
+
+    let mut relayed = 0.0;
+    for server in &cluster.servers {
+        let request = cluster.authorize(cluster.http().get(cluster.url(server.id, "/metrics")));
+        let text = request.send().await.expect("metrics answer").text().await.expect("metrics body");
+        let series =
+            r#"flotilla_http_requests_total{route="/v1/relay/heartbeats",method="POST",status="200"} "#;
+        relayed += text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series))
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(relayed >= 1.0, "the leader took relayed batches");
+}
