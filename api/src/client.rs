@@ -736,23 +736,30 @@ mod tests {
         listener.local_addr().expect("address").to_string()
     }
 
-    #[tokio::test]
-    async fn a_server_that_does_not_answer_in_time_ends_the_call_and_the_next_call_starts_past_it() {
-        let (silent, server) = silent_server().await;
-        let refusing = refusing_address();
-        let client = Client::new([silent.clone(), refusing.clone()])
+    /// A client as an agent's heartbeat uses it, trying `addresses` in order.
+    fn beating_client(addresses: [&str; 2]) -> Client {
+        let client = Client::new(addresses)
             .with_retry_for(Duration::from_secs(30))
             .with_request_timeout(Duration::from_millis(300));
         client.first.store(0, Ordering::Relaxed);
+        client
+    }
 
-        let error = client.heartbeat("n1", &Heartbeat::default()).await.expect_err("nobody answers");
-        match &error {
-            ClientError::Unreachable { tried, last } => {
-                assert_eq!(tried, &silent, "the call ended at the silent server: {error}");
-                assert!(last.contains("timed out"), "{error}");
-            }
+    /// Sends a heartbeat nobody answers; the server the call ended at, and why.
+    async fn where_a_beat_ended(client: &Client) -> (String, String) {
+        match client.heartbeat("n1", &Heartbeat::default()).await {
+            Err(ClientError::Unreachable { tried, last }) => (tried, last),
             other => panic!("expected Unreachable, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_in_time_ends_the_call_and_the_next_call_starts_past_it() {
+        let (silent, server) = silent_server().await;
+        let client = beating_client([&silent, &refusing_address()]);
+        let (tried, why) = where_a_beat_ended(&client).await;
+        assert_eq!(tried, silent, "the call ended at the silent server: {why}");
+        assert!(why.contains("timed out"), "{why}");
         assert_eq!(client.first.load(Ordering::Relaxed), 1, "the next call starts at the next server");
         server.abort();
     }
@@ -760,17 +767,9 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_goes_on_to_the_next_server_within_the_call() {
         let (silent, server) = silent_server().await;
-        let refusing = refusing_address();
-        let client = Client::new([refusing.clone(), silent.clone()])
-            .with_retry_for(Duration::from_secs(30))
-            .with_request_timeout(Duration::from_millis(300));
-        client.first.store(0, Ordering::Relaxed);
-
-        let error = client.heartbeat("n1", &Heartbeat::default()).await.expect_err("nobody answers");
-        match &error {
-            ClientError::Unreachable { tried, .. } => assert_eq!(tried, &silent, "{error}"),
-            other => panic!("expected Unreachable, got {other:?}"),
-        }
+        let client = beating_client([&refusing_address(), &silent]);
+        let (tried, why) = where_a_beat_ended(&client).await;
+        assert_eq!(tried, silent, "{why}");
         assert_eq!(client.first.load(Ordering::Relaxed), 0, "the next call starts where this one did");
         server.abort();
     }

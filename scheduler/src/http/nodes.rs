@@ -149,13 +149,15 @@ pub async fn heartbeat(
     body: Body,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let heartbeat: Heartbeat = read_node_json(&headers, body).await?;
+    if app.raft.is_leader() {
+        return beat_on_leader(&app, name, heartbeat).await.map(Json);
+    }
+    // A node this server does not know is told to register without a
+    // round trip to the leader.
     if app.raft.node_status(&name).is_none() {
         return Err(not_registered(&name));
     }
-    if !app.raft.is_leader() {
-        return app.heartbeat_relay.relay(name, heartbeat).await.map(Json);
-    }
-    beat_on_leader(&app, name, heartbeat).await.map(Json)
+    app.heartbeat_relay.relay(name, heartbeat).await.map(Json)
 }
 
 /// The heartbeats a follower passes on in one batch, each answered as if
