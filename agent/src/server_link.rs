@@ -12,8 +12,8 @@ use crate::desired_view::DesiredView;
 use crate::supervisor::{Holding, Message};
 use crate::usage::Sampler;
 
-/// Registers the node, retrying until a server takes it; the node as the
-/// servers hold it.
+/// Registers the node, retrying until a server takes it; the servers'
+/// answer: the node as they hold it, and how often they want it to beat.
 pub(crate) async fn register(client: &Client, registration: &NodeRegistration) -> NodeRegistered {
     loop {
         match client.register_node(registration).await {
