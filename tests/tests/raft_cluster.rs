@@ -286,25 +286,29 @@ async fn a_corrupted_data_file_is_refused_and_the_member_replaced() {
     wait_for_names(&cluster, victim, &expected, Duration::from_secs(5)).await;
     cluster.server(victim).stop();
 
-    let file = cluster.server(victim).data_dir.join("raft.redb");
-    let mut bytes = std::fs::read(&file).expect("data file");
+    // The write is in the log's segments (no snapshot has been taken).
+    let segments = cluster.server(victim).data_dir.join("raft-log");
     let marker = b"corruption-marker";
     let mut flipped = 0;
-    for at in 0..bytes.len().saturating_sub(marker.len()) {
-        if &bytes[at..at + marker.len()] == marker {
-            bytes[at + 4] ^= 0x5A;
-            flipped += 1;
+    for item in std::fs::read_dir(&segments).expect("the log's segments") {
+        let file = item.expect("a segment").path();
+        let mut bytes = std::fs::read(&file).expect("segment");
+        for at in 0..bytes.len().saturating_sub(marker.len()) {
+            if &bytes[at..at + marker.len()] == marker {
+                bytes[at + 4] ^= 0x5A;
+                flipped += 1;
+            }
         }
+        std::fs::write(&file, bytes).expect("write corrupted segment");
     }
     assert!(flipped > 0, "the marker is on disk");
-    std::fs::write(&file, bytes).expect("write corrupted file");
 
     cluster.server(victim).start();
     let status =
         cluster.server(victim).wait_for_exit(Duration::from_secs(10)).expect("the server refuses to start");
     assert!(!status.success());
     let log = cluster.server(victim).log_text();
-    assert!(log.contains("raft.redb") && log.contains("corrupted"), "clear error naming the file:\n{log}");
+    assert!(log.contains("raft-log/") && log.contains("corrupted"), "clear error naming the file:\n{log}");
     assert!(!log.contains("panicked"), "no panic:\n{log}");
 
     // The others keep serving.

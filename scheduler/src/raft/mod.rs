@@ -23,6 +23,7 @@ mod state_read;
 mod storage;
 mod transport;
 mod turn_clock;
+mod wal;
 
 pub use error::RaftError;
 pub use handle::RaftHandle;

@@ -1,16 +1,18 @@
-//! Raft's durable storage in one redb file: log entries, hard state and the
-//! latest snapshot's metadata (which carries the conf state) with the name
-//! of the file that holds its data (`snapshot_files`).
+//! Raft's durable storage: the log and hard state in append-only segment
+//! files (`wal.rs`), and in one redb file what changes rarely: the latest
+//! snapshot's metadata (which carries the conf state) with the name of the
+//! file that holds its data (`snapshot_files`), the compaction mark, and
+//! which segment the log starts at.
 //!
-//! Every stored value is framed with a CRC-32 of its bytes and checked when
-//! the file is opened, so a corrupted file stops the server with an error
-//! that names it instead of feeding damaged entries to Raft. The whole log
-//! since the last compaction is also kept in memory: Raft reads it on every
-//! append to a follower, and compaction bounds its size.
+//! Every stored value is checked when the files are opened, so a corrupted
+//! file stops the server with an error that names it instead of feeding
+//! damaged entries to Raft. The whole log since the last compaction is also
+//! kept in memory: Raft reads it on every append to a follower, and
+//! compaction bounds its size.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -20,9 +22,12 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::checksum::{frame, unframe};
 use super::log_write::{LogWrite, LogWriter};
 use super::snapshot_files::{SnapshotDir, SnapshotFile};
+use super::wal::{Wal, WalItem};
 
-pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The log as data dirs kept it before it had segment files of its own;
+/// read once on opening, moved into the segments, and emptied.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The snapshot, alone in its table: the hard state in `meta` is written with
 /// every batch of entries, and redb rewrites (and checksums) a whole leaf when
 /// one of its keys changes, so a snapshot of many megabytes beside the hard
@@ -31,7 +36,12 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// The file holding the snapshot's data, in `snapshot`.
 const SNAPSHOT_FILE_KEY: &str = "file";
-pub(super) const HARD_STATE_KEY: &str = "hard_state";
+/// The hard state as of the latest snapshot (or, in data dirs from before
+/// segment files, of the latest write); a newer one in the segments wins.
+const HARD_STATE_KEY: &str = "hard_state";
+/// The number of the segment the log starts at: the segments before it
+/// hold the log from before the latest installed snapshot.
+const FIRST_SEGMENT_KEY: &str = "first_segment";
 /// The snapshot's key, in `snapshot` (and, in data dirs written before the
 /// snapshot had its own table, in `meta`).
 const SNAPSHOT_KEY: &str = "snapshot";
@@ -55,9 +65,55 @@ fn entry_bytes(entry: &Entry) -> u64 {
     (entry.data.len() + entry.context.len()) as u64
 }
 
+/// What redb holds, as read on opening.
+struct Stored {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    snapshot_file: Option<SnapshotFile>,
+    truncated: (u64, u64),
+    first_segment: u64,
+    /// The log of a data dir from before segment files.
+    legacy_log: Vec<Entry>,
+}
+
+/// The log as it is rebuilt on opening, entry by entry in the order they
+/// were written.
+struct ReplayedLog {
+    /// Index and term of the last compacted entry: older ones are skipped.
+    truncated: (u64, u64),
+    entries: Vec<Entry>,
+    entry_bytes: u64,
+}
+
+impl ReplayedLog {
+    /// Takes in the next entry written: it replaces whatever the log held
+    /// from its index on (a new leader's log won a conflict), and must not
+    /// leave a gap.
+    fn replay(&mut self, entry: Entry, path: &Path) -> Result<(), StorageError> {
+        if entry.index <= self.truncated.0 {
+            return Ok(());
+        }
+        let next = self.truncated.0 + 1 + self.entries.len() as u64;
+        if entry.index > next {
+            return Err(StorageError::Corrupted {
+                path: path.to_path_buf(),
+                what: format!("log entry {} is out of place (expected at most {next})", entry.index),
+            });
+        }
+        let keep = (entry.index - self.truncated.0 - 1) as usize;
+        self.entry_bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<u64>();
+        self.entries.truncate(keep);
+        self.entry_bytes += entry_bytes(&entry);
+        self.entries.push(entry);
+        Ok(())
+    }
+}
+
 pub struct RaftStorage {
     db: Arc<Database>,
     path: PathBuf,
+    /// The log's segment files.
+    wal: Arc<Mutex<Wal>>,
     hard_state: HardState,
     /// Latest snapshot's metadata (and, in a data dir from before snapshot
     /// files, its data).
@@ -82,129 +138,185 @@ pub struct RaftStorage {
 }
 
 impl RaftStorage {
-    /// Opens (or creates) `dir/raft.redb` and checks every value in it.
+    /// Opens (or creates) `dir/raft.redb` and the log's segments in
+    /// `dir/raft-log`, and checks every value in them.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let path = dir.join("raft.redb");
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::Open { path: path.clone(), reason: e.to_string() })?;
-        let db = Database::create(&path).map_err(|e| match e {
+        // redb 4.6 checks a torn commit's pages as it recovers, but panics
+        // on one it reads first (an unreachable page type in the allocator
+        // state's tree): that is a damaged file, reported as one.
+        let created =
+            std::panic::catch_unwind(|| Database::create(&path)).map_err(|_| StorageError::Corrupted {
+                path: path.clone(),
+                what: "redb failed to recover the last commit".into(),
+            })?;
+        let db = created.map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
                 StorageError::Corrupted { path: path.clone(), what }
             }
             other => StorageError::Open { path: path.clone(), reason: other.to_string() },
         })?;
         let snapshots = SnapshotDir::open(dir)?;
+        let Stored { mut hard_state, snapshot, snapshot_file, truncated, first_segment, legacy_log } =
+            Self::load_meta(&db, &path, &snapshots)?;
+        let mut log = ReplayedLog { truncated, entries: Vec::new(), entry_bytes: 0 };
+        for entry in legacy_log.iter().cloned() {
+            log.replay(entry, &path)?;
+        }
+        let mut wal_hard_state = None;
+        let wal = Wal::open(dir, first_segment, |item| match item {
+            WalItem::HardState(hs) => {
+                wal_hard_state = Some(hs);
+                Ok(())
+            }
+            WalItem::Entry(entry) => log.replay(entry, &path),
+        })?;
+        if let Some(newer) = wal_hard_state {
+            let commit = hard_state.commit.max(newer.commit);
+            hard_state = newer;
+            hard_state.commit = commit;
+        }
         let mut storage = RaftStorage {
             db: Arc::new(db),
             path,
-            hard_state: HardState::default(),
-            snapshot: Snapshot::default(),
-            snapshot_file: None,
+            wal: Arc::new(Mutex::new(wal)),
+            hard_state,
+            snapshot,
+            snapshot_file,
             snapshots,
             sendable: RefCell::new(None),
-            truncated: (0, 0),
-            entries: Vec::new(),
-            entry_bytes: 0,
+            truncated,
+            entries: log.entries,
+            entry_bytes: log.entry_bytes,
             snapshot_wanted: Cell::new(false),
         };
-        storage.load()?;
+        if !legacy_log.is_empty() {
+            storage.move_legacy_log()?;
+        }
         Ok(storage)
+    }
+
+    /// Moves a data dir's log from redb (where versions before segment
+    /// files kept it) into the segments: written there first, then removed
+    /// from redb, so a crash between leaves it in both, which replays the
+    /// same.
+    fn move_legacy_log(&mut self) -> Result<(), StorageError> {
+        let write = LogWrite { entries: self.entries.clone(), hard_state: self.hard_state.clone() };
+        let writer = self.log_writer();
+        writer.write([&write])?;
+        let txn = writer.begin()?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| writer.error(e))?;
+            log.retain(|_, _| false).map_err(|e| writer.error(e))?;
+        }
+        txn.commit().map_err(|e| writer.error(e))
     }
 
     /// Where log changes are written, from this thread or another.
     pub(super) fn log_writer(&self) -> LogWriter {
-        LogWriter { db: Arc::clone(&self.db), path: self.path.clone() }
+        LogWriter { db: Arc::clone(&self.db), path: self.path.clone(), wal: Arc::clone(&self.wal) }
     }
 
     fn corrupted(&self, what: impl Into<String>) -> StorageError {
         StorageError::Corrupted { path: self.path.clone(), what: what.into() }
     }
 
-    fn read_error(&self, error: impl std::fmt::Display) -> StorageError {
-        self.corrupted(format!("read failed: {error}"))
-    }
-
-    fn load(&mut self) -> Result<(), StorageError> {
-        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+    /// What redb holds: the hard state, the snapshot's metadata and file,
+    /// the compaction mark, the segment the log starts at, and the log of
+    /// a data dir from before segment files.
+    fn load_meta(db: &Database, path: &Path, snapshots: &SnapshotDir) -> Result<Stored, StorageError> {
+        let corrupted = |what: String| StorageError::Corrupted { path: path.to_path_buf(), what };
+        let read_error = |e: &dyn std::fmt::Display| corrupted(format!("read failed: {e}"));
+        let txn = db.begin_read().map_err(|e| read_error(&e))?;
         let meta = match txn.open_table(META) {
             Ok(table) => Some(table),
             Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(self.read_error(e)),
+            Err(e) => return Err(read_error(&e)),
         };
-        let (mut hard_state, mut snapshot, mut truncated) = (None, None, None);
+        let (mut hard_state, mut snapshot, mut truncated, mut first_segment) = (None, None, None, None);
         if let Some(meta) = &meta {
             let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
-                let Some(value) = meta.get(key).map_err(|e| self.read_error(e))? else {
+                let Some(value) = meta.get(key).map_err(|e| read_error(&e))? else {
                     return Ok(None);
                 };
-                let payload = unframe(value.value())
-                    .ok_or_else(|| self.corrupted(format!("`{key}` fails its checksum")))?;
+                let payload =
+                    unframe(value.value()).ok_or_else(|| corrupted(format!("`{key}` fails its checksum")))?;
                 Ok(Some(payload.to_vec()))
             };
             hard_state = get(HARD_STATE_KEY)?;
             snapshot = get(SNAPSHOT_KEY)?;
             truncated = get(TRUNCATED_KEY)?;
+            first_segment = get(FIRST_SEGMENT_KEY)?;
         }
+        let mut snapshot_file = None;
         match txn.open_table(SNAPSHOT) {
             Ok(table) => {
-                if let Some(value) = table.get(SNAPSHOT_KEY).map_err(|e| self.read_error(e))? {
+                if let Some(value) = table.get(SNAPSHOT_KEY).map_err(|e| read_error(&e))? {
                     let payload = unframe(value.value())
-                        .ok_or_else(|| self.corrupted("the snapshot fails its checksum"))?;
+                        .ok_or_else(|| corrupted("the snapshot fails its checksum".into()))?;
                     snapshot = Some(payload.to_vec());
                 }
-                if let Some(value) = table.get(SNAPSHOT_FILE_KEY).map_err(|e| self.read_error(e))? {
+                if let Some(value) = table.get(SNAPSHOT_FILE_KEY).map_err(|e| read_error(&e))? {
                     let payload = unframe(value.value())
-                        .ok_or_else(|| self.corrupted("the snapshot's file name fails its checksum"))?;
-                    let file: SnapshotFile = serde_json::from_slice(payload).map_err(|e| {
-                        self.corrupted(format!("the snapshot's file name does not decode: {e}"))
-                    })?;
-                    self.snapshots.check_present(&file)?;
-                    self.snapshot_file = Some(file);
+                        .ok_or_else(|| corrupted("the snapshot's file name fails its checksum".into()))?;
+                    let file: SnapshotFile = serde_json::from_slice(payload)
+                        .map_err(|e| corrupted(format!("the snapshot's file name does not decode: {e}")))?;
+                    snapshots.check_present(&file)?;
+                    snapshot_file = Some(file);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(self.read_error(e)),
+            Err(e) => return Err(read_error(&e)),
         }
-        if let Some(bytes) = hard_state {
-            self.hard_state = HardState::parse_from_bytes(&bytes)
-                .map_err(|e| self.corrupted(format!("hard state does not decode: {e}")))?;
-        }
-        if let Some(bytes) = snapshot {
-            self.snapshot = Snapshot::parse_from_bytes(&bytes)
-                .map_err(|e| self.corrupted(format!("snapshot does not decode: {e}")))?;
-        }
-        if let Some(bytes) = truncated {
-            let (index, term) =
-                bytes.split_at_checked(8).ok_or_else(|| self.corrupted("truncation mark is short"))?;
-            let as_u64 = |b: &[u8]| b.try_into().map(u64::from_le_bytes).ok();
-            self.truncated = as_u64(index)
-                .zip(as_u64(term))
-                .ok_or_else(|| self.corrupted("truncation mark is malformed"))?;
-        }
-        let log = match txn.open_table(LOG) {
-            Ok(table) => Some(table),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(self.read_error(e)),
+        let hard_state = match hard_state {
+            Some(bytes) => HardState::parse_from_bytes(&bytes)
+                .map_err(|e| corrupted(format!("hard state does not decode: {e}")))?,
+            None => HardState::default(),
         };
-        if let Some(log) = log {
-            for item in log.iter().map_err(|e| self.read_error(e))? {
-                let (key, value) = item.map_err(|e| self.read_error(e))?;
-                let index = key.value();
-                let payload = unframe(value.value())
-                    .ok_or_else(|| self.corrupted(format!("log entry {index} fails its checksum")))?;
-                let entry = Entry::parse_from_bytes(payload)
-                    .map_err(|e| self.corrupted(format!("log entry {index} does not decode: {e}")))?;
-                let expected = self.truncated.0 + 1 + self.entries.len() as u64;
-                if entry.index != index || index != expected {
-                    return Err(
-                        self.corrupted(format!("log entry {index} is out of place (expected {expected})"))
-                    );
-                }
-                self.entry_bytes += entry_bytes(&entry);
-                self.entries.push(entry);
+        let snapshot = match snapshot {
+            Some(bytes) => Snapshot::parse_from_bytes(&bytes)
+                .map_err(|e| corrupted(format!("snapshot does not decode: {e}")))?,
+            None => Snapshot::default(),
+        };
+        let as_u64 = |b: &[u8]| b.try_into().map(u64::from_le_bytes).ok();
+        let truncated = match truncated {
+            Some(bytes) => {
+                let (index, term) =
+                    bytes.split_at_checked(8).ok_or_else(|| corrupted("truncation mark is short".into()))?;
+                as_u64(index)
+                    .zip(as_u64(term))
+                    .ok_or_else(|| corrupted("truncation mark is malformed".into()))?
             }
+            None => (0, 0),
+        };
+        let first_segment = match first_segment {
+            Some(bytes) => {
+                as_u64(&bytes).ok_or_else(|| corrupted("the first segment's number is malformed".into()))?
+            }
+            None => 0,
+        };
+        let mut legacy = Vec::new();
+        match txn.open_table(LOG) {
+            Ok(log) => {
+                for item in log.iter().map_err(|e| read_error(&e))? {
+                    let (key, value) = item.map_err(|e| read_error(&e))?;
+                    let index = key.value();
+                    let payload = unframe(value.value())
+                        .ok_or_else(|| corrupted(format!("log entry {index} fails its checksum")))?;
+                    let entry = Entry::parse_from_bytes(payload)
+                        .map_err(|e| corrupted(format!("log entry {index} does not decode: {e}")))?;
+                    if entry.index != index {
+                        return Err(corrupted(format!("log entry {index} is out of place")));
+                    }
+                    legacy.push(entry);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(read_error(&e)),
         }
-        Ok(())
+        Ok(Stored { hard_state, snapshot, snapshot_file, truncated, first_segment, legacy_log: legacy })
     }
 
     /// Whether this server has ever been part of a configuration. A server
@@ -287,8 +399,6 @@ impl RaftStorage {
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        let last = self.last_index_inner();
-        let stale = entries.first().map(|e| (e.index, last)).filter(|(first, last)| first <= last);
         if let Some(first_new) = entries.first().map(|e| e.index) {
             let keep = (first_new.saturating_sub(self.truncated.0 + 1) as usize).min(self.entries.len());
             self.entry_bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<u64>();
@@ -296,7 +406,7 @@ impl RaftStorage {
             self.entry_bytes += entries.iter().map(entry_bytes).sum::<u64>();
             self.entries.extend_from_slice(entries);
         }
-        LogWrite { stale, entries: entries.to_vec(), hard_state: self.hard_state.clone() }
+        LogWrite { entries: entries.to_vec(), hard_state: self.hard_state.clone() }
     }
 
     /// Records a newer commit index in memory; it reaches disk with the next
@@ -307,14 +417,17 @@ impl RaftStorage {
 
     /// Installs a snapshot received from the leader (or the one a new
     /// cluster starts from), replacing the whole log: its data goes to a
-    /// file, then its metadata to redb in one transaction.
+    /// file, the log to a new segment, then its metadata to redb in one
+    /// transaction that also moves the log's start to that segment.
     pub fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata().clone();
         let (index, term) = (meta.index, meta.term);
         let file = self.snapshots.write(index, term, |out| std::io::Write::write_all(out, &snapshot.data))?;
         self.hard_state.term = self.hard_state.term.max(term);
         self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&meta, &file, (index, term), true)?;
+        let first_segment = self.log_writer().wal().roll()?;
+        self.write_snapshot(&meta, &file, (index, term), Some(first_segment))?;
+        self.log_writer().wal().remove_before(first_segment)?;
         self.snapshot_taken(meta, file);
         self.truncated = (index, term);
         self.entries.clear();
@@ -323,7 +436,11 @@ impl RaftStorage {
     }
 
     /// Records a snapshot taken of the local state, its data already in
-    /// `file`, and drops the log up to `keep_from - 1`, in one transaction.
+    /// `file`, and drops the log up to `keep_from - 1`: in one transaction,
+    /// then the segments holding only dropped entries are removed. Later
+    /// writes go to a new segment, so that this one can go at the next
+    /// compaction; it starts with the hard state, which the removed ones
+    /// may have held last.
     /// A snapshot no newer than the latest (one from the leader was
     /// installed while it was taken) is dropped.
     pub fn compact(
@@ -341,7 +458,13 @@ impl RaftStorage {
         let truncate_to = keep_from - 1;
         let term = if truncate_to == index { meta.term } else { self.term_inner(truncate_to)? };
         self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&meta, &file, (truncate_to, term), false)?;
+        self.write_snapshot(&meta, &file, (truncate_to, term), None)?;
+        {
+            let writer = self.log_writer();
+            let mut wal = writer.wal();
+            wal.roll_with(&self.hard_state)?;
+            wal.remove_compacted(truncate_to)?;
+        }
         let drop = ((truncate_to - self.truncated.0) as usize).min(self.entries.len());
         self.entry_bytes -= self.entries[..drop].iter().map(entry_bytes).sum::<u64>();
         self.entries.drain(..drop);
@@ -359,19 +482,19 @@ impl RaftStorage {
         self.sendable.replace(None);
     }
 
+    /// Records a snapshot's metadata, its file, the compaction mark and the
+    /// hard state in redb; and, for a snapshot that replaces the whole log,
+    /// the segment the log now starts at.
     fn write_snapshot(
         &self,
         meta: &SnapshotMetadata,
         file: &SnapshotFile,
         truncated: (u64, u64),
-        clear_log: bool,
+        first_segment: Option<u64>,
     ) -> Result<(), StorageError> {
         let writer = self.log_writer();
         let txn = writer.begin()?;
         {
-            let mut log = txn.open_table(LOG).map_err(|e| writer.error(e))?;
-            let upto = if clear_log { u64::MAX } else { truncated.0 };
-            log.retain_in(..=upto, |_, _| false).map_err(|e| writer.error(e))?;
             let mut snapshot = Snapshot::default();
             snapshot.set_metadata(meta.clone());
             let snap = snapshot.write_to_bytes().map_err(|e| writer.error(e))?;
@@ -386,6 +509,10 @@ impl RaftStorage {
             meta.insert(TRUNCATED_KEY, frame(&mark).as_slice()).map_err(|e| writer.error(e))?;
             let hs = self.hard_state.write_to_bytes().map_err(|e| writer.error(e))?;
             meta.insert(HARD_STATE_KEY, frame(&hs).as_slice()).map_err(|e| writer.error(e))?;
+            if let Some(first) = first_segment {
+                meta.insert(FIRST_SEGMENT_KEY, frame(&first.to_le_bytes()).as_slice())
+                    .map_err(|e| writer.error(e))?;
+            }
         }
         txn.commit().map_err(|e| writer.error(e))
     }
@@ -517,8 +644,9 @@ mod tests {
         assert!(stored.data.is_empty(), "redb keeps only the metadata; the data is in its file");
     }
 
-    /// A commit torn after it was made (its new pages zeroed, its commit
-    /// slot in force) must not open as the commit before it.
+    /// A redb commit torn after it was made (its new pages zeroed, its
+    /// commit slot in force) must not open as the commit before it: the
+    /// snapshot and compaction mark it recorded were already acted on.
     #[test]
     fn a_torn_commit_is_refused_rather_than_rolled_back() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -527,15 +655,14 @@ mod tests {
         storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
         storage.persist(&(2..=50).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
         let before = std::fs::read(&path).expect("file");
-        storage
-            .persist(&[entry(51, 1)], Some(&HardState { term: 1, commit: 51, ..HardState::default() }))
-            .expect("persist");
+        compact_at(&mut storage, 40, 1, 30);
         // As a kill leaves it: not closed, still marked for recovery (a
         // copy, as this process holds the original's lock).
         let mut after = std::fs::read(&path).expect("file");
+        let torn_dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), torn_dir.path());
         drop(storage);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("raft.redb");
+        let path = torn_dir.path().join("raft.redb");
         const HEADER: usize = 4096;
         let mut torn = 0;
         for (at, byte) in after.iter_mut().enumerate().skip(HEADER) {
@@ -546,14 +673,88 @@ mod tests {
         }
         assert!(torn > 0, "the last commit wrote pages beyond the header");
         std::fs::write(&path, &after).expect("torn file");
-        match RaftStorage::open(dir.path()) {
+        match RaftStorage::open(torn_dir.path()) {
             Err(StorageError::Corrupted { path: named, .. }) => assert_eq!(named, path),
             Err(other) => panic!("refused, but not as corrupted: {other}"),
             Ok(storage) => panic!(
-                "opened a torn commit as the one before it (last index {})",
-                storage.last_index_inner()
+                "opened a torn commit as the one before it (snapshot index {})",
+                storage.snapshot_index()
             ),
         }
+    }
+
+    /// Copies a data dir's files, one level of directories deep.
+    fn copy_dir(from: &Path, to: &Path) {
+        for item in std::fs::read_dir(from).expect("dir") {
+            let path = item.expect("entry").path();
+            let target = to.join(path.file_name().expect("a name"));
+            if path.is_dir() {
+                std::fs::create_dir_all(&target).expect("dir");
+                copy_dir(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).expect("copy");
+            }
+        }
+    }
+
+    /// A data dir written before the log had segment files kept it in
+    /// redb: it opens with that log, which moves into the segments.
+    #[test]
+    fn a_log_kept_in_redb_opens_and_moves_into_the_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        drop(storage);
+        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut log = txn.open_table(LOG).expect("log");
+            for i in 2..=6 {
+                let bytes = entry(i, 2).write_to_bytes().expect("encode");
+                log.insert(i, frame(&bytes).as_slice()).expect("insert");
+            }
+            let hs = HardState { term: 2, vote: 3, commit: 5, ..HardState::default() };
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(HARD_STATE_KEY, frame(&hs.write_to_bytes().expect("encode")).as_slice()).expect("hs");
+        }
+        txn.commit().expect("commit");
+        drop(db);
+        for opening in ["first", "second"] {
+            let storage = RaftStorage::open(dir.path()).expect("reopen");
+            assert_eq!(storage.last_index().expect("last"), 6, "{opening} opening");
+            assert_eq!(storage.term(6).expect("term"), 2);
+            let hs = storage.initial_state().expect("state").hard_state;
+            assert_eq!((hs.term, hs.vote, hs.commit), (2, 3, 5), "{opening} opening");
+        }
+        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let txn = db.begin_read().expect("txn");
+        let log = txn.open_table(LOG).expect("log");
+        assert_eq!(
+            redb::ReadableTableMetadata::len(&log).expect("len"),
+            0,
+            "the redb log is emptied once moved"
+        );
+    }
+
+    /// A snapshot installed from the leader replaces the log, and the log
+    /// from before it does not come back on reopening; later writes do.
+    #[test]
+    fn an_installed_snapshot_replaces_the_log_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = RaftStorage::open(dir.path()).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        storage.persist(&(2..=30).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).expect("persist");
+        storage.install_snapshot(snapshot_at(20, 2)).expect("from the leader");
+        storage
+            .persist(&[entry(21, 2)], Some(&HardState { term: 2, commit: 21, ..HardState::default() }))
+            .expect("persist");
+        drop(storage);
+        let storage = RaftStorage::open(dir.path()).expect("reopen");
+        assert_eq!((storage.first_index().expect("first"), storage.last_index().expect("last")), (21, 21));
+        assert_eq!(storage.term(21).expect("term"), 2);
+        assert_eq!(storage.initial_state().expect("state").hard_state.commit, 21);
+        let segments = std::fs::read_dir(dir.path().join("raft-log")).expect("dir").count();
+        assert_eq!(segments, 1, "the segments from before the snapshot are gone");
     }
 
     /// Compacts as the node does: the snapshot's data written to its file
@@ -699,13 +900,15 @@ mod tests {
             e.data = b"MARKER-PAYLOAD-TO-CORRUPT".to_vec().into();
             storage.persist(&[e], None).expect("persist");
         }
-        let path = dir.path().join("raft.redb");
+        let segments = dir.path().join("raft-log");
+        let path =
+            std::fs::read_dir(&segments).expect("dir").next().expect("a segment").expect("entry").path();
         let mut bytes = std::fs::read(&path).expect("read");
         let at = bytes.windows(6).position(|w| w == b"MARKER").expect("marker on disk");
         bytes[at + 3] ^= 0xFF;
         std::fs::write(&path, bytes).expect("write");
         let error = RaftStorage::open(dir.path()).err().expect("must refuse");
         let message = error.to_string();
-        assert!(message.contains("raft.redb") && message.contains("corrupted"), "{message}");
+        assert!(message.contains(&path.display().to_string()) && message.contains("corrupted"), "{message}");
     }
 }

@@ -41,8 +41,8 @@ pub enum Nemesis {
     /// A random server's disk filled to the last byte, then freed (and the
     /// server started again if it stopped).
     DiskFull,
-    /// A random server killed with SIGKILL and the end of its data file
-    /// torn ([`super::torn_write`]), then started again; one that refuses
+    /// A random server killed with SIGKILL and the end of its log's newest
+    /// segment torn ([`super::torn_write`]), then started again; one that refuses
     /// its torn file is replaced as an operator would: removed from the
     /// cluster, its data wiped, joined anew.
     TornWrite,
@@ -166,7 +166,7 @@ pub async fn inject(cluster: &mut TestCluster, nemesis: Nemesis, rng: &mut Seede
         }
         Nemesis::TornWrite => {
             cluster.servers[random].kill();
-            super::torn_write::tear(&cluster.servers[random].data_dir.join("raft.redb"), rng);
+            super::torn_write::tear(&super::torn_write::log_file(&cluster.servers[random].data_dir), rng);
             return Injected::Torn(random);
         }
     }
@@ -227,7 +227,7 @@ async fn started_on_its_file(cluster: &mut TestCluster, index: usize) -> bool {
         if cluster.servers[index].exited() {
             let log = cluster.servers[index].log_text();
             assert!(
-                log.contains("corrupted") && log.contains("raft.redb") && !log.contains("panicked"),
+                log.contains("corrupted") && log.contains("raft-log") && !log.contains("panicked"),
                 "a server that refuses its torn data file says it is corrupted, and does not panic:\n{log}"
             );
             return false;

@@ -9,6 +9,14 @@ use std::path::Path;
 
 use super::nemesis::Seeded;
 
+/// The file a server's writes land in: the newest segment of its Raft log.
+pub fn log_file(data_dir: &Path) -> std::path::PathBuf {
+    let segments = std::fs::read_dir(data_dir.join("raft-log")).expect("the server's log segments");
+    let mut paths: Vec<_> = segments.map(|item| item.expect("a segment").path()).collect();
+    paths.sort();
+    paths.pop().expect("a log segment")
+}
+
 /// How far from the end of the file a tear may start.
 const TEAR_WITHIN: u64 = 64 * 1024;
 
