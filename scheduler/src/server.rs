@@ -10,7 +10,7 @@ use std::time::Duration;
 use raft::eraftpb::Snapshot;
 
 use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
-use crate::http::{AppState, HeartbeatRelay, HttpLeader, router};
+use crate::http::{AppResources, AppState, HeartbeatRelay, HttpLeader, router};
 use flotilla_security::{Peer, TlsListener};
 
 use crate::controllers::ca_rotation::{RotationProgress, run_ca_rotation};
@@ -202,7 +202,7 @@ pub async fn run(
         transport: Arc::clone(&transport),
         http: request_http.clone(),
     });
-    let app = router(AppState {
+    let app = router(AppState::new(AppResources {
         closing,
         health: config.health.clone(),
         ca_rotation,
@@ -215,7 +215,7 @@ pub async fn run(
         transport,
         fault_injection: config.fault_injection,
         service_ports: config.service_ports,
-    });
+    }));
     let (raft_stopped_tx, raft_stopped_rx) = tokio::sync::oneshot::channel();
     let raft_thread = std::thread::spawn(move || {
         let result = thread.join().map_err(|_| ServerError::Config("the Raft thread panicked".into()));

@@ -122,7 +122,7 @@ pub async fn stream(
         announced: 0,
         announced_at: None,
         ready: VecDeque::new(),
-        raft: app.raft,
+        raft: app.raft.clone(),
     };
     let messages = futures_util::stream::unfold(cursor, |mut cursor| async move {
         loop {
