@@ -91,6 +91,10 @@ impl ReplayedLog {
     /// leave a gap.
     fn replay(&mut self, entry: Entry, path: &Path) -> Result<(), StorageError> {
         if entry.index <= self.truncated.0 {
+            // Compacted itself, it still replaced whatever followed it
+            // when it was written, and all that was held follows it.
+            self.entries.clear();
+            self.entry_bytes = 0;
             return Ok(());
         }
         let next = self.truncated.0 + 1 + self.entries.len() as u64;
@@ -910,5 +914,100 @@ mod tests {
         let error = RaftStorage::open(dir.path()).err().expect("must refuse");
         let message = error.to_string();
         assert!(message.contains(&path.display().to_string()) && message.contains("corrupted"), "{message}");
+    }
+
+    /// A step of what the Raft thread does to its storage.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Entries from `back` before the next index (a new leader's log
+        /// replacing a suffix when above 0), in a term `bump` newer.
+        Append {
+            back: u64,
+            count: u64,
+            bump: u64,
+        },
+        /// A snapshot at the `at`th entry held, keeping `keep` before it.
+        Compact {
+            at: u64,
+            keep: u64,
+        },
+        /// A leader's snapshot `ahead` past the log's end.
+        Install {
+            ahead: u64,
+        },
+        Reopen,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..5u64, 1..8u64, 0..2u64).prop_map(|(back, count, bump)| Step::Append { back, count, bump }),
+            2 => (any::<u64>(), 0..4u64).prop_map(|(at, keep)| Step::Compact { at, keep }),
+            1 => (0..3u64).prop_map(|ahead| Step::Install { ahead }),
+            2 => Just(Step::Reopen),
+        ]
+    }
+
+    /// What a reopened storage must give back as it was.
+    fn observed(storage: &RaftStorage) -> (u64, u64, Vec<u64>, HardState, u64) {
+        let (first, last) = (storage.first_index().expect("first"), storage.last_index().expect("last"));
+        let terms = (first - 1..=last).map(|i| storage.term(i).expect("term")).collect();
+        let hs = storage.initial_state().expect("state").hard_state;
+        (first, last, terms, hs, storage.snapshot_index())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever mix of appends, conflicting suffixes, compactions and
+        /// installed snapshots came before, a reopened storage holds the
+        /// same log, terms and hard state, and keeps no segment that
+        /// compaction passed.
+        #[test]
+        fn the_log_reopens_as_it_was_written(steps in proptest::collection::vec(step(), 1..30)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut storage = RaftStorage::open(dir.path()).expect("open");
+            storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+            let mut term = 1;
+            for step in steps {
+                let (first, last) = (storage.first_index().expect("first"), storage.last_index().expect("last"));
+                match step {
+                    Step::Append { back, count, bump } => {
+                        term += bump;
+                        let from = (last + 1).saturating_sub(back).max(first);
+                        let entries: Vec<Entry> = (from..from + count).map(|i| entry(i, term)).collect();
+                        // The commit index never goes back.
+                        let commit = storage.initial_state().expect("state").hard_state.commit;
+                        let hs = HardState { term, vote: term % 3 + 1, commit, ..HardState::default() };
+                        storage.persist(&entries, Some(&hs)).expect("persist");
+                    }
+                    Step::Compact { at, keep } if last >= first => {
+                        let index = first + at % (last - first + 1);
+                        let keep_from = (index + 1).saturating_sub(keep).max(first);
+                        let term = storage.term(index).expect("term");
+                        compact_at(&mut storage, index, term, keep_from);
+                    }
+                    Step::Compact { .. } => {}
+                    Step::Install { ahead } => {
+                        storage.install_snapshot(snapshot_at(last + 1 + ahead, term)).expect("install");
+                    }
+                    Step::Reopen => {
+                        let before = observed(&storage);
+                        drop(storage);
+                        storage = RaftStorage::open(dir.path()).expect("reopen");
+                        proptest::prop_assert_eq!(observed(&storage), before);
+                    }
+                }
+            }
+            let before = observed(&storage);
+            let truncated = storage.first_index().expect("first") - 1;
+            drop(storage);
+            let storage = RaftStorage::open(dir.path()).expect("reopen");
+            proptest::prop_assert_eq!(observed(&storage), before);
+            let wal = storage.wal.lock().expect("wal");
+            proptest::prop_assert!(
+                wal.oldest_last_index().is_none_or(|last| last > truncated),
+                "a segment whose entries were all compacted is still kept"
+            );
+        }
     }
 }

@@ -136,41 +136,43 @@ impl Wal {
         &mut self,
         writes: impl IntoIterator<Item = &'a LogWrite>,
     ) -> Result<(), StorageError> {
-        let mut items = Vec::new();
+        let mut record = vec![0; HEADER];
         let mut hard_state = None;
         let mut last_index = 0;
         for write in writes {
             for entry in &write.entries {
-                encode_item(&mut items, ENTRY, entry).map_err(|e| self.write_error(self.current(), e))?;
+                encode_item(&mut record, ENTRY, entry).map_err(|e| self.write_error(self.current(), e))?;
                 last_index = entry.index;
             }
             hard_state = Some(&write.hard_state);
         }
         if let Some(hs) = hard_state {
-            encode_item(&mut items, HARD_STATE, hs).map_err(|e| self.write_error(self.current(), e))?;
+            encode_item(&mut record, HARD_STATE, hs).map_err(|e| self.write_error(self.current(), e))?;
         }
-        if items.is_empty() {
+        if record.len() == HEADER {
             return Ok(());
         }
         if self.length >= SEGMENT_BYTES {
             self.roll()?;
         }
-        self.write_record(&items)?;
+        self.write_record(record)?;
         if let Some(segment) = self.segments.last_mut() {
             segment.last_index = segment.last_index.max(last_index);
         }
         Ok(())
     }
 
-    fn write_record(&mut self, items: &[u8]) -> Result<(), StorageError> {
+    /// Writes a record whose items follow room for its header, and waits
+    /// until it is durable.
+    fn write_record(&mut self, mut record: Vec<u8>) -> Result<(), StorageError> {
+        let items = &record[HEADER..];
         let length = u32::try_from(items.len())
             .map_err(|_| self.write_error(self.current(), "a write of more than 4 GiB"))?;
         let mut crc = Crc32::new();
         crc.update(items);
-        let mut record = Vec::with_capacity(HEADER + items.len());
-        record.extend_from_slice(&length.to_le_bytes());
-        record.extend_from_slice(&crc.finish().to_le_bytes());
-        record.extend_from_slice(items);
+        let crc = crc.finish();
+        record[..4].copy_from_slice(&length.to_le_bytes());
+        record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         let number = self.current();
         self.file.write_all_at(&record, self.length).map_err(|e| self.write_error(number, e))?;
         self.file.sync_data().map_err(|e| self.write_error(number, e))?;
@@ -194,9 +196,9 @@ impl Wal {
     /// older ones can all go without taking the hard state with them.
     pub(super) fn roll_with(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
         self.roll()?;
-        let mut items = Vec::new();
-        encode_item(&mut items, HARD_STATE, hard_state).map_err(|e| self.write_error(self.current(), e))?;
-        self.write_record(&items)
+        let mut record = vec![0; HEADER];
+        encode_item(&mut record, HARD_STATE, hard_state).map_err(|e| self.write_error(self.current(), e))?;
+        self.write_record(record)
     }
 
     /// Removes the segments, oldest first and never the one written to,
@@ -220,6 +222,13 @@ impl Wal {
     fn remove_oldest(&mut self) -> Result<(), StorageError> {
         let oldest = self.segments.remove(0);
         std::fs::remove_file(self.path_of(oldest.number)).map_err(|e| self.write_error(oldest.number, e))
+    }
+
+    /// The highest entry index in the oldest segment other than the one
+    /// written to, if there is one.
+    #[cfg(test)]
+    pub(super) fn oldest_last_index(&self) -> Option<u64> {
+        (self.segments.len() > 1).then(|| self.segments[0].last_index)
     }
 
     /// How many segment files there are.
