@@ -608,16 +608,22 @@ mod tests {
         Entry { index, term, data: format!("command {index}").into_bytes().into(), ..Entry::default() }
     }
 
+    /// The redb file of a storage in `dir` that took its first snapshot,
+    /// for a test to rewrite as an earlier version would have left it.
+    fn bootstrapped_redb(dir: &Path) -> Database {
+        let mut storage = RaftStorage::open(dir).expect("open");
+        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
+        drop(storage);
+        Database::create(dir.join("raft.redb")).expect("db")
+    }
+
     #[test]
     fn a_data_dir_with_the_snapshot_data_beside_the_hard_state_still_opens_and_moves_it_to_a_file_on_compaction()
      {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut storage = RaftStorage::open(dir.path()).expect("open");
-        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
-        drop(storage);
         // Rewrite it the way the earliest versions stored it: with its data,
         // in `meta`.
-        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let db = bootstrapped_redb(dir.path());
         let txn = db.begin_write().expect("txn");
         {
             let mut snapshots = txn.open_table(SNAPSHOT).expect("table");
@@ -706,10 +712,7 @@ mod tests {
     #[test]
     fn a_log_kept_in_redb_opens_and_moves_into_the_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut storage = RaftStorage::open(dir.path()).expect("open");
-        storage.install_snapshot(snapshot_at(1, 1)).expect("bootstrap");
-        drop(storage);
-        let db = Database::create(dir.path().join("raft.redb")).expect("db");
+        let db = bootstrapped_redb(dir.path());
         let txn = db.begin_write().expect("txn");
         {
             let mut log = txn.open_table(LOG).expect("log");

@@ -372,14 +372,19 @@ mod tests {
         assert_eq!(terms, vec![2, 3], "one hard state per write, the last of it");
     }
 
-    #[test]
-    fn a_record_cut_short_at_the_end_is_cut_off_and_the_next_write_follows_the_last_whole_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut wal = Wal::open(dir.path(), 0, |_| Ok(())).expect("open");
+    /// Entries 1 and 2 written in two records to `dir`; the segment holding them.
+    fn two_records(dir: &Path) -> PathBuf {
+        let mut wal = Wal::open(dir, 0, |_| Ok(())).expect("open");
         wal.append([&write(vec![entry(1, 1)], 1)]).expect("append");
         wal.append([&write(vec![entry(2, 1)], 1)]).expect("append");
         drop(wal);
-        let path = newest_segment(dir.path());
+        newest_segment(dir)
+    }
+
+    #[test]
+    fn a_record_cut_short_at_the_end_is_cut_off_and_the_next_write_follows_the_last_whole_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = two_records(dir.path());
         let length = std::fs::metadata(&path).expect("meta").len();
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.set_len(length - 3).expect("cut");
@@ -392,11 +397,7 @@ mod tests {
     #[test]
     fn a_whole_record_that_fails_its_checksum_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut wal = Wal::open(dir.path(), 0, |_| Ok(())).expect("open");
-        wal.append([&write(vec![entry(1, 1)], 1)]).expect("append");
-        wal.append([&write(vec![entry(2, 1)], 1)]).expect("append");
-        drop(wal);
-        let path = newest_segment(dir.path());
+        let path = two_records(dir.path());
         let mut bytes = std::fs::read(&path).expect("read");
         // The last record's end zeroed, its length kept: a tear after the
         // write was made durable (and perhaps acknowledged).
