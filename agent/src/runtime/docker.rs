@@ -61,18 +61,32 @@ struct CpuReading {
     host_ns: u64,
 }
 
+/// The shortest span a CPU sample may cover. The kernel hands a container
+/// its CPU limit out per 100 ms period, so a reading can be off by up to
+/// one period's share: a tenth of the limit over a second, a third over
+/// 300 ms. Under a loaded CI run a replica busy at its limit was sampled
+/// at about 132 % of it, which only a short span explains (a late beat,
+/// then a prompt one), and the autoscaler scaled up on it. A reading this
+/// soon after the last is left out, and the next one covers the longer
+/// span (the leader keeps the previous sample meanwhile).
+const MIN_CPU_SPAN: Duration = Duration::from_millis(800);
+
 /// Millicores used between two readings: the container's share of the
 /// host's CPU time between them, times the host's CPUs (the docker CLI's
 /// formula); 0 for the first reading of a container or a counter that went
-/// back (a restarted container).
-fn cpu_millis_between(before: Option<CpuReading>, now: CpuReading, cpus: f64) -> f64 {
+/// back (a restarted container); `None` when the readings are less than
+/// [`MIN_CPU_SPAN`] apart (the host's CPU time runs `cpus` times as fast
+/// as the clock), which keeps the older reading.
+fn cpu_millis_between(before: Option<CpuReading>, now: CpuReading, cpus: f64) -> Option<f64> {
     match before {
         Some(before) if now.host_ns > before.host_ns && now.container_ns >= before.container_ns => {
-            (now.container_ns - before.container_ns) as f64 / (now.host_ns - before.host_ns) as f64
-                * cpus
-                * 1000.0
+            let host_ns = (now.host_ns - before.host_ns) as f64;
+            if host_ns / cpus < MIN_CPU_SPAN.as_nanos() as f64 {
+                return None;
+            }
+            Some((now.container_ns - before.container_ns) as f64 / host_ns * cpus * 1000.0)
         }
-        _ => 0.0,
+        _ => Some(0.0),
     }
 }
 
@@ -469,9 +483,12 @@ impl DockerRuntime {
             .map(f64::from)
             .or_else(|| cpu.cpu_usage.as_ref()?.percpu_usage.as_ref().map(|p| p.len() as f64))
             .unwrap_or(1.0);
-        let before =
-            self.cpu_readings.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.to_owned(), now);
-        let cpu_millis = cpu_millis_between(before, now, cpus);
+        let cpu_millis = {
+            let mut readings = self.cpu_readings.lock().unwrap_or_else(|p| p.into_inner());
+            let cpu_millis = cpu_millis_between(readings.get(handle).copied(), now, cpus)?;
+            readings.insert(handle.to_owned(), now);
+            cpu_millis
+        };
         let memory = stats.memory_stats?;
         let usage = memory.usage.unwrap_or(0);
         let inactive = memory
@@ -500,16 +517,21 @@ mod tests {
     #[test]
     fn cpu_is_the_containers_share_of_the_host_time_between_two_readings() {
         let reading = |container_ns, host_ns| CpuReading { container_ns, host_ns };
+        const S: u64 = 1_000_000_000;
         // (before, now, cpus, millicores)
         let table = [
-            (None, reading(5_000, 1_000_000), 2.0, 0.0),
-            (Some(reading(0, 0)), reading(500_000_000, 2_000_000_000), 2.0, 500.0),
-            (Some(reading(100, 1_000)), reading(100, 2_000), 4.0, 0.0),
-            (Some(reading(200_000_000, 1_000_000_000)), reading(250_000_000, 3_000_000_000), 2.0, 50.0),
+            (None, reading(5_000, 1_000_000), 2.0, Some(0.0)),
+            (Some(reading(0, 0)), reading(500_000_000, 2 * S), 2.0, Some(500.0)),
+            (Some(reading(100, S)), reading(100, 5 * S), 4.0, Some(0.0)),
+            (Some(reading(200_000_000, S)), reading(250_000_000, 3 * S), 2.0, Some(50.0)),
             // A restarted container's counter starts again: no sample.
-            (Some(reading(900, 1_000)), reading(100, 2_000), 2.0, 0.0),
+            (Some(reading(900, 1_000)), reading(100, 2_000), 2.0, Some(0.0)),
             // The host's counter did not move: no sample.
-            (Some(reading(100, 2_000)), reading(200, 2_000), 2.0, 0.0),
+            (Some(reading(100, 2_000)), reading(200, 2_000), 2.0, Some(0.0)),
+            // 300 ms apart on 2 CPUs (0.6 s of host time): too short a span, the older reading stays.
+            (Some(reading(0, S)), reading(40_000_000, S + 600_000_000), 2.0, None),
+            // 800 ms apart on 2 CPUs: long enough.
+            (Some(reading(0, S)), reading(80_000_000, S + 1_600_000_000), 2.0, Some(100.0)),
         ];
         for (before, now, cpus, millicores) in table {
             assert_eq!(cpu_millis_between(before, now, cpus), millicores, "{before:?} -> {now:?}");
