@@ -28,11 +28,11 @@ use super::wal::{Wal, WalItem};
 /// read once on opening, moved into the segments, and emptied.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The snapshot, alone in its table: the hard state in `meta` is written with
-/// every batch of entries, and redb rewrites (and checksums) a whole leaf when
-/// one of its keys changes, so a snapshot of many megabytes beside the hard
-/// state would be copied on every write. Data dirs written before snapshots
-/// had files of their own hold the data here too.
+/// The snapshot's metadata and file name, alone in their table: data dirs
+/// written before snapshots had files of their own hold the data here too,
+/// and redb rewrites (and checksums) a whole leaf when one of its keys
+/// changes, so many megabytes beside the keys of `meta` would be copied
+/// whenever one of those changed.
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// The file holding the snapshot's data, in `snapshot`.
 const SNAPSHOT_FILE_KEY: &str = "file";
@@ -166,7 +166,8 @@ impl RaftStorage {
         let Stored { mut hard_state, snapshot, snapshot_file, truncated, first_segment, legacy_log } =
             Self::load_meta(&db, &path, &snapshots)?;
         let mut log = ReplayedLog { truncated, entries: Vec::new(), entry_bytes: 0 };
-        for entry in legacy_log.iter().cloned() {
+        let legacy = !legacy_log.is_empty();
+        for entry in legacy_log {
             log.replay(entry, &path)?;
         }
         let mut wal_hard_state = None;
@@ -196,7 +197,7 @@ impl RaftStorage {
             entry_bytes: log.entry_bytes,
             snapshot_wanted: Cell::new(false),
         };
-        if !legacy_log.is_empty() {
+        if legacy {
             storage.move_legacy_log()?;
         }
         Ok(storage)
