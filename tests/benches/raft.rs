@@ -76,7 +76,14 @@ async fn raw_writes(cluster: &TestCluster, id: u64, clients: usize, writes_each:
                     request = request.header("Idempotency-Key", flotilla_api::client::new_idempotency_key());
                 }
                 let response = request.send().await.expect("write");
-                assert!(response.status().is_success(), "{}", response.status());
+                let status = response.status();
+                // Read to the end, as a client does: a response dropped
+                // unread resets its stream, and the frames still coming
+                // for it count against h2's limit of 1,024 resets per
+                // connection, after which the client closes it (GOAWAY
+                // too_many_internal_resets, hyperium/h2#856).
+                let body = response.bytes().await.expect("the answer's body");
+                assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
             }
         }));
     }
