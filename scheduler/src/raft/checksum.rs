@@ -1,9 +1,13 @@
 //! The CRC-32 that frames every value the Raft storage keeps, so that a
 //! damaged file is refused by name instead of fed to Raft.
 
-/// The table of the bytewise CRC-32 (IEEE).
-const TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// The tables of CRC-32 (IEEE) slicing-by-8: `TABLES[0]` is the bytewise
+/// table, `TABLES[k]` the CRC of a byte followed by k zero bytes, so that
+/// eight bytes fold into the CRC with eight lookups and no carried
+/// dependency between them. Bytewise, the CRC took more of the snapshot
+/// thread's time than serializing the state (about 30 ms of 13 MB).
+const TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -12,10 +16,20 @@ const TABLE: [u32; 256] = {
             c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
         i += 1;
     }
-    table
+    let mut t = 1;
+    while t < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let previous = tables[t - 1][i];
+            tables[t][i] = (previous >> 8) ^ tables[0][(previous & 0xFF) as usize];
+            i += 1;
+        }
+        t += 1;
+    }
+    tables
 };
 
 /// A CRC-32 (IEEE) of bytes that come in pieces: a snapshot is checked as
@@ -29,7 +43,22 @@ impl Crc32 {
     }
 
     pub(super) fn update(&mut self, bytes: &[u8]) {
-        self.0 = bytes.iter().fold(self.0, |c, b| TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8));
+        let lookup = |table: usize, byte: u32| TABLES[table][(byte & 0xFF) as usize];
+        let mut c = self.0;
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let low = c ^ u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            let high = u32::from_le_bytes([word[4], word[5], word[6], word[7]]);
+            c = lookup(7, low)
+                ^ lookup(6, low >> 8)
+                ^ lookup(5, low >> 16)
+                ^ lookup(4, low >> 24)
+                ^ lookup(3, high)
+                ^ lookup(2, high >> 8)
+                ^ lookup(1, high >> 16)
+                ^ lookup(0, high >> 24);
+        }
+        self.0 = words.remainder().iter().fold(c, |c, b| lookup(0, c ^ u32::from(*b)) ^ (c >> 8));
     }
 
     pub(super) fn finish(self) -> u32 {
@@ -70,5 +99,25 @@ mod tests {
             pieces.update(piece);
         }
         assert_eq!(pieces.finish(), 0xCBF4_3926);
+    }
+
+    /// The bytewise definition, to hold the eight-at-a-time one against.
+    fn bytewise(bytes: &[u8]) -> u32 {
+        !bytes.iter().fold(!0u32, |c, b| TABLES[0][((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn eight_bytes_at_a_time_give_the_bytewise_crc_wherever_the_pieces_break(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            cut in 0usize..200,
+        ) {
+            let cut = cut.min(bytes.len());
+            let mut pieces = Crc32::new();
+            pieces.update(&bytes[..cut]);
+            pieces.update(&bytes[cut..]);
+            proptest::prop_assert_eq!(pieces.finish(), bytewise(&bytes));
+            proptest::prop_assert_eq!(crc32(&bytes), bytewise(&bytes));
+        }
     }
 }
