@@ -1,7 +1,8 @@
 //! Control-plane benchmark on a three-server cluster on loopback:
 //! committed writes per second with 1 and 64 clients (and with and without
-//! idempotency keys, side by side; and from 64 connections of wrk, a client
-//! light enough to leave the two cores to the servers), write latency, and
+//! idempotency keys, side by side; and from 64 connections of wrk and 64
+//! streams of h2load, clients light enough to leave the two cores to the
+//! servers), write latency, and
 //! leader failover time (kill -9 of the leader until the next write is
 //! acknowledged); then the same cluster secure (mutual TLS and API
 //! tokens, the default) and started `--insecure`, side by side, to price
@@ -119,6 +120,7 @@ async fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (keyed, unkeyed) = (mean(&keyed), mean(&unkeyed));
     let light = light_client_writes(&cluster, leader);
+    let multiplexed = multiplexed_writes(&cluster, leader).await;
     let failover = failover_trials(&mut cluster, 20).await;
 
     println!("flotilla control plane, 3 servers on loopback (fsync on every Raft write)");
@@ -137,6 +139,13 @@ async fn main() {
             println!("{:<44} {:>12}", "  wrk latency p50 / p99 ms", format!("{} / {}", w.p50, w.p99));
         }
         None => println!("{:<44} {:>12}", "writes/s, 64 connections of wrk", "no wrk here"),
+    }
+    match &multiplexed {
+        Some(h) => {
+            println!("{:<44} {:>12.0}", "writes/s, h2load: 4 connections x 16 streams", h.rate);
+            println!("{:<44} {:>12}", "  h2load mean latency", h.mean);
+        }
+        None => println!("{:<44} {:>12}", "writes/s, h2load", "no h2load here"),
     }
     println!("{:<44} {:>12.2}", "write latency p50 ms, 64 clients", ms(percentile(&lat64, 0.50)));
     println!("{:<44} {:>12.2}", "write latency p99 ms, 64 clients", ms(percentile(&lat64, 0.99)));
@@ -198,6 +207,60 @@ fn light_client_writes(cluster: &TestCluster, leader: u64) -> Option<WrkRun> {
     };
     let rate = field("Requests/sec:").parse().expect("wrk prints its rate");
     Some(WrkRun { rate, p50: field("50%"), p99: field("99%") })
+}
+
+/// What h2load measured.
+struct H2loadRun {
+    rate: f64,
+    mean: String,
+}
+
+/// 64 writers as HTTP/2 streams, as flotilla's own clients talk (agents,
+/// the CLI, a follower passing writes on): h2load (C, nghttp2; `apt-get
+/// install nghttp2-client`) over 4 TLS connections of 16 streams each, with
+/// the admin token, for 10 s. Every request redeploys one workload, each a
+/// committed, fsynced entry: the leader's commit index must move by at
+/// least the count. `None` where h2load is not installed.
+async fn multiplexed_writes(cluster: &TestCluster, leader: u64) -> Option<H2loadRun> {
+    let body = tempfile::NamedTempFile::new().expect("a temp file");
+    std::fs::write(body.path(), serde_json::to_vec(&spec("h2load")).expect("the spec as JSON"))
+        .expect("write the body");
+    let mut args: Vec<String> =
+        ["-c", "4", "-m", "16", "-D", "10", "--warm-up-time", "1"].map(str::to_owned).into();
+    args.extend(["-H".to_owned(), "content-type: application/json".to_owned()]);
+    if let Some(token) = cluster.admin_token() {
+        args.extend(["-H".to_owned(), format!("authorization: Bearer {token}")]);
+    }
+    args.extend(["-d".to_owned(), body.path().display().to_string(), cluster.url(leader, "/v1/workloads")]);
+    let before = cluster.status_of(leader).await.expect("the leader's status").commit;
+    let output = tokio::process::Command::new("h2load").args(&args).output().await.ok()?;
+    let after = cluster.status_of(leader).await.expect("the leader's status").commit;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "h2load failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    let line = |prefix: &str| text.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_default();
+    // "finished in 10.00s, 20447.02 req/s, 7.39MB/s"
+    let rate: f64 = line("finished in")
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" req/s"))
+        .and_then(|r| r.parse().ok())
+        .expect("h2load prints its rate");
+    // "status codes: 200000 2xx, 0 3xx, 0 4xx, 0 5xx"
+    let codes = line("status codes:");
+    let succeeded: u64 = codes
+        .trim_start()
+        .strip_prefix("status codes: ")
+        .and_then(|c| c.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("h2load prints its status codes");
+    assert!(codes.contains(", 0 3xx, 0 4xx, 0 5xx"), "h2load's writes were refused: {text}");
+    assert!(
+        after - before >= succeeded,
+        "{succeeded} writes answered, the commit index moved {}",
+        after - before
+    );
+    // "time for request:   1.23ms  45.6ms  3.1ms ..." (min, max, mean)
+    let mean = line("time for request:").split_whitespace().nth(5).unwrap_or("?").to_owned();
+    Some(H2loadRun { rate, mean })
 }
 
 /// The same measurements on a secure cluster and an `--insecure` one, in
