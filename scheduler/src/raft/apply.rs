@@ -10,6 +10,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use super::error::RaftError;
 use super::membership::ConfChangeContext;
 use super::node::Node;
+use super::snapshots::SnapshotJob;
 use super::storage::StorageError;
 use crate::state::{ClusterState, Envelope};
 
@@ -26,9 +27,9 @@ pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> Stora
 impl Node {
     /// Applies committed entries, after those that waited, for as long as
     /// one turn of the loop may: what is left waits for the next turn,
-    /// which comes at once. While a snapshot is written they all wait.
+    /// which comes at once. While a snapshot reads the state they all wait.
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        if self.snapshot_job.is_some() {
+        if self.snapshot_holds_applies() {
             self.unapplied.extend(entries);
             return Ok(());
         }
@@ -68,7 +69,11 @@ impl Node {
 
     /// Whether committed entries wait that a turn may apply.
     pub(super) fn may_apply_more(&self) -> bool {
-        self.snapshot_job.is_none() && !self.unapplied.is_empty()
+        !self.snapshot_holds_applies() && !self.unapplied.is_empty()
+    }
+
+    fn snapshot_holds_applies(&self) -> bool {
+        self.snapshot_job.as_ref().is_some_and(SnapshotJob::holds_applies)
     }
 
     /// Applies from the backlog in a turn that applied nothing else.

@@ -333,6 +333,11 @@ impl Node {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
+            Input::SnapshotCopied => {
+                if let Some(job) = &mut self.snapshot_job {
+                    job.release_applies();
+                }
+            }
             Input::SnapshotWritten(result) => self.snapshot_written = Some(result),
             // Taken at the end of the turn, with whatever else came.
             Input::Persisted => {}

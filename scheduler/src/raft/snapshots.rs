@@ -5,7 +5,9 @@
 //! state (a million allocations serialize to hundreds of megabytes), so it
 //! runs on a thread of its own: the Raft thread goes on ticking, sending
 //! heartbeats and persisting entries, and only applying waits, so that the
-//! state stays at the snapshot's index while the thread reads it.
+//! state stays at the snapshot's index while the thread reads it: until the
+//! thread has copied it, or for a state too big to copy, until the file is
+//! written.
 
 use std::io;
 use std::sync::Arc;
@@ -28,6 +30,14 @@ const MIN_ENTRIES_BETWEEN_SNAPSHOTS: u64 = 16;
 /// Snapshots up to this size are taken on the count of entries alone: they
 /// are written in a few milliseconds.
 const SMALL_SNAPSHOT_BYTES: u64 = 4 << 20;
+
+/// States whose snapshot (or log, before the first) is at most this big
+/// are copied, and the copy written while applies go on: a copy takes a
+/// fraction of the time serializing does (at 20,000 workloads a 13 MB
+/// snapshot held applies, and so every answer, for about 100 ms). Bigger
+/// ones are written under the state's read lock, since a copy of a
+/// million allocations would double the server's memory.
+const COPIED_STATE_BYTES: u64 = 64 << 20;
 
 /// What the log and the last snapshot look like when a snapshot may start.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +71,12 @@ fn snapshot_due(since: LogSince, every: u64, size_bound: u64) -> Option<bool> {
     (for_size || by_count || (since.wanted && since.entries > 0)).then_some(for_size)
 }
 
+/// Whether the snapshot thread copies the state (and applies go on while
+/// it writes the copy) rather than writing under the state's read lock.
+fn copies_state(since: LogSince) -> bool {
+    since.snapshot_bytes.max(since.log_bytes) <= COPIED_STATE_BYTES
+}
+
 /// A snapshot being written by its thread.
 pub(super) struct SnapshotJob {
     /// The snapshot's index, term and membership: the applied state's when
@@ -71,12 +87,23 @@ pub(super) struct SnapshotJob {
     for_size: bool,
     /// When it began, for the log line that says how long it took.
     started: Instant,
+    /// Whether applies wait: until the thread has its copy of the state,
+    /// or, for a state too big to copy, until the file is written.
+    holds_applies: bool,
     /// Joined once it reports, and on shutdown (a half-written file is
     /// removed on the next start, but a finished one should be whole).
     thread: JoinHandle<()>,
 }
 
 impl SnapshotJob {
+    pub(super) fn holds_applies(&self) -> bool {
+        self.holds_applies
+    }
+
+    pub(super) fn release_applies(&mut self) {
+        self.holds_applies = false;
+    }
+
     pub(super) fn wait(self) {
         if self.thread.join().is_err() {
             tracing::error!(index = self.metadata.index, "the snapshot thread panicked");
@@ -125,6 +152,7 @@ impl Node {
         else {
             return Ok(());
         };
+        let copied = copies_state(since);
         let index = self.applied;
         let mut metadata = SnapshotMetadata {
             index,
@@ -137,15 +165,23 @@ impl Node {
         let state = Arc::clone(&self.state);
         let inputs = self.inputs.clone();
         let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
-            let written = dir.write(index, term, |out| {
-                let state = state.read().unwrap_or_else(|p| p.into_inner());
-                serde_json::to_writer(out, &*state).map_err(io::Error::from)
-            });
+            let written = if copied {
+                let copy = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let _ = inputs.send(Input::SnapshotCopied);
+                dir.write(index, term, |out| serde_json::to_writer(out, &copy).map_err(io::Error::from))
+            } else {
+                dir.write(index, term, |out| {
+                    let state = state.read().unwrap_or_else(|p| p.into_inner());
+                    serde_json::to_writer(out, &*state).map_err(io::Error::from)
+                })
+            };
             let _ = inputs.send(Input::SnapshotWritten(written));
         });
         match spawned {
             Ok(thread) => {
-                self.snapshot_job = Some(SnapshotJob { metadata, for_size, started: Instant::now(), thread });
+                let started = Instant::now();
+                self.snapshot_job =
+                    Some(SnapshotJob { metadata, for_size, started, holds_applies: true, thread });
             }
             // Nothing is lost without it; the next turn tries again.
             Err(error) => tracing::warn!(%error, index, "cannot start the snapshot thread"),
@@ -230,6 +266,27 @@ mod tests {
         ];
         for (what, since, due) in table {
             assert_eq!(snapshot_due(since, 10_000, 256 * MIB), due, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_state_is_copied_for_its_snapshot_unless_its_last_snapshot_or_its_log_is_big() {
+        const MIB: u64 = 1 << 20;
+        let since = |log_bytes, snapshot_bytes| LogSince {
+            entries: 10_000,
+            log_bytes,
+            snapshot_bytes,
+            wanted: false,
+        };
+        let table = [
+            ("the first snapshot, a small log", since(MIB, 0), true),
+            ("13 MB, as at 20,000 workloads", since(13 * MIB, 13 * MIB), true),
+            ("at the bound", since(MIB, 64 * MIB), true),
+            ("a big last snapshot", since(MIB, 65 * MIB), false),
+            ("the first snapshot of a state grown by a big log", since(200 * MIB, 0), false),
+        ];
+        for (what, since, copied) in table {
+            assert_eq!(copies_state(since), copied, "{what}");
         }
     }
 }
