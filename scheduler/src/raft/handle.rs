@@ -42,8 +42,9 @@ pub(crate) enum Input {
     },
     /// The persist thread wrote what it was handed; the Raft thread asks it how far.
     Persisted,
-    /// The snapshot thread has its own copy of the state: applies go on.
-    SnapshotCopied,
+    /// The snapshot thread has its own copy of the state, made in this
+    /// long: applies go on.
+    SnapshotCopied(Duration),
     /// The snapshot thread's file, or why it could not write it.
     SnapshotWritten(Result<SnapshotFile, StorageError>),
     Status {

@@ -333,9 +333,9 @@ impl Node {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
-            Input::SnapshotCopied => {
+            Input::SnapshotCopied(took) => {
                 if let Some(job) = &mut self.snapshot_job {
-                    job.release_applies();
+                    job.release_applies(took);
                 }
             }
             Input::SnapshotWritten(result) => self.snapshot_written = Some(result),
