@@ -87,10 +87,9 @@ pub(super) struct SnapshotJob {
     for_size: bool,
     /// When it began, for the log line that says how long it took.
     started: Instant,
-    /// Whether applies wait: until the thread has its copy of the state,
-    /// or, for a state too big to copy, until the file is written.
-    holds_applies: bool,
-    /// How long the copy took, for the log line: how long applies waited.
+    /// How long the thread took to copy the state, once it has: applies
+    /// wait until then, or for a state too big to copy, until the file is
+    /// written. For the log line too.
     copied_in: Option<Duration>,
     /// Joined once it reports, and on shutdown (a half-written file is
     /// removed on the next start, but a finished one should be whole).
@@ -99,11 +98,10 @@ pub(super) struct SnapshotJob {
 
 impl SnapshotJob {
     pub(super) fn holds_applies(&self) -> bool {
-        self.holds_applies
+        self.copied_in.is_none()
     }
 
     pub(super) fn release_applies(&mut self, copied_in: Duration) {
-        self.holds_applies = false;
         self.copied_in = Some(copied_in);
     }
 
@@ -184,14 +182,8 @@ impl Node {
         match spawned {
             Ok(thread) => {
                 let started = Instant::now();
-                self.snapshot_job = Some(SnapshotJob {
-                    metadata,
-                    for_size,
-                    started,
-                    holds_applies: true,
-                    copied_in: None,
-                    thread,
-                });
+                self.snapshot_job =
+                    Some(SnapshotJob { metadata, for_size, started, copied_in: None, thread });
             }
             // Nothing is lost without it; the next turn tries again.
             Err(error) => tracing::warn!(%error, index, "cannot start the snapshot thread"),
