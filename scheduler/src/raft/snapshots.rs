@@ -166,16 +166,16 @@ impl Node {
         let state = Arc::clone(&self.state);
         let inputs = self.inputs.clone();
         let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            let write = |state: &ClusterState| {
+                dir.write(index, term, |out| serde_json::to_writer(out, state).map_err(io::Error::from))
+            };
             let written = if copied {
                 let copying = Instant::now();
                 let copy = state.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let _ = inputs.send(Input::SnapshotCopied(copying.elapsed()));
-                dir.write(index, term, |out| serde_json::to_writer(out, &copy).map_err(io::Error::from))
+                write(&copy)
             } else {
-                dir.write(index, term, |out| {
-                    let state = state.read().unwrap_or_else(|p| p.into_inner());
-                    serde_json::to_writer(out, &*state).map_err(io::Error::from)
-                })
+                write(&state.read().unwrap_or_else(|p| p.into_inner()))
             };
             let _ = inputs.send(Input::SnapshotWritten(written));
         });
