@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use raft::eraftpb::Snapshot;
 
 use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};

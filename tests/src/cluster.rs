@@ -354,7 +354,16 @@ impl TestCluster {
     /// Cuts server `id` off from `peers` (its side only; call it for both
     /// sides to partition in both directions).
     pub async fn block(&self, id: u64, peers: &[u64]) {
-        let body = serde_json::json!({ "blocked_peers": peers });
+        self.inject_faults(id, serde_json::json!({ "blocked_peers": peers })).await;
+    }
+
+    /// Makes server `id` hold a read of its replicated state for `hold`, as
+    /// a slow reader would; returns once the read is held.
+    pub async fn hold_state(&self, id: u64, hold: Duration) {
+        self.inject_faults(id, serde_json::json!({ "hold_state_ms": hold.as_millis() as u64 })).await;
+    }
+
+    async fn inject_faults(&self, id: u64, body: serde_json::Value) {
         let response = self
             .authorize(self.http().put(self.url(id, "/debug/v1/faults")))
             .json(&body)

@@ -228,6 +228,31 @@ async fn a_partitioned_leader_stops_acknowledging_writes() {
     }
 }
 
+/// A reader that keeps the leader's state for four election timeouts (a
+/// list of every workload at a million allocations took a second) holds
+/// back that server's applies, and so the answer to a write, but not the
+/// Raft loop: its heartbeats go on and no follower starts an election.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_of_the_state_delays_the_leaders_answers_but_costs_no_election() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let client = cluster.client_of(leader);
+    client.deploy(&spec("before-the-hold"), None).await.expect("a write before the hold");
+    let term = cluster.status_of(leader).await.expect("the leader answers").term;
+
+    cluster.hold_state(leader, Duration::from_secs(3)).await;
+    let during = cluster.status_of(leader).await.expect("the Raft loop answers while the state is held");
+    client.deploy(&spec("during-the-hold"), None).await.expect("a write during the hold is acknowledged");
+
+    let after = cluster.status_of(leader).await.expect("the leader answers");
+    assert_eq!((during.term, after.term), (term, term), "no election while the state was held");
+    assert_eq!(after.role, RaftRole::Leader, "the server that held its state still leads");
+    let expected: BTreeSet<String> = ["before-the-hold", "during-the-hold"].map(str::to_owned).into();
+    for id in 1..=3 {
+        wait_for_names(&cluster, id, &expected, Duration::from_secs(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_during_heavy_writes_restarts_with_every_acknowledged_write() {
     let mut cluster =

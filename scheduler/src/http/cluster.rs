@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
 use flotilla_api::{AddMemberRequest, Member, ServerStatus};
 use serde::Deserialize;
+use std::time::Duration;
 
 use super::AppState;
 use super::body::read_json;
@@ -66,10 +67,22 @@ pub async fn remove_member(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultRequest {
-    /// Peers whose Raft messages this server drops, in both directions.
-    blocked_peers: Vec<u64>,
+    /// Peers whose Raft messages this server drops, in both directions;
+    /// left as they are when absent.
+    #[serde(default)]
+    blocked_peers: Option<Vec<u64>>,
+    /// A read of the replicated state held this long, as a slow reader
+    /// holds it (a list of every workload at a million allocations): what
+    /// the Raft loop must go on turning through.
+    #[serde(default)]
+    hold_state_ms: Option<u64>,
 }
+
+/// The longest `hold_state_ms`: long enough for any election timeout, short
+/// enough that a mistyped value does not freeze a server's writes for good.
+const MAX_STATE_HOLD_MS: u64 = 60_000;
 
 pub async fn set_faults(
     State(app): State<AppState>,
@@ -80,7 +93,31 @@ pub async fn set_faults(
         return Err(ApiError::NotFound("fault injection is not enabled on this server".into()));
     }
     let request: FaultRequest = read_json(&headers, body).await?;
-    tracing::warn!(blocked = ?request.blocked_peers, "fault injection: dropping Raft messages");
-    app.transport.faults().set_blocked(request.blocked_peers);
+    if let Some(ms) = request.hold_state_ms.filter(|ms| *ms > MAX_STATE_HOLD_MS) {
+        return Err(ApiError::BadRequest(format!(
+            "field `hold_state_ms`: {ms} is more than the {MAX_STATE_HOLD_MS} ms a hold may last"
+        )));
+    }
+    if let Some(blocked) = request.blocked_peers {
+        tracing::warn!(?blocked, "fault injection: dropping Raft messages");
+        app.transport.faults().set_blocked(blocked);
+    }
+    if let Some(ms) = request.hold_state_ms {
+        hold_state(app, Duration::from_millis(ms)).await?;
+    }
     Ok(Json(()))
+}
+
+/// Holds a read of the state for `hold` on a thread of its own; returns
+/// once the read is taken, so that the caller knows the hold is on.
+async fn hold_state(app: AppState, hold: Duration) -> Result<(), ApiError> {
+    tracing::warn!(hold_ms = hold.as_millis() as u64, "fault injection: holding a read of the state");
+    let (taken, taking) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let state = app.raft.state();
+        let _ = taken.send(());
+        std::thread::sleep(hold);
+        drop(state);
+    });
+    taking.await.map_err(|_| ApiError::Internal("the thread holding the state stopped".into()))
 }

@@ -20,6 +20,15 @@ use crate::state::{ClusterState, Envelope};
 /// heartbeats for up to 770 ms at 200,000 allocations.
 const APPLY_BUDGET: Duration = Duration::from_millis(20);
 
+/// How long a turn waits for readers of the state to let go before it
+/// leaves its entries for the next turn: a tenth of a heartbeat interval.
+/// While it waits new readers queue behind it (the lock is fair), so the
+/// readers already in are all it waits for; but one of those can hold the
+/// state for a second (a list of every workload at a million
+/// allocations), and a Raft thread blocked that long kept the leader's
+/// heartbeats back until the followers elected another.
+const STATE_WAIT: Duration = Duration::from_millis(10);
+
 pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupted { path: "raft log".into(), what: format!("entry {index}: {reason}") }
 }
@@ -27,7 +36,8 @@ pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> Stora
 impl Node {
     /// Applies committed entries, after those that waited, for as long as
     /// one turn of the loop may: what is left waits for the next turn,
-    /// which comes at once. While a snapshot reads the state they all wait.
+    /// which comes at once. While a snapshot reads the state they all wait,
+    /// as they do when readers keep the state past [`STATE_WAIT`].
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         if self.snapshot_holds_applies() {
             self.unapplied.extend(entries);
@@ -47,9 +57,15 @@ impl Node {
         }
         let state = Arc::clone(&self.state);
         let asked = Instant::now();
-        let mut state = state.write().unwrap_or_else(|p| p.into_inner());
-        let locked = Instant::now();
-        self.turn.state_lock += locked - asked;
+        let locked = state.try_write_for(STATE_WAIT);
+        let waited = asked.elapsed();
+        self.turn.state_lock += waited;
+        let Some(mut state) = locked else {
+            self.turn.lock_refused = true;
+            self.unapplied = entries;
+            return Ok(());
+        };
+        let locked = asked + waited;
         let mut entries = entries.into_iter();
         while let Some(entry) = entries.next() {
             self.turn.applied_entries += 1;
@@ -76,9 +92,10 @@ impl Node {
         self.snapshot_job.as_ref().is_some_and(SnapshotJob::holds_applies)
     }
 
-    /// Applies from the backlog in a turn that applied nothing else.
+    /// Applies from the backlog in a turn that applied nothing else and
+    /// did not already wait for the state.
     pub(super) fn apply_backlog(&mut self) -> Result<(), StorageError> {
-        if self.turn.applied_entries > 0 || !self.may_apply_more() {
+        if self.turn.applied_entries > 0 || self.turn.lock_refused || !self.may_apply_more() {
             return Ok(());
         }
         self.apply_committed(Vec::new())?;

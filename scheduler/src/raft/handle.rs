@@ -1,12 +1,13 @@
 //! The async side's way into the Raft thread: a channel of inputs, and the
 //! shared state, leader and applied index that the thread publishes.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_api::ServerStatus;
+use parking_lot::RwLock;
 use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
 
@@ -132,7 +133,7 @@ impl RaftHandle {
     #[track_caller]
     pub fn state(&self) -> StateRead<'_> {
         let caller = std::panic::Location::caller();
-        StateRead::new(self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()), caller)
+        StateRead::new(self.state.read(), caller)
     }
 
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {

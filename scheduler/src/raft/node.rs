@@ -9,12 +9,13 @@
 //! (`snapshots.rs`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use flotilla_api::{Member, RaftRole, ServerStatus};
+use parking_lot::{RwLock, RwLockReadGuard};
 use raft::eraftpb::{Entry, Message};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::watch;
@@ -349,7 +350,7 @@ impl Node {
     }
 
     pub(super) fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.read()
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -439,7 +440,7 @@ pub(crate) fn spawn(
     let leader = Arc::new(AtomicU64::new(0));
     let (applied_shared, applied) = watch::channel(storage.snapshot_index());
     let node_watches = SharedNodeWatches::default();
-    let node_directory = Arc::new(NodeDirectory::of(&state.read().unwrap_or_else(|p| p.into_inner())));
+    let node_directory = Arc::new(NodeDirectory::of(&state.read()));
     let published = Published {
         leader: Arc::clone(&leader),
         applied: applied_shared,

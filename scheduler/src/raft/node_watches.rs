@@ -3,8 +3,9 @@
 //! `NodeChanges`), and only the long-polls of those nodes wake.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::state::ClusterState;
@@ -25,7 +26,7 @@ impl NodeWatches {
         if let Some(sender) = senders.get(node) {
             return sender.subscribe();
         }
-        let mark = state.read().unwrap_or_else(|p| p.into_inner()).node_changes().of(node);
+        let mark = state.read().node_changes().of(node);
         let (sender, receiver) = watch::channel(mark);
         senders.insert(node.to_owned(), sender);
         receiver

@@ -121,7 +121,7 @@ impl Node {
         self.raw.mut_store().install_snapshot(snapshot)?;
         tracing::info!(index, "installed snapshot from leader");
         self.transport.learn_members(restored.members());
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.write();
         *state = restored;
         self.published.node_directory.rebuild(&state);
         drop(state);
@@ -171,11 +171,11 @@ impl Node {
             };
             let written = if copied {
                 let copying = Instant::now();
-                let copy = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let copy = state.read().clone();
                 let _ = inputs.send(Input::SnapshotCopied(copying.elapsed()));
                 write(&copy)
             } else {
-                write(&state.read().unwrap_or_else(|p| p.into_inner()))
+                write(&state.read())
             };
             let _ = inputs.send(Input::SnapshotWritten(written));
         });

@@ -4,9 +4,9 @@
 //! second keeps the leader's heartbeats back for a second, and the
 //! followers elect another leader. The warning names the reader's line.
 
+use parking_lot::RwLockReadGuard;
 use std::ops::Deref;
 use std::panic::Location;
-use std::sync::RwLockReadGuard;
 use std::time::{Duration, Instant};
 
 use crate::state::ClusterState;

@@ -17,6 +17,9 @@ pub(super) struct TurnClock {
     pub(super) inputs: Duration,
     /// Waiting for the state's write lock while readers held it.
     pub(super) state_lock: Duration,
+    /// Readers held the state past the wait: the turn applies nothing
+    /// more and goes on to tick and send.
+    pub(super) lock_refused: bool,
     /// Applying committed entries, lock held.
     pub(super) apply: Duration,
     /// How many entries were applied: a long apply of one entry is a big
@@ -30,6 +33,7 @@ impl TurnClock {
             started: now,
             inputs: Duration::ZERO,
             state_lock: Duration::ZERO,
+            lock_refused: false,
             apply: Duration::ZERO,
             applied_entries: 0,
         }
