@@ -251,6 +251,7 @@ mod tests {
             let before: Vec<String> = nodes.iter().map(|node| agent_view(&self.state, node)).collect();
             // Refusals (a node unknown, already down) change nothing.
             let _ = self.state.apply(self.index, command);
+            assert!(self.state.replica_counts_are_kept(), "replica counts drifted from the allocations");
             let published = self.state.take_recent_node_changes();
             for (node, was) in nodes.iter().zip(before) {
                 if reporter.as_ref() == Some(node) {

@@ -101,12 +101,21 @@ impl ClusterState {
             return false;
         }
         let tally = tallies.entry(placement.workload.clone()).or_insert_with(|| {
-            let live: Vec<&Allocation> =
-                self.workload_allocations(&placement.workload).filter(|a| a.is_replica()).collect();
-            let rolling = live.iter().any(|a| a.version < workload.version || draining.contains(&a.node));
+            let (mut live, mut outdated) = (0, 0);
+            for (version, counts) in self.replica_counts.versions(&placement.workload) {
+                live += counts.replicas;
+                if version < workload.version {
+                    outdated += counts.replicas;
+                }
+            }
+            let rolling = outdated > 0
+                || (!draining.is_empty()
+                    && self
+                        .workload_allocations(&placement.workload)
+                        .any(|a| a.is_replica() && draining.contains(&a.node)));
             let update = &workload.spec.update;
             let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
-            ReplicaTally { live: live.len() as u32, limit: workload.spec.replicas.saturating_add(extra) }
+            ReplicaTally { live, limit: workload.spec.replicas.saturating_add(extra) }
         });
         if tally.live >= tally.limit {
             return false;
@@ -135,7 +144,9 @@ impl ClusterState {
                 if allocation.stopping {
                     return false;
                 }
+                self.replica_counts.remove(allocation);
                 allocation.stopping = true;
+                self.replica_counts.add(allocation);
                 allocation.modified_index = index;
                 self.node_changes.mark(&allocation.node);
                 true
@@ -195,6 +206,7 @@ impl ClusterState {
         self.node_changes.mark(&allocation.node);
         self.by_node.entry(allocation.node.clone()).or_default().insert(id);
         self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
+        self.replica_counts.add(&allocation);
         self.allocations.insert(id, Box::new(allocation));
     }
 
@@ -203,6 +215,7 @@ impl ClusterState {
         let Some(allocation) = self.allocations.remove(&id) else {
             return false;
         };
+        self.replica_counts.remove(&allocation);
         if allocation.state.is_live() {
             self.release(&allocation);
         }
@@ -232,7 +245,9 @@ impl ClusterState {
             return;
         };
         let was_live = allocation.state.is_live();
+        self.replica_counts.remove(allocation);
         allocation.state = state;
+        self.replica_counts.add(allocation);
         allocation.modified_index = index;
         if was_live && !state.is_live() {
             let allocation = allocation.clone();
@@ -272,10 +287,13 @@ impl ClusterState {
             let before = (allocation.state, allocation.restarts, allocation.oom_killed, allocation.health);
             self.set_allocation_state(index, update.id, update.state);
             if let Some(allocation) = self.allocations.get_mut(&update.id) {
+                // Restarts decide whether it is failing.
+                self.replica_counts.remove(allocation);
+                allocation.restarts = update.restarts;
+                self.replica_counts.add(allocation);
                 if !update.state.is_live() {
                     allocation.finished_at_ms = Some(now_ms);
                 }
-                allocation.restarts = update.restarts;
                 allocation.exit_code = update.exit_code;
                 allocation.oom_killed = update.oom_killed;
                 allocation.message = update.message;

@@ -71,6 +71,10 @@ pub struct ClusterState {
     /// derived from the applies, not part of the state's value.
     #[serde(skip)]
     pub(super) node_changes: super::node_changes::NodeChanges,
+    /// Each workload's replicas by version: derived from the allocations,
+    /// kept in step as they change, rebuilt on restore.
+    #[serde(skip)]
+    pub(super) replica_counts: super::replica_counts::ReplicaCounts,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -259,23 +263,15 @@ impl ClusterState {
     /// The workload with its replicas' status filled in.
     pub fn with_status(&self, mut workload: Workload) -> Workload {
         let mut status = WorkloadStatus::default();
-        let mut running_current = 0;
-        for allocation in self.workload_allocations(&workload.spec.name).filter(|a| a.is_replica()) {
-            status.placed += 1;
-            match allocation.state {
-                AllocationState::Running => {
-                    status.running += 1;
-                    if allocation.version == workload.version {
-                        running_current += 1;
-                    }
-                }
-                AllocationState::Restarting => status.restarting += 1,
-                _ => {}
-            }
-            if allocation.version < workload.version {
-                status.outdated += 1;
+        for (version, counts) in self.replica_counts.versions(&workload.spec.name) {
+            status.placed += counts.replicas;
+            status.running += counts.running;
+            status.restarting += counts.restarting;
+            if version < workload.version {
+                status.outdated += counts.replicas;
             }
         }
+        let running_current = self.replica_counts.version(&workload.spec.name, workload.version).running;
         let deployment = self.current_deployment(&workload);
         status.rollout_failure = match deployment {
             Some(d) if d.status == DeploymentStatus::Failed => d.reason.clone(),
@@ -294,6 +290,27 @@ impl ClusterState {
         workload
     }
 
+    /// Whether the kept replica counts are what counting every allocation
+    /// afresh gives, and every workload's status what reading each of its
+    /// replicas gives: for tests that drive the state through plans,
+    /// reports and node failures.
+    #[cfg(test)]
+    pub fn replica_counts_are_kept(&self) -> bool {
+        let fresh = super::replica_counts::ReplicaCounts::of(self.allocations.values());
+        self.replica_counts.same_as(&fresh)
+            && self.workloads.values().all(|workload| {
+                let status = self.with_status(workload.clone()).status;
+                let replicas: Vec<&Allocation> =
+                    self.workload_allocations(&workload.spec.name).filter(|a| a.is_replica()).collect();
+                let count =
+                    |keep: &dyn Fn(&Allocation) -> bool| replicas.iter().filter(|a| keep(a)).count() as u32;
+                status.placed == replicas.len() as u32
+                    && status.running == count(&|a| a.state == AllocationState::Running)
+                    && status.restarting == count(&|a| a.state == AllocationState::Restarting)
+                    && status.outdated == count(&|a| a.version < workload.version)
+            })
+    }
+
     /// The deployment of the workload's current version, if it is still in the history.
     pub fn current_deployment(&self, workload: &Workload) -> Option<&Deployment> {
         self.deployments.get(&workload.spec.name)?.back().filter(|d| d.to_version == workload.version)
@@ -304,6 +321,9 @@ impl ClusterState {
     /// times without staying up. A rollout with one is failed: it goes no
     /// further and the old replicas keep running.
     pub fn failing_replica(&self, workload: &Workload) -> Option<&Allocation> {
+        if self.replica_counts.version(&workload.spec.name, workload.version).failing == 0 {
+            return None;
+        }
         self.workload_allocations(&workload.spec.name).filter(|a| a.version == workload.version).find(|a| {
             !a.stopping
                 && (a.state == AllocationState::Failed

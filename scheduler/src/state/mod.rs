@@ -13,6 +13,7 @@ mod journal;
 mod node_changes;
 mod nodes;
 mod plan;
+mod replica_counts;
 mod secrets;
 mod services;
 mod tokens;
