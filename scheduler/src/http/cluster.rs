@@ -1,13 +1,14 @@
 //! Cluster routes: this server's Raft status, membership changes,
 //! and fault injection for tests.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
 use flotilla_api::{AddMemberRequest, Member, ServerStatus};
 use serde::Deserialize;
-use std::time::Duration;
 
 use super::AppState;
 use super::body::read_json;

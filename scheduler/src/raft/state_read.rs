@@ -1,8 +1,9 @@
 //! A read of the replicated state that says so when it holds the state
-//! long. The Raft thread applies under the write lock, and a waiting writer
-//! holds back every reader after it: a reader that keeps the state for a
-//! second keeps the leader's heartbeats back for a second, and the
-//! followers elect another leader. The warning names the reader's line.
+//! long. The Raft thread applies under the write lock: it waits a little
+//! for the readers already in (holding back every reader after them), then
+//! leaves its entries for a later turn, so a reader that keeps the state
+//! for a second keeps this server's applies, and the answers to its
+//! writes, back for a second. The warning names the reader's line.
 
 use parking_lot::RwLockReadGuard;
 use std::ops::Deref;
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::state::ClusterState;
 
-/// Half a heartbeat interval: a read held longer delays the Raft thread
-/// enough to be worth finding.
+/// Half a heartbeat interval: a read held longer delays applies enough to
+/// be worth finding.
 const SLOW_READ: Duration = Duration::from_millis(50);
 
 /// The applied state, read-locked until this is dropped.
@@ -45,7 +46,7 @@ impl Drop for StateRead<'_> {
             tracing::warn!(
                 reader = %self.caller,
                 held_ms = held.as_millis() as u64,
-                "a read of the state held it long enough to delay the Raft thread"
+                "a read of the state held it long enough to delay applying entries"
             );
         }
     }
