@@ -178,6 +178,9 @@ mod tests {
             replicas: u32,
             cpu: u64,
             version: u8,
+            /// None, a fixed host port (the same for every workload, so
+            /// they compete for it), or one the agent chooses.
+            ports: u8,
         },
         Scale {
             workload: u8,
@@ -208,8 +211,14 @@ mod tests {
 
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
-            (0..3u8, 0..8u32, prop_oneof![Just(100u64), Just(300), Just(700)], 0..3u8).prop_map(
-                |(workload, replicas, cpu, version)| Event::Deploy { workload, replicas, cpu, version }
+            (0..3u8, 0..8u32, prop_oneof![Just(100u64), Just(300), Just(700)], 0..3u8, 0..3u8).prop_map(
+                |(workload, replicas, cpu, version, ports)| Event::Deploy {
+                    workload,
+                    replicas,
+                    cpu,
+                    version,
+                    ports
+                }
             ),
             (0..3u8, 0..8u32).prop_map(|(workload, replicas)| Event::Scale { workload, replicas }),
             (0..3u8).prop_map(|workload| Event::Delete { workload }),
@@ -251,7 +260,7 @@ mod tests {
             let before: Vec<String> = nodes.iter().map(|node| agent_view(&self.state, node)).collect();
             // Refusals (a node unknown, already down) change nothing.
             let _ = self.state.apply(self.index, command);
-            assert!(self.state.replica_counts_are_kept(), "replica counts drifted from the allocations");
+            assert!(self.state.tallies_are_kept(), "the tallies drifted from the allocations");
             let published = self.state.take_recent_node_changes();
             for (node, was) in nodes.iter().zip(before) {
                 if reporter.as_ref() == Some(node) {
@@ -267,9 +276,14 @@ mod tests {
 
         fn happen(&mut self, event: &Event) {
             match *event {
-                Event::Deploy { workload, replicas, cpu, version } => {
+                Event::Deploy { workload, replicas, cpu, version, ports } => {
+                    let ports = match ports {
+                        0 => "",
+                        1 => "ports: [{container: 80, host: 8080}]\n",
+                        _ => "ports: [{container: 80}]\n",
+                    };
                     let yaml = format!(
-                        "name: w{workload}\nimage: x\nreplicas: {replicas}\nresources: {{cpu: {cpu}m, memory: 64Mi}}\nenv: {{V: \"{version}\"}}\n"
+                        "name: w{workload}\nimage: x\nreplicas: {replicas}\nresources: {{cpu: {cpu}m, memory: 64Mi}}\nenv: {{V: \"{version}\"}}\n{ports}"
                     );
                     let spec = parse_yaml(&yaml).expect("valid spec");
                     self.apply(Command::put_workload(spec, 0));
@@ -332,7 +346,8 @@ mod tests {
             }
         }
 
-        /// Does what agents do: pending replicas start, and pass their
+        /// Does what agents do: pending replicas start (on a host port of
+        /// their own where the spec leaves it to the agent), and pass their
         /// checks in a later report (progress alone, which the reconciler
         /// does not look at); those being stopped stop.
         fn act_as_agents(&mut self) {
@@ -341,7 +356,11 @@ mod tests {
                 let update = if allocation.stopping && allocation.state.is_live() {
                     AllocationUpdate::stopped(allocation.id)
                 } else if allocation.state == AllocationState::Pending {
-                    AllocationUpdate::running(allocation.id)
+                    let mut ports = allocation.ports.clone();
+                    for port in ports.iter_mut().filter(|p| p.host == 0) {
+                        port.host = 30_000 + allocation.id as u16;
+                    }
+                    AllocationUpdate { ports, ..AllocationUpdate::running(allocation.id) }
                 } else if allocation.state == AllocationState::Running && allocation.health == Health::Unknown
                 {
                     AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) }
@@ -434,7 +453,7 @@ mod tests {
         let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
         let mut reconciler = IncrementalReconciler::default();
         cluster.happen(&Event::Register { node: 0, cpu: 2000 });
-        cluster.happen(&Event::Deploy { workload: 0, replicas: 3, cpu: 100, version: 0 });
+        cluster.happen(&Event::Deploy { workload: 0, replicas: 3, cpu: 100, version: 0, ports: 0 });
         while cluster.pass(&mut reconciler) {}
         assert!(reconciler.unsettled.is_empty(), "a placed, healthy workload is settled");
         let cursor = reconciler.cursor;
@@ -453,7 +472,7 @@ mod tests {
         let mut reconciler = IncrementalReconciler::default();
         let mut judge = RolloutJudge::default();
         cluster.happen(&Event::Register { node: 0, cpu: 2000 });
-        cluster.happen(&Event::Deploy { workload: 0, replicas: 2, cpu: 100, version: 0 });
+        cluster.happen(&Event::Deploy { workload: 0, replicas: 2, cpu: 100, version: 0, ports: 0 });
         assert!(cluster.pass(&mut reconciler), "the replicas are placed, and start");
         assert!(!cluster.pass(&mut reconciler), "nothing more to plan while they are not healthy yet");
         assert!(reconciler.unsettled.is_empty(), "with nothing to replace, health changes no plan");

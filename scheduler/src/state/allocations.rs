@@ -102,7 +102,7 @@ impl ClusterState {
         }
         let tally = tallies.entry(placement.workload.clone()).or_insert_with(|| {
             let (mut live, mut outdated) = (0, 0);
-            for (version, counts) in self.replica_counts.versions(&placement.workload) {
+            for (version, counts) in self.tallies.replicas.versions(&placement.workload) {
                 live += counts.replicas;
                 if version < workload.version {
                     outdated += counts.replicas;
@@ -144,9 +144,9 @@ impl ClusterState {
                 if allocation.stopping {
                     return false;
                 }
-                self.replica_counts.remove(allocation);
+                self.tallies.remove(allocation);
                 allocation.stopping = true;
-                self.replica_counts.add(allocation);
+                self.tallies.add(allocation);
                 allocation.modified_index = index;
                 self.node_changes.mark(&allocation.node);
                 true
@@ -206,7 +206,7 @@ impl ClusterState {
         self.node_changes.mark(&allocation.node);
         self.by_node.entry(allocation.node.clone()).or_default().insert(id);
         self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
-        self.replica_counts.add(&allocation);
+        self.tallies.add(&allocation);
         self.allocations.insert(id, Box::new(allocation));
     }
 
@@ -215,7 +215,7 @@ impl ClusterState {
         let Some(allocation) = self.allocations.remove(&id) else {
             return false;
         };
-        self.replica_counts.remove(&allocation);
+        self.tallies.remove(&allocation);
         if allocation.state.is_live() {
             self.release(&allocation);
         }
@@ -245,9 +245,9 @@ impl ClusterState {
             return;
         };
         let was_live = allocation.state.is_live();
-        self.replica_counts.remove(allocation);
+        self.tallies.remove(allocation);
         allocation.state = state;
-        self.replica_counts.add(allocation);
+        self.tallies.add(allocation);
         allocation.modified_index = index;
         if was_live && !state.is_live() {
             let allocation = allocation.clone();
@@ -287,10 +287,10 @@ impl ClusterState {
             let before = (allocation.state, allocation.restarts, allocation.oom_killed, allocation.health);
             self.set_allocation_state(index, update.id, update.state);
             if let Some(allocation) = self.allocations.get_mut(&update.id) {
-                // Restarts decide whether it is failing.
-                self.replica_counts.remove(allocation);
+                // Restarts decide whether it is failing, and the host
+                // ports the agent chose are booked on its node.
+                self.tallies.remove(allocation);
                 allocation.restarts = update.restarts;
-                self.replica_counts.add(allocation);
                 if !update.state.is_live() {
                     allocation.finished_at_ms = Some(now_ms);
                 }
@@ -328,6 +328,7 @@ impl ClusterState {
                         port.host = bound.host;
                     }
                 }
+                self.tallies.add(allocation);
             }
             changed += 1;
             if let Some(after) = self.allocations.get(&update.id) {

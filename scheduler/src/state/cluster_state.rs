@@ -71,10 +71,11 @@ pub struct ClusterState {
     /// derived from the applies, not part of the state's value.
     #[serde(skip)]
     pub(super) node_changes: super::node_changes::NodeChanges,
-    /// Each workload's replicas by version: derived from the allocations,
-    /// kept in step as they change, rebuilt on restore.
+    /// Each workload's replicas by version and what each node books:
+    /// derived from the allocations, kept in step as they change, rebuilt
+    /// on restore.
     #[serde(skip)]
-    pub(super) replica_counts: super::replica_counts::ReplicaCounts,
+    pub(super) tallies: super::tallies::Tallies,
 }
 
 /// Restarts after which a replica of a new version counts as failing.
@@ -220,15 +221,13 @@ impl ClusterState {
         }
     }
 
-    /// The node as placement sees it, from the live allocations on it.
+    /// The node as placement sees it, with what its live allocations book.
     /// `now_ms` tells whether a node back from flapping is still held.
     pub fn node_view(&self, name: &str, now_ms: u64) -> Option<NodeView> {
         let mut view = self.node_capacity_view(name, now_ms)?;
-        for allocation in self.node_allocations(name).filter(|a| a.state.is_live()) {
-            view.ports.extend(fixed_ports(allocation));
-            if !allocation.stopping {
-                *view.workload_counts.entry(allocation.workload.clone()).or_default() += 1;
-            }
+        if let Some(booking) = self.tallies.bookings.of_node(name) {
+            view.ports = booking.ports.keys().copied().collect();
+            view.workload_counts = booking.replicas.clone();
         }
         Some(view)
     }
@@ -256,14 +255,14 @@ impl ClusterState {
     }
 
     /// The host ports the live allocations on `name` hold.
-    pub fn node_ports(&self, name: &str) -> impl Iterator<Item = (u16, Protocol)> {
-        self.node_allocations(name).filter(|a| a.state.is_live()).flat_map(fixed_ports)
+    pub fn node_ports(&self, name: &str) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.tallies.bookings.of_node(name).into_iter().flat_map(|booking| booking.ports.keys().copied())
     }
 
     /// The workload with its replicas' status filled in.
     pub fn with_status(&self, mut workload: Workload) -> Workload {
         let mut status = WorkloadStatus::default();
-        for (version, counts) in self.replica_counts.versions(&workload.spec.name) {
+        for (version, counts) in self.tallies.replicas.versions(&workload.spec.name) {
             status.placed += counts.replicas;
             status.running += counts.running;
             status.restarting += counts.restarting;
@@ -271,7 +270,7 @@ impl ClusterState {
                 status.outdated += counts.replicas;
             }
         }
-        let running_current = self.replica_counts.version(&workload.spec.name, workload.version).running;
+        let running_current = self.tallies.replicas.version(&workload.spec.name, workload.version).running;
         let deployment = self.current_deployment(&workload);
         status.rollout_failure = match deployment {
             Some(d) if d.status == DeploymentStatus::Failed => d.reason.clone(),
@@ -290,14 +289,27 @@ impl ClusterState {
         workload
     }
 
-    /// Whether the kept replica counts are what counting every allocation
-    /// afresh gives, and every workload's status what reading each of its
-    /// replicas gives: for tests that drive the state through plans,
-    /// reports and node failures.
+    /// Whether the kept tallies are what counting every allocation afresh
+    /// gives, every workload's status what reading each of its replicas
+    /// gives, and every node's view what reading its allocations gives:
+    /// for tests that drive the state through plans, reports and node
+    /// failures.
     #[cfg(test)]
-    pub fn replica_counts_are_kept(&self) -> bool {
-        let fresh = super::replica_counts::ReplicaCounts::of(self.allocations.values());
-        self.replica_counts.same_as(&fresh)
+    pub fn tallies_are_kept(&self) -> bool {
+        let fresh = super::tallies::Tallies::of(self.allocations.values());
+        self.tallies.same_as(&fresh)
+            && self.nodes.keys().all(|name| {
+                let Some(view) = self.node_view(name, 0) else { return false };
+                let live: Vec<&Allocation> =
+                    self.node_allocations(name).filter(|a| a.state.is_live()).collect();
+                let ports: std::collections::HashSet<(u16, Protocol)> =
+                    live.iter().flat_map(|a| fixed_ports(a)).collect();
+                let mut replicas = std::collections::HashMap::new();
+                for allocation in live.iter().filter(|a| !a.stopping) {
+                    *replicas.entry(allocation.workload.clone()).or_insert(0u32) += 1;
+                }
+                view.ports == ports && view.workload_counts == replicas
+            })
             && self.workloads.values().all(|workload| {
                 let status = self.with_status(workload.clone()).status;
                 let replicas: Vec<&Allocation> =
@@ -321,7 +333,7 @@ impl ClusterState {
     /// times without staying up. A rollout with one is failed: it goes no
     /// further and the old replicas keep running.
     pub fn failing_replica(&self, workload: &Workload) -> Option<&Allocation> {
-        if self.replica_counts.version(&workload.spec.name, workload.version).failing == 0 {
+        if self.tallies.replicas.version(&workload.spec.name, workload.version).failing == 0 {
             return None;
         }
         self.workload_allocations(&workload.spec.name).filter(|a| a.version == workload.version).find(|a| {

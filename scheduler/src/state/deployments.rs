@@ -95,9 +95,9 @@ impl ClusterState {
             .collect();
         for id in &ids {
             if let Some(allocation) = self.allocations.get_mut(id) {
-                self.replica_counts.remove(allocation);
+                self.tallies.remove(allocation);
                 allocation.version = workload.version;
-                self.replica_counts.add(allocation);
+                self.tallies.add(allocation);
                 allocation.modified_index = index;
                 self.node_changes.mark(&allocation.node);
             }

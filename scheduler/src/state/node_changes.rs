@@ -78,7 +78,7 @@ impl ClusterState {
     /// from a snapshot taken there, and what changed before is unknown.
     pub fn restored_at(&mut self, index: u64) {
         self.node_changes = NodeChanges { floor: index, applying: index, ..NodeChanges::default() };
-        self.replica_counts = super::replica_counts::ReplicaCounts::of(self.allocations.values());
+        self.tallies = super::tallies::Tallies::of(self.allocations.values());
     }
 
     pub fn node_changes(&self) -> &NodeChanges {

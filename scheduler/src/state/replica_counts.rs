@@ -63,15 +63,6 @@ impl PartialEq for ReplicaCounts {
 }
 
 impl ReplicaCounts {
-    /// Counts every allocation afresh, for a restored state.
-    pub fn of<'a>(allocations: impl Iterator<Item = &'a Allocation>) -> Self {
-        let mut counts = ReplicaCounts::default();
-        for allocation in allocations {
-            counts.add(allocation);
-        }
-        counts
-    }
-
     /// Counts `allocation` as it is now.
     pub fn add(&mut self, allocation: &Allocation) {
         let counted = VersionCounts::of(allocation);
