@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_api::spec::Driver;
-use flotilla_api::{Allocation, AllocationState, AllocationUpdate, NodeAllocations};
+use flotilla_api::{Allocation, AllocationState, AllocationUpdate};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::restart::{RestartConfig, RestartTracker};
@@ -38,7 +38,7 @@ pub type Handles = Arc<Mutex<HashMap<u64, (Driver, String)>>>;
 pub type Holding = Arc<Mutex<Vec<u64>>>;
 
 pub enum Message {
-    Desired(NodeAllocations),
+    Desired(crate::desired_view::Desired),
     Runtime(RuntimeEvent),
     Started {
         allocation: u64,
@@ -219,14 +219,14 @@ impl Supervisor {
         }
     }
 
-    fn reconcile(&mut self, mut desired: NodeAllocations) {
+    fn reconcile(&mut self, mut desired: crate::desired_view::Desired) {
         self.secrets = std::mem::take(&mut desired.secrets);
         self.volumes_to_remove(std::mem::take(&mut desired.remove_volumes), Instant::now());
         let specs: HashMap<&str, &flotilla_api::Workload> =
-            desired.workloads.iter().map(|w| (w.spec.name.as_str(), w)).collect();
+            desired.workloads.iter().map(|w| (w.spec.name.as_str(), &**w)).collect();
         self.desired_seen = true;
         let wanted: BTreeMap<u64, &Allocation> =
-            desired.allocations.iter().filter(|a| a.is_replica()).map(|a| (a.id, a)).collect();
+            desired.allocations.iter().filter(|a| a.is_replica()).map(|a| (a.id, &**a)).collect();
         // Asked to stop something this agent does not run (never started,
         // or gone already): it is stopped, and the servers may release it.
         let gone: Vec<u64> = desired
