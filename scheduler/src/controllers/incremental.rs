@@ -37,6 +37,10 @@ pub struct IncrementalReconciler {
     /// Workloads whose replicas fit no node: looked at again when some
     /// node's view changes, not on every pass.
     waiting_for_room: BTreeSet<WorkloadName>,
+    /// The last workload a pass cut short by its time reached: the next
+    /// pass begins after it, so that under a stream of changes every
+    /// workload is reached in turn. (Those not reached are unsettled.)
+    resume_after: Option<WorkloadName>,
     last_full: Option<Instant>,
 }
 
@@ -45,6 +49,12 @@ impl IncrementalReconciler {
     /// stopped leading and may lead again).
     pub fn reset(&mut self) {
         *self = IncrementalReconciler::default();
+    }
+
+    /// Whether the last pass ran out of time with workloads left to look
+    /// at: the next should follow without waiting for changes.
+    pub fn cut_short(&self) -> bool {
+        self.resume_after.is_some()
     }
 
     /// Plans what the changes since the last pass call for.
@@ -65,6 +75,10 @@ impl IncrementalReconciler {
             }
         };
         self.unsettled = pass.unsettled;
+        self.resume_after = pass.left.map(|left| {
+            self.unsettled.extend(left.workloads);
+            left.after
+        });
         self.waiting_for_room.extend(pass.waiting_for_room);
         self.stale = plan_nodes(state, &pass.plan);
         pass.plan
@@ -79,7 +93,8 @@ impl IncrementalReconciler {
             .filter(|n| n.eligible_at_ms > now_ms)
             .map(|n| (n.name.clone(), n.eligible_at_ms))
             .collect();
-        reconcile_in(state, &mut self.view, &Scope::Everything, seed, now_ms, config)
+        let resume_after = self.resume_after.as_ref();
+        reconcile_in(state, &mut self.view, &Scope::Everything, resume_after, seed, now_ms, config)
     }
 
     fn incremental(
@@ -138,9 +153,10 @@ impl IncrementalReconciler {
         self.view.refresh(changed, &gone);
         if workloads.is_empty() && nodes.is_empty() {
             let plan = Plan { now_ms, ..Plan::default() };
-            return Pass { plan, unsettled: BTreeSet::new(), waiting_for_room: BTreeSet::new() };
+            return Pass { plan, unsettled: BTreeSet::new(), waiting_for_room: BTreeSet::new(), left: None };
         }
-        reconcile_in(state, &mut self.view, &Scope::Only { workloads, nodes }, seed, now_ms, config)
+        let scope = Scope::Only { workloads, nodes };
+        reconcile_in(state, &mut self.view, &scope, self.resume_after.as_ref(), seed, now_ms, config)
     }
 }
 
@@ -391,7 +407,11 @@ mod tests {
         /// One reconciler pass, its plan applied, the agents acting on it;
         /// whether it planned anything.
         fn pass(&mut self, reconciler: &mut IncrementalReconciler) -> bool {
-            let plan = reconciler.pass(&self.state, self.index, NOW, &ReconcileConfig::default());
+            self.pass_with(reconciler, &ReconcileConfig::default())
+        }
+
+        fn pass_with(&mut self, reconciler: &mut IncrementalReconciler, config: &ReconcileConfig) -> bool {
+            let plan = reconciler.pass(&self.state, self.index, NOW, config);
             if plan.changes_nothing() {
                 return false;
             }
@@ -406,24 +426,37 @@ mod tests {
 
         /// Whatever happens, once the incremental reconciler has nothing
         /// left to do, neither has a full pass over the whole state: the
-        /// journal and the kept view missed nothing.
+        /// journal and the kept view missed nothing, nor did passes cut
+        /// short by their time (here each out of time after one workload).
         #[test]
         fn a_full_pass_finds_nothing_the_incremental_ones_missed(
             events in proptest::collection::vec((event(), 0..3usize), 1..40),
+            out_of_time in any::<bool>(),
         ) {
+            let config = ReconcileConfig {
+                pass_time: if out_of_time { Some(Duration::ZERO) } else { None },
+                ..ReconcileConfig::default()
+            };
             let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
             let mut reconciler = IncrementalReconciler::default();
             let mut judge = RolloutJudge::default();
             for (event, passes) in &events {
                 cluster.happen(event);
                 for _ in 0..*passes {
-                    cluster.pass(&mut reconciler);
+                    cluster.pass_with(&mut reconciler, &config);
                     cluster.judge(&mut judge);
                 }
             }
-            let mut quiet = false;
+            // Quiet: passes that reach every workload (one each, when out
+            // of time after one; there are three) plan nothing.
+            let (mut quiet, mut passes_planning_nothing) = (false, 0);
             for _ in 0..100 {
-                if !cluster.pass(&mut reconciler) {
+                if cluster.pass_with(&mut reconciler, &config) {
+                    passes_planning_nothing = 0;
+                } else {
+                    passes_planning_nothing += 1;
+                }
+                if passes_planning_nothing > 3 {
                     quiet = true;
                     break;
                 }
@@ -446,6 +479,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_pass_out_of_time_leaves_the_rest_to_the_next_which_begins_where_it_stopped() {
+        let mut cluster = Cluster { state: ClusterState::default(), index: 0 };
+        let mut reconciler = IncrementalReconciler::default();
+        let out_of_time = ReconcileConfig { pass_time: Some(Duration::ZERO), ..ReconcileConfig::default() };
+        let placed_for = |plan: &Plan| -> BTreeSet<String> {
+            plan.placements.iter().map(|p| p.workload.to_string()).collect()
+        };
+        cluster.happen(&Event::Register { node: 0, cpu: 2000 });
+        for workload in 0..3 {
+            cluster.happen(&Event::Deploy { workload, replicas: 1, cpu: 100, version: 0, ports: 0 });
+        }
+        let mut reached = Vec::new();
+        for _ in 0..2 {
+            let plan = reconciler.pass(&cluster.state, cluster.index, NOW, &out_of_time);
+            assert!(reconciler.cut_short(), "workloads are left for the next pass");
+            reached.extend(placed_for(&plan));
+            cluster.apply(Command::ApplyPlan { plan });
+            // w0 changes again meanwhile: the next pass still begins after
+            // the last workload reached, so w0 cannot keep the others waiting.
+            cluster.happen(&Event::Scale { workload: 0, replicas: 2 });
+        }
+        let plan = reconciler.pass(&cluster.state, cluster.index, NOW, &out_of_time);
+        reached.extend(placed_for(&plan));
+        assert_eq!(reached, ["w0", "w1", "w2"], "one workload a pass, each in turn");
     }
 
     #[test]

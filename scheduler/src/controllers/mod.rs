@@ -80,6 +80,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
     let config = std::sync::Arc::new(config);
     loop {
         let mut recheck = IDLE_RECHECK;
+        let mut more = false;
         if !raft.is_leader() {
             reconciler.reset();
             judge.reset();
@@ -104,6 +105,12 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
                 return;
             };
             reconciler = passed;
+            // Out of time with workloads left: the next pass follows as
+            // soon as the applies this one held up have gone in.
+            more = reconciler.cut_short();
+            if more {
+                recheck = recheck.min(COALESCE);
+            }
             let unchanged = plan.changes_nothing();
             ServerMetrics::observe(&raft.metrics().reconcile_pass_seconds, started.elapsed());
             if !unchanged {
@@ -117,7 +124,7 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
                         }
                         // More may be waiting behind the placement budget; a
                         // plan that only updated bookkeeping waits for changes.
-                        if placements == 0 {
+                        if placements == 0 && !more {
                             tokio::time::sleep(COALESCE).await;
                         }
                         continue;
@@ -133,8 +140,8 @@ pub async fn run_reconciler(raft: RaftHandle, config: ReconcileConfig) {
         // A closed watch means the Raft node stopped: so does the reconciler.
         match tokio::time::timeout(recheck, applied.changed()).await {
             Ok(Err(_)) => return,
-            Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
-            Err(_) => {}
+            Ok(Ok(())) if !more => tokio::time::sleep(COALESCE).await,
+            Ok(Ok(())) | Err(_) => {}
         }
     }
 }

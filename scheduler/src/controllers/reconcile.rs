@@ -11,6 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use flotilla_api::{Allocation, AllocationState, PortBinding, Workload, WorkloadName};
 
@@ -27,6 +28,13 @@ pub struct ReconcileConfig {
     pub candidates: usize,
     /// Terminal (failed, lost, complete) allocations kept per workload for `ps`.
     pub keep_terminal: usize,
+    /// How long a pass may go on reading the state before it leaves the
+    /// workloads it has not reached to the next pass: it holds the state's
+    /// read lock throughout, and so holds up applying entries (every
+    /// write's answer). At a million replicas, a pass after nodes went
+    /// down looked at every workload and held the state for up to 1.8 s.
+    /// `None`: no bound, for a pass that must see everything.
+    pub pass_time: Option<Duration>,
 }
 
 impl Default for ReconcileConfig {
@@ -35,6 +43,7 @@ impl Default for ReconcileConfig {
             max_placements: 10_000,
             candidates: placement::DEFAULT_CANDIDATES,
             keep_terminal: 5,
+            pass_time: Some(Duration::from_millis(50)),
         }
     }
 }
@@ -44,10 +53,12 @@ pub fn cluster_view(state: &ClusterState, now_ms: u64) -> ClusterView {
     ClusterView::new(state.nodes().filter_map(|n| state.node_view(&n.name, now_ms)).collect())
 }
 
-/// A full pass: every workload and node, on a view built for it.
+/// A full pass: every workload and node, on a view built for it, however
+/// long that takes.
 pub fn reconcile(state: &ClusterState, seed: u64, now_ms: u64, config: &ReconcileConfig) -> Plan {
     let mut view = cluster_view(state, now_ms);
-    reconcile_in(state, &mut view, &Scope::Everything, seed, now_ms, config).plan
+    let config = ReconcileConfig { pass_time: None, ..config.clone() };
+    reconcile_in(state, &mut view, &Scope::Everything, None, seed, now_ms, &config).plan
 }
 
 /// What a pass looks at.
@@ -73,6 +84,17 @@ pub struct Pass {
     /// Waiting for room: replicas that fit no node now. Looked at again
     /// when a node or what it has booked changes.
     pub waiting_for_room: BTreeSet<WorkloadName>,
+    /// Out of time (`ReconcileConfig::pass_time`): the workloads in scope
+    /// this pass did not reach, and the last one it did, after which the
+    /// next pass begins so that every workload is reached in turn.
+    pub left: Option<Left>,
+}
+
+/// What a pass cut short by its time left to the next.
+#[derive(Debug, Clone)]
+pub struct Left {
+    pub workloads: BTreeSet<WorkloadName>,
+    pub after: WorkloadName,
 }
 
 /// Where a workload stands after a pass.
@@ -84,20 +106,23 @@ enum Standing {
 }
 
 /// Reconciles what `scope` names on `view` (reserving in it what the plan
-/// places).
+/// places), beginning with the workloads named after `resume_after` when a
+/// pass cut short left off there.
 pub fn reconcile_in(
     state: &ClusterState,
     view: &mut ClusterView,
     scope: &Scope,
+    resume_after: Option<&WorkloadName>,
     seed: u64,
     now_ms: u64,
     config: &ReconcileConfig,
 ) -> Pass {
+    let deadline = config.pass_time.map(|time| Instant::now() + time);
     let mut rng = SplitMix64::new(seed);
     let mut plan = Plan { now_ms, ..Plan::default() };
     let mut budget = config.max_placements;
     let (mut unsettled, mut waiting_for_room) = (BTreeSet::new(), BTreeSet::new());
-    let (workloads, nodes): (Vec<&Workload>, Vec<&flotilla_api::Node>) = match scope {
+    let (mut workloads, nodes): (Vec<&Workload>, Vec<&flotilla_api::Node>) = match scope {
         Scope::Everything => (state.workloads().collect(), state.nodes().collect()),
         Scope::Only { workloads, nodes } => (
             workloads.iter().filter_map(|name| state.workload_ref(name)).collect(),
@@ -115,28 +140,46 @@ pub fn reconcile_in(
             }
         }
     }
-    for workload in workloads {
+    if let Some(after) = resume_after {
+        let first = workloads.partition_point(|w| &w.spec.name <= after);
+        workloads.rotate_left(first);
+    }
+    let mut left = None;
+    let mut queue = workloads.into_iter();
+    while let Some(workload) = queue.next() {
         let name = workload.spec.name.clone();
         match reconcile_workload(state, workload, view, &mut rng, &mut budget, config, &mut plan) {
             Standing::Settled => {}
             Standing::Unsettled => {
-                unsettled.insert(name);
+                unsettled.insert(name.clone());
             }
             Standing::WaitingForRoom => {
-                waiting_for_room.insert(name);
+                waiting_for_room.insert(name.clone());
             }
         }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            let workloads: BTreeSet<WorkloadName> = queue.by_ref().map(|w| w.spec.name.clone()).collect();
+            if !workloads.is_empty() {
+                left = Some(Left { workloads, after: name });
+            }
+            break;
+        }
     }
-    // Keep only what changed in the pending figures.
+    // Keep only what changed in the pending figures, of the workloads
+    // looked at.
     let current = state.unplaced();
-    let in_scope = |name: &WorkloadName| match scope {
-        Scope::Everything => true,
-        Scope::Only { workloads, .. } => workloads.contains(name),
+    let not_reached = |name: &WorkloadName| left.as_ref().is_some_and(|l| l.workloads.contains(name));
+    let in_scope = |name: &WorkloadName| {
+        !not_reached(name)
+            && match scope {
+                Scope::Everything => true,
+                Scope::Only { workloads, .. } => workloads.contains(name),
+            }
     };
     plan.no_longer_unplaced =
         current.keys().filter(|name| in_scope(name) && !plan.unplaced.contains_key(*name)).cloned().collect();
     plan.unplaced.retain(|name, unplaced| current.get(name) != Some(unplaced));
-    Pass { plan, unsettled, waiting_for_room }
+    Pass { plan, unsettled, waiting_for_room, left }
 }
 
 /// Plans one workload; where it stands after.
