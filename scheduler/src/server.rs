@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use raft::eraftpb::Snapshot;
 
 use crate::controllers::node_health::{HealthConfig, Liveness, run_node_health};
-use crate::http::{AppResources, AppState, HeartbeatRelay, HttpLeader, router};
+use crate::http::{AppResources, AppState, HeartbeatRelay, HttpLeader, NodeReads, router};
 use flotilla_security::{Peer, TlsListener};
 
 use crate::controllers::ca_rotation::{RotationProgress, run_ca_rotation};
@@ -209,6 +209,7 @@ pub async fn run(
         ca_rotation,
         liveness,
         heartbeat_relay,
+        node_reads: NodeReads::default(),
         http: request_http,
         agent_http,
         tls: tls.clone(),

@@ -13,6 +13,7 @@ mod idempotency;
 mod leader;
 mod logs;
 mod metrics;
+mod node_reads;
 mod nodes;
 mod peer;
 mod secrets;
@@ -30,6 +31,7 @@ use axum::routing::{delete, get, post, put};
 pub use access::{Caller, ROUTES};
 pub use error::ApiError;
 pub use heartbeat_relay::{HeartbeatRelay, HttpLeader, RELAY_PATH};
+pub use node_reads::NodeReads;
 
 use crate::controllers::node_health::Liveness;
 use crate::raft::{PEER_PATH, PeerTransport, RaftHandle, SNAPSHOT_PATH};
@@ -68,6 +70,8 @@ pub struct AppResources {
     /// Passes this server's agents' heartbeats on to the leader in batches
     /// while it follows.
     pub heartbeat_relay: HeartbeatRelay,
+    /// Answers agents' long-polls for their allocations in batches.
+    pub node_reads: NodeReads,
     /// For passing requests only the leader can answer on to it.
     pub http: crate::member_http::MemberHttp,
     /// For reading allocations' logs from their agents.

@@ -17,8 +17,9 @@ use super::body::{read_json, read_node_json};
 use super::error::ApiError;
 use super::heartbeat_relay::{RelayedAnswer, RelayedHeartbeat};
 use super::idempotency::idempotency;
+use super::node_reads::NodeReads;
 use super::{AppState, Caller, ReadQuery, read_barrier};
-use crate::state::{Command, CommandOutput};
+use crate::state::{ClusterState, Command, CommandOutput};
 
 /// How often a blocking query checks that its server still knows a leader.
 const LEADER_CHECK: Duration = Duration::from_millis(250);
@@ -296,27 +297,20 @@ pub async fn node_allocations(
     // holds nothing yet. The wait above and the read barrier put this
     // server's state past that index, wherever the agent read it.
     let since = query.changes_only.then_some(query.index).filter(|since| *since > 0);
-    // The read may wait for the state's lock behind the Raft thread. A plan
-    // wakes thousands of these at once, and waiting on the runtime's few
-    // workers would hold up every other request with them (heartbeats
-    // among them), so it waits on a blocking thread.
-    tokio::task::spawn_blocking(move || node_allocations_at(&app, &name, index, since))
-        .await
-        .map_err(|error| ApiError::Internal(format!("reading a node's allocations: {error}")))?
-        .map(Json)
+    NodeReads::read(&app, name, index, since).await.map(Json)
 }
 
 /// What an agent's long-poll answers, read from this server's state at
 /// `index`: the node's allocations (those changed after `since`, with the
 /// ids of all, when it holds the rest), their workloads' specs and
 /// secrets, and the slot volumes to remove.
-fn node_allocations_at(
+pub(super) fn node_allocations_at(
     app: &AppState,
+    state: &ClusterState,
     name: &str,
     index: u64,
     since: Option<u64>,
 ) -> Result<NodeAllocations, ApiError> {
-    let state = app.raft.state();
     if state.node(name).is_none() {
         return Err(ApiError::NotFound(format!("node `{name}` is not registered")));
     }
@@ -336,7 +330,7 @@ fn node_allocations_at(
     let all_names: std::collections::BTreeSet<&flotilla_api::WorkloadName> =
         on_node.iter().map(|a| &a.workload).collect();
     let specs = all_names.into_iter().filter_map(|n| state.workload_ref(n)).map(|w| &w.spec);
-    let secrets = super::secrets::values_for(app, &state, specs);
+    let secrets = super::secrets::values_for(app, state, specs);
     let remove_volumes = state.volumes_to_remove(name);
     Ok(NodeAllocations { index, allocations, all_ids, workloads, secrets, remove_volumes })
 }
