@@ -5,9 +5,8 @@
 //! state (a million allocations serialize to hundreds of megabytes), so it
 //! runs on a thread of its own: the Raft thread goes on ticking, sending
 //! heartbeats and persisting entries, and only applying waits, so that the
-//! state stays at the snapshot's index while the thread reads it: until the
-//! thread has copied it, or for a state too big to copy, until the file is
-//! written.
+//! state stays at the snapshot's index until the thread has copied it (a
+//! copy that shares the allocations; see `ClusterState::snapshot_copy`).
 
 use std::io;
 use std::sync::Arc;
@@ -30,14 +29,6 @@ const MIN_ENTRIES_BETWEEN_SNAPSHOTS: u64 = 16;
 /// Snapshots up to this size are taken on the count of entries alone: they
 /// are written in a few milliseconds.
 const SMALL_SNAPSHOT_BYTES: u64 = 4 << 20;
-
-/// States whose snapshot (or log, before the first) is at most this big
-/// are copied, and the copy written while applies go on. At 20,000
-/// workloads (13 MB) writing under the lock held applies, and so every
-/// answer, for 80-125 ms; the copy holds them 42-81 ms, and the write
-/// after it none. Bigger states are written under the state's read lock,
-/// since a copy of a million allocations would double the server's memory.
-const COPIED_STATE_BYTES: u64 = 64 << 20;
 
 /// What the log and the last snapshot look like when a snapshot may start.
 #[derive(Debug, Clone, Copy)]
@@ -71,12 +62,6 @@ fn snapshot_due(since: LogSince, every: u64, size_bound: u64) -> Option<bool> {
     (for_size || by_count || (since.wanted && since.entries > 0)).then_some(for_size)
 }
 
-/// Whether the snapshot thread copies the state (and applies go on while
-/// it writes the copy) rather than writing under the state's read lock.
-fn copies_state(since: LogSince) -> bool {
-    since.snapshot_bytes.max(since.log_bytes) <= COPIED_STATE_BYTES
-}
-
 /// A snapshot being written by its thread.
 pub(super) struct SnapshotJob {
     /// The snapshot's index, term and membership: the applied state's when
@@ -88,8 +73,7 @@ pub(super) struct SnapshotJob {
     /// When it began, for the log line that says how long it took.
     started: Instant,
     /// How long the thread took to copy the state, once it has: applies
-    /// wait until then, or for a state too big to copy, until the file is
-    /// written. For the log line too.
+    /// wait until then. For the log line too.
     copied_in: Option<Duration>,
     /// Joined once it reports, and on shutdown (a half-written file is
     /// removed on the next start, but a finished one should be whole).
@@ -153,7 +137,6 @@ impl Node {
         else {
             return Ok(());
         };
-        let copied = copies_state(since);
         let index = self.applied;
         let mut metadata = SnapshotMetadata {
             index,
@@ -166,17 +149,13 @@ impl Node {
         let state = Arc::clone(&self.state);
         let inputs = self.inputs.clone();
         let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
-            let write = |state: &ClusterState| {
-                dir.write(index, term, |out| serde_json::to_writer(out, state).map_err(io::Error::from))
-            };
-            let written = if copied {
-                let copying = Instant::now();
-                let copy = state.read().clone();
-                let _ = inputs.send(Input::SnapshotCopied(copying.elapsed()));
-                write(&copy)
-            } else {
-                write(&state.read())
-            };
+            // Applies wait for the copy (the snapshot is of the state at
+            // `index`), not for the file: see `ClusterState::snapshot_copy`.
+            let copying = Instant::now();
+            let copy = state.read().snapshot_copy();
+            let _ = inputs.send(Input::SnapshotCopied(copying.elapsed()));
+            let written =
+                dir.write(index, term, |out| serde_json::to_writer(out, &copy).map_err(io::Error::from));
             let _ = inputs.send(Input::SnapshotWritten(written));
         });
         match spawned {
@@ -270,27 +249,6 @@ mod tests {
         ];
         for (what, since, due) in table {
             assert_eq!(snapshot_due(since, 10_000, 256 * MIB), due, "{what}");
-        }
-    }
-
-    #[test]
-    fn a_state_is_copied_for_its_snapshot_unless_its_last_snapshot_or_its_log_is_big() {
-        const MIB: u64 = 1 << 20;
-        let since = |log_bytes, snapshot_bytes| LogSince {
-            entries: 10_000,
-            log_bytes,
-            snapshot_bytes,
-            wanted: false,
-        };
-        let table = [
-            ("the first snapshot, a small log", since(MIB, 0), true),
-            ("13 MB, as at 20,000 workloads", since(13 * MIB, 13 * MIB), true),
-            ("at the bound", since(MIB, 64 * MIB), true),
-            ("a big last snapshot", since(MIB, 65 * MIB), false),
-            ("the first snapshot of a state grown by a big log", since(200 * MIB, 0), false),
-        ];
-        for (what, since, copied) in table {
-            assert_eq!(copies_state(since), copied, "{what}");
         }
     }
 }

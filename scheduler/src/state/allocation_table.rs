@@ -9,8 +9,14 @@
 //! (one allocation that outlives millions placed after it) move to a small
 //! ordered map, so the slots never outnumber the allocations by much.
 //! Serialized as the map it replaced: snapshots are unchanged.
+//!
+//! Each allocation is shared (`Arc`) rather than owned, so that a copy of
+//! the table, for a snapshot to write while applies go on, copies a
+//! million pointers rather than a million allocations: an allocation
+//! changed while a copy holds it is copied then, alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use flotilla_api::Allocation;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,12 +28,13 @@ const SPARE_SLOTS: usize = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct AllocationTable {
     /// Allocations whose ids are below `first`: those left behind the run.
-    behind: BTreeMap<u64, Box<Allocation>>,
+    behind: BTreeMap<u64, Arc<Allocation>>,
     /// The id of `slots[0]`.
     first: u64,
     /// A slot per id from `first` on, `None` where that allocation is gone;
-    /// neither end is `None`. Boxed, so an empty slot costs 8 bytes.
-    slots: VecDeque<Option<Box<Allocation>>>,
+    /// neither end is `None`. Behind a pointer, so an empty slot costs 8
+    /// bytes.
+    slots: VecDeque<Option<Arc<Allocation>>>,
     /// How many slots hold an allocation.
     in_slots: usize,
 }
@@ -41,16 +48,18 @@ impl AllocationTable {
         self.slots.get(slot)?.as_deref()
     }
 
+    /// The allocation to change; copied first if a copy of the table
+    /// shares it.
     pub fn get_mut(&mut self, id: &u64) -> Option<&mut Allocation> {
         if *id < self.first {
-            return self.behind.get_mut(id).map(|a| &mut **a);
+            return self.behind.get_mut(id).map(Arc::make_mut);
         }
         let slot = usize::try_from(id - self.first).ok()?;
-        self.slots.get_mut(slot)?.as_deref_mut()
+        self.slots.get_mut(slot)?.as_mut().map(Arc::make_mut)
     }
 
     /// Puts `allocation` under `id`, replacing what was there.
-    pub fn insert(&mut self, id: u64, allocation: Box<Allocation>) {
+    pub fn insert(&mut self, id: u64, allocation: Arc<Allocation>) {
         if self.slots.is_empty() {
             let past_behind = self.behind.last_key_value().map_or(0, |(last, _)| last + 1);
             self.first = id.max(past_behind);
@@ -76,7 +85,7 @@ impl AllocationTable {
         self.keep_dense();
     }
 
-    pub fn remove(&mut self, id: &u64) -> Option<Box<Allocation>> {
+    pub fn remove(&mut self, id: &u64) -> Option<Arc<Allocation>> {
         if *id < self.first {
             return self.behind.remove(id);
         }
@@ -145,7 +154,7 @@ impl Serialize for AllocationTable {
 
 impl<'de> Deserialize<'de> for AllocationTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<u64, Box<Allocation>>::deserialize(deserializer)?;
+        let map = BTreeMap::<u64, Arc<Allocation>>::deserialize(deserializer)?;
         let mut table = AllocationTable::default();
         for (id, allocation) in map {
             table.insert(id, allocation);
@@ -166,7 +175,7 @@ mod tests {
         }
     }
 
-    fn allocation(id: u64) -> Box<Allocation> {
+    fn allocation(id: u64) -> Arc<Allocation> {
         let mut allocation: Allocation = serde_json::from_value(serde_json::json!({
             "id": id, "workload": "web", "replica": 0, "node": "n", "version": 1, "cpu": 1,
             "memory": 1, "ports": [], "state": "running", "created_index": 1, "modified_index": 1,
@@ -174,7 +183,7 @@ mod tests {
         }))
         .expect("an allocation");
         allocation.id = id;
-        Box::new(allocation)
+        Arc::new(allocation)
     }
 
     #[derive(Debug, Clone)]
@@ -199,7 +208,7 @@ mod tests {
         #[test]
         fn behaves_as_an_ordered_map_and_keeps_few_empty_slots(ops in proptest::collection::vec(op(), 1..600)) {
             let mut table = AllocationTable::default();
-            let mut model: BTreeMap<u64, Box<Allocation>> = BTreeMap::new();
+            let mut model: BTreeMap<u64, Arc<Allocation>> = BTreeMap::new();
             let mut next = 1;
             for op in ops {
                 match op {
@@ -235,6 +244,31 @@ mod tests {
             prop_assert_eq!(restored.values().map(|a| a.id).collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
             prop_assert!(restored == table, "a restored table equals the one it was taken from");
         }
+    }
+
+    #[test]
+    fn a_copy_keeps_what_it_copied_while_the_original_changes() {
+        let mut table = AllocationTable::default();
+        for id in 1..=3 {
+            table.insert(id, allocation(id));
+        }
+        table.insert(0, allocation(0));
+        let copy = table.clone();
+        for id in 0..=3 {
+            if let Some(allocation) = table.get_mut(&id) {
+                allocation.restarts = 7;
+            }
+        }
+        table.remove(&2);
+        table.insert(4, allocation(4));
+        let restarts = |t: &AllocationTable| t.values().map(|a| (a.id, a.restarts)).collect::<Vec<_>>();
+        assert_eq!(restarts(&copy), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(restarts(&table), [(0, 7), (1, 7), (3, 7), (4, 0)]);
+        // Nothing shared is copied while no copy holds it.
+        let alone = table.get(&1).map(|a| a as *const Allocation);
+        drop(copy);
+        let changed = table.get_mut(&1).map(|a| a as *const Allocation);
+        assert_eq!(alone, changed, "changed in place, not copied");
     }
 
     #[test]

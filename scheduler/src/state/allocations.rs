@@ -207,7 +207,7 @@ impl ClusterState {
         self.by_node.entry(allocation.node.clone()).or_default().insert(id);
         self.by_workload.entry(allocation.workload.clone()).or_default().insert(id);
         self.tallies.add(&allocation);
-        self.allocations.insert(id, Box::new(allocation));
+        self.allocations.insert(id, std::sync::Arc::new(allocation));
     }
 
     /// Removes an allocation, releasing what it held if it was live.

@@ -17,6 +17,7 @@ mod plan;
 mod replica_counts;
 mod secrets;
 mod services;
+mod snapshot_copy;
 mod tallies;
 mod tokens;
 mod volumes;
