@@ -130,10 +130,28 @@ impl RaftHandle {
     }
 
     /// This server's applied state, which may trail the leader's.
+    ///
+    /// The lock may be held (or, being fair, waited for) by the Raft thread
+    /// applying entries, for up to its apply budget. A request handler
+    /// that waited for it on one of the runtime's few workers stopped that
+    /// worker from serving anything else meanwhile: at a million replicas,
+    /// 64 clients' deploys kept both of the leader's workers waiting on
+    /// applies, and a third of ten thousand nodes' heartbeats, on every
+    /// server, went unanswered within their 5 s. On a worker, the wait now
+    /// hands the worker's other requests to another thread
+    /// (`block_in_place`); elsewhere (the Raft and blocking threads, a
+    /// single-threaded runtime in tests) it waits in place.
     #[track_caller]
     pub fn state(&self) -> StateRead<'_> {
         let caller = std::panic::Location::caller();
-        StateRead::new(self.state.read(), caller)
+        if let Some(guard) = self.state.try_read() {
+            return StateRead::new(guard, caller);
+        }
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let guard =
+            if on_worker { tokio::task::block_in_place(|| self.state.read()) } else { self.state.read() };
+        StateRead::new(guard, caller)
     }
 
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Result<(), RaftError> {
