@@ -255,7 +255,7 @@ async fn run_fleet(config: AgentConfig, size: u32) -> anyhow::Result<()> {
     if config.runtimes.as_deref() != Some(&[RuntimeKind::Sim]) {
         bail!("--fleet: only simulated nodes come in fleets; add --driver sim");
     }
-    crate::open_files::raise_limit();
+    crate::open_files::raise_limit(crate::open_files::for_fleet(size, config.servers.len()));
     // Each node has a client of its own, as agents on their own hosts do:
     // one HTTP/2 connection a node carries its long-poll, heartbeats and
     // reports.

@@ -186,7 +186,7 @@ pub fn init_logging(default: &str) {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging("info,raft=warn");
-    crate::open_files::raise_limit();
+    crate::open_files::raise_limit(crate::open_files::FOR_SERVER);
     if args.id == 0 {
         bail!("--id: server ids start at 1");
     }
