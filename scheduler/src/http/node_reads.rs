@@ -7,10 +7,13 @@
 //! request, heartbeats among them): at a million replicas the leader ran
 //! hundreds of such threads, all made runnable together whenever the Raft
 //! thread let go of the state, and they crowded out the threads that answer
-//! heartbeats. Now the reads queue, and one blocking task at a time answers
-//! everything queued, letting go of the state between slices so that the
-//! Raft thread's applies are not held up behind a long queue.
+//! heartbeats. Now the reads queue, and a few blocking tasks answer them a
+//! batch at a time, letting go of the state between slices so that the
+//! Raft thread's applies are not held up behind a long queue. One task
+//! alone, on two cores shared with a score of busy threads, answered too
+//! slowly: agents heard of their placements later than with a thread each.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,13 @@ use super::error::ApiError;
 /// Raft turn waits for readers before it leaves its entries for later.
 const SLICE: Duration = Duration::from_millis(1);
 
+/// Tasks answering at once, at most.
+const DRAINERS: usize = 4;
+
+/// Reads one task takes from the queue at a time, so that a long queue is
+/// shared among the tasks.
+const BATCH: usize = 256;
+
 /// One long-poll's read: the node, the state index its answer is at, and
 /// whether it wants only what changed after an index.
 struct NodeRead {
@@ -35,10 +45,11 @@ struct NodeRead {
 
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<NodeRead>,
-    /// Whether a task is answering the queue: the first read to arrive
-    /// when none is starts one.
-    draining: bool,
+    /// Oldest first.
+    waiting: VecDeque<NodeRead>,
+    /// Tasks answering the queue: a read that arrives while fewer than
+    /// `DRAINERS` are starts one more.
+    draining: usize,
 }
 
 #[derive(Default)]
@@ -58,8 +69,12 @@ impl NodeReads {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut queue = app.node_reads.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.waiting.push(NodeRead { node, index, since, answer });
-            !std::mem::replace(&mut queue.draining, true)
+            queue.waiting.push_back(NodeRead { node, index, since, answer });
+            let start = queue.draining < DRAINERS;
+            if start {
+                queue.draining += 1;
+            }
+            start
         };
         if start {
             let app = app.clone();
@@ -79,10 +94,11 @@ fn drain(app: &AppState) {
         let batch = {
             let mut queue = app.node_reads.queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.waiting.is_empty() {
-                queue.draining = false;
+                queue.draining -= 1;
                 return;
             }
-            std::mem::take(&mut queue.waiting)
+            let taken = queue.waiting.len().min(BATCH);
+            queue.waiting.drain(..taken).collect::<Vec<_>>()
         };
         let mut reads = batch.into_iter().peekable();
         while reads.peek().is_some() {
@@ -101,14 +117,15 @@ fn drain(app: &AppState) {
     }
 }
 
-/// Lets the next read start a task of its own should this one panic, so
-/// that one bad read does not leave every later one unanswered.
+/// Gives up this task's place should it panic, so that one bad read does
+/// not leave the later ones to fewer tasks, or none.
 struct Draining<'a>(&'a AppState);
 
 impl Drop for Draining<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.node_reads.queue.lock().unwrap_or_else(|p| p.into_inner()).draining = false;
+            let mut queue = self.0.node_reads.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.draining = queue.draining.saturating_sub(1);
         }
     }
 }

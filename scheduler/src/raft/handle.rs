@@ -133,11 +133,10 @@ impl RaftHandle {
     ///
     /// The lock may be held (or, being fair, waited for) by the Raft thread
     /// applying entries, for up to its apply budget. A request handler
-    /// that waited for it on one of the runtime's few workers stopped that
-    /// worker from serving anything else meanwhile: at a million replicas,
-    /// 64 clients' deploys kept both of the leader's workers waiting on
-    /// applies, and a third of ten thousand nodes' heartbeats, on every
-    /// server, went unanswered within their 5 s. On a worker, the wait now
+    /// that waited for it on one of the runtime's two workers stopped that
+    /// worker serving anything else meanwhile, heartbeats among them (at a
+    /// million replicas, 64 clients deploying and listing read the state on
+    /// the leader's workers while it applied). On a worker, the wait now
     /// hands the worker's other requests to another thread
     /// (`block_in_place`); elsewhere (the Raft and blocking threads, a
     /// single-threaded runtime in tests) it waits in place.
