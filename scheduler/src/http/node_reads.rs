@@ -6,12 +6,11 @@
 //! its own (on the runtime's few workers it would have held up every other
 //! request, heartbeats among them): at a million replicas the leader ran
 //! hundreds of such threads, all made runnable together whenever the Raft
-//! thread let go of the state, and they crowded out the threads that answer
-//! heartbeats. Now the reads queue, and a few blocking tasks answer them a
-//! batch at a time, letting go of the state between slices so that the
-//! Raft thread's applies are not held up behind a long queue. One task
-//! alone, on two cores shared with a score of busy threads, answered too
-//! slowly: agents heard of their placements later than with a thread each.
+//! thread let go of the state. Now the reads queue, and a few blocking
+//! tasks answer them a batch at a time, letting go of the state between
+//! slices so that the Raft thread's applies are not held up behind a long
+//! queue. (That bounds the threads; it did not make a million replicas
+//! start faster on two cores: see BENCHMARKS.md.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
