@@ -96,7 +96,9 @@ pub struct Pass {
 /// What a pass cut short by its time left to the next.
 #[derive(Debug, Clone)]
 pub struct Left {
+    /// The workloads in scope it did not reach: the next pass's business.
     pub workloads: BTreeSet<WorkloadName>,
+    /// The last workload it reached: the next pass begins after it.
     pub after: WorkloadName,
 }
 
