@@ -36,7 +36,7 @@ pub(super) fn corrupt_entry(index: u64, reason: impl std::fmt::Display) -> Stora
 impl Node {
     /// Applies committed entries, after those that waited, for as long as
     /// one turn of the loop may: what is left waits for the next turn,
-    /// which comes at once. While a snapshot reads the state they all wait,
+    /// which comes at once. While a snapshot copies the state they all wait,
     /// as they do when readers keep the state past [`STATE_WAIT`].
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         if self.snapshot_holds_applies() {
