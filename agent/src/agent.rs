@@ -79,6 +79,12 @@ pub struct AgentConfig {
     /// An agent join token, needed until the agent holds a certificate
     /// for its node.
     pub join_token: Option<flotilla_security::JoinToken>,
+    /// The runtime that carries this node's exchanges with the servers and
+    /// its heartbeats; `None`: the agent's own. A fleet's thousands of
+    /// nodes share one process, and the work of starting their replicas
+    /// must not keep their heartbeats waiting, as it would not on hosts of
+    /// their own.
+    pub io: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +215,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         host_volumes: config.host_volumes.clone(),
     };
     let mut client = Client::new(config.servers.clone()).with_retry_for(Duration::from_secs(3));
+    if let Some(io) = &config.io {
+        client = client.driven_on(io.clone());
+    }
     let mut renewal = None;
     if let Some(tls) = &tls {
         let config = tls.client_config().map_err(|e| AgentError::Tls(e.into()))?;
@@ -247,7 +256,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         messages: messages_tx.clone(),
         tls: tls.clone(),
     };
-    let beater = tokio::spawn(heartbeat(client.clone(), registration.clone(), beat));
+    let beating = heartbeat(client.clone(), registration.clone(), beat);
+    let beater = match &config.io {
+        Some(io) => io.spawn(beating),
+        None => tokio::spawn(beating),
+    };
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let reporter =
         tokio::spawn(report(client.clone(), registration.clone(), registered.node.report_seq, reports_rx));

@@ -79,6 +79,29 @@ pub struct Client {
     /// How long one server may take to answer before the next is tried;
     /// `None`: the HTTP client's own (30 s).
     request_timeout: Option<Duration>,
+    /// The runtime that sends requests and reads answers, and so drives
+    /// the connections they open; `None`: the caller's. A busy runtime
+    /// reads its sockets late, and an answer that waits there unread
+    /// times out like one the server never sent.
+    io: Option<tokio::runtime::Handle>,
+}
+
+/// How one request and its answer failed.
+enum Exchange {
+    /// Not sent, or no answer came (in time).
+    Unsent(reqwest::Error),
+    /// An answer began but could not be read.
+    Unread(String),
+}
+
+/// A task on another runtime that ends when the one waiting for it stops
+/// waiting (a request given up on is not left to run to its timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The header under which a write carries its idempotency key.
@@ -173,6 +196,7 @@ impl Client {
             scheme: "http",
             token: None,
             request_timeout: None,
+            io: None,
         }
     }
 
@@ -229,6 +253,15 @@ impl Client {
         self
     }
 
+    /// Sends requests and reads their answers on `io`, whatever runtime
+    /// calls: a process of thousands of simulated nodes keeps their
+    /// exchanges with the servers (heartbeats among them) on a runtime
+    /// that their supervisors' work cannot hold up.
+    pub fn driven_on(mut self, io: tokio::runtime::Handle) -> Self {
+        self.io = Some(io);
+        self
+    }
+
     /// A client that talks to one server only, with no failover.
     pub fn for_server(&self, address: &str) -> Client {
         Client {
@@ -240,6 +273,7 @@ impl Client {
             scheme: self.scheme,
             token: self.token.clone(),
             request_timeout: self.request_timeout,
+            io: self.io.clone(),
         }
     }
 
@@ -318,9 +352,9 @@ impl Client {
                 if let Some(timeout) = self.request_timeout {
                     request = request.timeout(timeout);
                 }
-                let response = match request.send().await {
-                    Ok(response) => response,
-                    Err(error) => {
+                let (status, bytes) = match self.exchange(request).await {
+                    Ok(answer) => answer,
+                    Err(Exchange::Unsent(error)) => {
                         last_error = format!("{address}: {}", describe_send_error(&error));
                         if error.is_timeout() && self.request_timeout.is_some() {
                             self.move_past(index);
@@ -331,12 +365,10 @@ impl Client {
                         }
                         continue;
                     }
+                    Err(Exchange::Unread(reason)) => {
+                        return Err(ClientError::Protocol { address: address.clone(), reason });
+                    }
                 };
-                let status = response.status();
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| ClientError::Protocol { address: address.clone(), reason: e.to_string() })?;
                 if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::GATEWAY_TIMEOUT {
                     self.answered_by(first, index);
                 }
@@ -365,6 +397,26 @@ impl Client {
                 return Err(ClientError::Unreachable { tried: self.addresses.join(", "), last: last_error });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends `request` and reads its whole answer, on the `io` runtime
+    /// when there is one. A caller that gives up aborts the exchange.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, bytes::Bytes), Exchange> {
+        let exchange = async move {
+            let response = request.send().await.map_err(Exchange::Unsent)?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|e| Exchange::Unread(e.to_string()))?;
+            Ok((status, bytes))
+        };
+        let Some(io) = &self.io else { return exchange.await };
+        let mut task = AbortOnDrop(io.spawn(exchange));
+        match (&mut task.0).await {
+            Ok(answer) => answer,
+            Err(error) => Err(Exchange::Unread(format!("the exchange ended early: {error}"))),
         }
     }
 
@@ -762,6 +814,54 @@ mod tests {
         assert!(why.contains("timed out"), "{why}");
         assert_eq!(client.first.load(Ordering::Relaxed), 1, "the next call starts at the next server");
         server.abort();
+    }
+
+    /// A runtime of one thread, as a fleet's network runtime is.
+    fn io_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    }
+
+    /// A server on `io` that answers every heartbeat after a tenth of a
+    /// second: time for its caller to have sent it and stalled.
+    async fn answering_server(io: &tokio::runtime::Handle) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let address = listener.local_addr().expect("address").to_string();
+        let answer = axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            axum::Json(HeartbeatAnswer {
+                status: NodeStatus::Ready,
+                stop: vec![7],
+                trust: None,
+                next_in_ms: None,
+            })
+        });
+        let app = axum::Router::new().route("/v1/nodes/{name}/heartbeat", answer);
+        io.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app).await;
+        });
+        address
+    }
+
+    /// The caller's runtime stalls (busy elsewhere, as a fleet's starting
+    /// a million replicas is) for longer than the heartbeat may take; the
+    /// server answered in time, and the answer, read on the network
+    /// runtime meanwhile, is the call's result rather than a timeout (as
+    /// it is for a client on the caller's runtime, which reads it late).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_driven_on_another_runtime_reads_its_answer_while_the_callers_runtime_stalls() {
+        let io = io_runtime();
+        let address = answering_server(io.handle()).await;
+        let client = Client::new([address])
+            .with_request_timeout(Duration::from_millis(300))
+            .driven_on(io.handle().clone());
+        let call = tokio::spawn(async move { client.heartbeat("n1", &Heartbeat::default()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::sleep(Duration::from_millis(1500));
+        let answer = call.await.expect("the call's task");
+        io.shutdown_background();
+        assert_eq!(answer.expect("answered, not timed out").stop, [7]);
     }
 
     #[tokio::test]

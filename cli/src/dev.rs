@@ -105,6 +105,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stop_on_exit: true,
         insecure: args.insecure,
         join_token,
+        io: None,
     };
     let mut agent = tokio::spawn(flotilla_agent::run(agent, stopped(stop_rx.clone())));
 
