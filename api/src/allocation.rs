@@ -104,7 +104,7 @@ pub struct Allocation {
     pub workload: WorkloadName,
     /// Which replica of the workload this is (0-based), for people reading `ps`.
     pub replica: u32,
-    pub node: String,
+    pub node: crate::NodeName,
     /// The workload version whose spec this allocation runs.
     pub version: u64,
     pub cpu: u64,

@@ -32,7 +32,7 @@ pub use constraint::Constraint;
 pub use deployment::{Deployment, DeploymentStatus, RolloutAction, UndoRequest};
 pub use event_stream::{EventStream, StreamMessage};
 pub use model::*;
-pub use node::{HostVolume, Node, NodeRegistered, NodeRegistration, NodeStatus, NodeStatusRequest};
+pub use node::{HostVolume, Node, NodeName, NodeRegistered, NodeRegistration, NodeStatus, NodeStatusRequest};
 pub use quantity::{CpuMillis, MemoryBytes};
 pub use secret::{MAX_SECRET_BYTES, SecretInfo, SecretValue};
 pub use service::{Endpoint, Service, ServicePage, ServicePort, UnservedPort};

@@ -130,7 +130,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<()> {
             a.workload.to_string(),
             a.replica.to_string(),
             a.version.to_string(),
-            a.node.clone(),
+            a.node.to_string(),
             allocation_state(a),
             health_text(a),
             a.restarts.to_string(),

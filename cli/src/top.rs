@@ -221,7 +221,7 @@ fn node_use(
     let mut used: HashMap<String, (f64, f64)> = HashMap::new();
     for replica in replicas {
         let Some(allocation) = by_id.get(&replica.id) else { continue };
-        let entry = used.entry(allocation.node.clone()).or_default();
+        let entry = used.entry(allocation.node.to_string()).or_default();
         entry.0 += replica.cpu_percent / 100.0 * allocation.cpu as f64;
         entry.1 += replica.memory_percent / 100.0 * allocation.memory as f64;
     }

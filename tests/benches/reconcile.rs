@@ -39,7 +39,7 @@ impl Cluster {
         for allocation in self.state.allocations().filter(|a| a.state == AllocationState::Pending) {
             let update =
                 AllocationUpdate { health: Health::Healthy, ..AllocationUpdate::running(allocation.id) };
-            by_node.entry(allocation.node.clone()).or_default().push(update);
+            by_node.entry(allocation.node.to_string()).or_default().push(update);
         }
         for (node, updates) in by_node {
             self.apply(Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 });

@@ -59,7 +59,7 @@ pub async fn act_as_agents(cluster: &TestCluster) -> u32 {
         } else {
             continue;
         };
-        by_node.entry(allocation.node).or_default().push(update);
+        by_node.entry(allocation.node.to_string()).or_default().push(update);
     }
     let mut reported = 0;
     for (node, updates) in by_node {

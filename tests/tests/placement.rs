@@ -36,7 +36,7 @@ async fn deploy_scale_up_scale_down_and_delete() {
         client.allocations(Some("web"), None).await.expect("ps").into_iter().fold(
             BTreeMap::new(),
             |mut m, a| {
-                *m.entry(a.node).or_default() += 1;
+                *m.entry(a.node.to_string()).or_default() += 1;
                 m
             },
         );

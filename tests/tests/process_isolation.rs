@@ -38,7 +38,7 @@ async fn cluster() -> TestCluster {
 fn cgroup_of(allocation: &Allocation) -> PathBuf {
     let v2 = PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists();
     let root = if v2 { PathBuf::from("/sys/fs/cgroup") } else { PathBuf::from("/sys/fs/cgroup/memory") };
-    root.join("flotilla").join(&allocation.node).join(allocation.id.to_string())
+    root.join("flotilla").join(allocation.node.as_str()).join(allocation.id.to_string())
 }
 
 fn pids_in(cgroup: &std::path::Path) -> Vec<u32> {

@@ -91,7 +91,7 @@ async fn a_slot_volume_keeps_its_data_through_a_kill_and_a_rollout_and_goes_with
     assert_eq!((volumes[0].slot, volumes[0].node.as_str()), (0, first.node.as_str()));
     let listed = String::from_utf8_lossy(&cluster.cli(&["volumes"]).stdout).to_string();
     assert!(
-        listed.contains("notes-0") && listed.contains("in use") && listed.contains(&first.node),
+        listed.contains("notes-0") && listed.contains("in use") && listed.contains(first.node.as_str()),
         "{listed}"
     );
     let engine_volumes = || {

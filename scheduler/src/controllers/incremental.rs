@@ -162,7 +162,7 @@ impl IncrementalReconciler {
 
 /// The nodes a plan reserved in or released from.
 fn plan_nodes(state: &ClusterState, plan: &Plan) -> BTreeSet<String> {
-    let stopped = plan.stops.iter().filter_map(|id| state.allocation(*id)).map(|a| a.node.clone());
+    let stopped = plan.stops.iter().filter_map(|id| state.allocation(*id)).map(|a| a.node.to_string());
     plan.placements.iter().map(|p| p.node.clone()).chain(stopped).collect()
 }
 
@@ -343,7 +343,7 @@ mod tests {
                         .state
                         .allocations()
                         .filter(|a| a.is_replica())
-                        .map(|a| (a.node.clone(), a.id))
+                        .map(|a| (a.node.to_string(), a.id))
                         .collect();
                     if let Some((node, id)) = live.get(pick % live.len().max(1)).cloned() {
                         let update = AllocationUpdate {
@@ -383,7 +383,7 @@ mod tests {
                 } else {
                     continue;
                 };
-                by_node.entry(allocation.node.clone()).or_default().push(update);
+                by_node.entry(allocation.node.to_string()).or_default().push(update);
             }
             for (node, updates) in by_node {
                 self.apply(Command::UpdateAllocations { node, seq: 0, updates, now_ms: 0 });

@@ -263,7 +263,7 @@ fn reconcile_workload(
             return Standing::Unsettled;
         }
     }
-    request.avoid_nodes = failed.iter().map(|a| a.node.clone()).collect();
+    request.avoid_nodes = failed.iter().map(|a| a.node.to_string()).collect();
     // New replicas take the lowest slots no new replica holds: a lost or
     // replaced replica's slot is filled again, with its volumes.
     let taken: BTreeSet<u32> = new.iter().map(|a| a.replica).collect();
@@ -542,7 +542,7 @@ mod tests {
             .allocations()
             .filter(|a| a.state == AllocationState::Pending)
             .fold(BTreeMap::new(), |mut m, a| {
-                m.entry(a.node.clone()).or_default().push(a.id);
+                m.entry(a.node.to_string()).or_default().push(a.id);
                 m
             });
         for (node, ids) in by_node {
@@ -560,7 +560,7 @@ mod tests {
             .allocations()
             .filter(|a| a.stopping && a.state.is_live())
             .fold(BTreeMap::new(), |mut m, a| {
-                m.entry(a.node.clone()).or_default().push(a.id);
+                m.entry(a.node.to_string()).or_default().push(a.id);
                 m
             });
         for (node, ids) in by_node {
@@ -597,7 +597,7 @@ mod tests {
         register(&mut state, "small", 1000, 1024, "a", &[Driver::Docker]);
         deploy(&mut state, "name: web\nimage: x\nreplicas: 2\nresources: {cpu: 500m, memory: 64Mi}\n");
         converge(&mut state, 1);
-        let nodes: BTreeSet<String> = live(&state, "web").into_iter().map(|a| a.node).collect();
+        let nodes: BTreeSet<String> = live(&state, "web").into_iter().map(|a| a.node.to_string()).collect();
         assert_eq!(nodes.len(), 2, "anti-affinity spreads the two replicas");
         state
             .apply(
@@ -738,7 +738,7 @@ mod tests {
             message: "image `missing` is not on this host".into(),
             ..AllocationUpdate::running(new[0].id)
         };
-        let node = new[0].node.clone();
+        let node = new[0].node.to_string();
         state
             .apply(50, Command::UpdateAllocations { node, seq: 0, updates: vec![failing], now_ms: 0 })
             .expect("report");
@@ -758,7 +758,7 @@ mod tests {
     const WITH_DATA: &str = "name: db\nimage: v1\nreplicas: 2\nplacement: spread\nresources: {cpu: 400m, memory: 128Mi}\nvolumes: [{name: data, path: /data}]\n";
 
     fn slot_nodes(state: &ClusterState) -> BTreeMap<u32, String> {
-        live(state, "db").into_iter().map(|a| (a.replica, a.node)).collect()
+        live(state, "db").into_iter().map(|a| (a.replica, a.node.to_string())).collect()
     }
 
     #[test]
@@ -891,7 +891,8 @@ mod tests {
         deploy(&mut state, &spec("writer", ""));
         deploy(&mut state, &spec("lost", "").replace("name: config", "name: shared-config"));
         converge(&mut state, 1);
-        let nodes = |w: &str| live(&state, w).into_iter().map(|a| a.node).collect::<BTreeSet<_>>();
+        let nodes =
+            |w: &str| live(&state, w).into_iter().map(|a| a.node.to_string()).collect::<BTreeSet<_>>();
         assert_eq!(nodes("reader"), BTreeSet::from(["ro".to_owned(), "rw".to_owned()]));
         assert_eq!(nodes("writer"), BTreeSet::from(["rw".to_owned()]));
         assert!(nodes("lost").is_empty());

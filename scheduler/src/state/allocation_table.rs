@@ -97,6 +97,15 @@ impl AllocationTable {
         Some(removed)
     }
 
+    /// Changes every allocation in place (copying those a copy of the
+    /// table shares).
+    pub fn for_each_mut(&mut self, mut change: impl FnMut(&mut Allocation)) {
+        self.behind
+            .values_mut()
+            .chain(self.slots.iter_mut().flatten())
+            .for_each(|a| change(Arc::make_mut(a)));
+    }
+
     /// Every allocation, in ascending order of id.
     pub fn values(&self) -> impl Iterator<Item = &Allocation> {
         self.behind.values().map(|a| &**a).chain(self.slots.iter().flatten().map(|a| &**a))

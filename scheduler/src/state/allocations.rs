@@ -112,7 +112,7 @@ impl ClusterState {
                 || (!draining.is_empty()
                     && self
                         .workload_allocations(&placement.workload)
-                        .any(|a| a.is_replica() && draining.contains(&a.node)));
+                        .any(|a| a.is_replica() && draining.contains(a.node.as_str())));
             let update = &workload.spec.update;
             let extra = if rolling { update.max_surge.max(update.canary) } else { 0 };
             ReplicaTally { live, limit: workload.spec.replicas.saturating_add(extra) }
@@ -159,17 +159,21 @@ impl ClusterState {
     pub(super) fn add_allocation(&mut self, index: u64, now_ms: u64, placement: Placement) {
         let id = self.next_allocation_id.max(1);
         self.next_allocation_id = id + 1;
-        // The workload's own name, shared: the plan's copy would cost each
-        // allocation a string of its own.
+        // The workload's and the node's own names, shared: the plan's
+        // copies would cost each allocation strings of its own.
         let workload = match self.workloads.get_key_value(&placement.workload) {
             Some((name, _)) => name.clone(),
             None => placement.workload,
+        };
+        let node = match self.nodes.get_key_value(placement.node.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => placement.node.into(),
         };
         let allocation = Allocation {
             id,
             workload,
             replica: placement.replica,
-            node: placement.node,
+            node,
             version: placement.version,
             cpu: placement.cpu,
             memory: placement.memory,
@@ -334,7 +338,7 @@ impl ClusterState {
             if let Some(after) = self.allocations.get(&update.id) {
                 let failed = after.state == AllocationState::Failed && before.0 != AllocationState::Failed;
                 let oom = after.oom_killed && (!before.2 || after.restarts != before.1);
-                let (workload, node) = (Some(after.workload.to_string()), Some(after.node.clone()));
+                let (workload, node) = (Some(after.workload.to_string()), Some(after.node.to_string()));
                 let mut messages = Vec::new();
                 if failed || oom {
                     let what = if failed { "failed" } else { "was OOM-killed" };
@@ -415,6 +419,33 @@ mod tests {
         let plan = Plan { placements: vec![placement("web", 0, "a")], ..Plan::default() };
         state.apply(6, Command::ApplyPlan { plan }).expect("plan");
         state
+    }
+
+    /// Whether every allocation names its node with the state's own copy
+    /// of the name (the same bytes, not equal ones).
+    fn node_names_shared(state: &ClusterState) -> bool {
+        state.allocations.values().all(|a| {
+            state
+                .nodes
+                .get_key_value(a.node.as_str())
+                .is_some_and(|(name, _)| name.as_ptr() == a.node.as_ptr())
+        })
+    }
+
+    #[test]
+    fn allocations_share_their_nodes_names_when_placed_and_when_restored_from_a_snapshot() {
+        let mut state = cluster();
+        let plan =
+            Plan { placements: vec![placement("api", 0, "b"), placement("api", 1, "b")], ..Plan::default() };
+        state.apply(7, Command::ApplyPlan { plan }).expect("plan");
+        assert_eq!(state.allocations.values().count(), 3);
+        assert!(node_names_shared(&state), "placed");
+        let json = serde_json::to_vec(&state).expect("serialize");
+        let mut restored: ClusterState = serde_json::from_slice(&json).expect("deserialize");
+        assert!(!node_names_shared(&restored), "read from the file, each allocation has a name of its own");
+        restored.restored_at(7);
+        assert!(node_names_shared(&restored), "restored");
+        assert_eq!(restored, state);
     }
 
     #[test]

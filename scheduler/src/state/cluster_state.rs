@@ -21,10 +21,10 @@ pub struct ClusterState {
     /// Raft members and their addresses, replicated so that every server,
     /// including one that joins later, knows where its peers listen.
     pub(super) members: BTreeMap<u64, Member>,
-    pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) nodes: BTreeMap<flotilla_api::NodeName, Node>,
     pub(super) allocations: super::allocation_table::AllocationTable,
     /// Allocation ids by node and by workload, kept in step with `allocations`.
-    pub(super) by_node: BTreeMap<String, BTreeSet<u64>>,
+    pub(super) by_node: BTreeMap<flotilla_api::NodeName, BTreeSet<u64>>,
     pub(super) by_workload: BTreeMap<WorkloadName, BTreeSet<u64>>,
     pub(super) next_allocation_id: u64,
     /// Replicas the last plan could not place, and why.

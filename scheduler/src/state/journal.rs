@@ -125,7 +125,7 @@ impl ClusterState {
         let allocation = |id: u64| {
             self.allocations
                 .get(&id)
-                .map(|a| [Touched::Workload(a.workload.clone()), Touched::Booking(a.node.clone())])
+                .map(|a| [Touched::Workload(a.workload.clone()), Touched::Booking(a.node.to_string())])
                 .into_iter()
                 .flatten()
         };
@@ -184,7 +184,7 @@ impl ClusterState {
         let Some(allocation) = self.allocations.get(&update.id) else {
             return Vec::new();
         };
-        let (workload, node) = (allocation.workload.clone(), allocation.node.clone());
+        let (workload, node) = (allocation.workload.clone(), allocation.node.to_string());
         if allocation.state.is_live() != update.state.is_live() {
             return vec![Touched::Workload(workload), Touched::Booking(node)];
         }

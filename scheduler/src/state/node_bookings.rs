@@ -36,7 +36,7 @@ impl NodeBooking {
 #[derive(Debug, Clone, Default)]
 pub struct NodeBookings {
     /// By node name; nodes that book nothing are dropped.
-    by_node: HashMap<String, NodeBooking>,
+    by_node: HashMap<flotilla_api::NodeName, NodeBooking>,
 }
 
 /// Bookkeeping, not state: two states are equal whatever their bookings.

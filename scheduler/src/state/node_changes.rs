@@ -76,9 +76,18 @@ impl NodeChanges {
 impl ClusterState {
     /// Counts every node as changed at `index`: the state was restored
     /// from a snapshot taken there, and what changed before is unknown.
+    /// What the snapshot does not hold is rebuilt: the tallies, and the
+    /// sharing of each node's name by its allocations (read from the file,
+    /// each had a copy of its own).
     pub fn restored_at(&mut self, index: u64) {
         self.node_changes = NodeChanges { floor: index, applying: index, ..NodeChanges::default() };
         self.tallies = super::tallies::Tallies::of(self.allocations.values());
+        let nodes = &self.nodes;
+        self.allocations.for_each_mut(|allocation| {
+            if let Some((name, _)) = nodes.get_key_value(allocation.node.as_str()) {
+                allocation.node = name.clone();
+            }
+        });
     }
 
     pub fn node_changes(&self) -> &NodeChanges {
@@ -91,7 +100,7 @@ impl ClusterState {
 
     /// Every node's agent view changed (a secret its replicas may read).
     pub(super) fn mark_every_node(&mut self) {
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let names: Vec<flotilla_api::NodeName> = self.nodes.keys().cloned().collect();
         for name in names {
             self.node_changes.mark(&name);
         }

@@ -24,7 +24,7 @@ impl ClusterState {
     /// was placed elsewhere. A smaller capacity is recorded as it is; the
     /// reconciler moves away what no longer fits.
     pub(super) fn register_node(&mut self, index: u64, registration: NodeRegistration) -> Node {
-        let node = self.nodes.entry(registration.name.clone()).or_insert_with(|| Node {
+        let node = self.nodes.entry(registration.name.as_str().into()).or_insert_with(|| Node {
             name: registration.name.clone(),
             address: String::new(),
             capacity_cpu: registration.cpu,

@@ -140,7 +140,7 @@ impl ClusterState {
                     .collect();
                 Endpoint {
                     allocation: a.id,
-                    node: a.node.clone(),
+                    node: a.node.to_string(),
                     address,
                     ports: host_ports,
                     health: a.health,
