@@ -816,7 +816,7 @@ mod tests {
         server.abort();
     }
 
-    /// A runtime of one thread, as a fleet's network runtime is.
+    /// A runtime of its own, as a fleet's network runtime is.
     fn io_runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
     }

@@ -9,10 +9,10 @@ use crate::spec::Driver;
 
 /// A node's name as allocations carry it: shared, not copied. Each of a
 /// million allocations named its node with a string of its own (and each
-/// copy of an allocation, in a plan, an answer or a snapshot's copy,
-/// another); the servers' state hands every allocation on a node the one
-/// name it holds for that node, and a clone is a reference count.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+/// copy of one, in an agent's answer or a snapshot's copy, another); the
+/// servers' state hands every allocation on a node the one name it holds
+/// for that node, and a clone is a reference count.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeName(std::sync::Arc<str>);
 
@@ -56,6 +56,7 @@ impl From<String> for NodeName {
     }
 }
 
+/// Compared with the names requests and reports carry.
 impl PartialEq<str> for NodeName {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other
@@ -75,12 +76,6 @@ impl PartialEq<String> for NodeName {
 }
 
 impl PartialEq<NodeName> for String {
-    fn eq(&self, other: &NodeName) -> bool {
-        **self == *other.0
-    }
-}
-
-impl PartialEq<NodeName> for &str {
     fn eq(&self, other: &NodeName) -> bool {
         **self == *other.0
     }
