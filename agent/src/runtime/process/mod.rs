@@ -357,18 +357,37 @@ async fn exited(tracked: &Mutex<HashMap<u32, Tracked>>, pid: u32, code: Option<i
 }
 
 /// Kills what is left in a replica's cgroup and removes it, waiting a
-/// little for the kernel to reap the killed.
+/// little for the kernel to reap the killed. A group still busy then (seen
+/// after an OOM kill: the kernel took longer than that to reap what was
+/// killed) goes on being removed in the background, so that the exit it
+/// follows is reported without waiting for it.
 async fn empty_and_remove(cgroup: &cgroup::ReplicaCgroup) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    if remove_within(cgroup, Duration::from_secs(5), Duration::from_millis(50)).await.is_ok() {
+        return;
+    }
+    let cgroup = cgroup.clone();
+    tokio::spawn(async move {
+        if let Err(error) = remove_within(&cgroup, Duration::from_secs(300), Duration::from_millis(500)).await
+        {
+            tracing::warn!(%error, "cannot remove a replica's cgroup");
+        }
+    });
+}
+
+/// Kills and tries to remove until the group is gone or `within` passes,
+/// `pause` between tries; the last error when it stays.
+async fn remove_within(
+    cgroup: &cgroup::ReplicaCgroup,
+    within: Duration,
+    pause: Duration,
+) -> std::io::Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         cgroup.kill_all();
         match cgroup.remove() {
-            Ok(()) => return,
-            Err(error) if Instant::now() >= deadline => {
-                tracing::warn!(%error, "cannot remove a replica's cgroup");
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(pause).await,
         }
     }
 }
