@@ -132,6 +132,45 @@ fn main() {
         );
     }
     plan_of_many_placements(&config);
+    one_change_among_many_waiting(&config);
+}
+
+/// One workload changed while many others wait for room (their replicas
+/// fit no node, as the raft bench's 64 writers' workloads on a cluster with
+/// no agents): the incremental pass should cost the one, not the waiting.
+fn one_change_among_many_waiting(config: &ReconcileConfig) {
+    println!();
+    println!("| workloads waiting for room | incremental pass for one changed workload (median) |");
+    println!("| ---: | ---: |");
+    for waiting in [1_000, 10_000, 100_000] {
+        let mut cluster = state_with(10, 1, 10);
+        for i in 0..waiting {
+            let yaml =
+                format!("name: big-{i}\nimage: app:1\nreplicas: 1\nresources: {{cpu: 64, memory: 64Mi}}\n");
+            let spec = flotilla_api::parse_yaml(&yaml).expect("spec");
+            cluster.apply(Command::put_workload(spec, 0));
+        }
+        let mut reconciler = IncrementalReconciler::default();
+        loop {
+            let plan = reconciler.pass(&cluster.state, cluster.index, NOW, config);
+            if plan.changes_nothing() {
+                break;
+            }
+            cluster.apply(Command::ApplyPlan { plan });
+        }
+        assert_eq!(cluster.state.unplaced().len(), waiting, "every big workload waits");
+        let mut passes = Vec::new();
+        for round in 0..ROUNDS {
+            let name = WorkloadName::parse(&format!("big-{}", round as usize % waiting)).expect("name");
+            cluster.apply(Command::ScaleWorkload { name, replicas: 2 + round });
+            let started = Instant::now();
+            let plan = reconciler.pass(&cluster.state, cluster.index, NOW, config);
+            passes.push(started.elapsed());
+            assert!(plan.placements.is_empty(), "it still fits nowhere");
+            cluster.apply(Command::ApplyPlan { plan });
+        }
+        println!("| {waiting} | {:.3} ms |", median(passes).as_secs_f64() * 1e3);
+    }
 }
 
 /// The leader's largest plan (`max_placements` new replicas at once, as

@@ -174,15 +174,15 @@ pub fn reconcile_in(
     // looked at.
     let current = state.unplaced();
     let not_reached = |name: &WorkloadName| left.as_ref().is_some_and(|l| l.workloads.contains(name));
-    let in_scope = |name: &WorkloadName| {
-        !not_reached(name)
-            && match scope {
-                Scope::Everything => true,
-                Scope::Only { workloads, .. } => workloads.contains(name),
-            }
+    let no_longer = |name: &&WorkloadName| !not_reached(name) && !plan.unplaced.contains_key(*name);
+    // Walked from the scope's side when it is the scope that is small: every
+    // workload that fits nowhere is in `current`.
+    plan.no_longer_unplaced = match scope {
+        Scope::Everything => current.keys().filter(no_longer).cloned().collect(),
+        Scope::Only { workloads, .. } => {
+            workloads.iter().filter(|name| current.contains_key(*name)).filter(no_longer).cloned().collect()
+        }
     };
-    plan.no_longer_unplaced =
-        current.keys().filter(|name| in_scope(name) && !plan.unplaced.contains_key(*name)).cloned().collect();
     plan.unplaced.retain(|name, unplaced| current.get(name) != Some(unplaced));
     Pass { plan, unsettled, waiting_for_room, left }
 }
