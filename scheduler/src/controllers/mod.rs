@@ -4,6 +4,7 @@
 
 pub mod autoscale;
 pub mod ca_rotation;
+mod due_timers;
 pub mod incremental;
 pub mod node_health;
 pub mod reconcile;

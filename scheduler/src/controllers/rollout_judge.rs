@@ -6,12 +6,13 @@
 //! second. A full pass runs first, after the journal forgot what the judge
 //! had not read, and every [`FULL_RESYNC`], as the reconciler's does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Deref;
 use std::time::Instant;
 
 use flotilla_api::WorkloadName;
 
+use super::due_timers::DueTimers;
 use super::incremental::FULL_RESYNC;
 use super::rollout::{Verdict, judge_workload};
 use crate::state::{Changes, ClusterState, Touched};
@@ -24,7 +25,7 @@ pub struct RolloutJudge {
     last_full: Option<Instant>,
     /// Workloads whose verdict may fall due on its own (a minimum healthy
     /// time or a deadline running out), by when (ms since the epoch).
-    timers: BTreeMap<WorkloadName, u64>,
+    timers: DueTimers,
     /// Workloads to judge again whatever the journal says: a verdict that
     /// was not applied.
     again: BTreeSet<WorkloadName>,
@@ -44,7 +45,7 @@ impl RolloutJudge {
     ) -> (Vec<Verdict>, Option<u64>) {
         let names = self.workloads_to_judge(&state(), now_ms);
         let verdicts = names.into_iter().filter_map(|name| self.judge_one(&state(), name, now_ms)).collect();
-        (verdicts, self.timers.values().min().copied())
+        (verdicts, self.timers.next())
     }
 
     /// The workloads to judge now: those the journal names since the last
@@ -74,13 +75,7 @@ impl RolloutJudge {
                         Touched::Booking(_) => {}
                     }
                 }
-                let due: Vec<WorkloadName> = self
-                    .timers
-                    .iter()
-                    .filter(|(_, at)| **at <= now_ms)
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                names.extend(due);
+                names.extend(self.timers.due(now_ms).cloned());
                 names
             }
         };
@@ -94,7 +89,7 @@ impl RolloutJudge {
         let workload = state.workload_ref(&name)?;
         let (verdict, due) = judge_workload(state, workload, now_ms);
         if let Some(due) = due {
-            self.timers.insert(name, due);
+            self.timers.set(name, due);
         }
         verdict
     }
